@@ -1,0 +1,168 @@
+"""The Prefect block that holds how to reach one Mixpanel project."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+DOCS_URL = "https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks"
+
+# Mixpanel pins every project to one data centre; the export API lives on a separate host.
+EXPORT_HOSTS = {
+    "US": "https://data.mixpanel.com",
+    "EU": "https://data-eu.mixpanel.com",
+    "IN": "https://data-in.mixpanel.com",
+}
+QUERY_HOSTS = {
+    "US": "https://mixpanel.com",
+    "EU": "https://eu.mixpanel.com",
+    "IN": "https://in.mixpanel.com",
+}
+
+
+class TimeMode(StrEnum):
+    """How the project's export answers: UTC (projects since 2023) or the legacy local epoch."""
+
+    UTC = "utc"
+    LOCAL = "local"
+
+
+class MixpanelCredentials(Block):
+    """Credentials and settings of one Mixpanel project: service account (or legacy project secret),
+    data residency, the project's time mode and the API budget the pipeline may use."""
+
+    _block_type_name = "Mixpanel Credentials"
+    _block_type_slug = "mixpanel-credentials"
+    _documentation_url = DOCS_URL
+    _description = (
+        "Service-account credentials, data residency and time settings of one Mixpanel project, "
+        "used by the events, people and identity flows."
+    )
+    _code_example = """
+```python
+from blocks.mixpanel import MixpanelCredentials
+
+mixpanel = MixpanelCredentials.load("BLOCK_NAME")
+```
+"""
+
+    project_id: int = Field(
+        default=...,
+        gt=0,
+        description="Numeric Mixpanel project id (Project Settings > Overview).",
+    )
+    service_account_username: str | None = Field(
+        default=None,
+        description="Service account username (Organization Settings > Service Accounts); leave empty "
+        "to use a legacy project secret.",
+    )
+    service_account_secret: SecretStr | None = Field(
+        default=None,
+        description="Service account secret, stored encrypted by Prefect.",
+    )
+    project_secret: SecretStr | None = Field(
+        default=None,
+        description="Legacy project API secret, used only when no service account is set "
+        "(Mixpanel retires project secrets on 2027-03-03).",
+    )
+    residency: Literal["US", "EU", "IN"] = Field(
+        default="US",
+        description="Data residency of the project: US, EU or IN. It selects the API hosts.",
+    )
+    api_base_url: str | None = Field(
+        default=None,
+        description="Override of every API host (a proxy or the local sandbox), e.g. http://127.0.0.1:8765.",
+    )
+    time_mode: TimeMode = Field(
+        default=TimeMode.UTC,
+        description="utc for projects created since 2023; local for older projects whose export "
+        "answers in the project timezone (local epoch).",
+    )
+    project_timezone: str = Field(
+        default="UTC",
+        description="IANA timezone of the project (Project Settings), e.g. America/Los_Angeles; "
+        "used when time_mode is local.",
+    )
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a TCP/TLS connection to Mixpanel."
+    )
+    read_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds to wait for the next bytes of a response; large exports take minutes "
+        "before the first byte.",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Attempts per unit of work before the unit fails."
+    )
+    retry_backoff_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="First pause between attempts; it doubles each attempt (with jitter), capped at "
+        "5 minutes.",
+    )
+    export_requests_per_second: int = Field(
+        default=3, ge=1, description="Export API budget per second for this project (Mixpanel: 3)."
+    )
+    export_requests_per_hour: int = Field(
+        default=60, ge=1, description="Export API budget per hour for this project (Mixpanel: 60)."
+    )
+    export_max_concurrent: int = Field(
+        default=100, ge=1, description="Export requests in flight at once for this project (Mixpanel: 100)."
+    )
+
+    @field_validator("project_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown timezone {value!r}: use an IANA name such as America/Los_Angeles"
+            ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> MixpanelCredentials:
+        has_account = bool(self.service_account_username) and self.service_account_secret is not None
+        if not has_account and self.project_secret is None:
+            raise ValueError(
+                "set service_account_username and service_account_secret (or a legacy project_secret)"
+            )
+        return self
+
+    @property
+    def uses_service_account(self) -> bool:
+        return bool(self.service_account_username) and self.service_account_secret is not None
+
+    def basic_auth(self) -> tuple[str, str]:
+        """The (username, password) pair for HTTP Basic auth."""
+        if self.uses_service_account:
+            assert self.service_account_secret is not None
+            return (str(self.service_account_username), self.service_account_secret.get_secret_value())
+        assert self.project_secret is not None
+        return (self.project_secret.get_secret_value(), "")
+
+    def export_url(self) -> str:
+        base = (self.api_base_url or EXPORT_HOSTS[self.residency]).rstrip("/")
+        return f"{base}/api/2.0/export"
+
+    def query_base_url(self) -> str:
+        return (self.api_base_url or QUERY_HOSTS[self.residency]).rstrip("/")
+
+    def zone(self) -> ZoneInfo:
+        """The zone Mixpanel uses for this project's dates (UTC unless the legacy local mode)."""
+        return ZoneInfo(self.project_timezone if self.time_mode == TimeMode.LOCAL else "UTC")
+
+    def today(self, now: datetime | None = None) -> date:
+        """Today as Mixpanel sees it for this project (its `from_date`/`to_date` calendar)."""
+        moment = now or datetime.now(tz=ZoneInfo("UTC"))
+        return moment.astimezone(self.zone()).date()
+
+    def yesterday(self, now: datetime | None = None) -> date:
+        return self.today(now) - timedelta(days=1)

@@ -1,0 +1,175 @@
+"""The events flow: Mixpanel's Raw Event Export into day partitions of ``mp_master_event``."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import date
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials, TimeMode
+from tasks.errors import FatalError, PipelineError
+from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
+from tasks.mixpanel_client import MixpanelClient
+from tasks.objectstore import ObjectStoreDestination
+from tasks.plan import check_range, days_between, group_days
+from tasks.write import FileFormat
+
+MAX_WORKERS = 16
+
+
+@task(name="export-days", cache_policy=NO_CACHE, task_run_name="export {label}")
+def export_days_task(
+    client: MixpanelClient,
+    destination: ObjectStoreDestination,
+    days: list[date],
+    settings: ExportSettings,
+    label: str,
+    gate: threading.Semaphore,
+) -> list[DayResult]:
+    """One export request: its days are committed together or left as they were."""
+    with gate:
+        if client.fatal is not None:
+            raise FatalError(f"skipped: {client.fatal}")
+        results = export_days(client, destination, days, settings)
+    logger = get_run_logger()
+    for r in results:
+        logger.info("%s: %d rows in %d file(s), fingerprint %s", r.day, r.rows, r.files, r.fingerprint)
+    return results
+
+
+def resolve_range(
+    credentials: MixpanelCredentials, from_date: date | None, to_date: date | None
+) -> tuple[date, date]:
+    """Defaults: yesterday in the project's calendar; a lone ``from_date`` runs up to yesterday."""
+    yesterday = credentials.yesterday()
+    start = from_date or to_date or yesterday
+    end = to_date or max(yesterday, start)
+    check_range(start, end, credentials.today())
+    return start, end
+
+
+@flow(
+    name="mixpanel-events",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    log_prints=True,
+)
+def events(
+    credentials: MixpanelCredentials,
+    destination: LocalDestination | None = None,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    file_format: Literal["parquet", "jsonl.gz"] = "parquet",
+    days_per_request: int = 7,
+    max_concurrent_requests: int = 4,
+    max_rejected_lines: int = 0,
+    event_names: list[str] | None = None,
+) -> list[dict[str, object]]:
+    """Export Mixpanel events into day partitions of mp_master_event, each day replaced atomically.
+
+    Args:
+        credentials: The Mixpanel project to export (a MixpanelCredentials block).
+        destination: Where the tables go; default: a LocalDestination on ./data.
+        from_date: First day to export, in the project's calendar (at most 6 months back); default: yesterday.
+        to_date: Last day to export, inclusive; default: yesterday (or from_date if that is later).
+        file_format: parquet (zstd, the default) or jsonl.gz (Mixpanel's own pipeline format).
+        days_per_request: Consecutive days fetched by one export request (Mixpanel allows 60 per hour).
+        max_concurrent_requests: Export requests this run keeps in flight at once.
+        max_rejected_lines: Malformed lines tolerated per request before its days fail (0: none).
+        event_names: Export only these event names; empty exports every event.
+    """
+    logger = get_run_logger()
+    start, end = resolve_range(credentials, from_date, to_date)
+    target = (destination or LocalDestination()).connect(credentials.project_id)
+    days = days_between(start, end)
+    groups = group_days(days, days_per_request)
+    target.remove_stale_staging()
+    for day in days:
+        target.repair(EVENTS_TABLE, day.isoformat())
+    settings = _settings(credentials, file_format, max_rejected_lines, event_names)
+    logger.info(
+        "exporting %d day(s) %s..%s in %d request(s) to %s",
+        len(days),
+        start,
+        end,
+        len(groups),
+        target.describe(str(credentials.project_id)),
+    )
+    with MixpanelClient(credentials, notify=logger.warning) as client:
+        results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests)
+    _summarize(results, failures, len(days))
+    if failures:
+        first = next(iter(failures.values()))
+        raise (
+            first
+            if len(failures) == len(groups)
+            else PipelineError(
+                f"{len(failures)} of {len(groups)} request(s) failed ({', '.join(failures)}); the other days were "
+                f"committed. First error: {first}"
+            )
+        )
+    return [r.as_row() for r in results]
+
+
+def _settings(
+    credentials: MixpanelCredentials, file_format: str, max_rejected_lines: int, event_names: list[str] | None
+) -> ExportSettings:
+    local = credentials.time_mode == TimeMode.LOCAL
+    return ExportSettings(
+        run_id=uuid.uuid4().hex[:12],
+        file_format=FileFormat(file_format),
+        max_rejected_lines=max_rejected_lines,
+        local_zone=credentials.project_timezone if local else None,
+        time_mode=credentials.time_mode.value,
+        timezone=credentials.project_timezone if local else "UTC",
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        events=tuple(event_names or ()),
+    )
+
+
+def _run_groups(
+    client: MixpanelClient,
+    target: ObjectStoreDestination,
+    groups: list[list[date]],
+    settings: ExportSettings,
+    max_concurrent: int,
+) -> tuple[list[DayResult], dict[str, Exception]]:
+    gate = threading.Semaphore(max(1, max_concurrent))
+    progress = create_progress_artifact(0.0, description=f"Days committed of {sum(map(len, groups))}")
+
+    def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
+        label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])
+        return export_days_task.submit(client, target, group, settings, label, gate)
+
+    first = submit(groups[0])
+    client.wait_for_first_answer(lambda: first.state.is_final())
+    futures = [first] + [submit(g) for g in groups[1:]]
+    labels = {f: f"{g[0]}..{g[-1]}" for f, g in zip(futures, groups, strict=True)}
+    results: list[DayResult] = []
+    failures: dict[str, Exception] = {}
+    for future in as_completed(futures):
+        try:
+            results.extend(future.result())
+        except Exception as exc:
+            failures[labels[future]] = exc
+        done = sum(len(g) for f, g in zip(futures, groups, strict=True) if f.state.is_completed())
+        update_progress_artifact(progress, 100.0 * done / sum(map(len, groups)))
+    return sorted(results, key=lambda r: r.day), failures
+
+
+def _summarize(results: list[DayResult], failures: dict[str, Exception], total_days: int) -> None:
+    rows = [r.as_row() for r in results]
+    rows += [{"day": label, "rows": None, "error": str(exc)} for label, exc in failures.items()]
+    create_table_artifact(
+        key="mixpanel-events-summary",
+        table=rows,
+        description=f"{len(results)} of {total_days} day(s) committed",
+    )

@@ -1,0 +1,67 @@
+"""The error tree every module raises from.
+
+Two branches only, so flows and retry loops decide with one ``isinstance``:
+
+* ``FatalError``: retrying cannot help (bad credentials, no plan, bad parameters, a bad record over
+  the threshold). The message is one sentence: what happened and what to do.
+* ``RetriableError``: the whole unit of work may succeed if tried again (429, 5xx, a dropped
+  connection, a truncated body). ``retry_after`` carries the server's hint in seconds, if any.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class FatalError(PipelineError):
+    """Stop: a person has to change something before the unit can succeed."""
+
+
+class RetriableError(PipelineError):
+    """Try the whole unit again after a pause."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadCredentialsError(FatalError):
+    pass
+
+
+class PlanError(FatalError):
+    pass
+
+
+class PermissionDeniedError(FatalError):
+    pass
+
+
+class BadRequestError(FatalError):
+    pass
+
+
+class TimezoneSettingError(FatalError):
+    pass
+
+
+class MalformedRecordsError(FatalError):
+    pass
+
+
+class RateLimitedError(RetriableError):
+    pass
+
+
+class ServerError(RetriableError):
+    pass
+
+
+class TruncatedStreamError(RetriableError):
+    pass
+
+
+class ConnectionDroppedError(RetriableError):
+    pass

@@ -1,0 +1,251 @@
+"""One unit of work of the events pipeline: one export request covering consecutive days.
+
+Stream → parse → split by day → rolling files in a stage → (all went well) commit day by day.
+Any retriable failure throws the whole attempt's stage away and starts the request again, so a
+day is committed only from one complete, clean response.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import msgspec
+import polars as pl
+
+from tasks.errors import MalformedRecordsError
+from tasks.manifest import Manifest, fingerprint_hex
+from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
+from tasks.objectstore import ObjectStoreDestination, Stage
+from tasks.parse import BLOCK_BYTES, ParsedBlock, Reject, StreamParser
+from tasks.partition import day_of, day_ordinal, with_time_columns
+from tasks.write import FileFormat, RollingFiles
+
+EVENTS_TABLE = "mp_master_event"
+MAX_REJECTS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    run_id: str
+    file_format: FileFormat = FileFormat.PARQUET
+    max_rejected_lines: int = 0
+    local_zone: str | None = None
+    time_mode: str = "utc"
+    timezone: str = "UTC"
+    block_bytes: int = BLOCK_BYTES
+    max_file_rows: int = 1_000_000
+    max_file_bytes: int = 256 << 20
+    flow_run_id: str | None = None
+    events: tuple[str, ...] = ()
+    scratch_dir: Path | None = None
+
+
+@dataclass
+class DayResult:
+    day: date
+    rows: int
+    files: int
+    bytes: int
+    fingerprint: str
+    rejected_lines: int
+    retries: int
+    seconds: float
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "day": self.day.isoformat(),
+            "rows": self.rows,
+            "files": self.files,
+            "bytes": self.bytes,
+            "rejected lines": self.rejected_lines,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class _Day:
+    files: RollingFiles
+    rows: int = 0
+    hash_sum: int = 0
+    max_ptime: int | None = None
+
+
+@dataclass
+class _Attempt:
+    stage: Stage
+    days: dict[int, _Day]
+    rejects: list[Reject] = field(default_factory=list)
+    rejected: int = 0
+
+
+def export_days(
+    client: MixpanelClient,
+    destination: ObjectStoreDestination,
+    days: list[date],
+    settings: ExportSettings,
+) -> list[DayResult]:
+    """Export ``days`` (consecutive) with one request, retried whole, and commit each day."""
+    started = time.monotonic()
+    request = ExportRequest(days[0], days[-1], events=settings.events)
+    what = f"export {days[0]}..{days[-1]}"
+    stats = RetryStats()
+    with tempfile.TemporaryDirectory(prefix="mp-export-", dir=settings.scratch_dir) as scratch:
+
+        def attempt() -> _Attempt:
+            stage = destination.open_stage(
+                EVENTS_TABLE, f"{settings.run_id}-{days[0]:%Y%m%d}-a{stats.attempts}"
+            )
+            try:
+                return _stream(client, request, stage, days, settings, Path(scratch))
+            except BaseException:
+                stage.abort()
+                raise
+
+        result = client.with_retries(attempt, what, stats)
+        _keep_rejects(destination, result, days, settings)
+        return _commit(destination, result, days, settings, stats, time.monotonic() - started)
+
+
+def _stream(
+    client: MixpanelClient,
+    request: ExportRequest,
+    stage: Stage,
+    days: list[date],
+    settings: ExportSettings,
+    scratch: Path,
+) -> _Attempt:
+    partitions = {
+        day_ordinal(d): _Day(
+            RollingFiles(
+                stage.directory(d.isoformat(), scratch),
+                settings.file_format,
+                settings.max_file_rows,
+                settings.max_file_bytes,
+            )
+        )
+        for d in days
+    }
+    state = _Attempt(stage, partitions)
+    parser = StreamParser(settings.block_bytes)
+    try:
+        with client.export(request) as chunks:
+            for chunk in chunks:
+                for block in parser.feed(chunk):
+                    _take(state, block, settings)
+            for block in parser.finish():
+                _take(state, block, settings)
+    except BaseException:
+        for day in partitions.values():
+            day.files.abort()
+        raise
+    for ordinal, day in partitions.items():
+        stage.add(day_of(ordinal).isoformat(), day.files.close())
+    return state
+
+
+def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None:
+    _reject(state, block.rejects, settings)
+    if block.frame.height == 0:
+        return
+    frame = with_time_columns(block.frame, settings.local_zone)
+    for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
+        day = state.days.get(int(ordinal))  # type: ignore[call-overload]
+        if day is None:
+            _reject(state, _outside(part, int(ordinal)), settings)  # type: ignore[call-overload]
+            continue
+        day.files.write(part)
+        day.rows += part.height
+        day.hash_sum += sum(part["_hash"].to_list())
+        ptime = part["_ptime"].max()
+        if ptime is not None:
+            day.max_ptime = max(day.max_ptime or 0, int(ptime))  # type: ignore[arg-type]
+
+
+def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:
+    # Mixpanel filtered on these dates itself, so a row outside them means our time mode is wrong.
+    why = (
+        f"time falls on {day_of(ordinal)}, outside the requested days: check time_mode and project_timezone "
+        "in the MixpanelCredentials block"
+    )
+    return [Reject(0, why, p[:200]) for p in part["properties"].head(100).to_list()] + [
+        Reject(0, why, "") for _ in range(max(part.height - 100, 0))
+    ]
+
+
+def _reject(state: _Attempt, rejects: list[Reject], settings: ExportSettings) -> None:
+    if not rejects:
+        return
+    state.rejected += len(rejects)
+    room = MAX_REJECTS_KEPT - len(state.rejects)
+    state.rejects.extend(rejects[: max(room, 0)])
+    if state.rejected > settings.max_rejected_lines:
+        first = state.rejects[0]
+        where = f"line {first.line}" if first.line else "a line"
+        raise MalformedRecordsError(
+            f"{state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
+            f"{settings.max_rejected_lines}), first at {where}: {first.error}; the previous data is unchanged: "
+            "see the rejects file and fix the source or raise max_rejected_lines."
+        )
+
+
+def _keep_rejects(
+    destination: ObjectStoreDestination, state: _Attempt, days: list[date], settings: ExportSettings
+) -> None:
+    if not state.rejects:
+        return
+    body = msgspec.json.encode_lines(
+        [{"line": r.line, "error": r.error, "text": r.text} for r in state.rejects]
+    )
+    destination.put_rejects(EVENTS_TABLE, f"{days[0]}_{days[-1]}.{settings.run_id}", body)
+
+
+def _commit(
+    destination: ObjectStoreDestination,
+    state: _Attempt,
+    days: list[date],
+    settings: ExportSettings,
+    stats: RetryStats,
+    seconds: float,
+) -> list[DayResult]:
+    results = []
+    exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
+    for ordinal in sorted(state.days):
+        day = state.days[ordinal]
+        partition = day_of(ordinal).isoformat()
+        manifest = Manifest(
+            table=EVENTS_TABLE,
+            partition=partition,
+            files=(),
+            rows=day.rows,
+            fingerprint=fingerprint_hex(day.hash_sum),
+            format=settings.file_format.value,
+            run_id=settings.run_id,
+            flow_run_id=settings.flow_run_id,
+            exported_at=exported_at,
+            max_processing_time_ms=day.max_ptime,
+            rejected_lines=state.rejected,
+            source_from_date=days[0].isoformat(),
+            source_to_date=days[-1].isoformat(),
+            time_mode=settings.time_mode,
+            timezone=settings.timezone,
+        )
+        final = destination.commit(state.stage, partition, manifest)
+        results.append(
+            DayResult(
+                day=day_of(ordinal),
+                rows=final.rows,
+                files=len(final.files),
+                bytes=sum(f.bytes for f in final.files),
+                fingerprint=final.fingerprint,
+                rejected_lines=state.rejected,
+                retries=stats.retries,
+                seconds=seconds,
+            )
+        )
+    state.stage.abort()  # drops the emptied staging folders
+    return results

@@ -1,0 +1,52 @@
+"""The manifest: the committed truth of one (table, partition), stored beside the data.
+
+The fingerprint makes "same data?" a cheap question: each row contributes
+``xxh3_64(event_name + "\\n" + properties)`` and the partition's fingerprint is the sum modulo
+2**64, so it does not depend on row order or on how rows were split into files, and it changes
+when a row is added, dropped, duplicated or altered.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+FINGERPRINT_ALGORITHM = "sum-mod-2^64 of xxh3_64(event_name || '\\n' || properties)"
+SCHEMA_VERSION = 1
+MASK64 = (1 << 64) - 1
+
+
+class ManifestFile(msgspec.Struct, frozen=True):
+    key: str
+    rows: int
+    bytes: int
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    table: str
+    partition: str
+    files: tuple[ManifestFile, ...]
+    rows: int
+    fingerprint: str
+    format: str
+    run_id: str
+    exported_at: str
+    max_processing_time_ms: int | None = None
+    rejected_lines: int = 0
+    source_from_date: str | None = None
+    source_to_date: str | None = None
+    time_mode: str = "utc"
+    timezone: str = "UTC"
+    flow_run_id: str | None = None
+    fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return msgspec.json.format(msgspec.json.encode(self), indent=2)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        return msgspec.json.decode(data, type=cls)
+
+
+def fingerprint_hex(total: int) -> str:
+    return f"{total & MASK64:016x}"

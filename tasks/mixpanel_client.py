@@ -1,0 +1,249 @@
+"""HTTP access to Mixpanel's export API: streamed bodies, error classification, whole-unit retries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TypeVar
+
+import httpx
+
+from blocks.mixpanel import MixpanelCredentials
+from tasks.errors import (
+    BadCredentialsError,
+    BadRequestError,
+    ConnectionDroppedError,
+    FatalError,
+    PermissionDeniedError,
+    PlanError,
+    RateLimitedError,
+    RetriableError,
+    ServerError,
+    TimezoneSettingError,
+)
+from tasks.ratelimit import RateBudget, Window
+
+log = logging.getLogger("mixpanel_pipelines")
+T = TypeVar("T")
+MAX_BACKOFF_SECONDS = 300.0
+STREAM_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One call of the Raw Event Export API (both dates inclusive, in the project's calendar)."""
+
+    from_date: date
+    to_date: date
+    events: tuple[str, ...] = ()
+    where: str | None = None
+
+    def params(self, project_id: int | None) -> dict[str, str]:
+        params = {"from_date": self.from_date.isoformat(), "to_date": self.to_date.isoformat()}
+        if project_id is not None:
+            params["project_id"] = str(project_id)
+        if self.events:
+            params["event"] = json.dumps(list(self.events))
+        if self.where:
+            params["where"] = self.where
+        return params
+
+
+def error_message(body: str) -> str:
+    """Mixpanel error bodies are JSON ``{"error": ...}`` or plain text; keep the first 300 chars."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.strip()[:300]
+    if isinstance(parsed, dict) and "error" in parsed:
+        return str(parsed["error"])[:300]
+    return body.strip()[:300]
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def classify_response(status: int, body: str, retry_after: float | None = None) -> Exception:
+    """Map a non-200 export answer to the error tree, with a one-sentence cause and fix."""
+    detail = error_message(body)
+    if status == 429:
+        return RateLimitedError(f"Mixpanel rate-limited the export ({detail}); retrying.", retry_after)
+    if status >= 500:
+        return ServerError(f"Mixpanel answered {status} ({detail}); retrying.", retry_after)
+    if status == 401 or (status == 400 and "authenticate" in detail.lower()):
+        return BadCredentialsError(
+            "Mixpanel rejected the credentials: check the service account username, secret and project_id "
+            "in the MixpanelCredentials block."
+        )
+    if status == 402:
+        return PlanError(
+            "Mixpanel answered 402 Payment Required: this project's plan has no access to this API; "
+            "upgrade the plan or ask Mixpanel support to enable it."
+        )
+    if status == 403:
+        return PermissionDeniedError(
+            f"Mixpanel answered 403 ({detail}): give the service account a role on this project "
+            "(Organization Settings > Service Accounts)."
+        )
+    if status == 400 and "later than today" in detail.lower():
+        return TimezoneSettingError(
+            f"Mixpanel refused the dates ({detail}): check the project timezone setting (time_mode and "
+            "project_timezone in the MixpanelCredentials block must match the project's settings)."
+        )
+    return BadRequestError(f"Mixpanel answered {status} ({detail}): fix the request parameters.")
+
+
+@dataclass
+class RetryStats:
+    attempts: int = 0
+    retries: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def backoff_seconds(attempt: int, base: float, retry_after: float | None, rng: random.Random) -> float:
+    """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
+    ceiling = min(base * (2 ** (attempt - 1)), MAX_BACKOFF_SECONDS)
+    pause = rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+    return max(pause, retry_after or 0.0)
+
+
+class MixpanelClient:
+    """Export client for one project: one shared rate budget, one retry policy."""
+
+    def __init__(
+        self,
+        credentials: MixpanelCredentials,
+        budget: RateBudget | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.notify = notify or log.warning
+        # Set on the first HTTP answer of any request: callers fanning out wait for it, so bad
+        # credentials cost one request and one clear error, not one per concurrent unit.
+        self.answered = threading.Event()
+        self.fatal: FatalError | None = None
+        self.budget = budget or RateBudget(
+            key=f"export:{credentials.project_id}",
+            windows=[
+                Window(credentials.export_requests_per_second, 1.0),
+                Window(credentials.export_requests_per_hour, 3600.0),
+            ],
+            max_concurrent=credentials.export_max_concurrent,
+        )
+        self._sleep = sleep
+        self._rng = random.Random()
+        timeout = httpx.Timeout(
+            connect=credentials.connect_timeout_seconds,
+            read=credentials.read_timeout_seconds,
+            write=60.0,
+            pool=60.0,
+        )
+        self._http = httpx.Client(
+            auth=credentials.basic_auth(),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept-Encoding": "gzip", "User-Agent": "mixpanel-pipelines/0.1"},
+            limits=httpx.Limits(max_connections=credentials.export_max_concurrent),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MixpanelClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def export(self, request: ExportRequest) -> Iterator[Iterator[bytes]]:
+        """Open one export request and yield its decompressed body as byte chunks.
+
+        Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
+        classified error. The request holds one slot of the rate budget while it streams."""
+        project_id = self.credentials.project_id if self.credentials.uses_service_account else None
+        params = request.params(project_id)
+        url = self.credentials.export_url()
+        with (
+            self.budget.slot(on_wait=self._budget_wait),
+            _transport_errors(),
+            self._http.stream("GET", url, params=params) as response,
+        ):
+            if response.status_code != 200:
+                body = response.read().decode("utf-8", "replace")
+                error = classify_response(response.status_code, body, retry_after_seconds(response.headers))
+                if isinstance(error, FatalError):
+                    self.fatal = error
+                self.answered.set()
+                raise error
+            self.answered.set()
+            yield _guarded(response.iter_bytes(STREAM_CHUNK_BYTES))
+
+    def _budget_wait(self, seconds: float, reason: str) -> None:
+        if seconds >= 1:
+            self.notify(f"Mixpanel rate budget: {reason}, waiting {seconds:.1f} s")
+
+    def wait_for_first_answer(self, done: Callable[[], bool], poll_seconds: float = 0.2) -> None:
+        """Block until some request got an HTTP answer or ``done()`` says the first unit ended."""
+        while not self.answered.wait(poll_seconds):
+            if done():
+                return
+
+    def with_retries(self, unit: Callable[[], T], what: str, stats: RetryStats | None = None) -> T:
+        """Run ``unit`` until it succeeds, retrying the whole unit on ``RetriableError``."""
+        stats = stats if stats is not None else RetryStats()
+        attempts = self.credentials.max_attempts
+        for attempt in range(1, attempts + 1):
+            stats.attempts = attempt
+            try:
+                return unit()
+            except RetriableError as exc:
+                if attempt == attempts:
+                    raise RetriableError(
+                        f"{what} failed {attempts} times, last: {exc}; the previous data is unchanged, run again "
+                        "later or raise max_attempts.",
+                        exc.retry_after,
+                    ) from exc
+                pause = backoff_seconds(
+                    attempt, self.credentials.retry_backoff_seconds, exc.retry_after, self._rng
+                )
+                stats.retries += 1
+                stats.reasons.append(type(exc).__name__)
+                self.notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")
+                self._sleep(pause)
+        raise AssertionError("unreachable")
+
+
+@contextmanager
+def _transport_errors() -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ConnectionDroppedError(
+            f"Mixpanel did not answer in time ({type(exc).__name__}); retrying."
+        ) from exc
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        raise ConnectionDroppedError(
+            f"the connection to Mixpanel broke ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    with _transport_errors():
+        yield from chunks

@@ -1,0 +1,139 @@
+"""The commit protocol for destinations made of files: a local folder or an object store.
+
+Layout under the destination root (Mixpanel's own, so existing queries keep working)::
+
+    <project_id>/mp_master_event/YYYY/MM/DD/part-<run>-NNNNN.parquet   committed data
+    <project_id>/_state/manifests/<table>/<partition>.json              the truth per partition
+    <project_id>/_staging/<run>/<table>/<partition>/part-NNNNN.parquet  a run's uncommitted files
+    <project_id>/mp_master_event/_rejects/<from>_<to>.<run>.jsonl        lines that were set aside
+
+A commit, under the partition's lock: move the staged files to their final names (unique per run,
+so they never overwrite committed files), write the new manifest (one atomic object write: the
+switch), then delete every file of the partition the new manifest does not name (the previous
+version and any orphans of crashed runs). A reader that follows the manifest sees the old version
+or the new one, never a mix; a crash anywhere leaves the old manifest valid or the new one
+complete, and the next commit or ``repair`` of the partition removes the leftovers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from tasks.manifest import Manifest, ManifestFile
+from tasks.storage import Storage
+from tasks.write import WrittenFile
+
+STALE_STAGING_SECONDS = 24 * 3600.0
+
+
+def partition_dir(table: str, partition: str) -> str:
+    """``2024-05-01`` → ``2024/05/01`` (Mixpanel's day folders); whole tables have no sub-folder."""
+    if len(partition) == 10 and partition[4] == "-" and partition[7] == "-":
+        return partition.replace("-", "/")
+    return ""
+
+
+@dataclass
+class Stage:
+    """A run's uncommitted files for one table, grouped by partition."""
+
+    destination: ObjectStoreDestination
+    table: str
+    run_id: str
+    files: dict[str, list[ManifestFile]] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.destination.project_prefix}/_staging/{self.run_id}/{self.table}"
+
+    def directory(self, partition: str, scratch: Path) -> Path:
+        """Where the writer should put this partition's files before ``add``."""
+        local = self.destination.storage.local_path(f"{self.prefix}/{partition}")
+        return local if local is not None else scratch / self.run_id / self.table / partition
+
+    def add(self, partition: str, written: Iterable[WrittenFile]) -> None:
+        staged = self.files.setdefault(partition, [])
+        for item in written:
+            key = f"{self.prefix}/{partition}/{item.path.name}"
+            self.destination.storage.upload(item.path, key)
+            staged.append(ManifestFile(key, item.rows, item.bytes))
+
+    def abort(self) -> None:
+        storage = self.destination.storage
+        storage.delete(info.key for info in storage.list(self.prefix))
+
+
+class ObjectStoreDestination:
+    """The destination interface over any ``Storage``."""
+
+    def __init__(self, storage: Storage, project_id: int) -> None:
+        self.storage = storage
+        self.project_prefix = str(project_id)
+
+    def data_prefix(self, table: str, partition: str) -> str:
+        sub = partition_dir(table, partition)
+        return f"{self.project_prefix}/{table}/{sub}/" if sub else f"{self.project_prefix}/{table}/"
+
+    def manifest_key(self, table: str, partition: str) -> str:
+        return f"{self.project_prefix}/_state/manifests/{table}/{partition}.json"
+
+    def describe(self, key: str) -> str:
+        return self.storage.describe(key)
+
+    def open_stage(self, table: str, run_id: str) -> Stage:
+        return Stage(self, table, run_id)
+
+    def manifest(self, table: str, partition: str) -> Manifest | None:
+        data = self.storage.get_bytes(self.manifest_key(table, partition))
+        return Manifest.decode(data) if data is not None else None
+
+    def partitions(self, table: str) -> list[str]:
+        prefix = f"{self.project_prefix}/_state/manifests/{table}/"
+        return sorted(
+            i.key[len(prefix) : -len(".json")] for i in self.storage.list(prefix) if i.key.endswith(".json")
+        )
+
+    def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
+        """Atomically replace ``partition`` with the staged files; returns the manifest written."""
+        final_dir = self.data_prefix(stage.table, partition)
+        short_run = stage.run_id.replace("-", "")[:16]
+        with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
+            committed = []
+            for item in stage.files.get(partition, []):
+                name = item.key.rsplit("/", 1)[1].replace("part-", f"part-{short_run}-", 1)
+                self.storage.move(item.key, final_dir + name)
+                committed.append(ManifestFile(final_dir + name, item.rows, item.bytes))
+            final = msgspec.structs.replace(manifest, files=tuple(committed))
+            self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
+            self._remove_unlisted(stage.table, partition, final)
+        return final
+
+    def repair(self, table: str, partition: str) -> int:
+        """Remove files of ``partition`` that its manifest does not name; returns how many."""
+        with self.storage.lock(f"{self.project_prefix}/{table}/{partition}"):
+            return self._remove_unlisted(table, partition, self.manifest(table, partition))
+
+    def remove_stale_staging(self, older_than_seconds: float = STALE_STAGING_SECONDS) -> int:
+        cutoff = time.time() - older_than_seconds
+        stale = [i.key for i in self.storage.list(f"{self.project_prefix}/_staging/") if i.modified < cutoff]
+        self.storage.delete(stale)
+        return len(stale)
+
+    def put_rejects(self, table: str, name: str, lines: bytes) -> str:
+        key = f"{self.project_prefix}/{table}/_rejects/{name}.jsonl"
+        self.storage.put_bytes(key, lines)
+        return key
+
+    def _remove_unlisted(self, table: str, partition: str, manifest: Manifest | None) -> int:
+        keep = {f.key for f in manifest.files} if manifest else set()
+        prefix = self.data_prefix(table, partition)
+        # only files directly in the partition folder: `_rejects/` and other partitions are not ours
+        direct = [i.key for i in self.storage.list(prefix) if "/" not in i.key[len(prefix) :]]
+        unlisted = [k for k in direct if k not in keep]
+        self.storage.delete(unlisted)
+        return len(unlisted)

@@ -1,0 +1,129 @@
+"""The commit protocol on the local folder: replace whole, survive crashes, clean orphans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks.manifest import Manifest
+from tasks.objectstore import ObjectStoreDestination
+from tasks.storage import LocalStorage
+from tasks.write import EVENT_COLUMNS, RollingFiles
+
+TABLE = "mp_master_event"
+DAY = "2026-05-01"
+
+
+def frame(n: int, tag: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "device_id": [None] * n,
+            "distinct_id": [f"{tag}{i}" for i in range(n)],
+            "event_name": ["e"] * n,
+            "insert_id": [str(i) for i in range(n)],
+            "properties": ['{"time":1}'] * n,
+            "time": pl.Series([0] * n).cast(pl.Datetime("us", "UTC")),
+            "user_id": [None] * n,
+        }
+    )
+
+
+def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+    stage = dest.open_stage(TABLE, run)
+    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
+    rows = frame(n, run)
+    for start in range(0, n, 2):  # frames of 2 rows: a file rolls over once it holds 4
+        files.write(rows.slice(start, 2))
+    stage.add(DAY, files.close())
+    draft = Manifest(table=TABLE, partition=DAY, files=(), rows=n, fingerprint="0", format="parquet", run_id=run, exported_at="x")
+    return dest.commit(stage, DAY, draft)
+
+
+def read(dest: ObjectStoreDestination, root: Path) -> pl.DataFrame:
+    manifest = dest.manifest(TABLE, DAY)
+    assert manifest is not None
+    return pl.read_parquet([root / f.key for f in manifest.files]) if manifest.files else pl.DataFrame()
+
+
+def day_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "7" / TABLE / "2026" / "05" / "01").glob("*"))
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> ObjectStoreDestination:
+    return ObjectStoreDestination(LocalStorage(tmp_path / "out"), 7)
+
+
+def test_commit_writes_mixpanel_layout_and_a_manifest(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+    manifest = commit(dest, tmp_path, "run1", 10)
+    assert [f.rows for f in manifest.files] == [4, 4, 2]
+    assert all(f.key.startswith(f"7/{TABLE}/2026/05/01/part-run1-") for f in manifest.files)
+    assert read(dest, tmp_path / "out").height == 10
+    assert dest.partitions(TABLE) == [DAY]
+    assert not list((tmp_path / "out" / "7" / "_staging").rglob("*.parquet"))
+
+
+def test_recommit_replaces_the_day_whole(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+    commit(dest, tmp_path, "run1", 10)
+    commit(dest, tmp_path, "run2", 3)
+    root = tmp_path / "out"
+    assert read(dest, root)["distinct_id"].to_list() == ["run20", "run21", "run22"]
+    assert day_files(root) == ["part-run2-00000.parquet"]
+
+
+def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
+    dest: ObjectStoreDestination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit(dest, tmp_path, "run1", 2)
+    real_put = LocalStorage.put_bytes
+
+    def crash(self: LocalStorage, key: str, data: bytes) -> None:
+        raise KeyboardInterrupt("killed before the manifest switch")
+
+    monkeypatch.setattr(LocalStorage, "put_bytes", crash)
+    with pytest.raises(KeyboardInterrupt):
+        commit(dest, tmp_path, "run2", 5)
+    monkeypatch.setattr(LocalStorage, "put_bytes", real_put)
+    root = tmp_path / "out"
+    assert read(dest, root)["distinct_id"].to_list() == ["run10", "run11"]
+    assert len(day_files(root)) == 3  # the orphans of run2 sit beside the committed file
+    assert dest.repair(TABLE, DAY) == 2
+    assert day_files(root) == ["part-run1-00000.parquet"]
+
+
+def test_crash_after_the_manifest_switch_leaves_the_new_version(
+    dest: ObjectStoreDestination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit(dest, tmp_path, "run1", 2)
+    monkeypatch.setattr(ObjectStoreDestination, "_remove_unlisted", lambda *a: (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):
+        commit(dest, tmp_path, "run2", 3)
+    monkeypatch.undo()
+    assert read(dest, tmp_path / "out").height == 3
+    assert dest.repair(TABLE, DAY) == 1
+
+
+def test_an_empty_day_commits_an_empty_manifest(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+    commit(dest, tmp_path, "run1", 2)
+    stage = dest.open_stage(TABLE, "run2")
+    draft = Manifest(table=TABLE, partition=DAY, files=(), rows=0, fingerprint="0", format="parquet", run_id="run2", exported_at="x")
+    assert dest.commit(stage, DAY, draft).files == ()
+    assert day_files(tmp_path / "out") == []
+
+
+def test_stale_staging_is_removed(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+    stage = dest.open_stage(TABLE, "crashed")
+    files = RollingFiles(stage.directory(DAY, tmp_path))
+    files.write(frame(1, "x"))
+    stage.add(DAY, files.close())
+    assert dest.remove_stale_staging(older_than_seconds=3600) == 0
+    assert dest.remove_stale_staging(older_than_seconds=-1) == 1
+
+
+def test_written_columns_are_the_events_schema(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+    commit(dest, tmp_path, "run1", 1)
+    got = read(dest, tmp_path / "out")
+    assert tuple(got.columns) == EVENT_COLUMNS
+    assert got.schema["time"] == pl.Datetime("us", "UTC")

@@ -1,0 +1,112 @@
+"""The JSON-lines decoder: exact properties, lifted columns, and Mixpanel's broken-body quirks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.errors import TruncatedStreamError
+from tasks.parse import StreamParser, row_hash
+
+TRICKY_PROPS = (
+    b'{"time":1700000000,"distinct_id":"u1","z":1,"a":2,"big":123456789012345678901234567890,'
+    b'"neg":-36893488147419103232,"f":1.0000000000000002,"tiny":1e-07,"max":1.7976931348623157e308,'
+    b'"esc":"caf\\u00e9 \\ud83d\\ude00","raw":"Z\xc3\xbcrich \xe6\x9d\xb1\xe4\xba\xac","n":null,'
+    b'"nested":{"a":[1,{"b":[true,false,null]}]},"s":"42"}'
+)
+
+
+def parse(body: bytes, block_bytes: int = 1 << 20, piece: int = 4096) -> tuple[list[dict], list]:
+    parser = StreamParser(block_bytes=block_bytes)
+    rows, rejects = [], []
+    blocks = []
+    for i in range(0, len(body), piece):
+        blocks += list(parser.feed(body[i : i + piece]))
+    blocks += list(parser.finish())
+    for block in blocks:
+        rows += block.frame.to_dicts()
+        rejects += block.rejects
+    return rows, rejects
+
+
+def line(name: str, props: bytes) -> bytes:
+    return b'{"event":' + json.dumps(name).encode() + b',"properties":' + props + b"}"
+
+
+def test_properties_are_byte_identical_to_the_source_object() -> None:
+    rows, rejects = parse(line("Page View", TRICKY_PROPS) + b"\n")
+    assert rejects == []
+    assert rows[0]["properties"].encode() == TRICKY_PROPS
+    assert json.loads(rows[0]["properties"])["big"] == 123456789012345678901234567890
+    assert rows[0]["_hash"] == row_hash("Page View", TRICKY_PROPS)
+
+
+def test_lifted_columns_come_from_the_mixpanel_keys_and_missing_keys_are_null() -> None:
+    props = b'{"time":5,"distinct_id":12345,"$insert_id":"i1","$device_id":"d1","$user_id":"u1","mp_processing_time_ms":7}'
+    rows, _ = parse(line("Sign Up", props) + b"\n" + line("Bare", b'{"time":6}') + b"\n")
+    assert rows[0] | {"properties": None, "_hash": None} == {
+        "device_id": "d1",
+        "distinct_id": "12345",
+        "event_name": "Sign Up",
+        "insert_id": "i1",
+        "properties": None,
+        "user_id": "u1",
+        "_epoch": 5,
+        "_ptime": 7,
+        "_hash": None,
+    }
+    assert [rows[1][k] for k in ("device_id", "distinct_id", "insert_id", "user_id", "_ptime")] == [None] * 5
+
+
+@pytest.mark.parametrize("block_bytes", [16, 1 << 20])
+def test_a_record_split_across_two_lines_is_rejoined(block_bytes: int) -> None:
+    body = line("a", b'{"time":1,\n"distinct_id":"x"}') + b"\n" + line("b", b'{"time":2}') + b"\n"
+    rows, rejects = parse(body, block_bytes=block_bytes, piece=7)
+    assert rejects == []
+    assert [(r["event_name"], r["distinct_id"]) for r in rows] == [("a", "x"), ("b", None)]
+    assert rows[0]["properties"] == '{"time":1,\n"distinct_id":"x"}'
+
+
+@pytest.mark.parametrize("block_bytes", [16, 1 << 20])
+def test_a_malformed_line_is_set_aside_with_its_line_number(block_bytes: int) -> None:
+    good = line("ok", b'{"time":1}')
+    body = b"\n".join([good, good, b'{"event": "broken", "properties": {', good, good]) + b"\n"
+    rows, rejects = parse(body, block_bytes=block_bytes, piece=5)
+    assert len(rows) == 4
+    assert [r.line for r in rejects] == [3]
+    assert "invalid JSON" in rejects[0].error
+
+
+def test_records_without_time_or_with_bad_utf8_are_rejected() -> None:
+    body = line("a", b'{"distinct_id":"x"}') + b"\n" + line("b", b'{"time":1,"s":"\xff"}') + b"\n"
+    rows, rejects = parse(body)
+    assert rows == []
+    assert [(r.line, r.error.split(":")[0]) for r in rejects] == [
+        (1, "the record has no properties.time"),
+        (2, "invalid properties"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "tail", [b"export terminated early\n", b"[terminated early]\n", b'{"event":"x","properties":{"ti']
+)
+def test_a_body_cut_short_is_a_retriable_error(tail: bytes) -> None:
+    with pytest.raises(TruncatedStreamError, match="cut the export short at line 2"):
+        parse(line("a", b'{"time":1}') + b"\n" + tail)
+
+
+def test_a_property_value_mentioning_terminated_early_is_just_data() -> None:
+    rows, rejects = parse(line("a", b'{"time":1,"msg":"export terminated early"}') + b"\n")
+    assert len(rows) == 1 and rejects == []
+
+
+def test_a_last_line_without_newline_is_accepted_when_complete() -> None:
+    rows, _ = parse(line("a", b'{"time":1}') + b"\n" + line("b", b'{"time":2}'))
+    assert [r["event_name"] for r in rows] == ["a", "b"]
+
+
+def test_lenient_values_float_time_and_numeric_strings() -> None:
+    rows, rejects = parse(line("a", b'{"time":1.9,"$user_id":7,"mp_processing_time_ms":"12"}') + b"\n")
+    assert rejects == []
+    assert (rows[0]["_epoch"], rows[0]["user_id"], rows[0]["_ptime"]) == (1, "7", 12)
