@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server = SandboxServer(cfg, host=args.host, port=args.port).start()
     print(f"sandbox listening on {server.url}", flush=True)
-    while not stop.wait(0.5):
+    while not stop.wait(0.2):
         pass
     server.stop()
     return 0

@@ -43,6 +43,8 @@ PATHS = [
     "/docs/api",
 ]
 
+# Days up to this many lines are memoised in memory (tests and demos re-read the same small days).
+SMALL_DAY = 2000
 # Per-line probabilities.
 P_NO_INSERT_ID = 0.03
 P_DUPLICATE = 0.004
@@ -170,14 +172,14 @@ def iter_day_lines(cfg: ProjectConfig, day: date) -> Iterator[bytes]:
     return _DayGenerator(cfg, day).lines()
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)
 def _small_day(cfg: ProjectConfig, day: date) -> tuple[bytes, ...]:
     return tuple(iter_day_lines(cfg, day))
 
 
 def day_lines(cfg: ProjectConfig, day: date) -> list[bytes]:
     """All JSON lines of one day (no trailing newlines); identical for the same (cfg, day)."""
-    if cfg.events_per_day <= 5000:
+    if cfg.events_per_day <= SMALL_DAY:
         return list(_small_day(cfg, day))
     return list(iter_day_lines(cfg, day))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import re
@@ -14,9 +12,10 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from sandbox.auth import authenticate
 from sandbox.cache import ensure_cached
 from sandbox.config import ProjectConfig
-from sandbox.data import day_lines, iter_day_lines, split_line
+from sandbox.data import SMALL_DAY, day_lines, iter_day_lines, split_line
 from sandbox.faults import MALFORMED_LINE, Fault, Quirk, split_record
 from sandbox.routing import Request, Response, error, route
 from sandbox.state import SandboxState
@@ -53,35 +52,6 @@ class ExportParams:
         while day <= self.to_date:
             yield day
             day += timedelta(days=1)
-
-
-def _basic_auth(header: str) -> tuple[str, str] | None:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, sep, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (user, password) if sep else None
-
-
-def authenticate(req: Request) -> Response | None:
-    """None when the credentials may read this project, else the error response Mixpanel gives."""
-    cfg = req.state.cfg
-    creds = _basic_auth(req.headers.get("Authorization", ""))
-    if creds == (cfg.legacy_secret, ""):
-        return None  # legacy project secret: the project is implied, no project_id needed
-    if creds != (cfg.username, cfg.secret):
-        return error(401, "Unable to authenticate request")
-    project = req.query.get("project_id", "")
-    if not project:
-        return error(400, "project_id is required for service account authentication")
-    if not project.isdigit():
-        return error(400, f"invalid project_id: {project!r}")
-    if int(project) != cfg.project_id:
-        return error(403, f"service account does not have access to project {project}")
-    return None
 
 
 def parse_date(query: dict[str, str], name: str) -> date:
@@ -163,7 +133,7 @@ def _file_lines(path: Path) -> Iterator[bytes]:
 def _source(cfg: ProjectConfig, day: date) -> Iterable[bytes]:
     if cfg.cache_dir is not None:
         return _file_lines(ensure_cached(cfg, day))
-    if cfg.events_per_day <= 5000:
+    if cfg.events_per_day <= SMALL_DAY:
         return day_lines(cfg, day)
     return iter_day_lines(cfg, day)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -57,13 +58,22 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.send(error(status, "method not allowed" if status == 405 else "not found"))
             return
         req = Request(method, parts.path, query, self.headers, body, self.server.state, self)
+        self.response_started = False
         try:
             response = fn(req)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away mid-stream
             return
+        except Exception:
+            traceback.print_exc()
+            self.close_connection = True
+            response = None if self.response_started else error(500, "sandbox internal error")
         if response is not None:
             self.send(response)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.response_started = True
+        super().send_response(code, message)
 
     def send(self, response: Response) -> None:
         self.send_response(response.status)
@@ -93,7 +103,9 @@ class SandboxServer:
     def start(self) -> Self:
         self._httpd = SandboxHTTPServer((self.host, self.port), self.state)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="sandbox", daemon=True
+        )
         self._thread.start()
         return self
 

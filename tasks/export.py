@@ -198,7 +198,7 @@ def _keep_rejects(
 ) -> None:
     if not state.rejects:
         return
-    body = msgspec.json.encode_lines(
+    body = msgspec.json.Encoder().encode_lines(
         [{"line": r.line, "error": r.error, "text": r.text} for r in state.rejects]
     )
     destination.put_rejects(EVENTS_TABLE, f"{days[0]}_{days[-1]}.{settings.run_id}", body)
@@ -223,7 +223,7 @@ def _commit(
             files=(),
             rows=day.rows,
             fingerprint=fingerprint_hex(day.hash_sum),
-            format=settings.file_format.value,
+            format=FileFormat(settings.file_format).value,
             run_id=settings.run_id,
             flow_run_id=settings.flow_run_id,
             exported_at=exported_at,

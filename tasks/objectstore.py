@@ -101,7 +101,7 @@ class ObjectStoreDestination:
     def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
         """Atomically replace ``partition`` with the staged files; returns the manifest written."""
         final_dir = self.data_prefix(stage.table, partition)
-        short_run = stage.run_id.replace("-", "")[:16]
+        short_run = manifest.run_id.replace("-", "")[:16]
         with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
             committed = []
             for item in stage.files.get(partition, []):

@@ -254,6 +254,8 @@ class StreamParser:
             raise ValueError("a record has no time")
         names = [e.event for e in raws]
         props = [memoryview(e.properties) for e in raws]
+        if len(raws) < buf.obj.count(b"\n", 0, len(buf)):  # type: ignore[union-attr]
+            props = [_unsplit(p) for p in props]
         if any(p[:1] != b"{" for p in props):
             raise ValueError("properties is not an object")
         return ParsedBlock(build_frame(names, props, [e.properties for e in lifted]))
@@ -299,8 +301,18 @@ class StreamParser:
 
     @staticmethod
     def _rejoin(first: bytes, second: bytes) -> tuple[str, memoryview, tuple[Any, ...]] | None:
-        # Mixpanel occasionally breaks one record over two physical lines between two tokens.
+        # Mixpanel occasionally breaks one record over two physical lines; the line break is not
+        # part of the record, so the fragments are joined without it.
         try:
-            return decode_record(first + b"\n" + second)
+            return decode_record(first + second)
         except RecordError:
             return None
+
+
+def _unsplit(props: memoryview) -> memoryview:
+    """A record that spanned lines decoded fine (the break fell between two tokens, where JSON
+    allows whitespace), but the break is not part of the source object: take it out."""
+    text = bytes(props)
+    if b"\n" not in text:
+        return props
+    return memoryview(text.replace(b"\r\n", b"").replace(b"\n", b""))

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "mixpanel-pipelines"
+# Mixpanel counts a request when it arrives, we when we send it: a little slack on every window
+# keeps network jitter from turning our last request of a window into its first over budget.
+WINDOW_SLACK_SECONDS = 0.1
 # A holder on another host cannot be checked for liveness; its slot is freed after this long.
 FOREIGN_LEASE_SECONDS = 6 * 3600.0
 
@@ -105,7 +108,7 @@ class RateBudget:
         try:
             conn.execute("BEGIN IMMEDIATE")
             now = self._clock()
-            horizon = now - self.windows[-1].seconds if self.windows else now
+            horizon = now - self.windows[-1].seconds - WINDOW_SLACK_SECONDS if self.windows else now
             conn.execute("DELETE FROM starts WHERE key = ? AND ts <= ?", (self.key, horizon))
             self._free_dead_holders(conn, now)
             wait, reason = self._wait_needed(conn, now)
@@ -137,13 +140,14 @@ class RateBudget:
         if in_flight >= self.max_concurrent:
             return 0.25, f"{self.max_concurrent} requests already in flight"
         for window in self.windows:
+            span = window.seconds + WINDOW_SLACK_SECONDS
             rows = conn.execute(
                 "SELECT ts FROM starts WHERE key = ? AND ts > ? ORDER BY ts DESC LIMIT ?",
-                (self.key, now - window.seconds, window.limit),
+                (self.key, now - span, window.limit),
             ).fetchall()
             if len(rows) >= window.limit:
                 oldest = rows[-1][0]
-                return max(oldest + window.seconds - now, 0.001), _describe(window)
+                return max(oldest + span - now, 0.001), _describe(window)
         return 0.0, ""
 
 

@@ -85,7 +85,7 @@ class RollingFiles:
         max_file_bytes: int = 256 << 20,
     ) -> None:
         self.directory = directory
-        self.fmt = fmt
+        self.fmt = FileFormat(fmt)
         self.max_file_rows = max_file_rows
         self.max_file_bytes = max_file_bytes
         self.files: list[WrittenFile] = []

@@ -37,7 +37,16 @@ def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Man
     for start in range(0, n, 2):  # frames of 2 rows: a file rolls over once it holds 4
         files.write(rows.slice(start, 2))
     stage.add(DAY, files.close())
-    draft = Manifest(table=TABLE, partition=DAY, files=(), rows=n, fingerprint="0", format="parquet", run_id=run, exported_at="x")
+    draft = Manifest(
+        table=TABLE,
+        partition=DAY,
+        files=(),
+        rows=n,
+        fingerprint="0",
+        format="parquet",
+        run_id=run,
+        exported_at="x",
+    )
     return dest.commit(stage, DAY, draft)
 
 
@@ -97,7 +106,9 @@ def test_crash_after_the_manifest_switch_leaves_the_new_version(
     dest: ObjectStoreDestination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit(dest, tmp_path, "run1", 2)
-    monkeypatch.setattr(ObjectStoreDestination, "_remove_unlisted", lambda *a: (_ for _ in ()).throw(SystemExit))
+    monkeypatch.setattr(
+        ObjectStoreDestination, "_remove_unlisted", lambda *a: (_ for _ in ()).throw(SystemExit)
+    )
     with pytest.raises(SystemExit):
         commit(dest, tmp_path, "run2", 3)
     monkeypatch.undo()
@@ -108,7 +119,16 @@ def test_crash_after_the_manifest_switch_leaves_the_new_version(
 def test_an_empty_day_commits_an_empty_manifest(dest: ObjectStoreDestination, tmp_path: Path) -> None:
     commit(dest, tmp_path, "run1", 2)
     stage = dest.open_stage(TABLE, "run2")
-    draft = Manifest(table=TABLE, partition=DAY, files=(), rows=0, fingerprint="0", format="parquet", run_id="run2", exported_at="x")
+    draft = Manifest(
+        table=TABLE,
+        partition=DAY,
+        files=(),
+        rows=0,
+        fingerprint="0",
+        format="parquet",
+        run_id="run2",
+        exported_at="x",
+    )
     assert dest.commit(stage, DAY, draft).files == ()
     assert day_files(tmp_path / "out") == []
 

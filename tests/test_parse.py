@@ -65,7 +65,14 @@ def test_a_record_split_across_two_lines_is_rejoined(block_bytes: int) -> None:
     rows, rejects = parse(body, block_bytes=block_bytes, piece=7)
     assert rejects == []
     assert [(r["event_name"], r["distinct_id"]) for r in rows] == [("a", "x"), ("b", None)]
-    assert rows[0]["properties"] == '{"time":1,\n"distinct_id":"x"}'
+    assert rows[0]["properties"] == '{"time":1,"distinct_id":"x"}'
+
+
+def test_a_record_split_inside_a_string_is_rejoined_exactly() -> None:
+    body = line("a", b'{"time":1,"city":"S\xc3\xa3o \nPaulo"}') + b"\n" + line("b", b'{"time":2}') + b"\n"
+    rows, rejects = parse(body)
+    assert rejects == []
+    assert rows[0]["properties"] == '{"time":1,"city":"São Paulo"}'
 
 
 @pytest.mark.parametrize("block_bytes", [16, 1 << 20])

@@ -17,7 +17,9 @@ def test_months_before_clamps_to_the_end_of_shorter_months() -> None:
 
 def test_six_months_back_is_allowed_and_one_day_more_is_refused() -> None:
     check_range(date(2026, 2, 28), TODAY, TODAY)
-    with pytest.raises(InvalidDateRangeError, match="more than 6 months back: the earliest allowed today is 2026-02-28"):
+    with pytest.raises(
+        InvalidDateRangeError, match="more than 6 months back: the earliest allowed today is 2026-02-28"
+    ):
         check_range(date(2026, 2, 27), TODAY, TODAY)
 
 

@@ -1,0 +1,150 @@
+"""Error classification and the whole-unit retry policy (no network: see test_events_e2e for HTTP)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from blocks.mixpanel import MixpanelCredentials
+from tasks.errors import (
+    BadCredentialsError,
+    BadRequestError,
+    FatalError,
+    PermissionDeniedError,
+    PlanError,
+    RateLimitedError,
+    RetriableError,
+    ServerError,
+    TimezoneSettingError,
+)
+from tasks.mixpanel_client import (
+    ExportRequest,
+    MixpanelClient,
+    RetryStats,
+    backoff_seconds,
+    classify_response,
+)
+from tasks.ratelimit import RateBudget, Window
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "says"),
+    [
+        (
+            401,
+            '{"error": "Unable to authenticate request"}',
+            BadCredentialsError,
+            "check the service account",
+        ),
+        (
+            400,
+            '{"error": "Unable to authenticate request"}',
+            BadCredentialsError,
+            "check the service account",
+        ),
+        (402, "Payment Required", PlanError, "plan"),
+        (403, '{"error": "forbidden"}', PermissionDeniedError, "give the service account a role"),
+        (
+            400,
+            '{"error": "to_date cannot be later than today"}',
+            TimezoneSettingError,
+            "check the project timezone",
+        ),
+        (400, '{"error": "invalid where"}', BadRequestError, "fix the request parameters"),
+        (
+            429,
+            '{"error": "too many export requests in progress for this project"}',
+            RateLimitedError,
+            "retrying",
+        ),
+        (503, "<html>oops</html>", ServerError, "503"),
+    ],
+)
+def test_each_answer_maps_to_one_error_with_a_fix(status: int, body: str, kind: type, says: str) -> None:
+    error = classify_response(status, body, retry_after=7.0)
+    assert type(error) is kind
+    assert says in str(error)
+    if isinstance(error, RetriableError):
+        assert error.retry_after == 7.0
+    else:
+        assert isinstance(error, FatalError)
+
+
+def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
+    rng = random.Random(1)
+    pauses = [backoff_seconds(n, 2.0, None, rng) for n in (1, 2, 3)]
+    assert 1.0 <= pauses[0] <= 2.0 and 2.0 <= pauses[1] <= 4.0 and 4.0 <= pauses[2] <= 8.0
+    assert backoff_seconds(1, 2.0, 30.0, rng) == 30.0
+    assert backoff_seconds(40, 2.0, None, rng) <= 300.0
+
+
+def credentials(**overrides: object) -> MixpanelCredentials:
+    values: dict[str, object] = {
+        "project_id": 1,
+        "service_account_username": "u",
+        "service_account_secret": "very-secret-value",
+        "max_attempts": 3,
+        "retry_backoff_seconds": 0.5,
+    }
+    return MixpanelCredentials(**(values | overrides))
+
+
+def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_path) -> None:
+    slept: list[float] = []
+    budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
+    client = MixpanelClient(credentials(), budget=budget, sleep=slept.append)
+    calls = []
+
+    def unit() -> None:
+        calls.append(1)
+        raise RateLimitedError("busy", retry_after=9.0)
+
+    stats = RetryStats()
+    with pytest.raises(RetriableError, match=r"failed 3 times.*previous data is unchanged"):
+        client.with_retries(unit, "export 2026-01-01", stats)
+    assert len(calls) == 3 and stats.retries == 2 and slept == [9.0, 9.0]
+
+
+def test_fatal_errors_are_not_retried(tmp_path) -> None:
+    client = MixpanelClient(credentials(), budget=RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db"))
+    calls = []
+
+    def unit() -> None:
+        calls.append(1)
+        raise PlanError("no plan")
+
+    with pytest.raises(PlanError):
+        client.with_retries(unit, "x")
+    assert calls == [1]
+
+
+def test_request_parameters_and_residency_hosts() -> None:
+    from datetime import date
+
+    req = ExportRequest(date(2026, 1, 1), date(2026, 1, 7), events=("A", "B"), where='properties["x"] == 1')
+    assert req.params(42) == {
+        "from_date": "2026-01-01",
+        "to_date": "2026-01-07",
+        "project_id": "42",
+        "event": '["A", "B"]',
+        "where": 'properties["x"] == 1',
+    }
+    assert credentials(residency="EU").export_url() == "https://data-eu.mixpanel.com/api/2.0/export"
+    assert credentials(residency="IN").export_url() == "https://data-in.mixpanel.com/api/2.0/export"
+    assert credentials(api_base_url="http://127.0.0.1:9/").export_url() == "http://127.0.0.1:9/api/2.0/export"
+
+
+def test_secrets_do_not_show_in_the_block_repr() -> None:
+    creds = credentials(project_secret="legacy-secret-xyz")
+    assert "very-secret-value" not in repr(creds) and "legacy-secret-xyz" not in repr(creds)
+    assert creds.basic_auth() == ("u", "very-secret-value")
+    legacy = MixpanelCredentials(project_id=1, project_secret="legacy-secret-xyz")
+    assert legacy.basic_auth() == ("legacy-secret-xyz", "")
+
+
+def test_credentials_block_validates_timezone_and_auth() -> None:
+    with pytest.raises(ValueError, match="unknown timezone"):
+        credentials(project_timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="service_account_username and service_account_secret"):
+        MixpanelCredentials(project_id=1)
