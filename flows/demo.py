@@ -64,7 +64,9 @@ def report(destination: ObjectStoreDestination, server: SandboxServer, days: lis
         same = (manifest.rows, manifest.fingerprint) == (want["rows"], want["fingerprint"])
         ok &= same
         where = destination.describe(destination.data_prefix(EVENTS_TABLE, day.isoformat()))
-        print(f"{day!s:<12}{manifest.rows:>8}  {manifest.fingerprint:<18}{'yes' if same else 'NO':<17}{where}")
+        print(
+            f"{day!s:<12}{manifest.rows:>8}  {manifest.fingerprint:<18}{'yes' if same else 'NO':<17}{where}"
+        )
     return ok
 
 

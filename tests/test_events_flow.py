@@ -28,7 +28,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def test_the_flow_exports_a_week_in_two_requests_with_a_summary(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_the_flow_exports_a_week_in_two_requests_with_a_summary(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
     days = recent_days(7, sandbox)
     rows = events(
         credentials_for(sandbox),
@@ -106,7 +108,9 @@ def test_local_epoch_projects_land_in_the_right_utc_instant_and_day(tmp_path: Pa
     server = start_sandbox(time_mode="local", timezone="America/Los_Angeles")
     try:
         days = recent_days(2, server)
-        events(credentials_for(server), LocalDestination(path=str(tmp_path)), from_date=days[0], to_date=days[-1])
+        events(
+            credentials_for(server), LocalDestination(path=str(tmp_path)), from_date=days[0], to_date=days[-1]
+        )
         zone = ZoneInfo("America/Los_Angeles")
         for day in days:
             assert_day_matches_sandbox(tmp_path, server, day)
@@ -114,11 +118,15 @@ def test_local_epoch_projects_land_in_the_right_utc_instant_and_day(tmp_path: Pa
             local_days = {t.astimezone(zone).date() for t in frame["time"].to_list()}
             assert local_days == {day}
             # the stored instant is the local wall clock of `properties.time` read in the project zone
-            epoch = frame.select(pl.col("properties").str.json_path_match("$.time").cast(pl.Int64))["properties"]
+            epoch = frame.select(pl.col("properties").str.json_path_match("$.time").cast(pl.Int64))[
+                "properties"
+            ]
             assert {date(1970, 1, 1) + timedelta(days=int(e) // 86400) for e in epoch.to_list()} == {day}
             utc = frame["time"].to_list()
             wall = [datetime(1970, 1, 1) + timedelta(seconds=int(e)) for e in epoch.to_list()]
-            assert all(w.replace(tzinfo=zone, fold=0).astimezone(UTC) == t for w, t in zip(wall, utc, strict=True))
+            assert all(
+                w.replace(tzinfo=zone, fold=0).astimezone(UTC) == t for w, t in zip(wall, utc, strict=True)
+            )
     finally:
         server.stop()
 
@@ -135,7 +143,9 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
 
     def crash_mid_commit(self, stage, partition, manifest):  # files published, manifest not switched
         for item in stage.files.get(partition, []):
-            self.storage.move(item.key, self.data_prefix(stage.table, partition) + "part-crashed-00000.parquet")
+            self.storage.move(
+                item.key, self.data_prefix(stage.table, partition) + "part-crashed-00000.parquet"
+            )
         raise FatalError("simulated crash between staging and commit")
 
     monkeypatch.setattr(ObjectStoreDestination, "commit", crash_mid_commit)
