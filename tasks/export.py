@@ -22,7 +22,7 @@ from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
 from tasks.objectstore import ObjectStoreDestination, Stage
 from tasks.parse import BLOCK_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.partition import day_of, day_ordinal, with_time_columns
-from tasks.write import FileFormat, RollingFiles
+from tasks.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
 
 EVENTS_TABLE = "mp_master_event"
 MAX_REJECTS_KEPT = 10_000
@@ -79,6 +79,7 @@ class _Day:
 class _Attempt:
     stage: Stage
     days: dict[int, _Day]
+    buffer: PartitionBuffer
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
 
@@ -130,7 +131,7 @@ def _stream(
         )
         for d in days
     }
-    state = _Attempt(stage, partitions)
+    state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
     parser = StreamParser(settings.block_bytes)
     try:
         with client.export(request) as chunks:
@@ -139,6 +140,7 @@ def _stream(
                     _take(state, block, settings)
             for block in parser.finish():
                 _take(state, block, settings)
+        state.buffer.flush_all()
     except BaseException:
         for day in partitions.values():
             day.files.abort()
@@ -158,12 +160,12 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
         if day is None:
             _reject(state, _outside(part, int(ordinal)), settings)  # type: ignore[call-overload]
             continue
-        day.files.write(part)
         day.rows += part.height
         day.hash_sum += sum(part["_hash"].to_list())
         ptime = part["_ptime"].max()
         if ptime is not None:
             day.max_ptime = max(day.max_ptime or 0, int(ptime))  # type: ignore[arg-type]
+        state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))  # type: ignore[call-overload]
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:

@@ -137,3 +137,32 @@ class RollingFiles:
         assert self._path is not None
         self.files.append(WrittenFile(self._path, self._rows, self._path.stat().st_size))
         self._writer = None
+
+
+class PartitionBuffer:
+    """Holds frames per partition and writes the largest partition's frames as one row group when
+    the shared byte budget is reached: row groups stay large even when a multi-day response
+    interleaves its days, and memory is bounded by ``budget_bytes`` whatever the days' sizes."""
+
+    def __init__(self, writers: dict[int, RollingFiles], budget_bytes: int = 32 << 20) -> None:
+        self.writers = writers
+        self.budget_bytes = budget_bytes
+        self._frames: dict[int, list[pl.DataFrame]] = {key: [] for key in writers}
+        self._bytes: dict[int, int] = dict.fromkeys(writers, 0)
+
+    def add(self, key: int, frame: pl.DataFrame) -> None:
+        self._frames[key].append(frame)
+        self._bytes[key] += frame.estimated_size()
+        if sum(self._bytes.values()) >= self.budget_bytes:
+            self.flush(max(self._bytes, key=self._bytes.__getitem__))
+
+    def flush(self, key: int) -> None:
+        frames = self._frames[key]
+        if frames:
+            self.writers[key].write(pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0])
+        self._frames[key] = []
+        self._bytes[key] = 0
+
+    def flush_all(self) -> None:
+        for key in self.writers:
+            self.flush(key)
