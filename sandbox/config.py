@@ -14,7 +14,7 @@ TimeMode = Literal["utc", "local"]
 IdentityMode = Literal["simplified", "original"]
 
 # Bump when the generator output changes, so stale disk caches are not served.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ def split_line(line: bytes) -> tuple[bytes, bytes]:
 
 def line_hash(line: bytes) -> int:
     name, props = split_line(line)
-    return xxhash.xxh3_64_intdigest(name + b"\n" + props)
+    return xxhash.xxh3_64_intdigest(props, seed=xxhash.xxh3_64_intdigest(name))
 
 
 def fingerprint(lines: Iterable[bytes]) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """The manifest: the committed truth of one (table, partition), stored beside the data.
 
 The fingerprint makes "same data?" a cheap question: each row contributes
-``xxh3_64(event_name + "\\n" + properties)`` and the partition's fingerprint is the sum modulo
+``xxh3_64(properties, seed=xxh3_64(event_name))`` and the partition's fingerprint is the sum modulo
 2**64, so it does not depend on row order or on how rows were split into files, and it changes
 when a row is added, dropped, duplicated or altered.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-FINGERPRINT_ALGORITHM = "sum-mod-2^64 of xxh3_64(event_name || '\\n' || properties)"
+FINGERPRINT_ALGORITHM = "sum mod 2^64 of xxh3_64(properties, seed=xxh3_64(event_name))"
 SCHEMA_VERSION = 1
 MASK64 = (1 << 64) - 1
 

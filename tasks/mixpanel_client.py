@@ -33,7 +33,6 @@ from tasks.ratelimit import RateBudget, Window
 log = logging.getLogger("mixpanel_pipelines")
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 300.0
-STREAM_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class MixpanelClient:
                 self.answered.set()
                 raise error
             self.answered.set()
-            yield _guarded(response.iter_bytes(STREAM_CHUNK_BYTES))
+            yield _guarded(response.iter_bytes())  # as the socket delivers: no re-chunking copy
 
     def _budget_wait(self, seconds: float, reason: str) -> None:
         if seconds >= 1:

@@ -85,9 +85,19 @@ class RecordError(ValueError):
     """A single record is unusable; the message says why."""
 
 
-def row_hash(event_name: str, properties: bytes | memoryview) -> int:
-    """One row's share of a partition fingerprint (see ``tasks.fingerprint``)."""
-    return xxhash.xxh3_64_intdigest(b"".join((event_name.encode(), b"\n", properties)))
+Buffer = bytes | memoryview | msgspec.Raw
+
+
+def row_hash(event_name: str, properties: Buffer) -> int:
+    """One row's share of a partition fingerprint (see ``tasks.manifest``)."""
+    return xxhash.xxh3_64_intdigest(properties, seed=xxhash.xxh3_64_intdigest(event_name.encode()))
+
+
+def _row_hashes(names: list[str], raws: list[Buffer]) -> list[int]:
+    # the event name enters as the seed: one call per row and no copy of the properties
+    seeds = {name: xxhash.xxh3_64_intdigest(name.encode()) for name in set(names)}
+    digest = xxhash.xxh3_64_intdigest
+    return [digest(r, seed=seeds[n]) for n, r in zip(names, raws, strict=True)]
 
 
 def _text(value: Any) -> str | None:
@@ -104,7 +114,7 @@ def _string_series(name: str, values: list[Any]) -> pl.Series:
         return pl.Series(name, [_text(v) for v in values], dtype=pl.String)
 
 
-def _properties_array(raws: list[memoryview]) -> pa.Array:
+def _properties_array(raws: list[Buffer]) -> pa.Array:
     offsets = array("q", accumulate(map(len, raws), initial=0))
     data = b"".join(raws)
     arr = pa.LargeStringArray.from_buffers(len(raws), pa.py_buffer(offsets), pa.py_buffer(data))
@@ -113,7 +123,7 @@ def _properties_array(raws: list[memoryview]) -> pa.Array:
 
 
 def build_frame(
-    names: list[str], raws: list[memoryview], lifted: list[tuple[Any, ...]] | list[Lifted]
+    names: list[str], raws: list[Buffer], lifted: list[tuple[Any, ...]] | list[Lifted]
 ) -> pl.DataFrame:
     """Columns of the events schema plus helpers: ``_epoch`` (exported time, seconds), ``_ptime``
     (mp_processing_time_ms) and ``_hash`` (row fingerprint share)."""
@@ -129,7 +139,7 @@ def build_frame(
     else:
         keys = ("time", "distinct_id", "insert_id", "device_id", "user_id", "ptime")
         cols = {k: [row[i] for row in lifted] for i, k in enumerate(keys)}
-    hashes = [row_hash(n, r) for n, r in zip(names, raws, strict=True)]
+    hashes = _row_hashes(names, raws)
     return pl.DataFrame(
         [
             _string_series("device_id", cols["device_id"]),
@@ -239,26 +249,29 @@ class StreamParser:
         view = memoryview(data)[:end]
         if self._carry is None:
             try:
-                yield self._fast(view)
+                yield self._fast(view, count)
                 return
             except (msgspec.DecodeError, pa.ArrowInvalid, pl.exceptions.PolarsError, TypeError, ValueError):
                 pass
         yield self._slow(bytes(view), first, final)
 
-    def _fast(self, buf: memoryview) -> ParsedBlock:
+    def _fast(self, buf: memoryview, lines: int) -> ParsedBlock:
+        # Raw objects are not tracked by the garbage collector (memoryviews are): a million of
+        # them alive at once would trigger collection after collection.
         raws = RAW_DECODER.decode_lines(buf)
         lifted = LIFT_DECODER.decode_lines(buf)
-        if len(raws) != len(lifted) or any(e.properties is None for e in lifted):
-            raise ValueError("lines disagree")
-        if any(p.time is None for p in (e.properties for e in lifted)):
-            raise ValueError("a record has no time")
+        if len(raws) != len(lifted):
+            raise ValueError("the two decoding passes disagree")
         names = [e.event for e in raws]
-        props = [memoryview(e.properties) for e in raws]
-        if len(raws) < buf.obj.count(b"\n", 0, len(buf)):  # type: ignore[union-attr]
+        props: list[Buffer] = [e.properties for e in raws]
+        if len(raws) < lines:
             props = [_unsplit(p) for p in props]
-        if any(p[:1] != b"{" for p in props):
+        frame = build_frame(names, props, [e.properties for e in lifted])
+        if frame["_epoch"].null_count():
+            raise ValueError("a record has no time")
+        if not frame["properties"].str.starts_with("{").all():
             raise ValueError("properties is not an object")
-        return ParsedBlock(build_frame(names, props, [e.properties for e in lifted]))
+        return ParsedBlock(frame)
 
     def _slow(self, buf: bytes, first: int, final: bool) -> ParsedBlock:
         lines = buf.split(b"\n")
@@ -309,10 +322,10 @@ class StreamParser:
             return None
 
 
-def _unsplit(props: memoryview) -> memoryview:
+def _unsplit(props: Buffer) -> Buffer:
     """A record that spanned lines decoded fine (the break fell between two tokens, where JSON
     allows whitespace), but the break is not part of the source object: take it out."""
     text = bytes(props)
     if b"\n" not in text:
         return props
-    return memoryview(text.replace(b"\r\n", b"").replace(b"\n", b""))
+    return text.replace(b"\r\n", b"").replace(b"\n", b"")

@@ -30,6 +30,9 @@ EVENTS_SCHEMA = pa.schema(
 )
 
 
+DICTIONARY_COLUMNS = ["device_id", "distinct_id", "event_name", "user_id"]
+
+
 class FileFormat(StrEnum):
     PARQUET = "parquet"
     JSONL_GZ = "jsonl.gz"
@@ -122,7 +125,10 @@ class RollingFiles:
         self._path = self.directory / f"part-{len(self.files):05d}.{self.fmt.value}"
         self._rows = 0
         if self.fmt == FileFormat.PARQUET:
-            self._writer = pq.ParquetWriter(self._path, EVENTS_SCHEMA, compression="zstd")
+            # unique values (properties, insert_id) gain nothing from dictionary pages, only cost
+            self._writer = pq.ParquetWriter(
+                self._path, EVENTS_SCHEMA, compression="zstd", use_dictionary=DICTIONARY_COLUMNS
+            )
         else:
             self._writer = gzip.open(self._path, "wb", compresslevel=6)  # noqa: SIM115 - closed in _close_current
 

@@ -85,7 +85,7 @@ def fingerprint_of_rows(frame: pl.DataFrame) -> str:
     """Recomputed from the stored columns: proves the files hold the exact source bytes."""
     total = 0
     for name, props in zip(frame["event_name"].to_list(), frame["properties"].to_list(), strict=True):
-        total += xxhash.xxh3_64_intdigest(name.encode() + b"\n" + props.encode())
+        total += xxhash.xxh3_64_intdigest(props.encode(), seed=xxhash.xxh3_64_intdigest(name.encode()))
     return fingerprint_hex(total)
 
 
