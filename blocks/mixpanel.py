@@ -88,6 +88,11 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
         description="IANA timezone of the project (Project Settings), e.g. America/Los_Angeles; "
         "used when time_mode is local.",
     )
+    identity_mode: Literal["simplified", "original", "legacy"] = Field(
+        default="simplified",
+        description="The project's ID management: simplified (Simplified ID Merge, the default for new "
+        "projects), original (Original ID Merge) or legacy (aliases only).",
+    )
     connect_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a TCP/TLS connection to Mixpanel."
     )
@@ -114,6 +119,13 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
     )
     export_max_concurrent: int = Field(
         default=100, ge=1, description="Export requests in flight at once for this project (Mixpanel: 100)."
+    )
+
+    query_requests_per_hour: int = Field(
+        default=60, ge=1, description="Query API (Engage) budget per hour for this project (Mixpanel: 60)."
+    )
+    query_max_concurrent: int = Field(
+        default=5, ge=1, description="Query API (Engage) requests in flight at once (Mixpanel: 5)."
     )
 
     @field_validator("project_timezone")

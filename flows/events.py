@@ -107,7 +107,8 @@ def events(
         results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests)
     _summarize(results, failures, len(days))
     if failures:
-        first = next(iter(failures.values()))
+        # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
+        first = client.fatal or next(iter(failures.values()))
         raise (
             first
             if len(failures) == len(groups)
@@ -132,6 +133,7 @@ def _settings(
         timezone=credentials.project_timezone if local else "UTC",
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         events=tuple(event_names or ()),
+        identity_mode=credentials.identity_mode,
     )
 
 

@@ -26,7 +26,9 @@ def _limit(value: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sandbox", description="Mixpanel-compatible local export API")
+    p = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Mixpanel-compatible local export/engage API"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--project-id", type=int, default=1)
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-second", type=_limit, default=3, help="0 disables")
     p.add_argument("--max-concurrent", type=_limit, default=100, help="0 disables")
     p.add_argument("--max-per-hour", type=_limit, default=60, help="0 disables")
+    p.add_argument("--profiles", type=int, help="Engage user profiles (default: one per user in the events)")
+    p.add_argument("--anonymous-profiles", type=int, default=0, help="extra $device: profiles")
+    p.add_argument(
+        "--query-max-per-hour", type=_limit, default=60, help="Engage queries per hour, 0 disables"
+    )
+    p.add_argument(
+        "--query-max-concurrent", type=_limit, default=5, help="concurrent Engage queries, 0 disables"
+    )
     p.add_argument("--prewarm", metavar="FROM:TO", help="generate and cache these days before serving")
     return p
 
@@ -65,6 +75,10 @@ def config_from_args(args: argparse.Namespace) -> ProjectConfig:
         max_per_hour=args.max_per_hour,
         gzip=not args.no_gzip,
         cache_dir=args.cache_dir,
+        profiles=args.profiles,
+        anonymous_profiles=args.anonymous_profiles,
+        query_max_per_hour=args.query_max_per_hour,
+        query_max_concurrent=args.query_max_concurrent,
     )
 
 

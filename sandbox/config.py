@@ -36,6 +36,12 @@ class ProjectConfig:
     max_per_hour: int | None = 60
     gzip: bool = True
     cache_dir: Path | None = None
+    # Engage (user profiles): None derives one profile per identified user of the events (sandbox.people).
+    profiles: int | None = None
+    anonymous_profiles: int = 0  # extra `$device:` profiles of never-identified devices
+    # Mixpanel's query API limits (Engage counts as a query); None disables a limit.
+    query_max_per_hour: int | None = 60
+    query_max_concurrent: int | None = 5
 
     def __post_init__(self) -> None:
         if self.time_mode not in ("utc", "local"):
@@ -44,6 +50,8 @@ class ProjectConfig:
             raise ValueError(f"identity_mode must be 'simplified' or 'original', not {self.identity_mode!r}")
         if self.events_per_day < 0:
             raise ValueError("events_per_day must be >= 0")
+        if (self.profiles is not None and self.profiles < 0) or self.anonymous_profiles < 0:
+            raise ValueError("profiles and anonymous_profiles must be >= 0")
         ZoneInfo(self.timezone)  # fail early on an unknown zone name
 
     @property

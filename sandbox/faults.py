@@ -1,11 +1,16 @@
 """Fault plan: one-shot request faults and persistent data quirks.
 
-Fault dicts (each applies to the next `times` export requests, default 1, consumed in order, one per request):
+Fault dicts (each applies to the next `times` requests of its endpoint, default 1, consumed in order, one per
+request). `"endpoint"` is "export" (the default, so older plans keep targeting export only) or "engage";
+engage faults may add `"page": N` to hit only the next request for that page (status, drop_after_bytes and
+slow_first_byte only):
     {"kind": "status", "code": 503, "body": {...} | "text", "retry_after": 2}
     {"kind": "drop_after_bytes", "bytes": 4096}        close the socket after N body bytes, no final chunk
     {"kind": "terminated_early", "after_lines": 10, "text": "export terminated early"}
     {"kind": "partial_last_line", "after_lines": 10}   then half of the next line, no newline, clean end
     {"kind": "slow_first_byte", "seconds": 1.5}        sleep before the status line, then serve normally
+    {"kind": "status", "code": 402, "endpoint": "engage"}           plan without Engage access
+    {"kind": "status", "code": 500, "endpoint": "engage", "page": 3, "times": 1}
 Quirk dicts (persistent until reset):
     {"kind": "malformed_line", "day": "2024-01-02", "index": 5}   invalid JSON line inserted before line 5
     {"kind": "split_record", "day": "2024-01-02", "index": 7}     line 7 written across two physical lines
@@ -20,6 +25,8 @@ from typing import Any
 
 FAULT_KINDS = ("status", "drop_after_bytes", "terminated_early", "partial_last_line", "slow_first_byte")
 QUIRK_KINDS = ("malformed_line", "split_record")
+ENDPOINTS = ("export", "engage")
+ENGAGE_KINDS = ("status", "drop_after_bytes", "slow_first_byte")
 MALFORMED_LINE = b'{"event": "broken", "properties": {'
 TERMINATED_TEXT = "export terminated early"
 
@@ -46,6 +53,8 @@ class Fault:
     after_lines: int = 0
     seconds: float = 0.0
     text: str = TERMINATED_TEXT
+    endpoint: str = "export"
+    page: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fault:
@@ -60,12 +69,28 @@ class Fault:
         fault.text = str(d.get("text", TERMINATED_TEXT))
         if fault.times < 1:
             raise FaultError("'times' must be >= 1")
+        _set_target(fault, d)
         return fault
+
+    def matches(self, endpoint: str, page: int | None) -> bool:
+        return self.endpoint == endpoint and (self.page is None or self.page == page)
 
     @property
     def needs_lines(self) -> bool:
         """Faults that count lines; they force the per-line serving path."""
         return self.kind in ("terminated_early", "partial_last_line")
+
+
+def _set_target(fault: Fault, d: dict[str, Any]) -> None:
+    fault.endpoint = str(d.get("endpoint", "export"))
+    if fault.endpoint not in ENDPOINTS:
+        raise FaultError(f"endpoint must be one of {ENDPOINTS}")
+    if fault.endpoint == "engage" and fault.kind not in ENGAGE_KINDS:
+        raise FaultError(f"engage faults must be one of {ENGAGE_KINDS}")
+    if d.get("page") is not None:
+        if fault.endpoint != "engage":
+            raise FaultError("'page' only applies to engage faults")
+        fault.page = _int(d, "page")
 
 
 @dataclass(frozen=True)
@@ -111,16 +136,16 @@ class FaultPlan:
         with self._lock:
             self._pending.extend(parsed)
 
-    def take(self) -> Fault | None:
-        """The fault for the next export request, consuming one of its `times`."""
+    def take(self, endpoint: str = "export", page: int | None = None) -> Fault | None:
+        """The first fault matching this request (endpoint, engage page), consuming one of its `times`."""
         with self._lock:
-            if not self._pending:
-                return None
-            fault = self._pending[0]
-            fault.times -= 1
-            if fault.times <= 0:
-                self._pending.pop(0)
-            return fault
+            for i, fault in enumerate(self._pending):
+                if fault.matches(endpoint, page):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._pending.pop(i)
+                    return fault
+            return None
 
     def set_quirks(self, quirks: list[Quirk | dict[str, Any]]) -> None:
         parsed = [q if isinstance(q, Quirk) else Quirk.from_dict(q) for q in quirks]

@@ -10,9 +10,11 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import sandbox.admin
+import sandbox.engage  # registers the engage routes
 import sandbox.export  # registers the export route
 from sandbox.config import ProjectConfig
 from sandbox.faults import Fault, Quirk
+from sandbox.people import people_fingerprint
 from sandbox.routing import Request, Response, error, find, path_known
 from sandbox.state import SandboxState
 
@@ -130,6 +132,15 @@ class SandboxServer:
     def expected(self, from_date: date | str, to_date: date | str) -> dict[str, Any]:
         query = {"from_date": str(from_date), "to_date": str(to_date)}
         return sandbox.admin.expected(self.cfg, query)
+
+    def people_expected(
+        self,
+        where: str | None = None,
+        output_properties: list[str] | None = None,
+        distinct_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """{"rows", "fingerprint"} of the profiles a complete Engage download with these filters returns."""
+        return people_fingerprint(self.cfg, where, output_properties, distinct_ids)
 
     def reset(self) -> None:
         self.state.reset()

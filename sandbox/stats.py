@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from sandbox.config import ProjectConfig
 
@@ -41,6 +42,7 @@ class Stats:
             self.request_times: list[float] = []
             self.bytes_served = 0
             self.log: list[dict[str, Any]] = []
+            self.engage = EndpointStats("engage")
 
     def begin(self) -> float:
         now = time.monotonic()
@@ -80,7 +82,58 @@ class Stats:
                 "max_in_any_second": max_in_window(times),
                 "bytes_served": self.bytes_served,
                 "log": list(self.log),
+                **self.engage.snapshot(),
             }
+
+
+class EndpointStats:
+    """Counters of one query endpoint (Engage), kept apart from export and reported as `<prefix>_*` keys."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.in_flight = 0
+        self.max_concurrent = 0
+        self.rate_limited = 0
+        self.bytes_served = 0
+        self.responses: Counter[int] = Counter()
+        self.log: list[dict[str, Any]] = []
+
+    def begin(self) -> None:
+        with self._lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.max_concurrent = max(self.max_concurrent, self.in_flight)
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def response(self, status: int, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.responses[status] += 1
+            if status == 429:
+                self.rate_limited += 1
+            if len(self.log) < LOG_LIMIT:
+                self.log.append({**entry, "status": status})
+
+    def add_bytes(self, n: int) -> None:
+        with self._lock:
+            self.bytes_served += n
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            values = {
+                "requests": self.requests,
+                "in_flight": self.in_flight,
+                "max_concurrent": self.max_concurrent,
+                "rate_limited": self.rate_limited,
+                "bytes_served": self.bytes_served,
+                "responses": {str(k): v for k, v in sorted(self.responses.items())},
+                "log": list(self.log),
+            }
+        return {f"{self.prefix}_{k}": v for k, v in values.items()}
 
 
 class RateLimiter:
@@ -89,12 +142,15 @@ class RateLimiter:
     def __init__(self, cfg: ProjectConfig) -> None:
         self.cfg = cfg
         self._lock = threading.Lock()
+        # The query API (Engage) has its own budget; it lives here so SandboxState.reset() clears it too.
+        self.query = QueryLimiter(cfg)
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._starts: deque[float] = deque()
             self._active = 0
+        self.query.reset()
 
     def _count_since(self, since: float) -> int:
         n = 0
@@ -120,6 +176,45 @@ class RateLimiter:
             self._starts.append(now)
             self._active += 1
             return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+class Denied(NamedTuple):
+    message: str
+    retry_after: int
+
+
+class QueryLimiter:
+    """Mixpanel's query API limits (Engage, segmentation): N per hour (sliding window) and N concurrent."""
+
+    def __init__(self, cfg: ProjectConfig) -> None:
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._starts: deque[float] = deque()
+            self._active = 0
+
+    def acquire(self) -> Denied | None:
+        """None when admitted (remember to `release`), else why not and when to retry."""
+        cfg = self.cfg
+        now = time.monotonic()
+        with self._lock:
+            while self._starts and self._starts[0] <= now - 3600:
+                self._starts.popleft()
+            if cfg.query_max_concurrent is not None and self._active >= cfg.query_max_concurrent:
+                return Denied("too many concurrent queries", 1)
+            if cfg.query_max_per_hour is not None and len(self._starts) >= cfg.query_max_per_hour:
+                wait = math.ceil(self._starts[0] + 3600 - now) if self._starts else 1
+                return Denied(f"query rate limit exceeded: {cfg.query_max_per_hour} per hour", max(1, wait))
+            self._starts.append(now)
+            self._active += 1
+            return None
 
     def release(self) -> None:
         with self._lock:

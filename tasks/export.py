@@ -18,14 +18,14 @@ import msgspec
 import polars as pl
 
 from tasks.errors import MalformedRecordsError
+from tasks.identity import edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
-from tasks.objectstore import ObjectStoreDestination, Stage
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
 from tasks.parse import BLOCK_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.partition import day_of, day_ordinal, with_time_columns
 from tasks.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
 
-EVENTS_TABLE = "mp_master_event"
 MAX_REJECTS_KEPT = 10_000
 
 
@@ -43,6 +43,8 @@ class ExportSettings:
     flow_run_id: str | None = None
     events: tuple[str, ...] = ()
     scratch_dir: Path | None = None
+    # ID-merge flavour of the project: the day's merge edges are committed with the day (None: none)
+    identity_mode: str | None = None
 
 
 @dataclass
@@ -71,6 +73,7 @@ class DayResult:
 @dataclass
 class _Day:
     files: RollingFiles
+    edges: RollingFiles
     rows: int = 0
     hash_sum: int = 0
     max_ptime: int | None = None
@@ -131,7 +134,8 @@ def _stream(
                 settings.file_format,
                 settings.max_file_rows,
                 settings.max_file_bytes,
-            )
+            ),
+            RollingFiles(stage.directory(d.isoformat(), scratch) / "edges", schema=None),
         )
         for d in days
     }
@@ -148,9 +152,11 @@ def _stream(
     except BaseException:
         for day in partitions.values():
             day.files.abort()
+            day.edges.abort()
         raise
     for ordinal, day in partitions.items():
         stage.add(day_of(ordinal).isoformat(), day.files.close())
+        stage.add(day_of(ordinal).isoformat(), day.edges.close(), edges=True)
     return state
 
 
@@ -170,6 +176,9 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
         if ptime is not None:
             day.max_ptime = max(day.max_ptime or 0, int(ptime))  # type: ignore[arg-type]
         state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))  # type: ignore[call-overload]
+        if settings.identity_mode is not None:
+            # a few rows per block at most: written as they come, so memory does not grow with the day
+            day.edges.write(edges_from_events(part, settings.identity_mode))  # type: ignore[arg-type]
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:

@@ -26,6 +26,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     partition: str
     files: tuple[ManifestFile, ...]
     rows: int
+    identity_edges: tuple[ManifestFile, ...] = ()
     fingerprint: str
     format: str
     run_id: str

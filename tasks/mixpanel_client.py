@@ -8,10 +8,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -127,6 +127,7 @@ class MixpanelClient:
         self,
         credentials: MixpanelCredentials,
         budget: RateBudget | None = None,
+        query_budget: RateBudget | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         notify: Callable[[str], None] | None = None,
@@ -144,6 +145,11 @@ class MixpanelClient:
                 Window(credentials.export_requests_per_hour, 3600.0),
             ],
             max_concurrent=credentials.export_max_concurrent,
+        )
+        self.query_budget = query_budget or RateBudget(
+            key=f"query:{credentials.project_id}",
+            windows=[Window(credentials.query_requests_per_hour, 3600.0)],
+            max_concurrent=credentials.query_max_concurrent,
         )
         self._sleep = sleep
         self._rng = random.Random()
@@ -170,19 +176,30 @@ class MixpanelClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def export(self, request: ExportRequest) -> Iterator[Iterator[bytes]]:
-        """Open one export request and yield its decompressed body as byte chunks.
+    def _project_param(self) -> dict[str, str]:
+        # service accounts must name the project; a legacy project secret implies it
+        return (
+            {"project_id": str(self.credentials.project_id)} if self.credentials.uses_service_account else {}
+        )
 
-        Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
-        classified error. The request holds one slot of the rate budget while it streams."""
-        project_id = self.credentials.project_id if self.credentials.uses_service_account else None
-        params = request.params(project_id)
-        url = self.credentials.export_url()
+    def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
+        """Open one export request; its decompressed body as byte chunks (export budget held)."""
+        params = request.params(None) | self._project_param()
+        return self._stream(self.budget, "GET", self.credentials.export_url(), params=params)
+
+    def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
+        """Open one Engage (profiles) page request (query-API budget held)."""
+        url = f"{self.credentials.query_base_url()}/api/query/engage"
+        return self._stream(self.query_budget, "POST", url, params=self._project_param(), data=form)
+
+    @contextmanager
+    def _stream(self, budget: RateBudget, method: str, url: str, **kwargs: Any) -> Iterator[Iterator[bytes]]:
+        """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
+        classified error. The request holds one slot of ``budget`` while it streams."""
         with (
-            self.budget.slot(on_wait=self._budget_wait),
+            budget.slot(on_wait=self._budget_wait),
             _transport_errors(),
-            self._http.stream("GET", url, params=params) as response,
+            self._http.stream(method, url, **kwargs) as response,
         ):
             if response.status_code != 200:
                 body = response.read().decode("utf-8", "replace")

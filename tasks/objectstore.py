@@ -6,6 +6,10 @@ Layout under the destination root (Mixpanel's own, so existing queries keep work
     <project_id>/_state/manifests/<table>/<partition>.json              the truth per partition
     <project_id>/_staging/<run>/<table>/<partition>/part-NNNNN.parquet  a run's uncommitted files
     <project_id>/mp_master_event/_rejects/<from>_<to>.<run>.jsonl        lines that were set aside
+    <project_id>/_state/identity_edges/YYYY/MM/DD/part-<run>-NNNNN.parquet the day's ID-merge edges
+
+A partition's manifest names its data files and, for event days, the day's identity-edge files:
+both are switched by the same manifest write, so a day's edges always match its events.
 
 A commit, under the partition's lock: move the staged files to their final names (unique per run,
 so they never overwrite committed files), write the new manifest (one atomic object write: the
@@ -29,6 +33,7 @@ from tasks.storage import Storage
 from tasks.write import WrittenFile
 
 STALE_STAGING_SECONDS = 24 * 3600.0
+EVENTS_TABLE = "mp_master_event"
 
 
 def partition_dir(table: str, partition: str) -> str:
@@ -46,6 +51,7 @@ class Stage:
     table: str
     run_id: str
     files: dict[str, list[ManifestFile]] = field(default_factory=dict)
+    edges: dict[str, list[ManifestFile]] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -56,10 +62,12 @@ class Stage:
         local = self.destination.storage.local_path(f"{self.prefix}/{partition}")
         return local if local is not None else scratch / self.run_id / self.table / partition
 
-    def add(self, partition: str, written: Iterable[WrittenFile]) -> None:
-        staged = self.files.setdefault(partition, [])
+    def add(self, partition: str, written: Iterable[WrittenFile], edges: bool = False) -> None:
+        """Upload files for ``partition``: its data, or (``edges``) its identity edges."""
+        staged = (self.edges if edges else self.files).setdefault(partition, [])
+        folder = f"{self.prefix}/{partition}/edges" if edges else f"{self.prefix}/{partition}"
         for item in written:
-            key = f"{self.prefix}/{partition}/{item.path.name}"
+            key = f"{folder}/{item.path.name}"
             self.destination.storage.upload(item.path, key)
             staged.append(ManifestFile(key, item.rows, item.bytes))
 
@@ -78,6 +86,9 @@ class ObjectStoreDestination:
     def data_prefix(self, table: str, partition: str) -> str:
         sub = partition_dir(table, partition)
         return f"{self.project_prefix}/{table}/{sub}/" if sub else f"{self.project_prefix}/{table}/"
+
+    def edges_prefix(self, partition: str) -> str:
+        return f"{self.project_prefix}/_state/identity_edges/{partition_dir('', partition)}/"
 
     def manifest_key(self, table: str, partition: str) -> str:
         return f"{self.project_prefix}/_state/manifests/{table}/{partition}.json"
@@ -100,18 +111,25 @@ class ObjectStoreDestination:
 
     def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
         """Atomically replace ``partition`` with the staged files; returns the manifest written."""
-        final_dir = self.data_prefix(stage.table, partition)
-        short_run = manifest.run_id.replace("-", "")[:16]
+        run = manifest.run_id.replace("-", "")[:16]
         with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
-            committed = []
-            for item in stage.files.get(partition, []):
-                name = item.key.rsplit("/", 1)[1].replace("part-", f"part-{short_run}-", 1)
-                self.storage.move(item.key, final_dir + name)
-                committed.append(ManifestFile(final_dir + name, item.rows, item.bytes))
-            final = msgspec.structs.replace(manifest, files=tuple(committed))
+            files = self._publish(
+                stage.files.get(partition, []), self.data_prefix(stage.table, partition), run
+            )
+            edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
+            final = msgspec.structs.replace(manifest, files=files, identity_edges=edges)
             self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
             self._remove_unlisted(stage.table, partition, final)
         return final
+
+    def _publish(self, staged: list[ManifestFile], folder: str, run: str) -> tuple[ManifestFile, ...]:
+        """Move staged files to final names that are unique per run, so nothing committed is overwritten."""
+        published = []
+        for item in staged:
+            name = item.key.rsplit("/", 1)[1].replace("part-", f"part-{run}-", 1)
+            self.storage.move(item.key, folder + name)
+            published.append(ManifestFile(folder + name, item.rows, item.bytes))
+        return tuple(published)
 
     def repair(self, table: str, partition: str) -> int:
         """Remove files of ``partition`` that its manifest does not name; returns how many."""
@@ -130,10 +148,14 @@ class ObjectStoreDestination:
         return key
 
     def _remove_unlisted(self, table: str, partition: str, manifest: Manifest | None) -> int:
-        keep = {f.key for f in manifest.files} if manifest else set()
-        prefix = self.data_prefix(table, partition)
-        # only files directly in the partition folder: `_rejects/` and other partitions are not ours
-        direct = [i.key for i in self.storage.list(prefix) if "/" not in i.key[len(prefix) :]]
-        unlisted = [k for k in direct if k not in keep]
+        keep = {f.key for f in (*manifest.files, *manifest.identity_edges)} if manifest else set()
+        folders = [self.data_prefix(table, partition)]
+        if table == EVENTS_TABLE and partition_dir(table, partition):
+            folders.append(self.edges_prefix(partition))
+        unlisted = [k for folder in folders for k in self._direct_files(folder) if k not in keep]
         self.storage.delete(unlisted)
         return len(unlisted)
+
+    def _direct_files(self, prefix: str) -> list[str]:
+        # only files directly in the partition folder: `_rejects/` and other partitions are not ours
+        return [i.key for i in self.storage.list(prefix) if "/" not in i.key[len(prefix) :]]

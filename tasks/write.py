@@ -86,8 +86,11 @@ class RollingFiles:
         fmt: FileFormat = FileFormat.PARQUET,
         max_file_rows: int = 1_000_000,
         max_file_bytes: int = 256 << 20,
+        schema: pa.Schema | None = EVENTS_SCHEMA,
     ) -> None:
+        """``schema=None`` takes the schema of the first frame (small state tables)."""
         self.directory = directory
+        self.schema = schema
         self.fmt = FileFormat(fmt)
         self.max_file_rows = max_file_rows
         self.max_file_bytes = max_file_bytes
@@ -100,10 +103,9 @@ class RollingFiles:
         if frame.height == 0:
             return
         if self._writer is None:
-            self._open()
+            self._open(frame)
         if isinstance(self._writer, pq.ParquetWriter):
-            table = frame.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA)
-            self._writer.write_table(table, row_group_size=max(frame.height, 1))
+            self._writer.write_table(self._arrow(frame), row_group_size=max(frame.height, 1))
         else:
             assert self._writer is not None
             self._writer.write(_jsonl_bytes(frame))
@@ -120,14 +122,23 @@ class RollingFiles:
             self._writer.close()
             self._writer = None
 
-    def _open(self) -> None:
+    def _arrow(self, frame: pl.DataFrame) -> pa.Table:
+        if self.schema is EVENTS_SCHEMA:
+            return frame.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA)
+        table = frame.to_arrow()
+        return table.cast(self.schema) if self.schema is not None else table
+
+    def _open(self, frame: pl.DataFrame) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._path = self.directory / f"part-{len(self.files):05d}.{self.fmt.value}"
         self._rows = 0
         if self.fmt == FileFormat.PARQUET:
+            if self.schema is None:
+                self.schema = self._arrow(frame.head(0)).schema
             # unique values (properties, insert_id) gain nothing from dictionary pages, only cost
+            dictionary = DICTIONARY_COLUMNS if self.schema is EVENTS_SCHEMA else True
             self._writer = pq.ParquetWriter(
-                self._path, EVENTS_SCHEMA, compression="zstd", use_dictionary=DICTIONARY_COLUMNS
+                self._path, self.schema, compression="zstd", use_dictionary=dictionary
             )
         else:
             self._writer = gzip.open(self._path, "wb", compresslevel=6)  # noqa: SIM115 - closed in _close_current

@@ -159,4 +159,7 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     assert_day_matches_sandbox(tmp_path, sandbox, day)
     day_dir = tmp_path / "1" / "mp_master_event" / day.strftime("%Y/%m/%d")
     assert len(list(day_dir.iterdir())) == 1, "the orphan of the crashed run was removed"
+    # what the crashed run staged (its edge file) stays outside every table until it is stale
+    assert staging_files(tmp_path), "a crash leaves its staging behind"
+    assert local_destination(tmp_path).remove_stale_staging(older_than_seconds=-1) > 0
     assert staging_files(tmp_path) == []

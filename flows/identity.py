@@ -1,0 +1,62 @@
+"""The identity flow: ``mp_identity_mappings_data`` from the merge edges of every committed day.
+
+Mixpanel has no API for its identity clusters; the events flow records each day's ID-merge edges
+beside the day (replaced with it), and this flow unions them all and swaps the table whole. It
+makes no Mixpanel request.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import polars as pl
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials
+from tasks.identity import resolve
+from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
+
+
+@flow(name="mixpanel-identity", log_prints=True)
+def identity(
+    credentials: MixpanelCredentials, destination: LocalDestination | None = None
+) -> dict[str, object]:
+    """Rebuild mp_identity_mappings_data (distinct_id -> resolved_distinct_id) from the committed days.
+
+    Args:
+        credentials: The Mixpanel project (its identity_mode picks the merge rules); no request is made.
+        destination: Where the tables are; default: a LocalDestination on ./data.
+    """
+    logger = get_run_logger()
+    target = (destination or LocalDestination()).connect(credentials.project_id)
+    edges, days = committed_edges(target)
+    mappings = resolve(edges, credentials.identity_mode) if edges.height else _empty()
+    manifest = replace_table(
+        target,
+        MAPPINGS_TABLE,
+        MAPPINGS_SCHEMA,
+        [mappings],
+        run_id=uuid.uuid4().hex[:12],
+        value_column="resolved_distinct_id",
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+    )
+    clusters = mappings["resolved_distinct_id"].n_unique() if mappings.height else 0
+    summary = {
+        "days": days,
+        "edges": edges.height,
+        "mapped ids": manifest.rows,
+        "clusters": clusters,
+        "mode": credentials.identity_mode,
+    }
+    logger.info("identity mappings: %s", summary)
+    create_table_artifact(
+        key="mixpanel-identity-summary", table=[summary], description="Identity mappings rebuilt"
+    )
+    return summary
+
+
+def _empty() -> pl.DataFrame:
+    return pl.DataFrame(schema={"distinct_id": pl.String, "resolved_distinct_id": pl.String})

@@ -1,0 +1,56 @@
+"""The people flow: every Mixpanel user profile into ``mp_people_data``, replaced whole each run."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials
+from tasks.mixpanel_client import MixpanelClient
+from tasks.people import EngageQuery, export_people
+
+
+@flow(name="mixpanel-people", log_prints=True)
+def people(
+    credentials: MixpanelCredentials,
+    destination: LocalDestination | None = None,
+    page_size: int = 1000,
+    where: str | None = None,
+    output_properties: list[str] | None = None,
+    max_concurrent_pages: int = 5,
+) -> dict[str, object]:
+    """Export every user profile (Engage API) into mp_people_data, swapped in atomically.
+
+    Args:
+        credentials: The Mixpanel project (a MixpanelCredentials block).
+        destination: Where the tables go; default: a LocalDestination on ./data.
+        page_size: Profiles per Engage page (Mixpanel's usual maximum is 1000).
+        where: Optional Engage selector, e.g. properties["$city"] == "Zürich".
+        output_properties: Export only these profile properties; empty exports all.
+        max_concurrent_pages: Pages fetched at once after the first (the query API allows 5).
+    """
+    logger = get_run_logger()
+    target = (destination or LocalDestination()).connect(credentials.project_id)
+    query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))
+    progress = create_progress_artifact(0.0, description="Engage pages fetched")
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            update_progress_artifact(progress, min(100.0, 100.0 * done / total))
+
+    with MixpanelClient(credentials, notify=logger.warning) as client:
+        result = export_people(
+            client,
+            target,
+            query,
+            max_concurrent_pages=max_concurrent_pages,
+            flow_run_id=str(flow_run.id) if flow_run.id else None,
+            progress=report,
+        )
+    update_progress_artifact(progress, 100.0)
+    summary = {"profiles": result.rows, "pages": result.pages, "files": result.files, "bytes": result.bytes}
+    logger.info("mp_people_data replaced: %s", summary)
+    create_table_artifact(key="mixpanel-people-summary", table=[summary], description="People export")
+    return summary

@@ -1,0 +1,98 @@
+"""Identity edges travel with their day, and the identity flow turns them into the mappings table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blocks.destinations.local import LocalDestination
+from flows.events import events
+from flows.identity import identity
+from sandbox import SandboxServer, day_lines
+from tasks.tables import MAPPINGS_TABLE, read_table
+from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def expected_simplified(server: SandboxServer, days) -> dict[str, str]:
+    """Written from the sandbox's served lines with json, not with the code under test: the first
+    user a device is seen with (in time order) owns it, users map to themselves."""
+    seen: list[tuple[int, str, str]] = []
+    for day in days:
+        for line in day_lines(server.cfg, day):
+            props = json.loads(line)["properties"]
+            if props.get("$device_id") and props.get("$user_id"):
+                seen.append((props["time"], "$device:" + props["$device_id"], props["$user_id"]))
+    owner: dict[str, str] = {}
+    for _, device, user in sorted(seen):
+        owner.setdefault(device, user)
+    mapping = dict(owner)
+    mapping.update({user: user for user in owner.values()})
+    return mapping
+
+
+def test_identity_mappings_follow_the_committed_days(sandbox: SandboxServer, tmp_path: Path) -> None:
+    days = recent_days(3, sandbox)
+    target = LocalDestination(path=str(tmp_path))
+    creds = credentials_for(sandbox, identity_mode="simplified")
+    events(creds, target, from_date=days[0], to_date=days[-1])
+    for day in days:
+        manifest = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+        assert manifest.identity_edges, f"{day} has no edge file"
+        assert all(f.key.startswith("1/_state/identity_edges/") for f in manifest.identity_edges)
+
+    summary = identity(creds, target)
+    mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
+    got = dict(
+        zip(mappings["distinct_id"].to_list(), mappings["resolved_distinct_id"].to_list(), strict=True)
+    )
+    assert got == expected_simplified(sandbox, days)
+    assert summary["days"] == 3 and summary["mapped ids"] == len(got)
+
+
+def test_rerunning_a_day_replaces_its_edges(sandbox: SandboxServer, tmp_path: Path) -> None:
+    (day,) = recent_days(1, sandbox)
+    target = LocalDestination(path=str(tmp_path))
+    creds = credentials_for(sandbox)
+    events(creds, target, from_date=day, to_date=day)
+    first = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    events(creds, target, from_date=day, to_date=day)
+    second = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    assert {f.key for f in first.identity_edges}.isdisjoint(f.key for f in second.identity_edges)
+    edge_dir = tmp_path / "1" / "_state" / "identity_edges" / day.strftime("%Y/%m/%d")
+    assert sorted(p.name for p in edge_dir.iterdir()) == sorted(
+        f.key.rsplit("/", 1)[1] for f in second.identity_edges
+    )
+
+
+def test_original_id_merge_projects_map_anonymous_ids_to_the_identified_user(tmp_path: Path) -> None:
+    server = start_sandbox(identity_mode="original", events_per_day=600)
+    try:
+        days = recent_days(2, server)
+        target = LocalDestination(path=str(tmp_path))
+        creds = credentials_for(server, identity_mode="original")
+        events(creds, target, from_date=days[0], to_date=days[-1])
+        identity(creds, target)
+        mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
+        assert mappings.height > 0
+        identified = set()
+        for day in days:
+            for line in day_lines(server.cfg, day):
+                record = json.loads(line)
+                if record["event"] == "$identify":
+                    identified.add(record["properties"]["$identified_id"])
+                elif record["event"] == "$create_alias":
+                    identified.add(record["properties"]["distinct_id"])
+        clusters: dict[str, set[str]] = {}
+        for distinct, resolved in zip(mappings["distinct_id"], mappings["resolved_distinct_id"], strict=True):
+            clusters.setdefault(resolved, set()).add(distinct)
+        for resolved, members in clusters.items():
+            users = {m for m in members if m.startswith("user_")}
+            assert len(users) == 1, f"the sandbox only ever links a device with its own user: {members}"
+            if users & identified:
+                assert resolved == users.pop(), "an identified user is the canonical id of its cluster"
+    finally:
+        server.stop()
