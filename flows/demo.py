@@ -18,6 +18,7 @@ from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
 from tasks.export import EVENTS_TABLE
 from tasks.objectstore import ObjectStoreDestination
+from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_table
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
 DAYS = 7
@@ -36,6 +37,8 @@ def main() -> int:
 
 def run_demo(server: SandboxServer) -> int:
     from flows.events import events  # imported late: Prefect prints its banner on import
+    from flows.identity import identity
+    from flows.people import people
 
     cfg = server.cfg
     credentials = MixpanelCredentials(
@@ -46,10 +49,15 @@ def run_demo(server: SandboxServer) -> int:
     )
     last = credentials.yesterday()
     first = last - timedelta(days=DAYS - 1)
-    events(credentials, LocalDestination(path=str(DATA_DIR)), from_date=first, to_date=last)
-    destination = LocalDestination(path=str(DATA_DIR)).connect(cfg.project_id)
-    ok = report(destination, server, [first + timedelta(days=i) for i in range(DAYS)])
-    example_query(destination, [first + timedelta(days=i) for i in range(DAYS)])
+    target = LocalDestination(path=str(DATA_DIR))
+    events(credentials, target, from_date=first, to_date=last)
+    people(credentials, target)
+    identity(credentials, target)
+    destination = target.connect(cfg.project_id)
+    days = [first + timedelta(days=i) for i in range(DAYS)]
+    ok = report(destination, server, days)
+    example_query(destination, days)
+    unique_users(destination, days)
     return 0 if ok else 1
 
 
@@ -108,6 +116,35 @@ def example_query(destination: ObjectStoreDestination, days: list) -> None:
         "\nthe same in DuckDB: SELECT event_name, COUNT(*) FROM "
         f"read_parquet('{destination.describe(str(1))}/mp_master_event/*/*/*/*.parquet') GROUP BY 1"
     )
+
+
+def unique_users(destination: ObjectStoreDestination, days: list) -> None:
+    """Why the mappings table matters: the same person counted once, not once per device."""
+    files = [
+        destination.describe(f.key)
+        for d in days
+        if (m := destination.manifest(EVENTS_TABLE, d.isoformat()))
+        for f in m.files
+    ]
+    mappings = read_table(destination, MAPPINGS_TABLE)
+    profiles = read_table(destination, PEOPLE_TABLE)
+    query = """
+        SELECT CAST(e.time AS DATE) AS day,
+               COUNT(DISTINCT e.distinct_id) AS naive_users,
+               COUNT(DISTINCT COALESCE(m.resolved_distinct_id, e.distinct_id)) AS users
+        FROM events e LEFT JOIN mappings m ON e.distinct_id = m.distinct_id
+        WHERE e.distinct_id <> ''
+        GROUP BY 1 ORDER BY 1
+    """
+    context = pl.SQLContext(events=pl.scan_parquet(files), mappings=mappings.lazy())
+    print(
+        f"\n{profiles.height if profiles is not None else 0} profiles in mp_people_data; "
+        f"{mappings.height} ids in mp_identity_mappings_data"
+    )
+    print("unique users per day, naive (raw distinct_id) beside resolved through the mappings:")
+    print(query.strip())
+    with pl.Config(tbl_rows=10, tbl_hide_dataframe_shape=True):
+        print(context.execute(query).collect())
 
 
 if __name__ == "__main__":
