@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup test lint demo sandbox bench clean
+.PHONY: setup test lint demo sandbox bench bench-people clean
 
 setup: $(VENV)/.synced
 
@@ -38,6 +38,9 @@ sandbox: setup
 
 bench: setup
 	$(BIN)/python -m bench.events
+
+bench-people: setup
+	$(BIN)/python -m bench.people
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data bench/out

@@ -68,14 +68,14 @@ def _text(value: Any) -> str:
 
 
 def parse_page(number: int, chunks: Iterator[bytes], backend: str = "yajl2_c") -> Page:
-    """Stream one Engage page: profiles from ``results``, plus ``session_id`` and ``total``."""
+    """Stream one Engage page: profiles from ``results``, plus ``session_id`` and ``total`` on page 0
+    (later pages reuse page 0's session, and their ``total`` is not reliable anyway)."""
     parser = ijson.get_backend(backend)
     profiles, session, total = ijson.sendable_list(), ijson.sendable_list(), ijson.sendable_list()
-    coros = [
-        parser.items_coro(profiles, "results.item", use_float=False),
-        parser.items_coro(session, "session_id"),
-        parser.items_coro(total, "total"),
-    ]
+    # use_float=False: floats come as Decimal (exact digits) and yajl keeps big integers exact
+    coros = [parser.items_coro(profiles, "results.item", use_float=False)]
+    if number == 0:  # each coroutine parses the whole page: only page 0 pays for the metadata
+        coros += [parser.items_coro(session, "session_id"), parser.items_coro(total, "total")]
     page = Page(number)
     for chunk in chunks:
         for coro in coros:
