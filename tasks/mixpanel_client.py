@@ -160,15 +160,17 @@ class MixpanelClient:
             write=60.0,
             pool=60.0,
         )
+        limits = httpx.Limits(
+            max_connections=credentials.export_max_concurrent + credentials.query_max_concurrent
+        )
+        # headers and a POST body may leave in two writes: TCP_NODELAY keeps Nagle's algorithm from
+        # holding the second until the server's delayed ACK (tens of ms per small request)
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         self._http = httpx.Client(
             auth=credentials.basic_auth(),
             timeout=timeout,
-            # headers and a POST body go out in two writes: without TCP_NODELAY, Nagle's algorithm
-            # and the server's delayed ACK stall every Engage page by ~40 ms
-            transport=transport
-            or httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
+            transport=transport or httpx.HTTPTransport(limits=limits, socket_options=nodelay),
             headers={"Accept-Encoding": "gzip", "User-Agent": "mixpanel-pipelines/0.1"},
-            limits=httpx.Limits(max_connections=credentials.export_max_concurrent),
         )
 
     def close(self) -> None:

@@ -525,3 +525,38 @@ def test_user_counts_naive_vs_resolved_through_a_left_join() -> None:
     # naive: $device:d1, u1, $device:d2, $device:d3, u2, $device:d9; resolved: u1, u2, $device:d9.
     assert user_counts(frame, mappings) == (6, 3)
     assert user_counts(frame, mappings.clear()) == (6, 6)
+
+
+def test_user_counts_through_resolved_mappings_in_both_modes() -> None:
+    simplified = events(
+        ("d1", "$device:d1", "Page View", "i1", "{}", ts(1, 1), None),
+        ("d1", "u1", "Login", "i2", "{}", ts(1, 2), "u1"),
+        ("d2", "$device:d2", "Page View", "i3", "{}", ts(1, 3), None),
+        ("d2", "u1", "Login", "i4", "{}", ts(2, 1), "u1"),  # the same user on a second device, next day
+        ("d3", "$device:d3", "Page View", "i5", "{}", ts(2, 2), None),  # never logs in
+    )
+    mapping = resolve(edges_from_events(simplified, "simplified"), "simplified")
+    assert rows(mapping) == [("$device:d1", "u1"), ("$device:d2", "u1"), ("u1", "u1")]
+    # naive: $device:d1, u1, $device:d2, $device:d3; resolved: u1, $device:d3
+    assert user_counts(simplified, mapping) == (4, 2)
+
+    original = events(
+        (None, "anon1", "Page View", "i1", "{}", ts(1, 1), None),
+        (None, "u1", "$identify", "i2", '{"$anon_id":"anon1","$identified_id":"u1"}', ts(1, 2), None),
+        (None, "u1", "Page View", "i3", "{}", ts(1, 3), None),
+        (None, "anon2", "Page View", "i4", "{}", ts(1, 4), None),
+        (None, "u2", "$create_alias", "i5", '{"alias":"anon2","distinct_id":"u2"}', ts(1, 5), None),
+        (None, "anon3", "Page View", "i6", "{}", ts(1, 6), None),
+        (None, "u1", "$merge", "i7", '{"$distinct_ids":["u1","anon3"]}', ts(2, 1), None),
+        (None, "anon4", "Page View", "i8", "{}", ts(2, 2), None),  # never merged
+    )
+    mapping = resolve(edges_from_events(original, "original"), "original")
+    assert rows(mapping) == [
+        ("anon1", "u1"),
+        ("anon3", "u1"),
+        ("u1", "u1"),
+        ("anon2", "u2"),
+        ("u2", "u2"),
+    ]
+    # naive: anon1, u1, anon2, u2 (the alias event), anon3, anon4; resolved: u1, u2, anon4
+    assert user_counts(original, mapping) == (6, 3)
