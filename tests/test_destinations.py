@@ -1,0 +1,117 @@
+"""One destination suite for every store: the same exports, crashes and checks on each."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.local import LocalDestination
+from sandbox import SandboxServer
+from tasks.export import ExportSettings, export_days
+from tasks.manifest import fingerprint_hex
+from tasks.mixpanel_client import MixpanelClient
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
+from tasks.tables import read_parquet
+from tests.conftest import credentials_for, recent_days
+
+ROOT = Path(__file__).resolve().parents[1]
+StoreFactory = Callable[[], DestinationBlock]
+
+
+@pytest.fixture(params=["local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """A factory of destination blocks that all point at the same fresh location."""
+    if request.param == "local":
+        yield lambda: LocalDestination(path=str(tmp_path / "dest"))
+
+
+def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
+    with MixpanelClient(credentials_for(server)) as client:
+        export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
+
+
+def rows_and_fingerprint(dest: ObjectStoreDestination, day) -> tuple[int, str, str]:
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
+    frame = read_parquet(dest, [f.key for f in manifest.files])
+    total = sum(
+        xxhash.xxh3_64_intdigest(p.encode(), seed=xxhash.xxh3_64_intdigest(n.encode()))
+        for n, p in zip(frame["event_name"].to_list(), frame["properties"].to_list(), strict=True)
+    )
+    return frame.height, fingerprint_hex(total), manifest.run_id
+
+
+def day_files(dest: ObjectStoreDestination, day) -> set[str]:
+    prefix = dest.data_prefix(EVENTS_TABLE, day.isoformat())
+    return {i.key for i in dest.storage.list(prefix) if "/" not in i.key[len(prefix) :]}
+
+
+def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, store: StoreFactory) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, store(), days, "first")
+    export(sandbox, store(), days, "second")
+    dest = store().connect(1)
+    for day in days:
+        want = sandbox.expected(day, day)[day.isoformat()]
+        assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "second")
+        manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+        assert day_files(dest, day) == {f.key for f in manifest.files}, "the first run's files are gone"
+
+
+KILLER = """
+import base64, os, pickle, signal, sys
+from datetime import date
+from tasks import objectstore
+from tasks.export import ExportSettings, export_days
+from tasks.mixpanel_client import MixpanelClient
+
+block, creds, days, where = pickle.loads(base64.b64decode(sys.argv[1]))
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "upload":  # the files of the run are being staged
+    objectstore.Stage.add = die
+elif where == "publish":  # files moved to their final names, manifest not switched yet
+    real = objectstore.ObjectStoreDestination._publish
+    def publish_then_die(self, staged, folder, run):
+        real(self, staged, folder, run)
+        die()
+    objectstore.ObjectStoreDestination._publish = publish_then_die
+elif where == "cleanup":  # manifest switched, the old version not deleted yet
+    objectstore.ObjectStoreDestination._remove_unlisted = die
+with MixpanelClient(creds) as client:
+    export_days(client, block.connect(1), days, ExportSettings(run_id="killed", identity_mode="simplified"))
+"""
+
+
+@pytest.mark.parametrize("where", ["upload", "publish", "cleanup"])
+def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
+    sandbox: SandboxServer, store: StoreFactory, where: str
+) -> None:
+    days = recent_days(1, sandbox)
+    (day,) = days
+    export(sandbox, store(), days, "before")
+    want = sandbox.expected(day, day)[day.isoformat()]
+    payload = base64.b64encode(pickle.dumps((store(), credentials_for(sandbox), days, where))).decode()
+    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+    dest = store().connect(1)
+    expected_run = "killed" if where == "cleanup" else "before"
+    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], expected_run)
+
+    export(sandbox, store(), days, "after")
+    dest = store().connect(1)
+    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "after")
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert day_files(dest, day) == {f.key for f in manifest.files}, "orphans of the killed run were removed"
