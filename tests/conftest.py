@@ -16,6 +16,9 @@ from tasks.manifest import fingerprint_hex
 from tasks.objectstore import ObjectStoreDestination
 from tasks.storage import LocalStorage
 
+# the local store servers (moto, the GCS emulator, Azurite) as session fixtures shared by every module
+pytest_plugins = ["tests.stores.s3", "tests.stores.azure"]
+
 
 @pytest.fixture(autouse=True)
 def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

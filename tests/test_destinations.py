@@ -22,16 +22,26 @@ from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
 from tasks.tables import read_parquet
 from tests.conftest import credentials_for, recent_days
+from tests.stores.azure import make_azure_destination
+from tests.stores.s3 import make_s3_destination
 
 ROOT = Path(__file__).resolve().parents[1]
 StoreFactory = Callable[[], DestinationBlock]
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3", "azure"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of destination blocks that all point at the same fresh location."""
     if request.param == "local":
         yield lambda: LocalDestination(path=str(tmp_path / "dest"))
+    elif request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        bucket = make_s3_destination(server).bucket.bucket_name
+        yield lambda: make_s3_destination(server, bucket=bucket, prefix="raw")
+    elif request.param == "azure":
+        server = request.getfixturevalue("azure_server")
+        container = make_azure_destination(server).container
+        yield lambda: make_azure_destination(server, container=container, prefix="raw")
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:

@@ -1,0 +1,283 @@
+"""A real Azure Blob Storage on loopback for tests: Azurite (npm, a subprocess) behind a tiny fault proxy.
+
+* Azurite 3.35.0 is installed on demand into ``.tools/azurite`` (gitignored) with npm: 3.37 needs Node 22,
+  this machine has Node 20. The install runs once per machine, under a file lock so that parallel pytest
+  processes do not race; it needs only npm and the npm registry.
+* It runs in memory with the published development account ``devstoreaccount1``; a wrong key gets a real
+  ``403 AuthorizationFailure`` (Azure itself answers ``AuthenticationFailed``).
+* ``FaultProxy`` forwards requests unchanged (Shared Key signatures do not cover the Host header) and can
+  answer the next N requests itself with a 5xx, or drop their connection (status 0): Azurite has no fault
+  injection of its own. Destinations go through it when made with ``through_proxy=True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from prefect_azure import AzureBlobStorageCredentials
+
+from blocks.destinations.azure import AzureBlobDestination
+
+AZURITE_VERSION = "3.35.0"
+TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "azurite"
+AZURITE = TOOLS / "node_modules" / ".bin" / "azurite-blob"
+ACCOUNT = "devstoreaccount1"
+# Azurite's published development key (documented by Microsoft), not a secret
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+WRONG_KEY = base64.b64encode(b"not the key of devstoreaccount1 at all, 64 bytes long.........").decode()
+_HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "expect",
+    "te",
+    "upgrade",
+}
+
+
+def _installed_version() -> str | None:
+    package = TOOLS / "node_modules" / "azurite" / "package.json"
+    if not AZURITE.exists() or not package.exists():
+        return None
+    return str(json.loads(package.read_text())["version"])
+
+
+def install_azurite() -> Path:
+    """``npm install azurite@3.35.0`` into ``.tools/azurite`` unless that version is there already."""
+    if _installed_version() == AZURITE_VERSION:
+        return AZURITE
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is needed to install Azurite for the Azure tests: install Node.js 20 with npm.")
+    TOOLS.mkdir(parents=True, exist_ok=True)
+    with (TOOLS.parent / "azurite.install.lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if _installed_version() != AZURITE_VERSION:
+            args = [
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(TOOLS),
+                f"azurite@{AZURITE_VERSION}",
+            ]
+            done = subprocess.run([npm, *args], capture_output=True, text=True, timeout=900)
+            if done.returncode != 0 or _installed_version() != AZURITE_VERSION:
+                pytest.fail(f"npm install azurite@{AZURITE_VERSION} failed:\n{done.stderr[-3000:]}")
+    return AZURITE
+
+
+class FaultProxy(ThreadingHTTPServer):
+    """Forwards to Azurite; ``fail(status, count)`` answers the next ``count`` requests itself."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream_port = upstream_port
+        self.requests: list[str] = []  # "METHOD /path?query" of every request seen
+        self.failed = 0
+        self._status = 503
+        self._left = 0
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def fail(self, status: int, count: int) -> None:
+        with self._lock:
+            self._status, self._left = status, count
+
+    def next_fault(self, request_line: str) -> int | None:
+        with self._lock:
+            self.requests.append(request_line)
+            if self._left <= 0:
+                return None
+            self._left -= 1
+            self.failed += 1
+            return self._status
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        fault = self.server.next_fault(f"{self.command} {self.path}")
+        if fault == 0:  # a dropped connection: close without an answer
+            self.close_connection = True
+            return
+        if fault is not None:
+            self.send_response_only(fault)
+            self.send_header("x-ms-error-code", "ServerBusy")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._forward(body)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _forward(self, body: bytes) -> None:
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response_only(answer.status, answer.reason)
+        for name, value in answer.getheaders():
+            if name.lower() not in _HOP_HEADERS and (
+                name.lower() != "content-length" or self.command == "HEAD"
+            ):
+                self.send_header(name, value)
+        if self.command != "HEAD":  # a HEAD answer keeps the blob's Content-Length
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+
+@dataclass
+class AzuriteServer:
+    port: int
+    proxy: FaultProxy
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def connection_string(self, key: str = KEY, through_proxy: bool = False) -> str:
+        port = self.proxy.port if through_proxy else self.port
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+        )
+
+    def service(self) -> BlobServiceClient:
+        """A plain SDK client straight to Azurite, to set up and inspect behind the destination's back."""
+        return BlobServiceClient.from_connection_string(self.connection_string())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until_healthy(
+    process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60.0
+) -> bool:
+    """True once Azurite answers HTTP; False if it exited (the port was taken meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            probe.request("GET", f"/{ACCOUNT}?comp=list")
+            probe.getresponse().read()  # 403 without credentials: it is serving
+            probe.close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    _stop(process)
+    pytest.fail(
+        f"Azurite did not answer on 127.0.0.1:{port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+    )
+
+
+def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    for attempt in range(3):  # another process may grab the free port before Azurite binds it
+        port = _free_port()
+        log = workdir / f"azurite-{attempt}.log"
+        args = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence"]
+        args += ["--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(binary), *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+            )
+        if _wait_until_healthy(process, port, log):
+            return process, port, log
+    pytest.fail(f"Azurite could not start:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's blob service on 127.0.0.1 (installed first if needed), with a fault proxy in front."""
+    binary = install_azurite()
+    process, port, log = _start(binary, tmp_path_factory.mktemp("azurite"))
+    proxy = FaultProxy(port)
+    threading.Thread(target=proxy.serve_forever, name="azurite fault proxy", daemon=True).start()
+    try:
+        yield AzuriteServer(port, proxy, process, log)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        _stop(process)
+
+
+def make_azure_destination(
+    server: AzuriteServer,
+    container: str | None = None,
+    bad_credentials: bool = False,
+    prefix: str = "",
+    through_proxy: bool = False,
+) -> AzureBlobDestination:
+    """An unsaved destination block on ``container`` (a fresh one when None), with short retry pauses."""
+    if container is None:
+        container = f"t-{uuid.uuid4().hex[:20]}"
+        server.service().create_container(container)
+    connection = server.connection_string(WRONG_KEY if bad_credentials else KEY, through_proxy)
+    return AzureBlobDestination(
+        credentials=AzureBlobStorageCredentials(connection_string=connection),
+        container=container,
+        prefix=prefix,
+        retry_total=3,
+        retry_backoff_seconds=0.01,
+        lock_ttl_seconds=3.0,  # a run killed while holding a lock blocks the next one this long
+    )
+
+
+def inject_azure_errors(server: AzuriteServer, status: int, count: int) -> None:
+    """The next ``count`` requests through the proxy get ``status`` (a 5xx; 0 drops the connection)."""
+    server.proxy.fail(status, count)

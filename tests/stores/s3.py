@@ -1,0 +1,286 @@
+"""A real S3 on loopback for tests: moto's server (moto 5.2, a subprocess) behind a tiny fault proxy.
+
+* moto runs with IAM enforcement switched on (``POST /moto-api/reset-auth 0``, after two IAM users
+  were created while auth was still off): a wrong key gets a real ``InvalidAccessKeyId``, a
+  read-only user a real ``AccessDenied``.
+* every request of the blocks goes through ``FaultProxy``, which forwards bytes unchanged (the
+  SigV4 signature covers the Host header, kept as sent) and can answer the next N requests with a
+  5xx or drop their connection: moto has no fault injection of its own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from prefect_aws import AwsCredentials, S3Bucket
+
+from blocks.destinations.s3 import S3Destination
+
+REGION = "us-east-1"
+# hop-by-hop headers are the proxy's own business; Expect is answered by the proxy (100 Continue)
+_HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te"}
+_ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}
+
+
+class FaultProxy(ThreadingHTTPServer):
+    """Forwards to ``upstream``; ``fail(status, count)`` answers the next ``count`` requests itself."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream_port = upstream_port
+        self.requests: list[str] = []  # "METHOD /path?query" of every request seen
+        self.failed = 0
+        self._status = 503
+        self._left = 0
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def fail(self, status: int, count: int) -> None:
+        with self._lock:
+            self._status, self._left = status, count
+
+    def next_fault(self, request_line: str) -> int | None:
+        with self._lock:
+            self.requests.append(request_line)
+            if self._left <= 0:
+                return None
+            self._left -= 1
+            self.failed += 1
+            return self._status
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # so that "Expect: 100-continue" is answered at once
+    server: FaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        fault = self.server.next_fault(f"{self.command} {self.path}")
+        self.close_connection = True
+        if fault == 0:  # a dropped connection: no answer at all
+            return
+        if fault is not None:
+            self._answer_error(fault)
+            return
+        self._forward(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def _read_body(self) -> bytes | None:
+        if "Content-Length" in self.headers:
+            return self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return None
+
+    def _answer_error(self, status: int) -> None:
+        code = _ERROR_CODES.get(status, "ServiceUnavailable")
+        xml = f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+        data = b"" if self.command == "HEAD" else xml.encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _forward(self, body: bytes | None) -> None:
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=120)
+        try:
+            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in _HOP_HEADERS:
+                    upstream.putheader(name, value)
+            if body is not None and "Content-Length" not in self.headers:
+                upstream.putheader("Content-Length", str(len(body)))
+            upstream.endheaders(body)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response_only(answer.status, answer.reason)
+        for name, value in answer.getheaders():
+            if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+                self.send_header(name, value)
+        length = answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+@dataclass
+class S3Server:
+    """What tests need: the endpoint blocks use (the proxy), moto's own URL, and IAM keys."""
+
+    endpoint_url: str
+    moto_url: str
+    access_key_id: str  # a user with s3:* on every bucket
+    secret_access_key: str
+    reader_key_id: str  # a user with s3:GetObject and s3:ListBucket only
+    reader_secret: str
+    proxy: FaultProxy
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def client(self) -> Any:
+        """An admin client straight to moto (no proxy, no faults): for arranging and checking."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.moto_url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m moto.server -H 127.0.0.1 -p PORT``; a port taken meanwhile means another try."""
+    for _ in range(3):
+        port = _free_port()
+        with log.open("ab") as out:
+            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2) as answer:
+                    if answer.status == 200:
+                        return process, url
+            except OSError:
+                time.sleep(0.1)
+        _stop(process)
+    raise RuntimeError(f"moto server did not start: see {log}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _user_with_policy(iam: Any, name: str, actions: list[str]) -> dict[str, str]:
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+    return iam.create_access_key(UserName=name)["AccessKey"]
+
+
+def _enforce_iam(moto_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Create an admin and a reader while auth is off, then make moto check every signature."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    admin = _user_with_policy(iam, "pipeline", ["s3:*"])
+    reader = _user_with_policy(iam, "reader", ["s3:GetObject", "s3:ListBucket"])
+    request = urllib.request.Request(
+        f"{moto_url}/moto-api/reset-auth",
+        data=b"0",  # the first 0 requests go unchecked: from now on, every request is
+        headers={"Content-Type": "application/octet-stream"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    return admin, reader
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    process, moto_url = _start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        admin, reader = _enforce_iam(moto_url)
+        proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
+        threading.Thread(target=proxy.serve_forever, name="s3 fault proxy", daemon=True).start()
+        try:
+            yield S3Server(
+                endpoint_url=proxy.url,
+                moto_url=moto_url,
+                access_key_id=admin["AccessKeyId"],
+                secret_access_key=admin["SecretAccessKey"],
+                reader_key_id=reader["AccessKeyId"],
+                reader_secret=reader["SecretAccessKey"],
+                proxy=proxy,
+                process=process,
+            )
+        finally:
+            proxy.shutdown()
+            proxy.server_close()
+    finally:
+        _stop(process)
+
+
+def make_s3_destination(
+    server: S3Server,
+    bucket: str | None = None,
+    bad_credentials: bool = False,
+    prefix: str = "",
+    reader: bool = False,
+    **fields: Any,
+) -> S3Destination:
+    """An unsaved block on ``bucket`` (a fresh one if None); ``reader``: the read-only IAM user.
+
+    Leases are short (2 s) so that a run killed while holding a lock delays the next one only briefly.
+    """
+    if bucket is None:
+        bucket = f"mp-test-{uuid.uuid4().hex[:16]}"
+        server.client().create_bucket(Bucket=bucket)
+    key, secret = (server.reader_key_id, server.reader_secret) if reader else (None, None)
+    if bad_credentials:
+        key, secret = "AKIAWRONGWRONGWRONG1", "not-the-secret"
+    credentials = AwsCredentials(
+        aws_access_key_id=key or server.access_key_id,
+        aws_secret_access_key=secret or server.secret_access_key,
+        region_name=REGION,
+        aws_client_parameters={"endpoint_url": server.endpoint_url},
+    )
+    values: dict[str, Any] = {"lock_lease_seconds": 2.0, "lock_wait_seconds": 60.0} | fields
+    return S3Destination(
+        bucket=S3Bucket(bucket_name=bucket, credentials=credentials), prefix=prefix, **values
+    )
+
+
+def inject_s3_errors(server: S3Server, status: int, count: int) -> None:
+    """The next ``count`` requests get ``status`` (a 5xx) from the proxy; ``status=0`` drops them."""
+    server.proxy.fail(status, count)
