@@ -14,6 +14,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from tasks.errors import FatalError, PipelineError
@@ -64,7 +65,7 @@ def resolve_range(
 )
 def events(
     credentials: MixpanelCredentials,
-    destination: LocalDestination | None = None,
+    destination: AnyDestination | None = None,
     from_date: date | None = None,
     to_date: date | None = None,
     file_format: Literal["parquet", "jsonl.gz"] = "parquet",

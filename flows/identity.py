@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from tasks.identity import resolve
@@ -22,7 +23,7 @@ from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, repla
 
 @flow(name="mixpanel-identity", log_prints=True)
 def identity(
-    credentials: MixpanelCredentials, destination: LocalDestination | None = None
+    credentials: MixpanelCredentials, destination: AnyDestination | None = None
 ) -> dict[str, object]:
     """Rebuild mp_identity_mappings_data (distinct_id -> resolved_distinct_id) from the committed days.
 

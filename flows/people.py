@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from tasks.mixpanel_client import MixpanelClient
@@ -15,7 +16,7 @@ from tasks.people import EngageQuery, export_people
 @flow(name="mixpanel-people", log_prints=True)
 def people(
     credentials: MixpanelCredentials,
-    destination: LocalDestination | None = None,
+    destination: AnyDestination | None = None,
     page_size: int = 1000,
     where: str | None = None,
     output_properties: list[str] | None = None,

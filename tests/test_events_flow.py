@@ -163,3 +163,20 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     assert staging_files(tmp_path), "a crash leaves its staging behind"
     assert local_destination(tmp_path).remove_stale_staging(older_than_seconds=-1) > 0
     assert staging_files(tmp_path) == []
+
+
+def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_server) -> None:
+    from tasks.tables import read_parquet
+    from tests.stores.s3 import make_s3_destination
+
+    (day,) = recent_days(1, sandbox)
+    block = make_s3_destination(s3_server, prefix="pipelines")
+    events(credentials_for(sandbox), block, from_date=day, to_date=day)
+    dest = block.connect(1)
+    manifest = dest.manifest("mp_master_event", day.isoformat())
+    want = sandbox.expected(day, day)[day.isoformat()]
+    assert (manifest.rows, manifest.fingerprint) == (want["rows"], want["fingerprint"])
+    assert read_parquet(dest, [f.key for f in manifest.files]).height == want["rows"]
+    assert dest.describe(manifest.files[0].key).startswith(
+        f"s3://{block.bucket.bucket_name}/pipelines/1/mp_master_event/"
+    )
