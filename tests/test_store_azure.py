@@ -37,7 +37,6 @@ DAY = "2026-05-01"
 MiB = 1 << 20
 
 
-
 class TestStandardSuite(BlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[AzureBlobDestination]:

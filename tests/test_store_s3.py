@@ -31,7 +31,6 @@ LOCK = "7/mp_master_event/2026-05-01"
 MiB = 1 << 20
 
 
-
 def storage_of(destination: ObjectStoreDestination) -> S3Storage:
     storage = destination.storage
     assert isinstance(storage, S3Storage)
