@@ -23,13 +23,14 @@ from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
 from tasks.tables import read_parquet
 from tests.conftest import credentials_for, recent_days
 from tests.stores.azure import make_azure_destination
+from tests.stores.gcs import make_gcs_destination
 from tests.stores.s3 import make_s3_destination
 
 ROOT = Path(__file__).resolve().parents[1]
 StoreFactory = Callable[[], DestinationBlock]
 
 
-@pytest.fixture(params=["local", "s3", "azure"])
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of destination blocks that all point at the same fresh location."""
     if request.param == "local":
@@ -38,6 +39,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFacto
         server = request.getfixturevalue("s3_server")
         bucket = make_s3_destination(server).bucket.bucket_name
         yield lambda: make_s3_destination(server, bucket=bucket, prefix="raw")
+    elif request.param == "gcs":
+        server = request.getfixturevalue("gcs_server")
+        bucket = make_gcs_destination(server).bucket.bucket
+        yield lambda: make_gcs_destination(server, bucket=bucket, prefix="raw")
     elif request.param == "azure":
         server = request.getfixturevalue("azure_server")
         container = make_azure_destination(server).container
