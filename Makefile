@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup test lint demo sandbox bench bench-people clean
+.PHONY: setup test lint demo sandbox bench bench-people bench-destinations clean
 
 setup: $(VENV)/.synced
 
@@ -41,6 +41,9 @@ bench: setup
 
 bench-people: setup
 	$(BIN)/python -m bench.people
+
+bench-destinations: setup
+	$(BIN)/python -m bench.destinations
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data bench/out
