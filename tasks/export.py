@@ -127,18 +127,7 @@ def _stream(
     settings: ExportSettings,
     scratch: Path,
 ) -> _Attempt:
-    partitions = {
-        day_ordinal(d): _Day(
-            RollingFiles(
-                stage.directory(d.isoformat(), scratch),
-                settings.file_format,
-                settings.max_file_rows,
-                settings.max_file_bytes,
-            ),
-            RollingFiles(stage.directory(d.isoformat(), scratch) / "edges", schema=None),
-        )
-        for d in days
-    }
+    partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
     state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
     parser = StreamParser(settings.block_bytes)
     try:
@@ -154,10 +143,30 @@ def _stream(
             day.files.abort()
             day.edges.abort()
         raise
-    for ordinal, day in partitions.items():
-        stage.add(day_of(ordinal).isoformat(), day.files.close())
-        stage.add(day_of(ordinal).isoformat(), day.edges.close(), edges=True)
+    for day in partitions.values():
+        day.files.close()  # the last files go to the uploader too
+        day.edges.close()
+    stage.wait()
     return state
+
+
+def _day_files(stage: Stage, partition: str, settings: ExportSettings, scratch: Path) -> _Day:
+    """A day's rolling data and edge files; each finished file is uploaded while the next is written."""
+    folder = stage.directory(partition, scratch)
+    return _Day(
+        RollingFiles(
+            folder,
+            settings.file_format,
+            settings.max_file_rows,
+            settings.max_file_bytes,
+            on_close=lambda written: stage.add_soon(partition, written),
+        ),
+        RollingFiles(
+            folder / "edges",
+            schema=None,
+            on_close=lambda written: stage.add_soon(partition, written, edges=True),
+        ),
+    )
 
 
 def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None:

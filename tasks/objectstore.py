@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class Stage:
     run_id: str
     files: dict[str, list[ManifestFile]] = field(default_factory=dict)
     edges: dict[str, list[ManifestFile]] = field(default_factory=dict)
+    _uploader: ThreadPoolExecutor | None = None
+    _pending: list[Future[None]] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -71,7 +74,34 @@ class Stage:
             self.destination.storage.upload(item.path, key)
             staged.append(ManifestFile(key, item.rows, item.bytes))
 
+    def add_soon(self, partition: str, written: WrittenFile, edges: bool = False) -> None:
+        """Upload in the background (one file at a time, in order) while the writer goes on."""
+        if self.destination.storage.local_path(self.prefix) is not None:
+            self.add(partition, [written], edges)  # a local folder: the file is already in place
+            return
+        if self._uploader is None:
+            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+        self._pending.append(self._uploader.submit(self.add, partition, [written], edges))
+
+    def wait(self) -> None:
+        """Block until every background upload is done; the first failure is raised."""
+        pending, self._pending = self._pending, []
+        try:
+            for future in pending:
+                future.result()
+        finally:
+            self._stop_uploader()
+
+    def _stop_uploader(self) -> None:
+        if self._uploader is not None:
+            self._uploader.shutdown(wait=True)
+            self._uploader = None
+
     def abort(self) -> None:
+        for future in self._pending:  # never delete under an upload still running
+            future.exception()
+        self._pending = []
+        self._stop_uploader()
         storage = self.destination.storage
         storage.delete(info.key for info in storage.list(self.prefix))
 

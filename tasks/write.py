@@ -7,6 +7,7 @@ at most one frame whatever the size of the day.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -87,8 +88,11 @@ class RollingFiles:
         max_file_rows: int = 1_000_000,
         max_file_bytes: int = 256 << 20,
         schema: pa.Schema | None = EVENTS_SCHEMA,
+        on_close: Callable[[WrittenFile], None] | None = None,
     ) -> None:
-        """``schema=None`` takes the schema of the first frame (small state tables)."""
+        """``schema=None`` takes the schema of the first frame (small state tables); ``on_close`` is
+        called with each finished file, while the next one is being written (uploads start early)."""
+        self.on_close = on_close
         self.directory = directory
         self.schema = schema
         self.fmt = FileFormat(fmt)
@@ -152,8 +156,11 @@ class RollingFiles:
             return
         self._writer.close()
         assert self._path is not None
-        self.files.append(WrittenFile(self._path, self._rows, self._path.stat().st_size))
+        written = WrittenFile(self._path, self._rows, self._path.stat().st_size)
+        self.files.append(written)
         self._writer = None
+        if self.on_close is not None:
+            self.on_close(written)
 
 
 class PartitionBuffer:

@@ -130,3 +130,21 @@ def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
     assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "after")
     manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
     assert day_files(dest, day) == {f.key for f in manifest.files}, "orphans of the killed run were removed"
+
+
+def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
+    sandbox: SandboxServer, s3_server
+) -> None:
+    from tests.stores.s3 import inject_s3_errors
+
+    days = recent_days(1, sandbox)
+    (day,) = days
+    block = make_s3_destination(s3_server)
+    dest = block.connect(1)
+    inject_s3_errors(s3_server, 503, 8)  # more than botocore's 8 attempts: the first upload fails for good
+    with MixpanelClient(credentials_for(sandbox)) as client:
+        (result,) = export_days(client, dest, days, ExportSettings(run_id="retried"))
+    want = sandbox.expected(day, day)[day.isoformat()]
+    assert (result.rows, result.fingerprint, result.retries) == (want["rows"], want["fingerprint"], 1)
+    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "retried")
+    assert not [i for i in dest.storage.list("1/_staging/")], "the failed attempt's staging was removed"

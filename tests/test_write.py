@@ -31,3 +31,16 @@ def test_files_roll_over_by_rows(tmp_path: Path) -> None:
     for _ in range(4):
         files.write(frame(100, "r"))
     assert [f.rows for f in files.close()] == [200, 200]
+
+
+def test_each_finished_file_is_handed_over_while_the_next_is_written(tmp_path: Path) -> None:
+    handed: list[tuple[str, int, int]] = []
+    files = RollingFiles(
+        tmp_path, max_file_rows=150, on_close=lambda w: handed.append((w.path.name, w.rows, len(handed)))
+    )
+    for i in range(4):
+        files.write(frame(100, "r"))
+        if i == 1:
+            assert handed == [("part-00000.parquet", 200, 0)], "the first file is out before the third frame"
+    files.close()
+    assert [h[:2] for h in handed] == [("part-00000.parquet", 200), ("part-00001.parquet", 200)]
