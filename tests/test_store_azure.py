@@ -27,13 +27,11 @@ from tasks.errors import (
     PermissionDeniedError,
     ServerError,
 )
-from tasks.manifest import Manifest
 from tasks.objectstore import ObjectStoreDestination
 from tasks.write import EVENT_COLUMNS, RollingFiles
 from tests.stores.azure import ACCOUNT, KEY, AzuriteServer, inject_azure_errors, make_azure_destination
+from tests.test_objectstore import DAY, TABLE, commit, frame
 
-TABLE = "mp_master_event"
-DAY = "2026-05-01"
 MiB = 1 << 20
 
 
@@ -299,40 +297,6 @@ def test_errors_beyond_the_retries_are_retriable_errors(azure_server: AzuriteSer
 
 
 # --- the commit protocol (mirrors tests/test_objectstore.py) -----------------------------------------
-
-
-def frame(n: int, tag: str) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "device_id": [None] * n,
-            "distinct_id": [f"{tag}{i}" for i in range(n)],
-            "event_name": ["e"] * n,
-            "insert_id": [str(i) for i in range(n)],
-            "properties": ['{"time":1}'] * n,
-            "time": pl.Series([0] * n).cast(pl.Datetime("us", "UTC")),
-            "user_id": [None] * n,
-        }
-    )
-
-
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
-    stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
-    rows = frame(n, run)
-    for start in range(0, n, 2):
-        files.write(rows.slice(start, 2))
-    stage.add(DAY, files.close())
-    draft = Manifest(
-        table=TABLE,
-        partition=DAY,
-        files=(),
-        rows=n,
-        fingerprint="0",
-        format="parquet",
-        run_id=run,
-        exported_at="x",
-    )
-    return dest.commit(stage, DAY, draft)
 
 
 def read(dest: ObjectStoreDestination) -> pl.DataFrame:

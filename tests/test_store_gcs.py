@@ -20,11 +20,10 @@ from tasks.errors import (
     PermissionDeniedError,
     ServerError,
 )
-from tasks.manifest import Manifest
 from tasks.objectstore import ObjectStoreDestination
 from tasks.write import RollingFiles
 from tests.stores.gcs import CLIENT_EMAIL, EMULATOR, GcsServer, inject_gcs_errors, make_gcs_destination
-from tests.test_objectstore import DAY, TABLE, frame
+from tests.test_objectstore import DAY, TABLE, commit, frame
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -286,26 +285,6 @@ def test_waiting_for_a_held_lock_ends_with_a_fatal_error(gcs_server: GcsServer, 
 
 
 # the commit protocol through ObjectStoreDestination ------------------------------------------
-
-
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
-    stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
-    rows = frame(n, run)
-    for start in range(0, n, 2):
-        files.write(rows.slice(start, 2))
-    stage.add(DAY, files.close())
-    draft = Manifest(
-        table=TABLE,
-        partition=DAY,
-        files=(),
-        rows=n,
-        fingerprint="0",
-        format="parquet",
-        run_id=run,
-        exported_at="x",
-    )
-    return dest.commit(stage, DAY, draft)
 
 
 def read(dest: ObjectStoreDestination) -> list[str]:

@@ -19,14 +19,10 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.s3 import S3Destination, S3Storage
 from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError, ServerError
-from tasks.manifest import Manifest
 from tasks.objectstore import ObjectStoreDestination
-from tasks.write import RollingFiles
 from tests.stores.s3 import S3Server, inject_s3_errors, make_s3_destination
-from tests.test_objectstore import frame
+from tests.test_objectstore import DAY, TABLE, commit
 
-TABLE = "mp_master_event"
-DAY = "2026-05-01"
 LOCK = "7/mp_master_event/2026-05-01"
 MiB = 1 << 20
 
@@ -280,26 +276,6 @@ def test_a_renewed_lease_is_not_taken_over_and_the_wait_ends_with_how_to_fix(blo
 
 
 # the commit protocol over S3, mirroring tests/test_objectstore.py -------------------------------
-
-
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
-    stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
-    rows = frame(n, run)
-    for start in range(0, n, 2):
-        files.write(rows.slice(start, 2))
-    stage.add(DAY, files.close())
-    draft = Manifest(
-        table=TABLE,
-        partition=DAY,
-        files=(),
-        rows=n,
-        fingerprint="0",
-        format="parquet",
-        run_id=run,
-        exported_at="x",
-    )
-    return dest.commit(stage, DAY, draft)
 
 
 def read(dest: ObjectStoreDestination) -> list[str]:
