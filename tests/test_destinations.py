@@ -7,46 +7,27 @@ import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import uuid
 from pathlib import Path
 
 import pytest
 import xxhash
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.local import LocalDestination
+from flows.events import events
 from sandbox import SandboxServer
+from tasks.errors import BadCredentialsError, FatalError
 from tasks.export import ExportSettings, export_days
 from tasks.manifest import fingerprint_hex
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
 from tasks.tables import read_parquet
 from tests.conftest import credentials_for, recent_days
-from tests.stores.azure import make_azure_destination
-from tests.stores.gcs import make_gcs_destination
+from tests.stores.catalog import Remote, StoreFactory, location_of
+from tests.stores.proxy import DROP
 from tests.stores.s3 import make_s3_destination
 
 ROOT = Path(__file__).resolve().parents[1]
-StoreFactory = Callable[[], DestinationBlock]
-
-
-@pytest.fixture(params=["local", "s3", "gcs", "azure"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """A factory of destination blocks that all point at the same fresh location."""
-    if request.param == "local":
-        yield lambda: LocalDestination(path=str(tmp_path / "dest"))
-    elif request.param == "s3":
-        server = request.getfixturevalue("s3_server")
-        bucket = make_s3_destination(server).bucket.bucket_name
-        yield lambda: make_s3_destination(server, bucket=bucket, prefix="raw")
-    elif request.param == "gcs":
-        server = request.getfixturevalue("gcs_server")
-        bucket = make_gcs_destination(server).bucket.bucket
-        yield lambda: make_gcs_destination(server, bucket=bucket, prefix="raw")
-    elif request.param == "azure":
-        server = request.getfixturevalue("azure_server")
-        container = make_azure_destination(server).container
-        yield lambda: make_azure_destination(server, container=container, prefix="raw")
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
@@ -86,6 +67,7 @@ KILLER = """
 import base64, os, pickle, signal, sys
 from datetime import date
 from tasks import objectstore
+from tasks.errors import BadCredentialsError, FatalError
 from tasks.export import ExportSettings, export_days
 from tasks.mixpanel_client import MixpanelClient
 
@@ -148,3 +130,54 @@ def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
     assert (result.rows, result.fingerprint, result.retries) == (want["rows"], want["fingerprint"], 1)
     assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "retried")
     assert not [i for i in dest.storage.list("1/_staging/")], "the failed attempt's staging was removed"
+
+
+# errors of the store: clear, before any Mixpanel request, and transient ones retried -------------------
+
+
+def assert_one_sentence(error: BaseException, *mentions: str) -> str:
+    message = str(error)
+    assert message.endswith(".") and ". " not in message and "\n" not in message, message
+    for mention in mentions:
+        assert mention in message, f"{mention!r} is not named in: {message}"
+    return message
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_wrong_credentials_stop_the_flow_before_any_mixpanel_request(
+    sandbox: SandboxServer, remote: Remote
+) -> None:
+    bucket = location_of(remote.make())
+    with pytest.raises(BadCredentialsError) as caught:
+        events(credentials_for(sandbox), remote.make(bucket, bad_credentials=True))
+    message = assert_one_sentence(caught.value, bucket, "rejected the credentials")
+    assert remote.secret not in message
+    assert sandbox.stats()["export_requests"] == 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_missing_bucket_stops_the_flow_before_any_mixpanel_request(
+    sandbox: SandboxServer, remote: Remote
+) -> None:
+    missing = f"mp-missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(FatalError) as caught:
+        events(credentials_for(sandbox), remote.make(missing))
+    assert_one_sentence(caught.value, missing, "does not exist", "create it")
+    assert sandbox.stats()["export_requests"] == 0
+
+
+def test_transient_store_errors_are_retried_and_the_days_land(sandbox: SandboxServer, remote: Remote) -> None:
+    days = recent_days(2, sandbox)
+    block = remote.make()
+    export(sandbox, block, days, "steady")
+    failed = remote.proxy.failed
+    remote.proxy.fail(503, 2, after=10)  # in the middle of the second run: uploads, manifest or cleanup
+    export(sandbox, block, days, "flaky")
+    remote.proxy.fail(DROP, 1, after=3)  # and a dropped connection in a third
+    export(sandbox, block, days, "dropped")
+    assert remote.proxy.failed - failed == 3
+    dest = block.connect(1)
+    for day in days:
+        want = sandbox.expected(day, day)[day.isoformat()]
+        assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "dropped")
+        assert day_files(dest, day) == {f.key for f in dest.manifest(EVENTS_TABLE, day.isoformat()).files}

@@ -1,4 +1,4 @@
-"""The commit protocol on the local folder: replace whole, survive crashes, clean orphans."""
+"""The commit protocol on every store (local, S3, GCS, Azure): replace whole, survive crashes, clean orphans."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from tasks.manifest import Manifest
 from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStorage
+from tasks.tables import read_parquet
 from tasks.write import EVENT_COLUMNS, RollingFiles
+from tests.stores.catalog import StoreFactory
 
 TABLE = "mp_master_event"
 DAY = "2026-05-01"
@@ -50,56 +51,63 @@ def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Man
     return dest.commit(stage, DAY, draft)
 
 
-def read(dest: ObjectStoreDestination, root: Path) -> pl.DataFrame:
+def read(dest: ObjectStoreDestination) -> pl.DataFrame:
     manifest = dest.manifest(TABLE, DAY)
     assert manifest is not None
-    return pl.read_parquet([root / f.key for f in manifest.files]) if manifest.files else pl.DataFrame()
+    return read_parquet(dest, [f.key for f in manifest.files])
 
 
-def day_files(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "7" / TABLE / "2026" / "05" / "01").glob("*"))
+def day_files(dest: ObjectStoreDestination) -> list[str]:
+    prefix = dest.data_prefix(TABLE, DAY)
+    return [i.key[len(prefix) :] for i in dest.storage.list(prefix)]
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> ObjectStoreDestination:
-    return ObjectStoreDestination(LocalStorage(tmp_path / "out"), 7)
+def dest(store: StoreFactory) -> ObjectStoreDestination:
+    return store().connect(7)
 
 
 def test_commit_writes_mixpanel_layout_and_a_manifest(dest: ObjectStoreDestination, tmp_path: Path) -> None:
     manifest = commit(dest, tmp_path, "run1", 10)
     assert [f.rows for f in manifest.files] == [4, 4, 2]
     assert all(f.key.startswith(f"7/{TABLE}/2026/05/01/part-run1-") for f in manifest.files)
-    assert read(dest, tmp_path / "out").height == 10
+    assert read(dest)["distinct_id"].to_list() == [f"run1{i}" for i in range(10)]
     assert dest.partitions(TABLE) == [DAY]
-    assert not list((tmp_path / "out" / "7" / "_staging").rglob("*.parquet"))
+    assert dest.storage.list("7/_staging/") == []
 
 
-def test_recommit_replaces_the_day_whole(dest: ObjectStoreDestination, tmp_path: Path) -> None:
+def test_recommit_replaces_the_day_whole_and_repair_keeps_rejects(
+    dest: ObjectStoreDestination, tmp_path: Path
+) -> None:
     commit(dest, tmp_path, "run1", 10)
     commit(dest, tmp_path, "run2", 3)
-    root = tmp_path / "out"
-    assert read(dest, root)["distinct_id"].to_list() == ["run20", "run21", "run22"]
-    assert day_files(root) == ["part-run2-00000.parquet"]
+    assert read(dest)["distinct_id"].to_list() == ["run20", "run21", "run22"]
+    assert day_files(dest) == ["part-run2-00000.parquet"]
+    day = dest.data_prefix(TABLE, DAY)
+    dest.storage.put_bytes(f"{day}part-crashed-00000.parquet", b"an orphan of a crashed run")
+    dest.storage.put_bytes(f"{day}_rejects/keep.jsonl", b"{}")
+    assert dest.repair(TABLE, DAY) == 1
+    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-00000.parquet"]
 
 
 def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
     dest: ObjectStoreDestination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit(dest, tmp_path, "run1", 2)
-    real_put = LocalStorage.put_bytes
 
-    def crash(self: LocalStorage, key: str, data: bytes) -> None:
+    def crash(self: object, key: str, data: bytes) -> None:
         raise KeyboardInterrupt("killed before the manifest switch")
 
-    monkeypatch.setattr(LocalStorage, "put_bytes", crash)
+    monkeypatch.setattr(type(dest.storage), "put_bytes", crash)
     with pytest.raises(KeyboardInterrupt):
         commit(dest, tmp_path, "run2", 5)
-    monkeypatch.setattr(LocalStorage, "put_bytes", real_put)
-    root = tmp_path / "out"
-    assert read(dest, root)["distinct_id"].to_list() == ["run10", "run11"]
-    assert len(day_files(root)) == 3  # the orphans of run2 sit beside the committed file
+    monkeypatch.undo()
+    assert read(dest)["distinct_id"].to_list() == ["run10", "run11"]
+    assert len(day_files(dest)) == 3  # the orphans of run2 sit beside the committed file
     assert dest.repair(TABLE, DAY) == 2
-    assert day_files(root) == ["part-run1-00000.parquet"]
+    assert day_files(dest) == ["part-run1-00000.parquet"]
+    commit(dest, tmp_path, "run3", 1)  # the crashed commit released its lock: the next one goes through
+    assert read(dest)["distinct_id"].to_list() == ["run30"]
 
 
 def test_crash_after_the_manifest_switch_leaves_the_new_version(
@@ -112,7 +120,7 @@ def test_crash_after_the_manifest_switch_leaves_the_new_version(
     with pytest.raises(SystemExit):
         commit(dest, tmp_path, "run2", 3)
     monkeypatch.undo()
-    assert read(dest, tmp_path / "out").height == 3
+    assert read(dest).height == 3
     assert dest.repair(TABLE, DAY) == 1
 
 
@@ -130,7 +138,7 @@ def test_an_empty_day_commits_an_empty_manifest(dest: ObjectStoreDestination, tm
         exported_at="x",
     )
     assert dest.commit(stage, DAY, draft).files == ()
-    assert day_files(tmp_path / "out") == []
+    assert day_files(dest) == []
 
 
 def test_stale_staging_is_removed(dest: ObjectStoreDestination, tmp_path: Path) -> None:
@@ -140,10 +148,11 @@ def test_stale_staging_is_removed(dest: ObjectStoreDestination, tmp_path: Path) 
     stage.add(DAY, files.close())
     assert dest.remove_stale_staging(older_than_seconds=3600) == 0
     assert dest.remove_stale_staging(older_than_seconds=-1) == 1
+    assert dest.storage.list("7/_staging/") == []
 
 
 def test_written_columns_are_the_events_schema(dest: ObjectStoreDestination, tmp_path: Path) -> None:
     commit(dest, tmp_path, "run1", 1)
-    got = read(dest, tmp_path / "out")
+    got = read(dest)
     assert tuple(got.columns) == EVENT_COLUMNS
     assert got.schema["time"] == pl.Datetime("us", "UTC")

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.gcs import GcsDestination, GcsStorage, Lease
 from tasks.errors import (
-    BadCredentialsError,
     FatalError,
     PermissionDeniedError,
     ServerError,
 )
 from tasks.objectstore import ObjectStoreDestination
-from tasks.write import RollingFiles
 from tests.stores.gcs import CLIENT_EMAIL, EMULATOR, GcsServer, inject_gcs_errors, make_gcs_destination
-from tests.test_objectstore import DAY, TABLE, commit, frame
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -68,27 +63,6 @@ def test_connect_leaves_no_probe_behind_and_detects_preconditions(
     assert storage.conditional_writes is gcs_server.honours_preconditions
 
 
-def test_wrong_credentials_fail_connect_in_one_sentence(gcs_server: GcsServer) -> None:
-    block = make_gcs_destination(gcs_server, bad_credentials=True)
-    block.bucket._block_document_name = "gcs-prod"
-    with pytest.raises(BadCredentialsError) as caught:
-        block.connect(7)
-    assert str(caught.value) == (
-        "Google Cloud Storage rejected the credentials of block 'gcs-prod': check the service account "
-        "key in its GcpCredentials block."
-    )
-
-
-def test_a_missing_bucket_fails_connect_in_one_sentence(gcs_server: GcsServer) -> None:
-    block = make_gcs_destination(gcs_server, bucket="no-such-bucket")
-    with pytest.raises(FatalError) as caught:
-        block.connect(7)
-    assert str(caught.value) == (
-        "bucket no-such-bucket does not exist: create it or fix the name in the GcsBucket block of "
-        "bucket no-such-bucket."
-    )
-
-
 def test_a_missing_permission_is_named(gcs_server: GcsServer) -> None:
     block = make_gcs_destination(gcs_server)
     inject_gcs_errors(gcs_server, 403, 1)  # the connect check's first call is the listing
@@ -98,14 +72,6 @@ def test_a_missing_permission_is_named(gcs_server: GcsServer) -> None:
         f"the service account {CLIENT_EMAIL} lacks storage.objects.list on bucket "
         f"{block.bucket.bucket}: grant it roles/storage.objectAdmin on the bucket."
     )
-
-
-def test_transient_errors_are_retried(gcs_server: GcsServer, storage: GcsStorage) -> None:
-    start = len(gcs_server.proxy.requests)
-    inject_gcs_errors(gcs_server, 503, 2)
-    storage.put_bytes("retried.json", b"{}")
-    assert storage.get_bytes("retried.json") == b"{}"
-    assert [s for _, _, s in gcs_server.proxy.requests[start:]][:3] == [503, 503, 200]
 
 
 def test_errors_past_the_retry_deadline_are_retriable(gcs_server: GcsServer, storage: GcsStorage) -> None:
@@ -282,55 +248,3 @@ def test_waiting_for_a_held_lock_ends_with_a_fatal_error(gcs_server: GcsServer, 
     assert message.endswith(
         f": if no run is active, delete that object (gcloud storage rm {where}) and start again."
     )
-
-
-# the commit protocol through ObjectStoreDestination ------------------------------------------
-
-
-def read(dest: ObjectStoreDestination) -> list[str]:
-    manifest = dest.manifest(TABLE, DAY)
-    assert manifest is not None
-    frames = [pl.read_parquet(io.BytesIO(dest.storage.get_bytes(f.key) or b"")) for f in manifest.files]
-    return pl.concat(frames)["distinct_id"].to_list() if frames else []
-
-
-def day_files(dest: ObjectStoreDestination) -> list[str]:
-    return [key.rsplit("/", 1)[1] for key in dest._direct_files(dest.data_prefix(TABLE, DAY))]
-
-
-def test_commit_recommit_and_repair(dest: ObjectStoreDestination, tmp_path: Path) -> None:
-    manifest = commit(dest, tmp_path, "run1", 10)
-    assert [f.rows for f in manifest.files] == [4, 4, 2]
-    assert all(f.key.startswith(f"7/{TABLE}/2026/05/01/part-run1-") for f in manifest.files)
-    assert len(read(dest)) == 10
-    assert dest.partitions(TABLE) == [DAY]
-    assert dest.storage.list("7/_staging/") == []
-    assert dest.describe(manifest.files[0].key).startswith("gs://")
-
-    commit(dest, tmp_path, "run2", 3)  # replaces the day whole
-    assert read(dest) == ["run20", "run21", "run22"]
-    assert day_files(dest) == ["part-run2-00000.parquet"]
-
-    orphan = f"{dest.data_prefix(TABLE, DAY)}part-crashed-00000.parquet"  # a crashed run's leftover
-    dest.storage.put_bytes(orphan, b"not listed")
-    assert dest.repair(TABLE, DAY) == 1
-    assert day_files(dest) == ["part-run2-00000.parquet"]
-    assert read(dest) == ["run20", "run21", "run22"]
-    assert dest.storage.list("_locks/") == []
-
-
-def test_a_crash_before_the_manifest_switch_keeps_the_old_version(
-    dest: ObjectStoreDestination, tmp_path: Path
-) -> None:
-    commit(dest, tmp_path, "run1", 2)
-    stage = dest.open_stage(TABLE, "run2")
-    files = RollingFiles(stage.directory(DAY, tmp_path), max_file_rows=4)
-    rows = frame(5, "run2")
-    for start in range(0, 5, 2):  # files of 4 and 1 rows
-        files.write(rows.slice(start, 2))
-    stage.add(DAY, files.close())
-    dest._publish(stage.files[DAY], dest.data_prefix(TABLE, DAY), "run2")  # then the run died
-    assert read(dest) == ["run10", "run11"]
-    assert len(day_files(dest)) == 3  # run2's published files sit beside the committed one
-    assert dest.repair(TABLE, DAY) == 2
-    assert day_files(dest) == ["part-run1-00000.parquet"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -11,17 +10,15 @@ import threading
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 from boto3.s3.transfer import TransferConfig
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.s3 import S3Destination, S3Storage
-from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError, ServerError
+from tasks.errors import FatalError, PermissionDeniedError, ServerError
 from tasks.objectstore import ObjectStoreDestination
 from tests.stores.s3 import S3Server, inject_s3_errors, make_s3_destination
-from tests.test_objectstore import DAY, TABLE, commit
 
 LOCK = "7/mp_master_event/2026-05-01"
 MiB = 1 << 20
@@ -87,7 +84,7 @@ def test_list_is_recursive_relative_sorted_and_follows_pages(s3_server: S3Server
     assert [i.key for i in listed] == sorted(keys)
     assert [i.size for i in listed] == [len(k) for k in sorted(keys)]
     assert all(abs(i.modified - time.time()) < 120 for i in listed)
-    pages = [r for r in s3_server.proxy.requests[seen:] if "list-type=2" in r]
+    pages = [r for r in s3_server.proxy.requests[seen:] if "list-type=2" in r.path]
     assert len(pages) == 5, "30 keys in pages of 7"
     assert [i.key for i in storage.list("")] == sorted([*keys, "p2/not-in-p", "q"])
     assert storage.list("missing/") == []
@@ -108,7 +105,7 @@ def test_delete_batches_and_ignores_missing_keys(s3_server: S3Server, storage: S
     storage.put_bytes("keep", b"x")
     seen = len(s3_server.proxy.requests)
     storage.delete([*keys, "never/existed", keys[0]])
-    assert len([r for r in s3_server.proxy.requests[seen:] if r.startswith("POST") and "delete" in r]) == 3
+    assert len([r for r in s3_server.proxy.requests[seen:] if r.method == "POST" and "delete" in r.path]) == 3
     assert [i.key for i in storage.list("")] == ["keep"]
     storage.delete([])
 
@@ -132,20 +129,6 @@ def test_upload_streams_a_large_file_in_parts(
 # transient errors are retried by botocore's policy ---------------------------------------------
 
 
-def test_injected_503s_are_retried(s3_server: S3Server, storage: S3Storage) -> None:
-    before = s3_server.proxy.failed
-    inject_s3_errors(s3_server, 503, 2)
-    storage.put_bytes("retried", b"ok")
-    assert s3_server.proxy.failed - before == 2
-    assert storage.get_bytes("retried") == b"ok"
-
-
-def test_a_dropped_connection_is_retried(s3_server: S3Server, storage: S3Storage) -> None:
-    storage.put_bytes("dropped", b"ok")
-    inject_s3_errors(s3_server, 0, 1)
-    assert storage.get_bytes("dropped") == b"ok"
-
-
 def test_spent_retries_make_the_unit_retriable(s3_server: S3Server, block: S3Destination) -> None:
     storage = S3Storage(block.bucket, block.prefix, max_attempts=2)
     inject_s3_errors(s3_server, 500, 2)
@@ -154,28 +137,6 @@ def test_spent_retries_make_the_unit_retriable(s3_server: S3Server, block: S3Des
 
 
 # connect: one sentence that says what to fix ---------------------------------------------------
-
-
-def test_wrong_credentials(s3_server: S3Server) -> None:
-    block = make_s3_destination(s3_server, bad_credentials=True)
-    bucket = block.bucket.bucket_name
-    with pytest.raises(BadCredentialsError) as caught:
-        block.connect(1)
-    assert str(caught.value) == (
-        f"S3 rejected the credentials of the S3Bucket block for bucket {bucket} (InvalidAccessKeyId): "
-        "check the access key ID and secret access key in its AwsCredentials block."
-    )
-    assert "not-the-secret" not in str(caught.value)
-
-
-def test_missing_bucket(s3_server: S3Server) -> None:
-    block = make_s3_destination(s3_server, bucket="mp-test-no-such-bucket")
-    with pytest.raises(FatalError) as caught:
-        block.connect(1)
-    assert str(caught.value) == (
-        "S3 bucket mp-test-no-such-bucket does not exist: create it or fix the name in "
-        "the S3Bucket block for bucket mp-test-no-such-bucket."
-    )
 
 
 def test_missing_permission(s3_server: S3Server) -> None:
@@ -273,57 +234,3 @@ def test_a_renewed_lease_is_not_taken_over_and_the_wait_ends_with_how_to_fix(blo
         rf"delete that object \(aws s3 rm {re.escape(where)}\) and start again\."
     )
     assert re.fullmatch(pattern, str(caught.value)), str(caught.value)
-
-
-# the commit protocol over S3, mirroring tests/test_objectstore.py -------------------------------
-
-
-def read(dest: ObjectStoreDestination) -> list[str]:
-    manifest = dest.manifest(TABLE, DAY)
-    assert manifest is not None
-    frames = [pl.read_parquet(io.BytesIO(dest.storage.get_bytes(f.key) or b"")) for f in manifest.files]
-    return pl.concat(frames)["distinct_id"].to_list() if frames else []
-
-
-def day_files(dest: ObjectStoreDestination) -> list[str]:
-    prefix = dest.data_prefix(TABLE, DAY)
-    return [i.key[len(prefix) :] for i in dest.storage.list(prefix)]
-
-
-def test_commit_recommit_and_repair(block: S3Destination, tmp_path: Path) -> None:
-    dest = block.connect(7)
-    first = commit(dest, tmp_path, "run1", 10)
-    assert [f.rows for f in first.files] == [4, 4, 2]
-    assert all(f.key.startswith(f"7/{TABLE}/2026/05/01/part-run1-") for f in first.files)
-    assert dest.partitions(TABLE) == [DAY]
-    assert read(dest) == [f"run1{i}" for i in range(10)]
-    assert dest.storage.list("7/_staging/") == []
-
-    commit(dest, tmp_path, "run2", 3)
-    assert read(dest) == ["run20", "run21", "run22"]
-    assert day_files(dest) == ["part-run2-00000.parquet"]
-
-    dest.storage.put_bytes(f"7/{TABLE}/2026/05/01/part-crashed-00000.parquet", b"orphan")
-    dest.storage.put_bytes(f"7/{TABLE}/2026/05/01/_rejects/keep.jsonl", b"{}")
-    assert dest.repair(TABLE, DAY) == 1
-    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-00000.parquet"]
-
-
-def test_crash_before_the_manifest_switch_keeps_the_old_day(
-    block: S3Destination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dest = block.connect(7)
-    commit(dest, tmp_path, "run1", 2)
-
-    def crash(self: S3Storage, key: str, data: bytes) -> None:
-        raise KeyboardInterrupt("killed before the manifest switch")
-
-    monkeypatch.setattr(S3Storage, "put_bytes", crash)
-    with pytest.raises(KeyboardInterrupt):
-        commit(dest, tmp_path, "run2", 5)
-    monkeypatch.undo()
-    assert read(dest) == ["run10", "run11"]
-    assert len(day_files(dest)) == 3, "the orphans of run2 sit beside the committed file"
-    assert dest.repair(TABLE, DAY) == 2
-    assert day_files(dest) == ["part-run1-00000.parquet"]
-    assert dest.storage.list("_locks/") == [], "the crashed commit released its lock"

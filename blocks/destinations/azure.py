@@ -267,7 +267,7 @@ class AzureBlobStorage:
         ):
             return BadCredentialsError(
                 f"Azure Blob Storage at {self.endpoint} rejected the credentials of "
-                f"{self.credentials.name}: {self.credentials.fix}."
+                f"{self.credentials.name} for container {container}: {self.credentials.fix}."
             )
         if code == "ContainerNotFound":
             return FatalError(

@@ -444,7 +444,11 @@ class GcsStorage:
 
 def _owner(bucket: GcsBucket) -> str:
     name = getattr(bucket, "_block_document_name", None)
-    return f"block '{name}'" if name else f"the GcsBucket block of bucket {bucket.bucket}"
+    return (
+        f"GcsBucket block '{name}' (bucket {bucket.bucket})"
+        if name
+        else f"the GcsBucket block of bucket {bucket.bucket}"
+    )
 
 
 def _status(exc: BaseException | None) -> int:

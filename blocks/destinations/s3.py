@@ -169,7 +169,11 @@ class S3Storage:
         self.delete_batch = delete_batch
         self.transfer = transfer
         name = getattr(bucket, "_block_document_name", None)
-        self.owner = f"S3Bucket block '{name}'" if name else f"the S3Bucket block for bucket {self.bucket}"
+        self.owner = (
+            f"S3Bucket block '{name}' (bucket {self.bucket})"
+            if name
+            else f"the S3Bucket block for bucket {self.bucket}"
+        )
 
     # keys -------------------------------------------------------------------------------------
 

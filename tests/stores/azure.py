@@ -19,20 +19,18 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 from prefect_azure import AzureBlobStorageCredentials
 
 from blocks.destinations.azure import AzureBlobDestination
+from tests.stores.proxy import FaultProxy
 
 AZURITE_VERSION = "3.35.0"
 TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "azurite"
@@ -41,15 +39,6 @@ ACCOUNT = "devstoreaccount1"
 # Azurite's published development key (documented by Microsoft), not a secret
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 WRONG_KEY = base64.b64encode(b"not the key of devstoreaccount1 at all, 64 bytes long.........").decode()
-_HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "expect",
-    "te",
-    "upgrade",
-}
 
 
 def _installed_version() -> str | None:
@@ -82,92 +71,6 @@ def install_azurite() -> Path:
             if done.returncode != 0 or _installed_version() != AZURITE_VERSION:
                 pytest.fail(f"npm install azurite@{AZURITE_VERSION} failed:\n{done.stderr[-3000:]}")
     return AZURITE
-
-
-class FaultProxy(ThreadingHTTPServer):
-    """Forwards to Azurite; ``fail(status, count)`` answers the next ``count`` requests itself."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream_port = upstream_port
-        self.requests: list[str] = []  # "METHOD /path?query" of every request seen
-        self.failed = 0
-        self._status = 503
-        self._left = 0
-        self._lock = threading.Lock()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def fail(self, status: int, count: int) -> None:
-        with self._lock:
-            self._status, self._left = status, count
-
-    def next_fault(self, request_line: str) -> int | None:
-        with self._lock:
-            self.requests.append(request_line)
-            if self._left <= 0:
-                return None
-            self._left -= 1
-            self.failed += 1
-            return self._status
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: FaultProxy
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        fault = self.server.next_fault(f"{self.command} {self.path}")
-        if fault == 0:  # a dropped connection: close without an answer
-            self.close_connection = True
-            return
-        if fault is not None:
-            self.send_response_only(fault)
-            self.send_header("x-ms-error-code", "ServerBusy")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self._forward(body)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            self.rfile.readline()
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _forward(self, body: bytes) -> None:
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            answer = upstream.getresponse()
-            data = answer.read()
-        finally:
-            upstream.close()
-        self.send_response_only(answer.status, answer.reason)
-        for name, value in answer.getheaders():
-            if name.lower() not in _HOP_HEADERS and (
-                name.lower() != "content-length" or self.command == "HEAD"
-            ):
-                self.send_header(name, value)
-        if self.command != "HEAD":  # a HEAD answer keeps the blob's Content-Length
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
 
 @dataclass
@@ -246,14 +149,16 @@ def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteSe
     """Azurite's blob service on 127.0.0.1 (installed first if needed), with a fault proxy in front."""
     binary = install_azurite()
     process, port, log = _start(binary, tmp_path_factory.mktemp("azurite"))
-    proxy = FaultProxy(port)
-    threading.Thread(target=proxy.serve_forever, name="azurite fault proxy", daemon=True).start()
+    proxy = FaultProxy(port, azure_error).serve_in_background()
     try:
         yield AzuriteServer(port, proxy, process, log)
     finally:
-        proxy.shutdown()
-        proxy.server_close()
+        proxy.stop()
         _stop(process)
+
+
+def azure_error(status: int) -> tuple[dict[str, str], bytes]:
+    return {"x-ms-error-code": "ServerBusy"}, b""
 
 
 def make_azure_destination(

