@@ -17,8 +17,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
+from flows.limits import export_slot
 from tasks.errors import FatalError, PipelineError
 from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
+from tasks.manifest import Manifest
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import ObjectStoreDestination
 from tasks.plan import check_range, days_between, group_days
@@ -35,12 +37,13 @@ def export_days_task(
     settings: ExportSettings,
     label: str,
     gate: threading.Semaphore,
+    base: Manifest | None = None,
 ) -> list[DayResult]:
     """One export request: its days are committed together or left as they were."""
     with gate:
         if client.fatal is not None:
             raise FatalError(f"skipped: {client.fatal}")
-        results = export_days(client, destination, days, settings)
+        results = export_days(client, destination, days, settings, base)
     logger = get_run_logger()
     for r in results:
         logger.info("%s: %d rows in %d file(s), fingerprint %s", r.day, r.rows, r.files, r.fingerprint)
@@ -104,7 +107,7 @@ def events(
         len(groups),
         target.describe(str(credentials.project_id)),
     )
-    with MixpanelClient(credentials, notify=logger.warning) as client:
+    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
         results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests)
     _summarize(results, failures, len(days))
     if failures:
@@ -118,6 +121,41 @@ def events(
                 f"committed. First error: {first}"
             )
         )
+    return [r.as_row() for r in results]
+
+
+@flow(name="mixpanel-events-hourly", log_prints=True)
+def events_hourly(
+    credentials: MixpanelCredentials,
+    destination: AnyDestination | None = None,
+    file_format: Literal["parquet", "jsonl.gz"] = "parquet",
+) -> list[dict[str, object]]:
+    """Add to yesterday and today what Mixpanel processed since the last run (hourly increments).
+
+    Each day's manifest keeps a watermark (the largest mp_processing_time_ms it holds); this run
+    exports only the events processed after it (Mixpanel's `where` on mp_processing_time_ms) and adds
+    them to the day as new files, committed like any other change. A day not exported yet is exported
+    whole. The daily run later replaces the closed day with a clean full export.
+
+    Args:
+        credentials: The Mixpanel project to export (a MixpanelCredentials block).
+        destination: Where the tables go; default: a LocalDestination on ./data.
+        file_format: parquet (zstd, the default) or jsonl.gz; use the daily run's format.
+    """
+    logger = get_run_logger()
+    days = [credentials.yesterday(), credentials.today()]
+    target = (destination or LocalDestination()).connect(credentials.project_id)
+    settings = _settings(credentials, file_format, 0, None)
+    gate = threading.Semaphore(1)
+    results: list[DayResult] = []
+    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+        for day in days:
+            target.repair(EVENTS_TABLE, day.isoformat())
+            base = target.manifest(EVENTS_TABLE, day.isoformat())
+            mark = "none (whole day)" if base is None else base.max_processing_time_ms
+            logger.info("%s: adding events processed after watermark %s", day, mark)
+            results += export_days_task(client, target, [day], settings, str(day), gate, base)
+    _summarize(results, {}, len(days))
     return [r.as_row() for r in results]
 
 

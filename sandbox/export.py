@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -84,6 +85,19 @@ def _parse_limit(raw: str | None) -> int | None:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer between 1 and {MAX_LIMIT}")
     return int(raw)
+
+
+def processed_by(cut: int) -> Predicate:
+    """Events Mixpanel has processed by ``cut`` (epoch ms): what an export made at that moment sees."""
+    return lambda props: float(props.get("mp_processing_time_ms", 0)) <= cut
+
+
+def _until(params: ExportParams, cut: int | None) -> ExportParams:
+    if cut is None:
+        return params
+    where, visible = params.where, processed_by(cut)
+    combined = visible if where is None else (lambda props: visible(props) and where(props))
+    return dataclasses.replace(params, where=combined)
 
 
 def parse_params(query: dict[str, str], cfg: ProjectConfig) -> ExportParams:
@@ -264,7 +278,7 @@ def _checked(req: Request) -> tuple[ExportParams | None, Response | None]:
     if problem is not None:
         return None, problem
     try:
-        params = parse_params(req.query, req.state.cfg)
+        params = _until(parse_params(req.query, req.state.cfg), req.state.processed_until_ms)
     except BadRequest as exc:
         return None, error(400, str(exc))
     if not req.state.limiter.acquire():

@@ -129,9 +129,17 @@ class SandboxServer:
     def stats(self) -> dict[str, Any]:
         return self.state.stats.snapshot()
 
-    def expected(self, from_date: date | str, to_date: date | str) -> dict[str, Any]:
+    def expected(
+        self, from_date: date | str, to_date: date | str, processed_until_ms: int | None = None
+    ) -> dict[str, Any]:
         query = {"from_date": str(from_date), "to_date": str(to_date)}
+        if processed_until_ms is not None:
+            query["processed_until_ms"] = str(processed_until_ms)
         return sandbox.admin.expected(self.cfg, query)
+
+    def set_processed_until(self, epoch_ms: int | None) -> None:
+        """Serve only the events Mixpanel has processed by ``epoch_ms`` (None: all of them)."""
+        self.state.processed_until_ms = epoch_ms
 
     def people_expected(
         self,

@@ -13,6 +13,9 @@ class SandboxState:
         self.faults = FaultPlan()
         self.stats = Stats()
         self.limiter = RateLimiter(cfg)
+        # Mixpanel serves only what it has processed: None serves every event, a number only those
+        # whose mp_processing_time_ms is at most that (the clock tests move forward between runs)
+        self.processed_until_ms: int | None = None
 
     def reset(self) -> None:
         """Clear stats, pending faults, quirks and the rate-limit windows."""

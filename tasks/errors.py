@@ -65,3 +65,7 @@ class TruncatedStreamError(RetriableError):
 
 class ConnectionDroppedError(RetriableError):
     pass
+
+
+class ConcurrentCommitError(RetriableError):
+    """Another run committed the partition between this run's read of it and its own commit."""

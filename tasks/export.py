@@ -88,18 +88,33 @@ class _Attempt:
     rejected: int = 0
 
 
+def processed_after(watermark: int) -> str:
+    """Mixpanel's ``where`` for events it processed after ``watermark`` (epoch ms)."""
+    return f'number(properties["mp_processing_time_ms"]) > {int(watermark)}'
+
+
 def export_days(
     client: MixpanelClient,
     destination: ObjectStoreDestination,
     days: list[date],
     settings: ExportSettings,
+    base: Manifest | None = None,
 ) -> list[DayResult]:
-    """Export ``days`` (consecutive) with one request, retried whole, and commit each day."""
+    """Export ``days`` (consecutive) with one request, retried whole, and commit each day.
+
+    With ``base`` (the committed manifest of the single day in ``days``), only the events Mixpanel
+    processed after its watermark are exported and added to the day as new files: an hourly
+    increment. Without it, each day is replaced whole.
+    """
     started = time.monotonic()
     # Long-lived objects (Prefect, pydantic, polars) would be re-scanned by every full collection
     # while the parser allocates millions of short-lived ones; freezing them makes those cheap.
     gc.freeze()
-    request = ExportRequest(days[0], days[-1], events=settings.events)
+    where = None
+    if base is not None:
+        assert len(days) == 1 and base.partition == days[0].isoformat(), "an increment covers its one day"
+        where = processed_after(base.max_processing_time_ms or 0)
+    request = ExportRequest(days[0], days[-1], events=settings.events, where=where)
     what = f"export {days[0]}..{days[-1]}"
     stats = RetryStats()
     with tempfile.TemporaryDirectory(prefix="mp-export-", dir=settings.scratch_dir) as scratch:
@@ -116,7 +131,7 @@ def export_days(
 
         result = client.with_retries(attempt, what, stats)
         _keep_rejects(destination, result, days, settings)
-        return _commit(destination, result, days, settings, stats, time.monotonic() - started)
+        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base)
 
 
 def _stream(
@@ -235,6 +250,7 @@ def _commit(
     settings: ExportSettings,
     stats: RetryStats,
     seconds: float,
+    base: Manifest | None,
 ) -> list[DayResult]:
     results = []
     exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
@@ -258,7 +274,12 @@ def _commit(
             time_mode=settings.time_mode,
             timezone=settings.timezone,
         )
-        final = destination.commit(state.stage, partition, manifest)
+        if base is None:
+            final = destination.commit(state.stage, partition, manifest)
+        elif day.rows == 0:
+            final = base  # nothing new since the watermark: the day stays byte-identical
+        else:
+            final = destination.append(state.stage, partition, manifest, base)
         results.append(
             DayResult(
                 day=day_of(ordinal),

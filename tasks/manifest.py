@@ -38,6 +38,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     time_mode: str = "utc"
     timezone: str = "UTC"
     flow_run_id: str | None = None
+    # hourly runs add their rows to the day as new files: how many such increments the day holds
+    increments: int = 0
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION
 
@@ -51,3 +53,21 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
 def fingerprint_hex(total: int) -> str:
     return f"{total & MASK64:016x}"
+
+
+def combined(
+    base: Manifest, increment: Manifest, files: tuple[ManifestFile, ...], edges: tuple[ManifestFile, ...]
+) -> Manifest:
+    """``base`` plus an increment's new files: rows and fingerprints add up (the fingerprint is a sum)."""
+    marks = [m for m in (base.max_processing_time_ms, increment.max_processing_time_ms) if m is not None]
+    return msgspec.structs.replace(
+        increment,
+        files=base.files + files,
+        identity_edges=base.identity_edges + edges,
+        rows=base.rows + increment.rows,
+        fingerprint=fingerprint_hex(int(base.fingerprint, 16) + int(increment.fingerprint, 16)),
+        max_processing_time_ms=max(marks) if marks else None,
+        rejected_lines=base.rejected_lines + increment.rejected_lines,
+        source_from_date=base.source_from_date,
+        increments=base.increments + 1,
+    )

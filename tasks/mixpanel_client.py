@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TypeVar
@@ -132,9 +132,13 @@ class MixpanelClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         notify: Callable[[str], None] | None = None,
+        export_gate: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.credentials = credentials
         self.notify = notify or log.warning
+        # held around each export request besides the host's budget: the flows pass the Prefect
+        # global concurrency limits here, which hold the budget across workers on many machines
+        self.export_gate = export_gate or nullcontext
         # Set on the first HTTP answer of any request: callers fanning out wait for it, so bad
         # credentials cost one request and one clear error, not one per concurrent unit.
         self.answered = threading.Event()
@@ -191,18 +195,26 @@ class MixpanelClient:
     def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
         """Open one export request; its decompressed body as byte chunks (export budget held)."""
         params = request.params(None) | self._project_param()
-        return self._stream(self.budget, "GET", self.credentials.export_url(), params=params)
+        return self._stream(self.budget, "GET", self.credentials.export_url(), self.export_gate, params=params)
 
     def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
         """Open one Engage (profiles) page request (query-API budget held)."""
         url = f"{self.credentials.query_base_url()}/api/query/engage"
-        return self._stream(self.query_budget, "POST", url, params=self._project_param(), data=form)
+        return self._stream(self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form)
 
     @contextmanager
-    def _stream(self, budget: RateBudget, method: str, url: str, **kwargs: Any) -> Iterator[Iterator[bytes]]:
+    def _stream(
+        self,
+        budget: RateBudget,
+        method: str,
+        url: str,
+        gate: Callable[[], AbstractContextManager[object]],
+        **kwargs: Any,
+    ) -> Iterator[Iterator[bytes]]:
         """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
-        classified error. The request holds one slot of ``budget`` while it streams."""
+        classified error. The request holds ``gate`` and one slot of ``budget`` while it streams."""
         with (
+            gate(),
             budget.slot(on_wait=self._budget_wait),
             _transport_errors(),
             self._http.stream(method, url, **kwargs) as response,

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import msgspec
 
-from tasks.manifest import Manifest, ManifestFile
+from tasks.errors import ConcurrentCommitError
+from tasks.manifest import Manifest, ManifestFile, combined
 from tasks.storage import Storage
 from tasks.write import WrittenFile
 
@@ -148,6 +149,27 @@ class ObjectStoreDestination:
             )
             edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
             final = msgspec.structs.replace(manifest, files=files, identity_edges=edges)
+            self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
+            self._remove_unlisted(stage.table, partition, final)
+        return final
+
+    def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
+        """Add the staged files to the committed ones of ``partition`` (an hourly increment).
+
+        ``base`` is the manifest the increment was computed against (its watermark); if another run
+        committed the partition since, nothing is added and ``ConcurrentCommitError`` says so.
+        """
+        run = increment.run_id.replace("-", "")[:16]
+        with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
+            current = self.manifest(stage.table, partition)
+            if current != base:
+                raise ConcurrentCommitError(
+                    f"{stage.table} {partition} was committed by run {current.run_id if current else None} "
+                    "while this increment was exported: nothing was added; the next run exports it again."
+                )
+            files = self._publish(stage.files.get(partition, []), self.data_prefix(stage.table, partition), run)
+            edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
+            final = combined(base, increment, files, edges)
             self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
             self._remove_unlisted(stage.table, partition, final)
         return final
