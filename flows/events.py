@@ -90,20 +90,37 @@ def events(
         max_rejected_lines: Malformed lines tolerated per request before its days fail (0: none).
         event_names: Export only these event names; empty exports every event.
     """
-    logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
-    days = days_between(start, end)
+    return export_range(
+        credentials,
+        target,
+        days_between(start, end),
+        settings_for(credentials, file_format, max_rejected_lines, event_names),
+        days_per_request,
+        max_concurrent_requests,
+    )
+
+
+def export_range(
+    credentials: MixpanelCredentials,
+    target: ObjectStoreDestination,
+    days: list[date],
+    settings: ExportSettings,
+    days_per_request: int,
+    max_concurrent_requests: int,
+) -> list[dict[str, object]]:
+    """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
+    logger = get_run_logger()
     groups = group_days(days, days_per_request)
     target.remove_stale_staging()
     for day in days:
         target.repair(EVENTS_TABLE, day.isoformat())
-    settings = _settings(credentials, file_format, max_rejected_lines, event_names)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
         len(days),
-        start,
-        end,
+        days[0],
+        days[-1],
         len(groups),
         target.describe(str(credentials.project_id)),
     )
@@ -145,7 +162,7 @@ def events_hourly(
     logger = get_run_logger()
     days = [credentials.yesterday(), credentials.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)
-    settings = _settings(credentials, file_format, 0, None)
+    settings = settings_for(credentials, file_format, 0, None)
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
     with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
@@ -159,7 +176,7 @@ def events_hourly(
     return [r.as_row() for r in results]
 
 
-def _settings(
+def settings_for(
     credentials: MixpanelCredentials, file_format: str, max_rejected_lines: int, event_names: list[str] | None
 ) -> ExportSettings:
     local = credentials.time_mode == TimeMode.LOCAL

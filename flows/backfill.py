@@ -1,0 +1,137 @@
+"""The backfill flow: a range of past days, resumable, fanned out over workers for large ranges."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.runtime import deployment
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks.destinations.catalog import AnyDestination
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials
+from flows.events import MAX_WORKERS, export_range, resolve_range, settings_for
+from tasks.errors import PipelineError
+from tasks.export import EVENTS_TABLE
+from tasks.objectstore import ObjectStoreDestination
+from tasks.plan import days_between, group_days
+from tasks.resume import is_complete
+
+POLL_SECONDS = 2.0
+
+
+@flow(
+    name="mixpanel-backfill",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    log_prints=True,
+)
+def backfill(
+    credentials: MixpanelCredentials,
+    from_date: date,
+    destination: AnyDestination | None = None,
+    to_date: date | None = None,
+    force: bool = False,
+    days_per_request: int = 7,
+    days_per_run: int = 0,
+    max_concurrent_requests: int = 4,
+    file_format: Literal["parquet", "jsonl.gz"] = "parquet",
+) -> dict[str, Any]:
+    """Export a range of past days into mp_master_event; a re-run skips the days already complete.
+
+    Args:
+        credentials: The Mixpanel project to export (a MixpanelCredentials block).
+        from_date: First day, in the project's calendar; at most 6 months back.
+        destination: Where the tables go; default: a LocalDestination on ./data.
+        to_date: Last day, inclusive; default: yesterday.
+        force: Re-export days that are already complete (replaced atomically, one by one).
+        days_per_request: Consecutive days fetched by one export request.
+        days_per_run: Split the days to do into child flow runs of this many days, each run by
+            whichever worker of the work pool picks it up (0: all in this run). Needs a deployment.
+        max_concurrent_requests: Export requests each run keeps in flight at once.
+        file_format: parquet (zstd, the default) or jsonl.gz.
+    """
+    logger = get_run_logger()
+    start, end = resolve_range(credentials, from_date, to_date)
+    target = (destination or LocalDestination()).connect(credentials.project_id)
+    days = days_between(start, end)
+    todo = days if force else _incomplete(target, days, credentials)
+    logger.info("%d of %d day(s) %s..%s to export", len(todo), len(days), start, end)
+    if not todo:
+        create_progress_artifact(100.0, description=f"Days done: {len(days)} of {len(days)} (all complete)")
+        return {"days": len(days), "exported": 0, "skipped": len(days)}
+    if days_per_run > 0 and len(todo) > days_per_run and deployment.id:
+        _fan_out(group_days(todo, days_per_run), force, days_per_request, max_concurrent_requests, file_format)
+    else:
+        settings = settings_for(credentials, file_format, 0, None)
+        export_range(credentials, target, todo, settings, days_per_request, max_concurrent_requests)
+    return {"days": len(days), "exported": len(todo), "skipped": len(days) - len(todo)}
+
+
+def _incomplete(
+    target: ObjectStoreDestination, days: list[date], credentials: MixpanelCredentials
+) -> list[date]:
+    zone = credentials.zone()
+    return [d for d in days if not is_complete(target.manifest(EVENTS_TABLE, d.isoformat()), d, zone)]
+
+
+def _fan_out(
+    chunks: list[list[date]], force: bool, days_per_request: int, max_concurrent: int, file_format: str
+) -> None:
+    """One child flow run of this deployment per chunk; waits for all, with progress on this run."""
+    logger = get_run_logger()
+    total = sum(map(len, chunks))
+    progress = create_progress_artifact(0.0, description=f"Days done of {total}")
+    children: dict[UUID, list[date]] = {}
+    for chunk in chunks:
+        parameters = {
+            "from_date": chunk[0].isoformat(),
+            "to_date": chunk[-1].isoformat(),
+            "force": force,
+            "days_per_request": days_per_request,
+            "days_per_run": 0,
+            "max_concurrent_requests": max_concurrent,
+            "file_format": file_format,
+        }
+        # credentials and destination: the deployment's own (block references), never copied here
+        child: FlowRun = run_deployment(  # type: ignore[assignment]
+            UUID(str(deployment.id)),
+            parameters=parameters,
+            timeout=0,
+            flow_run_name=f"backfill {chunk[0]}..{chunk[-1]}",
+        )
+        children[child.id] = chunk
+    logger.info("started %d child run(s) for %d day(s)", len(children), total)
+    failed = _wait(children, progress, total)
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} of {len(children)} child run(s) failed ({', '.join(failed)}): "
+            "the other days were committed; run the backfill again to retry only the missing days."
+        )
+
+
+def _wait(children: dict[UUID, list[date]], progress: UUID, total: int) -> list[str]:
+    pending = dict(children)
+    done_days = 0
+    failed: list[str] = []
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(POLL_SECONDS)
+            for run_id, chunk in list(pending.items()):
+                state = client.read_flow_run(run_id).state
+                if state is None or not state.is_final():
+                    continue
+                del pending[run_id]
+                if state.is_completed():
+                    done_days += len(chunk)
+                else:
+                    failed.append(f"{chunk[0]}..{chunk[-1]}: {state.name}")
+            update_progress_artifact(progress, 100.0 * done_days / total)
+    return failed

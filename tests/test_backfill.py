@@ -1,0 +1,76 @@
+"""The backfill flow in one run: refusals, resume (complete days skipped) and force."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from pathlib import Path
+
+import pytest
+
+from blocks.destinations.local import LocalDestination
+from flows.backfill import backfill
+from flows.events import events_hourly
+from sandbox import SandboxServer
+from tasks.plan import InvalidDateRangeError, months_before
+from tests.conftest import assert_day_matches_sandbox, credentials_for, local_destination, recent_days
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def manifests(root: Path, days) -> dict[str, bytes]:
+    dest = local_destination(root)
+    return {
+        d.isoformat(): dest.storage.get_bytes(dest.manifest_key("mp_master_event", d.isoformat()))
+        for d in days
+    }
+
+
+def test_a_rerun_skips_complete_days_and_force_redoes_them(sandbox: SandboxServer, tmp_path: Path) -> None:
+    credentials = credentials_for(sandbox)
+    destination = LocalDestination(path=str(tmp_path))
+    days = recent_days(5, sandbox)
+    first = backfill(credentials, days[0], destination, to_date=days[1], days_per_request=2)
+    assert first == {"days": 2, "exported": 2, "skipped": 0}
+    before = manifests(tmp_path, days[:2])
+
+    requests = sandbox.stats()["export_requests"]
+    again = backfill(credentials, days[0], destination, to_date=days[-1], days_per_request=2)
+    assert again == {"days": 5, "exported": 3, "skipped": 2}
+    assert sandbox.stats()["export_requests"] - requests == 2, "days 3-5 in requests of 2 consecutive days"
+    assert manifests(tmp_path, days[:2]) == before, "complete days were not touched"
+    for day in days:
+        assert_day_matches_sandbox(tmp_path, sandbox, day)
+
+    forced = backfill(credentials, days[0], destination, to_date=days[1], force=True)
+    assert forced == {"days": 2, "exported": 2, "skipped": 0}
+    assert manifests(tmp_path, days[:2]) != before
+    for day in days[:2]:
+        assert_day_matches_sandbox(tmp_path, sandbox, day)
+
+
+def test_days_of_hourly_increments_are_redone_and_closed_days_are_not(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    credentials = credentials_for(sandbox)
+    destination = LocalDestination(path=str(tmp_path))
+    today = sandbox.cfg.current_day()
+    yesterday = recent_days(1, sandbox)[0]
+    midnight = int(datetime.combine(today, time(), tzinfo=UTC).timestamp() * 1000)
+    for hours in (7, 8):  # two hourly runs: today holds an increment, yesterday was exported whole
+        sandbox.set_processed_until(midnight + hours * 3_600_000)
+        events_hourly(credentials, destination)
+    sandbox.set_processed_until(None)
+    done = backfill(credentials, yesterday, destination, to_date=today)
+    assert done == {"days": 2, "exported": 1, "skipped": 1}
+    dest = local_destination(tmp_path)
+    redone = dest.manifest("mp_master_event", today.isoformat())
+    assert redone is not None and redone.increments == 0
+    assert redone.rows == sandbox.expected(today, today)[today.isoformat()]["rows"]
+
+
+def test_seven_months_back_is_refused_before_any_request(sandbox: SandboxServer, tmp_path: Path) -> None:
+    today = sandbox.cfg.current_day()
+    with pytest.raises(InvalidDateRangeError, match=r"is more than 6 months back: the earliest allowed"):
+        backfill(credentials_for(sandbox), months_before(today, 7), LocalDestination(path=str(tmp_path)))
+    assert sandbox.stats()["export_requests"] == 0
+    assert not list(tmp_path.rglob("*.json")), "nothing was written"
