@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup test lint demo sandbox bench bench-people bench-destinations clean
+.PHONY: setup test lint demo sandbox bench bench-people bench-destinations server deploy worker clean
 
 setup: $(VENV)/.synced
 
@@ -44,6 +44,29 @@ bench-people: setup
 
 bench-destinations: setup
 	$(BIN)/python -m bench.destinations
+
+# --- operations: a local Prefect server, the deployments of prefect.yaml, a worker ------------------
+PREFECT_PORT ?= 4200
+# the server deploy and worker talk to: PREFECT_API_URL if set (e.g. Prefect Cloud), else `make server`
+PREFECT_SERVER_URL ?= $(or $(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
+SANDBOX_URL ?= http://127.0.0.1:8765
+DATA_DIR ?= data
+POOL ?= mixpanel
+deploy worker: export PREFECT_API_URL = $(PREFECT_SERVER_URL)
+
+server: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# the work pool, the rate-budget limits, every block type, the two blocks prefect.yaml names (sandbox
+# credentials and ./data, only if no blocks of those names exist), then every deployment of prefect.yaml
+deploy: setup
+	$(BIN)/prefect work-pool create $(POOL) --type process --overwrite
+	$(BIN)/prefect block register -m blocks.destinations.catalog
+	$(BIN)/python -m flows.setup --sandbox $(SANDBOX_URL) --data $(DATA_DIR)
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: setup
+	$(BIN)/prefect worker start --pool $(POOL)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data bench/out

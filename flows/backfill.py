@@ -68,7 +68,9 @@ def backfill(
         create_progress_artifact(100.0, description=f"Days done: {len(days)} of {len(days)} (all complete)")
         return {"days": len(days), "exported": 0, "skipped": len(days)}
     if days_per_run > 0 and len(todo) > days_per_run and deployment.id:
-        _fan_out(group_days(todo, days_per_run), force, days_per_request, max_concurrent_requests, file_format)
+        _fan_out(
+            group_days(todo, days_per_run), force, days_per_request, max_concurrent_requests, file_format
+        )
     else:
         settings = settings_for(credentials, file_format, 0, None)
         export_range(credentials, target, todo, settings, days_per_request, max_concurrent_requests)

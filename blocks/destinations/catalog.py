@@ -1,4 +1,7 @@
-"""Every destination block the flows accept, in one place (flow parameters and block registration)."""
+"""Every block of the project in one place: the flows' destination parameter type, and registration.
+
+`prefect block register -m blocks.destinations.catalog` registers every block type below at once.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,8 @@ from blocks.destinations.azure import AzureBlobDestination
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
+from blocks.mixpanel import MixpanelCredentials
 
 AnyDestination = LocalDestination | S3Destination | GcsDestination | AzureBlobDestination
 
-# `prefect block register -m <module>` for each, so the UI offers every block type
-BLOCK_MODULES = (
-    "blocks.mixpanel",
-    "blocks.destinations.local",
-    "blocks.destinations.s3",
-    "blocks.destinations.azure",
-)
+BLOCK_TYPES = (MixpanelCredentials, LocalDestination, S3Destination, GcsDestination, AzureBlobDestination)

@@ -1,0 +1,123 @@
+"""prefect.yaml on a real Prefect server with process workers: deploy, run, refuse, fan out."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+from tasks.plan import months_before
+from tests.cluster import Cluster
+from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days
+
+DEPLOYMENTS = {
+    "mixpanel-events/events-daily",
+    "mixpanel-events-hourly/events-hourly",
+    "mixpanel-people/people-daily",
+    "mixpanel-identity/identity-daily",
+    "mixpanel-backfill/backfill",
+}
+
+
+def run_backfill(cluster: Cluster, **params: object) -> tuple[int, str]:
+    args = [arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]
+    done = cluster.prefect("deployment", "run", "mixpanel-backfill/backfill", *args, "--watch", timeout=900)
+    output = done.stdout + done.stderr
+    found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert found, output[-2000:]
+    return done.returncode, found.group(1)
+
+
+def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster) -> None:
+    with cluster.client() as client:
+        deployments = client.read_deployments()
+        flows = {f.id: f.name for f in client.read_flows()}
+    names = {f"{flows[d.flow_id]}/{d.name}" for d in deployments}
+    assert names == DEPLOYMENTS
+    crons = {d.name: [s.schedule.cron for s in d.schedules] for d in deployments}
+    assert crons == {
+        "events-daily": ["30 0 * * *"],
+        "events-hourly": ["30 * * * *"],
+        "people-daily": ["0 1 * * *"],
+        "identity-daily": ["30 1 * * *"],
+        "backfill": [],
+    }
+    with cluster.client() as client:
+        limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits()}
+    assert limits == {
+        "mixpanel-export-per-hour": 30,
+        "mixpanel-export-per-second": 1,
+        "mixpanel-export-in-flight": 100,
+    }
+
+
+def test_a_backfill_run_lands_the_days(cluster: Cluster) -> None:
+    days = recent_days(3, cluster.sandbox, back=25)
+    code, _ = run_backfill(cluster, from_date=days[0], to_date=days[-1])
+    assert code == 0, "the run did not complete"
+    for day in days:
+        assert_day_matches_sandbox(cluster.data, cluster.sandbox, day)
+
+
+def test_seven_months_back_fails_with_the_reason_and_writes_nothing(cluster: Cluster) -> None:
+    before = cluster.sandbox.stats()["export_requests"]
+    start = months_before(cluster.sandbox.cfg.current_day(), 7)
+    code, run_id = run_backfill(cluster, from_date=start, to_date=start + timedelta(days=2))
+    assert code != 0
+    with cluster.client() as client:
+        state = client.read_flow_run(UUID(run_id)).state
+    assert state is not None and state.is_failed()
+    assert "more than 6 months back: the earliest allowed" in (state.message or ""), state.message
+    assert cluster.sandbox.stats()["export_requests"] == before
+    written = local_destination(cluster.data).partitions("mp_master_event")
+    assert all(p > (start + timedelta(days=2)).isoformat() for p in written), "no day of the refused range"
+
+
+def test_a_20_day_backfill_fans_out_over_two_workers_within_the_rate_budget(cluster: Cluster) -> None:
+    days = recent_days(20, cluster.sandbox, back=2)
+    before = cluster.sandbox.stats()
+    started = time.monotonic()
+    code, parent = run_backfill(
+        cluster,
+        from_date=days[0],
+        to_date=days[-1],
+        days_per_run=5,
+        days_per_request=1,
+        max_concurrent_requests=4,
+    )
+    assert code == 0
+    with cluster.client() as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent)])
+            )
+        )
+    assert len(children) == 4 and all(r.state is not None and r.state.is_completed() for r in children)
+    chunks = sorted(r.name for r in children)
+    assert chunks == [f"backfill {days[i]}..{days[i + 4]}" for i in range(0, 20, 5)]
+
+    dest = local_destination(cluster.data)
+    owners = {}
+    for day in days:
+        assert_day_matches_sandbox(cluster.data, cluster.sandbox, day)
+        manifest = dest.manifest("mp_master_event", day.isoformat())
+        assert manifest is not None
+        owners[day] = manifest.flow_run_id
+    assert set(owners.values()) == {str(r.id) for r in children}, "each day was committed by its chunk's run"
+
+    after = cluster.sandbox.stats()
+    assert after["export_requests"] - before["export_requests"] == 20, "every day exported exactly once"
+    assert after["rate_limited"] == before["rate_limited"], "Mixpanel never had to refuse a request"
+    recent = [t for t in after["request_times"] if t >= after["request_times"][-20]]
+    assert max_in_one_second(recent) <= 3
+    ran_on = {i for i in range(2) for r in children if str(r.id) in cluster.worker_log(i)}
+    assert ran_on == {0, 1}, "both workers ran child runs"
+    assert time.monotonic() - started < 900
+
+
+def max_in_one_second(times: list[float]) -> int:
+    ordered = sorted(times)
+    return max(sum(1 for u in ordered if t <= u < t + 1.0) for t in ordered)
