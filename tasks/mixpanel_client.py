@@ -195,12 +195,16 @@ class MixpanelClient:
     def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
         """Open one export request; its decompressed body as byte chunks (export budget held)."""
         params = request.params(None) | self._project_param()
-        return self._stream(self.budget, "GET", self.credentials.export_url(), self.export_gate, params=params)
+        return self._stream(
+            self.budget, "GET", self.credentials.export_url(), self.export_gate, params=params
+        )
 
     def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
         """Open one Engage (profiles) page request (query-API budget held)."""
         url = f"{self.credentials.query_base_url()}/api/query/engage"
-        return self._stream(self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form)
+        return self._stream(
+            self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form
+        )
 
     @contextmanager
     def _stream(

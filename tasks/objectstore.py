@@ -167,7 +167,9 @@ class ObjectStoreDestination:
                     f"{stage.table} {partition} was committed by run {current.run_id if current else None} "
                     "while this increment was exported: nothing was added; the next run exports it again."
                 )
-            files = self._publish(stage.files.get(partition, []), self.data_prefix(stage.table, partition), run)
+            files = self._publish(
+                stage.files.get(partition, []), self.data_prefix(stage.table, partition), run
+            )
             edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
             final = combined(base, increment, files, edges)
             self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())

@@ -17,4 +17,3 @@ def is_complete(manifest: Manifest | None, day: date, zone: ZoneInfo) -> bool:
         return False
     day_end = datetime.combine(day + timedelta(days=1), time(), tzinfo=zone)
     return datetime.fromisoformat(manifest.exported_at) >= day_end
-

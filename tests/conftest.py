@@ -17,7 +17,13 @@ from tasks.objectstore import ObjectStoreDestination
 from tasks.storage import LocalStorage
 
 # the local store servers (moto, the GCS emulator, Azurite) as session fixtures shared by every module
-pytest_plugins = ["tests.stores.s3", "tests.stores.azure", "tests.stores.gcs", "tests.stores.catalog", "tests.cluster"]
+pytest_plugins = [
+    "tests.stores.s3",
+    "tests.stores.azure",
+    "tests.stores.gcs",
+    "tests.stores.catalog",
+    "tests.cluster",
+]
 
 
 @pytest.fixture(autouse=True)
