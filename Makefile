@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup test lint demo sandbox bench bench-people bench-destinations server deploy worker clean
+.PHONY: setup test lint demo sandbox bench bench-people bench-destinations server deploy worker browser clean
 
 setup: $(VENV)/.synced
 
@@ -55,7 +55,7 @@ POOL ?= mixpanel
 deploy worker: export PREFECT_API_URL = $(PREFECT_SERVER_URL)
 
 server: setup
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 # the work pool, the rate-budget limits, every block type, the two blocks prefect.yaml names (sandbox
 # credentials and ./data, only if no blocks of those names exist), then every deployment of prefect.yaml
@@ -67,6 +67,12 @@ deploy: setup
 
 worker: setup
 	$(BIN)/prefect worker start --pool $(POOL)
+
+# Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data bench/out

@@ -1,6 +1,7 @@
 """A real Prefect deployment on loopback: a Prefect server (SQLite), `make deploy`, process workers.
 
-Module-scoped: starting the server and deploying takes ~30 s, so the tests of a module share it.
+Session-scoped: starting the server and deploying takes ~30 s, so every test shares one; tests use
+different days and compare the sandbox's counters before and after, never absolute numbers.
 Every process gets its own PREFECT_HOME, so nothing touches the user's Prefect profile.
 """
 
@@ -78,6 +79,19 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds
     pytest.fail(f"the Prefect server did not answer within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def _pause_schedules(cluster: Cluster) -> None:
+    """The daily and hourly schedules would start runs in the middle of the tests: switch them off."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateName
+
+    with cluster.client() as client:
+        for deployment in client.read_deployments():
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+        scheduled = FlowRunFilter(state=dict(name=FlowRunFilterStateName(any_=["Scheduled"])))
+        for run in client.read_flow_runs(flow_run_filter=scheduled):
+            client.delete_flow_run(run.id)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     # a worker or server ignores SIGTERM for a long while when busy: kill after a short grace
     process.terminate()
@@ -88,7 +102,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     home = tmp_path_factory.mktemp("prefect")
     logs = tmp_path_factory.mktemp("logs")
@@ -109,7 +123,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         server = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             cwd=home,
-            env=env,
+            env=env | {"PREFECT_UI_API_URL": api_url},  # where the UI in the browser finds the API
             stdout=out,
             stderr=subprocess.STDOUT,
         )

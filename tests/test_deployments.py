@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import timedelta
@@ -37,6 +38,12 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         flows = {f.id: f.name for f in client.read_flows()}
     names = {f"{flows[d.flow_id]}/{d.name}" for d in deployments}
     assert names == DEPLOYMENTS
+    for d in deployments:  # block references, loaded at run time: no secret is copied into a deployment
+        assert d.parameters == {
+            "credentials": {"$ref": {"block_document_slug": "mixpanel-credentials/mixpanel"}},
+            "destination": {"$ref": {"block_document_slug": "mixpanel-local-destination/local"}},
+        }
+        assert cluster.sandbox.cfg.secret not in json.dumps(d.model_dump(mode="json"))
     crons = {d.name: [s.schedule.cron for s in d.schedules] for d in deployments}
     assert crons == {
         "events-daily": ["30 0 * * *"],

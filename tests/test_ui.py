@@ -1,0 +1,115 @@
+"""The Prefect UI in headless Chromium: start a custom backfill run from the deployment's form.
+
+Chromium is Debian's package (`make browser` installs it; `.ci/run` does, and sets
+MP_REQUIRE_BROWSER=1 so that a missing browser fails CI instead of skipping). Playwright drives it
+through `executable_path`: no browser is downloaded. The finished run's page is saved as
+`.artifacts/ui-backfill-run.png` (or under $MP_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterName,
+)
+
+from tests.cluster import ROOT, Cluster
+from tests.conftest import assert_day_matches_sandbox, recent_days
+
+ARTIFACTS = Path(os.environ.get("MP_TEST_ARTIFACTS", ROOT / ".artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# without the background-networking flags Chromium keeps dialling Google on this closed network
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("MP_REQUIRE_BROWSER"):
+            pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make browser`.")
+        pytest.skip("Chromium is not installed: `make browser` installs Debian's package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def pick_date(page, value: str) -> None:
+    """The first empty date field: it opens a calendar with a native date input and an Apply button."""
+    page.get_by_text("Select date").first.click()
+    page.locator("input[type=date]").fill(value)
+    page.get_by_role("button", name="Apply").click()
+
+
+def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) -> None:
+    days = recent_days(2, cluster.sandbox, back=40)
+    run_name = f"ui-backfill-{int(time.time())}"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        start_custom_run(cluster, page, run_name, days)
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui-failure.png"), full_page=True)
+        raise
+
+    run = wait_for_run(cluster, run_name, timeout=600)
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.parameters["from_date"] == days[0].isoformat()
+    assert run.parameters["to_date"] == days[-1].isoformat()
+    for day in days:
+        assert_day_matches_sandbox(cluster.data, cluster.sandbox, day)
+
+    page.goto(f"{cluster.ui_url}/runs/flow-run/{run.id}", wait_until="networkidle")
+    page.get_by_text("Completed").first.wait_for(timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-backfill-run.png"), full_page=True)
+    assert (ARTIFACTS / "ui-backfill-run.png").stat().st_size > 10_000
+
+
+def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
+    page.goto(f"{cluster.ui_url}/deployments", wait_until="networkidle")
+    page.get_by_role("link", name="backfill", exact=True).click()
+    page.wait_for_load_state("networkidle")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.get_by_text("Run Name", exact=True).wait_for(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    page.locator("input[type=text]").first.fill(run_name)  # to find the run afterwards
+    pick_date(page, days[0].isoformat())
+    page.get_by_role("button", name="date", exact=True).click()  # to_date: from None to a date
+    pick_date(page, days[-1].isoformat())
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text(f"{run_name} scheduled to start now").first.wait_for(timeout=30_000)
+
+
+def wait_for_run(cluster: Cluster, name: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    with cluster.client() as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["backfill"])),
+            )
+            assert len(runs) <= 1, "one submit, one run"
+            if runs and runs[0].state is not None and runs[0].state.is_final():
+                return runs[0]
+            time.sleep(1)
+    pytest.fail(f"the run {name} started from the UI did not finish within {timeout:.0f} s")
