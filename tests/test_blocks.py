@@ -8,12 +8,12 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
+from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.local import LocalDestination
-from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import FatalError
 
 
-@pytest.mark.parametrize("block_class", [MixpanelCredentials, LocalDestination])
+@pytest.mark.parametrize("block_class", BLOCK_TYPES)
 class TestStandardSuite(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block_class: type[Block]) -> type[Block]:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
+from blocks.destinations.catalog import BLOCK_TYPES
 from tasks.plan import months_before
 from tests.cluster import Cluster
 from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days
@@ -53,7 +54,9 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "backfill": [],
     }
     with cluster.client() as client:
+        registered = {b.slug for b in client.read_block_types()}
         limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits()}
+    assert {cls.get_block_type_slug() for cls in BLOCK_TYPES} <= registered, "one command registered them all"
     assert limits == {
         "mixpanel-export-per-hour": 30,
         "mixpanel-export-per-second": 1,

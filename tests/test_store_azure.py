@@ -14,7 +14,6 @@ import pytest
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from prefect_azure import AzureBlobStorageCredentials
 
 from blocks.destinations.azure import AzureBlobDestination, AzureBlobStorage
@@ -29,12 +28,6 @@ from tasks.objectstore import ObjectStoreDestination
 from tests.stores.azure import ACCOUNT, KEY, AzuriteServer, inject_azure_errors, make_azure_destination
 
 MiB = 1 << 20
-
-
-class TestStandardSuite(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self) -> type[AzureBlobDestination]:
-        return AzureBlobDestination
 
 
 @pytest.fixture

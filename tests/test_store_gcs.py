@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from prefect.blocks.core import Block
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks.destinations.gcs import GcsDestination, GcsStorage, Lease
+from blocks.destinations.gcs import GcsStorage, Lease
 from tasks.errors import (
     FatalError,
     PermissionDeniedError,
@@ -48,12 +46,6 @@ def requests_since(gcs_server: GcsServer, start: int, method: str, marker: str) 
 
 
 # the block ------------------------------------------------------------------------------------
-
-
-class TestStandardSuite(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self) -> type[Block]:
-        return GcsDestination
 
 
 def test_connect_leaves_no_probe_behind_and_detects_preconditions(

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from prefect.blocks.core import Block
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.s3 import S3Destination, S3Storage
 from tasks.errors import FatalError, PermissionDeniedError, ServerError
@@ -43,12 +41,6 @@ def storage(block: S3Destination) -> S3Storage:
 @pytest.fixture(autouse=True)
 def _no_faults_left(s3_server: S3Server) -> None:
     inject_s3_errors(s3_server, 503, 0)
-
-
-class TestS3DestinationBlock(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self) -> type[Block]:
-        return S3Destination
 
 
 # the Storage methods --------------------------------------------------------------------------
