@@ -6,11 +6,19 @@
 from __future__ import annotations
 
 from blocks.destinations.azure import AzureBlobDestination
+from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from blocks.mixpanel import MixpanelCredentials
 
-AnyDestination = LocalDestination | S3Destination | GcsDestination | AzureBlobDestination
+AnyDestination = LocalDestination | DuckDBWarehouse | S3Destination | GcsDestination | AzureBlobDestination
 
-BLOCK_TYPES = (MixpanelCredentials, LocalDestination, S3Destination, GcsDestination, AzureBlobDestination)
+BLOCK_TYPES = (
+    MixpanelCredentials,
+    LocalDestination,
+    DuckDBWarehouse,
+    S3Destination,
+    GcsDestination,
+    AzureBlobDestination,
+)

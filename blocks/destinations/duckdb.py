@@ -1,0 +1,53 @@
+"""DuckDB, the embedded warehouse: a database file, with the Parquet files it loads from beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import DOCS_URL
+from tasks.duckdb_loader import DuckDBLoader
+from tasks.warehouse import WarehouseDestination
+
+
+class DuckDBWarehouse(DestinationBlock):
+    """A DuckDB database file holding mp_master_event, mp_people_data and mp_identity_mappings_data."""
+
+    _block_type_name = "Mixpanel DuckDB Warehouse"
+    _block_type_slug = "mixpanel-duckdb-warehouse"
+    _documentation_url = DOCS_URL
+    _description = (
+        "An embedded DuckDB database: each exported day is replaced in one transaction; people and "
+        "identity tables are swapped whole. The Parquet files it loads from are kept beside it."
+    )
+    _code_example = """
+```python
+from blocks.destinations.duckdb import DuckDBWarehouse
+
+warehouse = DuckDBWarehouse.load("BLOCK_NAME")
+```
+"""
+
+    database: str = Field(
+        default="data/mixpanel.duckdb",
+        description="Path of the DuckDB database file (created if missing); relative to the worker's "
+        "working directory.",
+    )
+    files: str = Field(
+        default="data",
+        description="Folder of the committed Parquet files and manifests the database is loaded from "
+        "(Mixpanel's layout, as a LocalDestination).",
+    )
+    lock_wait_seconds: float = Field(
+        default=600.0,
+        description="How long a load waits for another process that is writing the database.",
+    )
+
+    def connect(self, project_id: int) -> WarehouseDestination:
+        files = LocalDestination(path=self.files).connect(project_id)
+        loader = DuckDBLoader(Path(self.database).expanduser(), self.lock_wait_seconds)
+        loader.check()
+        return WarehouseDestination(files.storage, project_id, loader)

@@ -1,0 +1,128 @@
+"""DuckDB, the embedded warehouse: one database file, each partition replaced in one transaction.
+
+`properties` is DuckDB's JSON type, which keeps Mixpanel's text byte for byte (big integers, float
+digits, key order) and answers `properties->>'$.key'`; `time` is TIMESTAMPTZ. A day is deleted by
+its time range in the project's calendar (the manifest's timezone), then inserted from the day's
+Parquet files; the whole tables are emptied and refilled; `_mp_manifests` records each load, all in
+the same transaction.
+
+DuckDB lets one process write a database file at a time: a writer waits for another process's
+transaction to end (up to ``lock_wait_seconds``), and loads from threads of one process are
+serialised by a process-wide lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from tasks.errors import FatalError
+from tasks.warehouse import STATE_TABLE, Partition
+
+EVENTS_DDL = """CREATE TABLE IF NOT EXISTS mp_master_event (
+    device_id VARCHAR, distinct_id VARCHAR, event_name VARCHAR, insert_id VARCHAR,
+    properties JSON, time TIMESTAMPTZ, user_id VARCHAR)"""
+PEOPLE_DDL = "CREATE TABLE IF NOT EXISTS mp_people_data (distinct_id VARCHAR, properties JSON)"
+MAPPINGS_DDL = (
+    "CREATE TABLE IF NOT EXISTS mp_identity_mappings_data (distinct_id VARCHAR, resolved_distinct_id VARCHAR)"
+)
+STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+    table_name VARCHAR, partition VARCHAR, run_id VARCHAR, rows BIGINT, fingerprint VARCHAR,
+    manifest JSON, loaded_at TIMESTAMPTZ, PRIMARY KEY (table_name, partition))"""
+# the columns of each table, in order: only these fixed names ever reach SQL text
+COLUMNS = {
+    "mp_master_event": "device_id, distinct_id, event_name, insert_id, properties, time, user_id",
+    "mp_people_data": "distinct_id, properties",
+    "mp_identity_mappings_data": "distinct_id, resolved_distinct_id",
+}
+_PROCESS_LOCK = threading.Lock()
+
+
+class DuckDBLoader:
+    def __init__(self, database: Path, lock_wait_seconds: float = 600.0) -> None:
+        self.database = database
+        self.lock_wait_seconds = lock_wait_seconds
+
+    @contextmanager
+    def connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_wait_seconds
+        while True:
+            try:
+                conn = duckdb.connect(str(self.database), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise FatalError(
+                        f"cannot open the DuckDB database {self.database} ({str(exc).splitlines()[0]}): "
+                        "check the path, or stop the process that holds it."
+                    ) from exc
+                time.sleep(0.2)  # another process is writing: wait for its transaction to end
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        try:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FatalError(
+                f"cannot create the folder of the DuckDB database {self.database}: {exc}."
+            ) from exc
+        with _PROCESS_LOCK, self.connection() as conn:
+            for ddl in (EVENTS_DDL, PEOPLE_DDL, MAPPINGS_DDL, STATE_DDL):
+                conn.execute(ddl)
+
+    def load(self, partition: Partition) -> None:
+        columns = COLUMNS.get(partition.table)
+        if columns is None:
+            raise FatalError(f"DuckDB has no table {partition.table!r} to load.")
+        if partition.manifest.format != "parquet":
+            raise FatalError(
+                "the DuckDB warehouse loads Parquet files: run the flows with file_format=parquet."
+            )
+        with _PROCESS_LOCK, self.connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                self._replace(conn, partition, columns)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _replace(self, conn: duckdb.DuckDBPyConnection, partition: Partition, columns: str) -> None:
+        table = partition.table  # one of COLUMNS' keys, never user input
+        if partition.is_day:
+            start, end = partition.time_range()
+            conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end])
+        else:
+            conn.execute(f"DELETE FROM {table}")
+        if partition.files:
+            files = [str(f) for f in partition.files]
+            conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
+        manifest = partition.manifest
+        conn.execute(
+            f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                table,
+                partition.name,
+                manifest.run_id,
+                manifest.rows,
+                manifest.fingerprint,
+                manifest.encode().decode(),
+                datetime.now(tz=UTC),
+            ],
+        )
+
+    def loaded_run(self, table: str, partition: str) -> str | None:
+        with _PROCESS_LOCK, self.connection() as conn:
+            row = conn.execute(
+                f"SELECT run_id FROM {STATE_TABLE} WHERE table_name = ? AND partition = ?", [table, partition]
+            ).fetchone()
+        return None if row is None else str(row[0])

@@ -1,0 +1,109 @@
+"""Warehouses as destinations: committed files first, then each committed partition loaded atomically.
+
+A warehouse destination is a file destination (the staging lake: a local folder or a bucket, with
+the same layout, manifests and commit protocol) plus a ``Loader``. Every commit of a partition is
+followed by its load: an event day replaced in one warehouse transaction, a whole table (people,
+identity) swapped in one. The warehouse records which manifest it loaded per partition in its own
+``_mp_manifests`` table, in the same transaction as the data, so a load that failed after the files
+were committed is detected and redone by the next ``repair`` of the partition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from tasks.errors import FatalError
+from tasks.manifest import Manifest
+from tasks.objectstore import ObjectStoreDestination, Stage
+from tasks.storage import Storage
+
+STATE_TABLE = "_mp_manifests"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def checked_identifier(value: str, what: str) -> str:
+    """Identifiers go into SQL text, so only plain names pass: letters, digits, underscores."""
+    if not _IDENTIFIER.match(value):
+        raise FatalError(
+            f"{what} {value!r} is not a plain identifier: use letters, digits and underscores, "
+            "starting with a letter or underscore."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What a loader needs to replace one partition: its rows' files and, for a day, its time range."""
+
+    table: str
+    name: str  # an ISO day, or "all" for a whole table
+    manifest: Manifest
+    files: list[Path]
+
+    @property
+    def is_day(self) -> bool:
+        return len(self.name) == 10 and self.name[4] == "-"
+
+    def time_range(self) -> tuple[datetime, datetime]:
+        """The day's instants in UTC: the day is Mixpanel's calendar day in the manifest's timezone."""
+        zone = ZoneInfo(self.manifest.timezone)
+        day = date.fromisoformat(self.name)
+        start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        end_day = day + timedelta(days=1)
+        end = datetime(end_day.year, end_day.month, end_day.day, tzinfo=zone)
+        return start.astimezone(UTC), end.astimezone(UTC)
+
+
+class Loader(Protocol):
+    def check(self) -> None:
+        """Fail with one sentence if the warehouse cannot be written (credentials, schema, rights)."""
+        ...
+
+    def load(self, partition: Partition) -> None:
+        """Replace the partition's rows with its files' rows and record its manifest, atomically."""
+        ...
+
+    def loaded_run(self, table: str, partition: str) -> str | None:
+        """The run id of the manifest last loaded for the partition, if any."""
+        ...
+
+
+class WarehouseDestination(ObjectStoreDestination):
+    """Files committed as for any destination, then each committed partition loaded by ``loader``."""
+
+    def __init__(self, storage: Storage, project_id: int, loader: Loader) -> None:
+        super().__init__(storage, project_id)
+        self.loader = loader
+
+    def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
+        final = super().commit(stage, partition, manifest)
+        self._load(stage.table, partition, final)
+        return final
+
+    def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
+        final = super().append(stage, partition, increment, base)
+        self._load(stage.table, partition, final)
+        return final
+
+    def repair(self, table: str, partition: str) -> int:
+        removed = super().repair(table, partition)
+        manifest = self.manifest(table, partition)
+        if manifest is not None and self.loader.loaded_run(table, partition) != manifest.run_id:
+            self._load(table, partition, manifest)  # the files were committed, the load was not
+        return removed
+
+    def _load(self, table: str, partition: str, manifest: Manifest) -> None:
+        files = []
+        for item in manifest.files:
+            path = self.storage.local_path(item.key)
+            if path is None:
+                raise FatalError(
+                    f"{self.describe(item.key)} is not on local disk: this warehouse loads from a local folder."
+                )
+            files.append(path)
+        self.loader.load(Partition(table, partition, manifest, files))
