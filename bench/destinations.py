@@ -1,4 +1,7 @@
-"""`python -m bench.destinations`: events/s and peak RSS of one 1M-event day into local vs S3 (moto).
+"""`python -m bench.destinations`: events/s and peak RSS of one 1M-event day into local, DuckDB and S3 (moto).
+
+For DuckDB the export includes loading the day into the database; the load alone (the committed
+Parquet files into the table, in one transaction) is timed again afterwards and reported apart.
 
 The sandbox (CPU 1) serves the cached benchmark day; each export runs in a fresh child process
 (CPU 0) whose peak RSS is its own. moto runs in a third process, so its CPU competes with the
@@ -33,6 +36,9 @@ url, target, day = sys.argv[1], json.loads(sys.argv[2]), date.fromisoformat(sys.
 if target["kind"] == "local":
     from blocks.destinations.local import LocalDestination
     block = LocalDestination(path=target["path"])
+elif target["kind"] == "duckdb":
+    from blocks.destinations.duckdb import DuckDBWarehouse
+    block = DuckDBWarehouse(database=target["path"] + "/mixpanel.duckdb", files=target["path"])
 else:
     from prefect_aws import AwsCredentials, S3Bucket
     from blocks.destinations.s3 import S3Destination
@@ -44,8 +50,16 @@ creds = MixpanelCredentials(project_id=1, service_account_username="sandbox-user
 start = time.perf_counter()
 with MixpanelClient(creds) as client:
     (result,) = export_days(client, block.connect(1), [day], ExportSettings(run_id="bench"))
-print(json.dumps({"rows": result.rows, "fingerprint": result.fingerprint, "seconds": time.perf_counter() - start,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds = time.perf_counter() - start
+load_seconds = None
+if target["kind"] == "duckdb":
+    dest = block.connect(1)
+    manifest = dest.manifest("mp_master_event", day.isoformat())
+    start = time.perf_counter()
+    dest._load("mp_master_event", day.isoformat(), manifest)
+    load_seconds = time.perf_counter() - start
+print(json.dumps({"rows": result.rows, "fingerprint": result.fingerprint, "seconds": seconds,
+    "load_seconds": load_seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -102,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             expected = sandbox.day_data()
             with tempfile.TemporaryDirectory(prefix="bench-local-") as folder:
                 results = {"local": run_export(sandbox.url, {"kind": "local", "path": folder})}
+            with tempfile.TemporaryDirectory(prefix="bench-duckdb-") as folder:
+                results["duckdb"] = run_export(sandbox.url, {"kind": "duckdb", "path": folder})
             results["s3 (moto)"] = run_export(
                 sandbox.url, {"kind": "s3", "endpoint": endpoint, "bucket": "bench"}
             )
@@ -114,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{name}: exported {r['rows']} rows / {r['fingerprint']}, expected {expected}")
         rate = r["rows"] / r["seconds"]
         print(f"| {name} | {int(r['rows']):,} | {r['seconds']:.1f} | {rate:,.0f} | {r['peak_rss_mib']:.0f} |")
+    if results["duckdb"]["load_seconds"] is not None:
+        print(
+            f"\nDuckDB load alone (1 day's Parquet into mp_master_event, one transaction): "
+            f"{results['duckdb']['load_seconds']:.1f} s"
+        )
     return 0
 
 
