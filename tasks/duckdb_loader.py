@@ -103,8 +103,8 @@ class DuckDBLoader:
             conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end])
         else:
             conn.execute(f"DELETE FROM {table}")
-        if partition.files:
-            files = [str(f) for f in partition.files]
+        if partition.manifest.files:
+            files = [str(f) for f in partition.local_paths()]
             conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
         manifest = partition.manifest
         conn.execute(

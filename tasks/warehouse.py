@@ -43,7 +43,16 @@ class Partition:
     table: str
     name: str  # an ISO day, or "all" for a whole table
     manifest: Manifest
-    files: list[Path]
+    uris: list[str]  # the committed files, as the store names them (s3://…, or a local path)
+    paths: list[Path] | None  # the same files on local disk; None when the store is remote
+
+    def local_paths(self) -> list[Path]:
+        if self.paths is None:
+            raise FatalError(
+                f"the files of {self.table} {self.name} are not on local disk: this warehouse loads from a "
+                "local folder."
+            )
+        return self.paths
 
     @property
     def is_day(self) -> bool:
@@ -98,12 +107,7 @@ class WarehouseDestination(ObjectStoreDestination):
         return removed
 
     def _load(self, table: str, partition: str, manifest: Manifest) -> None:
-        files = []
-        for item in manifest.files:
-            path = self.storage.local_path(item.key)
-            if path is None:
-                raise FatalError(
-                    f"{self.describe(item.key)} is not on local disk: this warehouse loads from a local folder."
-                )
-            files.append(path)
-        self.loader.load(Partition(table, partition, manifest, files))
+        keys = [item.key for item in manifest.files]
+        paths = [self.storage.local_path(key) for key in keys]
+        local = None if any(p is None for p in paths) else [p for p in paths if p is not None]
+        self.loader.load(Partition(table, partition, manifest, [self.describe(k) for k in keys], local))

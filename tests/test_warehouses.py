@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import xxhash
 
@@ -139,7 +140,14 @@ def test_a_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
 
 def _failing_after_delete(replace: Callable[..., None]) -> Callable[..., None]:
     def replace_then_fail(self: Any, conn: Any, partition: Partition, columns: str) -> None:
-        replace(self, conn, Partition(partition.table, partition.name, partition.manifest, []), columns)
+        replace(
+            self,
+            conn,
+            Partition(
+                partition.table, partition.name, msgspec.structs.replace(partition.manifest, files=()), [], []
+            ),
+            columns,
+        )
         raise RuntimeError("the warehouse went away in the middle of the load")
 
     return replace_then_fail

@@ -10,15 +10,24 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
+from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from blocks.mixpanel import MixpanelCredentials
 
-AnyDestination = LocalDestination | DuckDBWarehouse | S3Destination | GcsDestination | AzureBlobDestination
+AnyDestination = (
+    LocalDestination
+    | DuckDBWarehouse
+    | S3Destination
+    | RedshiftSpectrumDestination
+    | GcsDestination
+    | AzureBlobDestination
+)
 
 BLOCK_TYPES = (
     MixpanelCredentials,
     LocalDestination,
     DuckDBWarehouse,
     S3Destination,
+    RedshiftSpectrumDestination,
     GcsDestination,
     AzureBlobDestination,
 )

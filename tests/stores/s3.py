@@ -108,7 +108,7 @@ def _enforce_iam(moto_url: str) -> tuple[dict[str, str], dict[str, str]]:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    admin = _user_with_policy(iam, "pipeline", ["s3:*"])
+    admin = _user_with_policy(iam, "pipeline", ["s3:*", "glue:*"])
     reader = _user_with_policy(iam, "reader", ["s3:GetObject", "s3:ListBucket"])
     request = urllib.request.Request(
         f"{moto_url}/moto-api/reset-auth",

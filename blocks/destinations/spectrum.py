@@ -1,0 +1,56 @@
+"""Redshift Spectrum: the tables as files in S3 (an S3 destination) plus a Glue catalog over them."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.s3 import S3Destination
+from blocks.mixpanel import DOCS_URL
+from tasks.errors import FatalError
+from tasks.glue import GlueCatalog
+from tasks.warehouse import WarehouseDestination, checked_identifier
+
+
+class RedshiftSpectrumDestination(DestinationBlock):
+    """S3 files in Mixpanel's layout, with Glue external tables that Redshift Spectrum and Athena query."""
+
+    _block_type_name = "Mixpanel Redshift Spectrum Destination"
+    _block_type_slug = "mixpanel-redshift-spectrum-destination"
+    _documentation_url = DOCS_URL
+    _description = (
+        "The tables as Parquet files in S3 (an S3 destination) and a Glue database whose external "
+        "tables follow each committed day (partitions mp_date=YYYY-MM-DD), for Redshift Spectrum or Athena."
+    )
+    _code_example = """
+```python
+from blocks.destinations.spectrum import RedshiftSpectrumDestination
+
+destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
+```
+"""
+
+    s3: S3Destination = Field(
+        default=...,
+        description="Where the files go (its AwsCredentials also reach Glue, in the same region).",
+    )
+    glue_database: str = Field(
+        default=...,
+        description="The Glue database holding the external tables (created beforehand; the tables are "
+        "created in it on the first run).",
+    )
+
+    @field_validator("glue_database")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        try:
+            return checked_identifier(value, "Glue database")
+        except FatalError as exc:
+            raise ValueError(str(exc)) from None
+
+    def connect(self, project_id: int) -> WarehouseDestination:
+        files = self.s3.connect(project_id)
+        glue = self.s3.bucket.credentials.get_client("glue")
+        catalog = GlueCatalog(glue, self.glue_database, files.storage, f"{project_id}/_state/spectrum/")
+        catalog.check()
+        return WarehouseDestination(files.storage, project_id, catalog)

@@ -1,0 +1,130 @@
+"""Redshift Spectrum: S3 files (moto) plus Glue partitions that follow the committed days exactly.
+
+moto serves Glue beside S3 (catalog state asserted here); the SQL semantics of the files a partition
+names are checked with DuckDB over the same Parquet files (moto's Redshift answers canned rows).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from datetime import date
+
+import boto3
+import duckdb
+import polars as pl
+import pytest
+
+from blocks.destinations.spectrum import RedshiftSpectrumDestination
+from sandbox import SandboxServer
+from tasks.errors import FatalError
+from tasks.export import ExportSettings, export_days
+from tasks.glue import GlueCatalog
+from tasks.mixpanel_client import MixpanelClient
+from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
+from tasks.warehouse import WarehouseDestination
+from tests.conftest import credentials_for, recent_days
+from tests.stores.s3 import REGION, S3Server, make_s3_destination
+
+
+def glue_database(server: S3Server) -> str:
+    name = f"mixpanel_{uuid.uuid4().hex[:8]}"
+    boto3.client(
+        "glue",
+        endpoint_url=server.moto_url,
+        region_name=REGION,
+        aws_access_key_id=server.access_key_id,
+        aws_secret_access_key=server.secret_access_key,
+    ).create_database(DatabaseInput={"Name": name})
+    return name
+
+
+@pytest.fixture
+def block(s3_server: S3Server) -> RedshiftSpectrumDestination:
+    return RedshiftSpectrumDestination(
+        s3=make_s3_destination(s3_server, prefix="raw"), glue_database=glue_database(s3_server)
+    )
+
+
+def export(server: SandboxServer, destination: WarehouseDestination, days: list[date], run: str) -> None:
+    with MixpanelClient(credentials_for(server)) as client:
+        export_days(client, destination, days, ExportSettings(run_id=run))
+
+
+def symlinked(destination: WarehouseDestination, location: str) -> list[str]:
+    prefix = destination.describe("")
+    body = destination.storage.get_bytes(location[len(prefix) :] + "symlink.txt")
+    assert body is not None, f"no symlink manifest at {location}"
+    return body.decode().splitlines()
+
+
+def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, block) -> None:
+    destination = block.connect(1)
+    catalog = destination.loader
+    assert isinstance(catalog, GlueCatalog)
+    days = recent_days(3, sandbox)
+    export(sandbox, destination, days, "first")
+    export(sandbox, destination, days[1:], "second")  # two days replaced
+    locations = catalog.partitions("mp_master_event")
+    assert sorted(locations) == [d.isoformat() for d in days]
+    for day in days:
+        manifest = destination.manifest("mp_master_event", day.isoformat())
+        assert manifest is not None
+        assert locations[day.isoformat()].endswith(f"/mp_date={day.isoformat()}/{manifest.run_id}/")
+        assert symlinked(destination, locations[day.isoformat()]) == [
+            destination.describe(f.key) for f in manifest.files
+        ]
+        assert catalog.loaded_run("mp_master_event", day.isoformat()) == manifest.run_id
+    spectrum = destination.storage.list("1/_state/spectrum/mp_master_event/")
+    assert len({i.key.rsplit("/", 2)[0] for i in spectrum}) == 3, (
+        "one symlink folder per day: old ones removed"
+    )
+
+
+def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxServer, block) -> None:
+    destination = block.connect(1)
+    days = recent_days(2, sandbox)
+    export(sandbox, destination, days, "sql")
+    locations = destination.loader.partitions("mp_master_event")
+    prefix = destination.describe("")
+    frames = []
+    for day, location in locations.items():
+        for uri in symlinked(destination, location):
+            data = destination.storage.get_bytes(uri[len(prefix) :])
+            frames.append(pl.read_parquet(io.BytesIO(data)).with_columns(mp_date=pl.lit(day)))
+    events = pl.concat(frames)  # what Spectrum reads: the partition column plus the files' columns
+    # the README's query, in DuckDB's dialect: json_extract_path_text(properties, '$browser') ≙ ->> '$."$browser"'
+    con = duckdb.connect()
+    con.register("events", events.to_arrow())
+    rows = con.execute(
+        """SELECT mp_date, COUNT(*), COUNT(properties->>'$."$browser"') FROM events GROUP BY 1 ORDER BY 1"""
+    ).fetchall()
+    expected = sandbox.expected(days[0], days[-1])
+    assert [(d, n) for d, n, _ in rows] == [(d.isoformat(), expected[d.isoformat()]["rows"]) for d in days]
+    assert all(0 < browsers <= n for _, n, browsers in rows)
+
+
+def test_whole_tables_switch_their_location(block) -> None:
+    destination = block.connect(1)
+    frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
+    for run in ("one", "two"):
+        replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], run, "resolved_distinct_id")
+    manifest = destination.manifest(MAPPINGS_TABLE, "all")
+    table = destination.loader.glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
+    location = table["StorageDescriptor"]["Location"]
+    assert location.endswith("/mp_identity_mappings_data/table/two/")
+    assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]
+    assert table["Parameters"]["mp_run_id"] == "two"
+
+
+def test_a_missing_glue_database_fails_before_any_request(s3_server: S3Server) -> None:
+    block = RedshiftSpectrumDestination(s3=make_s3_destination(s3_server), glue_database="no_such_db")
+    with pytest.raises(FatalError, match=r"^the Glue database no_such_db does not exist: create it"):
+        block.connect(1)
+
+
+def test_a_glue_database_name_is_checked() -> None:
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        RedshiftSpectrumDestination.model_validate(
+            {"s3": {"bucket": {"bucket_name": "b"}}, "glue_database": "x; DROP"}
+        )
