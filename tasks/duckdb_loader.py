@@ -106,11 +106,14 @@ class DuckDBLoader:
         if partition.manifest.files:
             files = [str(f) for f in partition.local_paths()]
             conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
+        self._record(conn, partition)
+
+    def _record(self, conn: duckdb.DuckDBPyConnection, partition: Partition) -> None:
         manifest = partition.manifest
         conn.execute(
             f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                table,
+                partition.table,
                 partition.name,
                 manifest.run_id,
                 manifest.rows,

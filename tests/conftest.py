@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.stores.azure",
     "tests.stores.gcs",
     "tests.stores.catalog",
+    "tests.stores.snowflake",
     "tests.cluster",
 ]
 

@@ -10,12 +10,14 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
+from blocks.destinations.snowflake import SnowflakeWarehouse
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from blocks.mixpanel import MixpanelCredentials
 
 AnyDestination = (
     LocalDestination
     | DuckDBWarehouse
+    | SnowflakeWarehouse
     | S3Destination
     | RedshiftSpectrumDestination
     | GcsDestination
@@ -26,6 +28,7 @@ BLOCK_TYPES = (
     MixpanelCredentials,
     LocalDestination,
     DuckDBWarehouse,
+    SnowflakeWarehouse,
     S3Destination,
     RedshiftSpectrumDestination,
     GcsDestination,

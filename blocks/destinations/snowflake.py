@@ -1,0 +1,56 @@
+"""Snowflake: a schema holding the three tables, loaded from the committed Parquet files."""
+
+from __future__ import annotations
+
+from prefect_snowflake import SnowflakeConnector
+from pydantic import Field
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import DOCS_URL
+from tasks.snowflake_loader import SnowflakeLoader
+from tasks.warehouse import WarehouseDestination
+
+
+class SnowflakeWarehouse(DestinationBlock):
+    """A Snowflake schema (the connector block's database and schema) with the Json Pipelines tables."""
+
+    _block_type_name = "Mixpanel Snowflake Warehouse"
+    _block_type_slug = "mixpanel-snowflake-warehouse"
+    _documentation_url = DOCS_URL
+    _description = (
+        "Snowflake through a prefect-snowflake SnowflakeConnector: each day's Parquet files are PUT to an "
+        "internal stage, COPY'd into a staging table and swapped in by one transaction; properties is VARIANT."
+    )
+    _code_example = """
+```python
+from blocks.destinations.snowflake import SnowflakeWarehouse
+
+warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
+```
+"""
+
+    connector: SnowflakeConnector = Field(
+        default=...,
+        description="The prefect-snowflake SnowflakeConnector block: credentials, warehouse, database "
+        "and schema (which must exist; the tables are created on the first run).",
+    )
+    files: str = Field(
+        default="data",
+        description="Local folder of the committed Parquet files and manifests the tables are loaded from.",
+    )
+
+    def connect(self, project_id: int) -> WarehouseDestination:
+        files = LocalDestination(path=self.files).connect(project_id)
+        where = f"{self.connector.database}.{self.connector.schema_}"
+        loader = SnowflakeLoader(self._connection, where)
+        loader.check()
+        return WarehouseDestination(files.storage, project_id, loader)
+
+    def _connection(self):  # type: ignore[no-untyped-def]
+        """A new DB-API connection per load (the block caches one, which threads must not share)."""
+        return self.connector.credentials.get_client(
+            database=self.connector.database,
+            schema=self.connector.schema_,
+            warehouse=self.connector.warehouse,
+        )

@@ -1,0 +1,135 @@
+"""A Snowflake stand-in on loopback for tests: fakesnow's HTTP server (fakesnow 0.12, a subprocess).
+
+The real ``snowflake-connector-python`` talks to it over HTTP, so blocks run their own code path:
+``SnowflakeCredentials`` carries ``host``, ``port`` and ``protocol="http"`` (extra fields the block
+forwards to ``snowflake.connector.connect``).
+
+Both sides need ``snowflake-connector-python<5``: fakesnow 0.12.1 imports
+``snowflake.connector.converter`` (gone in 5), and connector 5's login fails against it
+("Missing response field: master token").
+
+What to know about the emulator (pinned down by tests/test_snowflake_emulator.py):
+
+* there is no authentication: any user and password log in;
+* connecting with a database or schema that does not exist creates it (real Snowflake leaves
+  ``CURRENT_SCHEMA()`` NULL and fails the first unqualified statement);
+* every connection shares one in-memory DuckDB, so each test should use a database of its own
+  (``unique_name``);
+* a statement that fakesnow cannot handle comes back as HTTP 500, which the connector retries until
+  ``network_timeout``: the credentials set a short one so such a test fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+ACCOUNT = "fakesnow"
+USER = "fake"
+PASSWORD = "snow"  # fakesnow accepts any password
+WAREHOUSE = "COMPUTE_WH"  # ignored by fakesnow, required by SnowflakeConnector
+NETWORK_TIMEOUT = 15  # seconds the connector keeps retrying an HTTP 500 (fakesnow's "unsupported")
+
+
+@dataclass
+class SnowflakeServer:
+    """Where the emulator listens, and blocks configured for it."""
+
+    host: str
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def credentials(self, password: str = PASSWORD, **extra: Any) -> SnowflakeCredentials:
+        """Credentials for the emulator; ``extra`` overrides or adds connect() arguments (``paramstyle="qmark"``)."""
+        values: dict[str, Any] = {
+            "account": ACCOUNT,
+            "user": USER,
+            "password": password,
+            "host": self.host,
+            "port": self.port,
+            "protocol": "http",
+            "network_timeout": NETWORK_TIMEOUT,
+            # the out-of-band telemetry would go to snowflakecomputing.com: no internet here
+            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        }
+        return SnowflakeCredentials(**(values | extra))
+
+    def connector(
+        self, database: str, schema: str, warehouse: str = WAREHOUSE, **extra: Any
+    ) -> SnowflakeConnector:
+        """An unsaved connector block; use it as a context manager so its connection gets closed."""
+        return SnowflakeConnector(
+            credentials=self.credentials(**extra), database=database, schema=schema, warehouse=warehouse
+        )
+
+
+def unique_name(prefix: str = "MP_TEST") -> str:
+    """An unquoted Snowflake identifier no other test uses (the emulator's catalog is shared)."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}".upper()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m fakesnow -s -p PORT --host 127.0.0.1``; a port taken meanwhile means another try.
+
+    ``TMPDIR`` points into ``workdir`` so the files PUT to stages (fakesnow keeps them in a
+    ``mkdtemp`` directory it never removes) end up under pytest's temporary directory.
+    """
+    log = workdir / "fakesnow.log"
+    env = os.environ | {"TMPDIR": str(workdir)}
+    for _ in range(3):
+        port = _free_port()
+        with log.open("ab") as out:
+            cmd = [sys.executable, "-m", "fakesnow", "-s", "-p", str(port), "--host", "127.0.0.1"]
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            if _listening("127.0.0.1", port):
+                return process, port
+            time.sleep(0.1)
+        _stop(process)
+    raise RuntimeError(f"fakesnow server did not start: see {log}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def snowflake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SnowflakeServer]:
+    workdir = tmp_path_factory.mktemp("fakesnow")
+    process, port = _start_fakesnow(workdir)
+    try:
+        yield SnowflakeServer(host="127.0.0.1", port=port, log=workdir / "fakesnow.log", process=process)
+    finally:
+        _stop(process)
