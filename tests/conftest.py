@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.stores.gcs",
     "tests.stores.catalog",
     "tests.stores.snowflake",
+    "tests.stores.bigquery",
     "tests.cluster",
 ]
 

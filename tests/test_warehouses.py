@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -12,14 +13,19 @@ from typing import Any
 
 import pytest
 import xxhash
+from google.cloud import bigquery
+from prefect_gcp import GcpCredentials
 
 from blocks.destinations.base import DestinationBlock
+from blocks.destinations.bigquery import BigQueryWarehouse
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.snowflake import SnowflakeWarehouse
 from flows.identity import identity
 from sandbox import SandboxServer
 from sandbox.data import day_lines
+from tasks.bigquery_loader import BigQueryLoader
 from tasks.duckdb_loader import DuckDBLoader
+from tasks.errors import FatalError
 from tasks.export import ExportSettings, export_days
 from tasks.manifest import fingerprint_hex
 from tasks.mixpanel_client import MixpanelClient
@@ -75,9 +81,43 @@ def snowflake_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Wareh
     )
 
 
-@pytest.fixture(params=["duckdb", "snowflake"])
+def bigquery_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Warehouse:
+    server = request.getfixturevalue("bigquery_server")
+    dataset = f"mp_{uuid.uuid4().hex[:10]}"
+    # a generated service-account key whose token_uri is the GCS tests' loopback token endpoint: the
+    # client runs Google's real auth path, and the emulator ignores the token it sends
+    keys = request.getfixturevalue("gcs_server")
+    credentials = GcpCredentials(service_account_info=keys.service_account, project=server.project)
+    block = BigQueryWarehouse(
+        credentials=credentials, dataset=dataset, files=str(tmp_path / "files"), api_endpoint=server.url
+    )
+    client = block._client()
+    client.create_dataset(dataset)
+    kinds = {datetime: "TIMESTAMP", str: "STRING", int: "INT64"}
+
+    def query(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        config = bigquery.QueryJobConfig(
+            default_dataset=f"{server.project}.{dataset}",
+            query_parameters=[bigquery.ScalarQueryParameter(None, kinds[type(v)], v) for v in params],
+        )
+        return [tuple(row.values()) for row in client.query(sql, job_config=config).result()]
+
+    return Warehouse(
+        block,
+        query,
+        "JSON_VALUE(properties, '$.distinct_id')",
+        "?",
+        exact_json=False,
+        as_text="TO_JSON_STRING(properties)",
+    )
+
+
+WAREHOUSES = {"duckdb": duckdb_warehouse, "snowflake": snowflake_warehouse, "bigquery": bigquery_warehouse}
+
+
+@pytest.fixture(params=list(WAREHOUSES))
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
-    return {"duckdb": duckdb_warehouse, "snowflake": snowflake_warehouse}[request.param](tmp_path, request)
+    return WAREHOUSES[request.param](tmp_path, request)
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
@@ -184,3 +224,24 @@ def test_a_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
     destination.repair("mp_master_event", day.isoformat())  # the files hold "broken": load them
     assert day_rows(warehouse, day) == want
     assert warehouse.query("SELECT run_id FROM _mp_manifests", []) == [("broken",)]
+
+
+def test_a_missing_bigquery_dataset_fails_at_connect_in_one_sentence(request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("bigquery_server")
+    keys = request.getfixturevalue("gcs_server")
+    block = BigQueryWarehouse(
+        credentials=GcpCredentials(service_account_info=keys.service_account, project=server.project),
+        dataset="no_such_dataset",
+        api_endpoint=server.url,
+    )
+    with pytest.raises(FatalError) as caught:
+        block.connect(1)
+    assert str(caught.value) == (
+        f"BigQuery dataset {server.project}.no_such_dataset does not exist: create it (bq mk no_such_dataset) "
+        "or fix the name."
+    )
+
+
+def test_warehouse_identifiers_are_checked() -> None:
+    with pytest.raises(FatalError, match="is not a plain identifier"):
+        BigQueryLoader(client=None, dataset="mixpanel`; DROP TABLE x; --")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from blocks.destinations.azure import AzureBlobDestination
+from blocks.destinations.bigquery import BigQueryWarehouse
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
@@ -18,6 +19,7 @@ AnyDestination = (
     LocalDestination
     | DuckDBWarehouse
     | SnowflakeWarehouse
+    | BigQueryWarehouse
     | S3Destination
     | RedshiftSpectrumDestination
     | GcsDestination
@@ -29,6 +31,7 @@ BLOCK_TYPES = (
     LocalDestination,
     DuckDBWarehouse,
     SnowflakeWarehouse,
+    BigQueryWarehouse,
     S3Destination,
     RedshiftSpectrumDestination,
     GcsDestination,

@@ -1,0 +1,66 @@
+"""BigQuery: a dataset holding the three tables, loaded from the committed Parquet files."""
+
+from __future__ import annotations
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from prefect_gcp import GcpCredentials
+from pydantic import Field
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import DOCS_URL
+from tasks.bigquery_loader import BigQueryLoader
+from tasks.warehouse import WarehouseDestination
+
+
+class BigQueryWarehouse(DestinationBlock):
+    """A BigQuery dataset with mp_master_event (partitioned by day, properties JSON) and the other tables."""
+
+    _block_type_name = "Mixpanel BigQuery Warehouse"
+    _block_type_slug = "mixpanel-bigquery-warehouse"
+    _documentation_url = DOCS_URL
+    _description = (
+        "BigQuery through prefect-gcp's GcpCredentials: each day's Parquet files are loaded into a staging "
+        "table and swapped in by one atomic MERGE; mp_master_event is partitioned by day, properties is JSON."
+    )
+    _code_example = """
+```python
+from blocks.destinations.bigquery import BigQueryWarehouse
+
+warehouse = BigQueryWarehouse.load("BLOCK_NAME")
+```
+"""
+
+    credentials: GcpCredentials = Field(
+        default=..., description="The prefect-gcp GcpCredentials block (service account and project)."
+    )
+    dataset: str = Field(default=..., description="The dataset (created beforehand) that holds the tables.")
+    location: str = Field(default="US", description="The dataset's location, where the jobs run.")
+    files: str = Field(
+        default="data",
+        description="Local folder of the committed Parquet files and manifests the tables are loaded from.",
+    )
+    api_endpoint: str | None = Field(
+        default=None,
+        description="Another BigQuery API endpoint (a private endpoint or an emulator); empty for Google's.",
+    )
+
+    def connect(self, project_id: int) -> WarehouseDestination:
+        files = LocalDestination(path=self.files).connect(project_id)
+        loader = BigQueryLoader(self._client(), self.dataset)
+        loader.check()
+        return WarehouseDestination(files.storage, project_id, loader)
+
+    def _client(self) -> bigquery.Client:
+        if self.api_endpoint is None:
+            return self.credentials.get_bigquery_client(location=self.location)
+        keyed = self.credentials.service_account_info or self.credentials.service_account_file
+        return bigquery.Client(
+            project=self.credentials.project,
+            credentials=self.credentials.get_credentials_from_service_account()
+            if keyed
+            else AnonymousCredentials(),
+            location=self.location,
+            client_options={"api_endpoint": self.api_endpoint},
+        )
