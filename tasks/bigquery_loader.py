@@ -18,37 +18,25 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError
-from tasks.warehouse import STATE_TABLE, Partition, checked_identifier
+from tasks.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, checked_identifier, typed_columns
 
-TYPES = {
-    "mp_master_event": [
-        ("device_id", "STRING"),
-        ("distinct_id", "STRING"),
-        ("event_name", "STRING"),
-        ("insert_id", "STRING"),
-        ("properties", "JSON"),
-        ("time", "TIMESTAMP"),
-        ("user_id", "STRING"),
-    ],
-    "mp_people_data": [("distinct_id", "STRING"), ("properties", "JSON")],
-    "mp_identity_mappings_data": [("distinct_id", "STRING"), ("resolved_distinct_id", "STRING")],
-    STATE_TABLE: [
-        ("table_name", "STRING"),
-        ("partition", "STRING"),
-        ("run_id", "STRING"),
-        ("rows", "INT64"),
-        ("fingerprint", "STRING"),
-        ("manifest", "STRING"),
-        ("loaded_at", "TIMESTAMP"),
-    ],
-}
+TYPES = {"text": "STRING", "json": "JSON", "timestamp": "TIMESTAMP"}
+STATE_COLUMNS = [
+    ("table_name", "STRING"),
+    ("partition", "STRING"),
+    ("run_id", "STRING"),
+    ("rows", "INT64"),
+    ("fingerprint", "STRING"),
+    ("manifest", "STRING"),
+    ("loaded_at", "TIMESTAMP"),
+]
 
 
 def _schema(table: str, json_as_text: bool = False) -> list[bigquery.SchemaField]:
-    return [
-        bigquery.SchemaField(name, "STRING" if json_as_text and kind == "JSON" else kind)
-        for name, kind in TYPES[table]
-    ]
+    if table == STATE_TABLE:
+        return [bigquery.SchemaField(name, kind) for name, kind in STATE_COLUMNS]
+    types = TYPES | {"json": "STRING"} if json_as_text else TYPES
+    return [bigquery.SchemaField(name, kind) for name, kind in typed_columns(table, types)]
 
 
 class BigQueryLoader:
@@ -59,13 +47,13 @@ class BigQueryLoader:
     def check(self) -> None:
         try:
             self.client.get_dataset(self.dataset)
-            for table in TYPES:
+            for table in [*TABLE_COLUMNS, STATE_TABLE]:
                 self._ensure(table)
         except gexc.GoogleAPICallError as exc:
             raise self._error(exc) from exc
 
     def load(self, partition: Partition) -> None:
-        if partition.table not in TYPES or partition.table == STATE_TABLE:
+        if partition.table not in TABLE_COLUMNS:
             raise FatalError(f"BigQuery has no table {partition.table!r} to load.")
         staging = f"{self.dataset}._mp_load_{uuid.uuid4().hex[:16]}"
         self.client.create_table(bigquery.Table(self._ref(staging), schema=_schema(partition.table, True)))
@@ -105,8 +93,8 @@ class BigQueryLoader:
                 self.client.load_table_from_file(data, self._ref(staging), job_config=config).result()
 
     def _merge(self, partition: Partition, staging: str) -> None:
-        table = partition.table  # a key of TYPES, never user input
-        columns = [name for name, _ in TYPES[table]]
+        table = partition.table  # a key of TABLE_COLUMNS, never user input
+        columns = [name for name, _ in TABLE_COLUMNS[table]]
         select = ", ".join(f"PARSE_JSON({c}) AS {c}" if c == "properties" else c for c in columns)
         condition, params = "", _params()
         if partition.is_day:

@@ -17,30 +17,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from tasks.errors import FatalError
-from tasks.warehouse import STATE_TABLE, Partition
+from tasks.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, manifest_record, typed_columns
 
-EVENTS_DDL = """CREATE TABLE IF NOT EXISTS mp_master_event (
-    device_id VARCHAR, distinct_id VARCHAR, event_name VARCHAR, insert_id VARCHAR,
-    properties JSON, time TIMESTAMPTZ, user_id VARCHAR)"""
-PEOPLE_DDL = "CREATE TABLE IF NOT EXISTS mp_people_data (distinct_id VARCHAR, properties JSON)"
-MAPPINGS_DDL = (
-    "CREATE TABLE IF NOT EXISTS mp_identity_mappings_data (distinct_id VARCHAR, resolved_distinct_id VARCHAR)"
-)
+TYPES = {"text": "VARCHAR", "json": "JSON", "timestamp": "TIMESTAMPTZ"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     table_name VARCHAR, partition VARCHAR, run_id VARCHAR, rows BIGINT, fingerprint VARCHAR,
     manifest JSON, loaded_at TIMESTAMPTZ, PRIMARY KEY (table_name, partition))"""
-# the columns of each table, in order: only these fixed names ever reach SQL text
-COLUMNS = {
-    "mp_master_event": "device_id, distinct_id, event_name, insert_id, properties, time, user_id",
-    "mp_people_data": "distinct_id, properties",
-    "mp_identity_mappings_data": "distinct_id, resolved_distinct_id",
-}
+
+
+def _ddl(table: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in typed_columns(table, TYPES))})"
+
+
 _PROCESS_LOCK = threading.Lock()
 
 
@@ -76,13 +69,14 @@ class DuckDBLoader:
                 f"cannot create the folder of the DuckDB database {self.database}: {exc}."
             ) from exc
         with _PROCESS_LOCK, self.connection() as conn:
-            for ddl in (EVENTS_DDL, PEOPLE_DDL, MAPPINGS_DDL, STATE_DDL):
-                conn.execute(ddl)
+            for table in TABLE_COLUMNS:
+                conn.execute(_ddl(table))
+            conn.execute(STATE_DDL)
 
     def load(self, partition: Partition) -> None:
-        columns = COLUMNS.get(partition.table)
-        if columns is None:
+        if partition.table not in TABLE_COLUMNS:
             raise FatalError(f"DuckDB has no table {partition.table!r} to load.")
+        columns = ", ".join(name for name, _ in TABLE_COLUMNS[partition.table])
         if partition.manifest.format != "parquet":
             raise FatalError(
                 "the DuckDB warehouse loads Parquet files: run the flows with file_format=parquet."
@@ -97,7 +91,7 @@ class DuckDBLoader:
                 raise
 
     def _replace(self, conn: duckdb.DuckDBPyConnection, partition: Partition, columns: str) -> None:
-        table = partition.table  # one of COLUMNS' keys, never user input
+        table = partition.table  # one of TABLE_COLUMNS' keys, never user input
         if partition.is_day:
             start, end = partition.time_range()
             conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end])
@@ -109,18 +103,9 @@ class DuckDBLoader:
         self._record(conn, partition)
 
     def _record(self, conn: duckdb.DuckDBPyConnection, partition: Partition) -> None:
-        manifest = partition.manifest
         conn.execute(
             f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                partition.table,
-                partition.name,
-                manifest.run_id,
-                manifest.rows,
-                manifest.fingerprint,
-                manifest.encode().decode(),
-                datetime.now(tz=UTC),
-            ],
+            list(manifest_record(partition)),
         )
 
     def loaded_run(self, table: str, partition: str) -> str | None:

@@ -17,26 +17,14 @@ from botocore.exceptions import ClientError
 
 from tasks.errors import FatalError
 from tasks.storage import Storage
-from tasks.warehouse import Partition, checked_identifier
+from tasks.warehouse import TABLE_COLUMNS, Partition, checked_identifier, typed_columns
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
 TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
 PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
 PARTITION_KEY = "mp_date"
 RUN_PARAMETER = "mp_run_id"
-COLUMNS = {
-    "mp_master_event": [
-        ("device_id", "string"),
-        ("distinct_id", "string"),
-        ("event_name", "string"),
-        ("insert_id", "string"),
-        ("properties", "string"),
-        ("time", "timestamp"),
-        ("user_id", "string"),
-    ],
-    "mp_people_data": [("distinct_id", "string"), ("properties", "string")],
-    "mp_identity_mappings_data": [("distinct_id", "string"), ("resolved_distinct_id", "string")],
-}
+HIVE_TYPES = {"text": "string", "json": "string", "timestamp": "timestamp"}
 
 
 class GlueCatalog:
@@ -53,7 +41,7 @@ class GlueCatalog:
             self.glue.get_database(Name=self.database)
         except ClientError as exc:
             raise self._error(exc, "read the Glue database") from exc
-        for table in COLUMNS:
+        for table in TABLE_COLUMNS:
             try:
                 self.glue.get_table(DatabaseName=self.database, Name=table)
             except ClientError as exc:
@@ -168,7 +156,7 @@ def _code(exc: ClientError) -> str:
 
 def _descriptor(table: str, location: str) -> dict[str, Any]:
     return {
-        "Columns": [{"Name": name, "Type": kind} for name, kind in COLUMNS[table]],
+        "Columns": [{"Name": name, "Type": kind} for name, kind in typed_columns(table, HIVE_TYPES)],
         "Location": location,
         "InputFormat": SYMLINK_INPUT,
         "OutputFormat": TEXT_OUTPUT,

@@ -11,32 +11,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from tasks.errors import FatalError
-from tasks.warehouse import STATE_TABLE, Partition
+from tasks.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, manifest_record, typed_columns
 
-TYPES = {
-    "mp_master_event": [
-        ("device_id", "STRING"),
-        ("distinct_id", "STRING"),
-        ("event_name", "STRING"),
-        ("insert_id", "STRING"),
-        ("properties", "VARIANT"),
-        ("time", "TIMESTAMP_TZ"),
-        ("user_id", "STRING"),
-    ],
-    "mp_people_data": [("distinct_id", "STRING"), ("properties", "VARIANT")],
-    "mp_identity_mappings_data": [("distinct_id", "STRING"), ("resolved_distinct_id", "STRING")],
-}
+TYPES = {"text": "STRING", "json": "VARIANT", "timestamp": "TIMESTAMP_TZ"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (table_name STRING, partition STRING, run_id STRING,
     rows NUMBER, fingerprint STRING, manifest STRING, loaded_at TIMESTAMP_TZ)"""
 STAGE = "mp_pipelines_load"
 
 
 def _ddl(table: str) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in TYPES[table])})"
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in typed_columns(table, TYPES))})"
 
 
 class SnowflakeLoader:
@@ -60,15 +47,15 @@ class SnowflakeLoader:
                     f"Snowflake has no schema {self.where} for these credentials: create it or fix the "
                     "database and schema of the SnowflakeConnector block."
                 )
-            for table in TYPES:
+            for table in TABLE_COLUMNS:
                 cur.execute(_ddl(table))
             cur.execute(STATE_DDL)
 
     def load(self, partition: Partition) -> None:
-        if partition.table not in TYPES:
+        if partition.table not in TABLE_COLUMNS:
             raise FatalError(f"Snowflake has no table {partition.table!r} to load.")
         staging = f"mp_load_{uuid.uuid4().hex[:16]}"  # unique per load: loads of other days run beside it
-        columns = [name for name, _ in TYPES[partition.table]]
+        columns = [name for name, _ in TABLE_COLUMNS[partition.table]]
         select = ", ".join(f"PARSE_JSON({c})" if c == "properties" else c for c in columns)
         with self.cursor() as cur:
             self._stage(cur, partition, staging)
@@ -93,7 +80,7 @@ class SnowflakeLoader:
 
     def _stage(self, cur: Any, partition: Partition, staging: str) -> None:
         """PUT the files into a temporary stage and COPY them into a transient table of text columns."""
-        text = [(n, "STRING" if t == "VARIANT" else t) for n, t in TYPES[partition.table]]
+        text = typed_columns(partition.table, TYPES | {"json": "STRING"})
         cur.execute(f"CREATE TRANSIENT TABLE {staging} ({', '.join(f'{n} {t}' for n, t in text)})")
         if not partition.manifest.files:
             return
@@ -107,22 +94,12 @@ class SnowflakeLoader:
         )
 
     def _record(self, cur: Any, partition: Partition) -> None:
-        manifest = partition.manifest
         cur.execute(
             f"DELETE FROM {STATE_TABLE} WHERE table_name = %s AND partition = %s",
             (partition.table, partition.name),
         )
         cur.execute(
-            f"INSERT INTO {STATE_TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (
-                partition.table,
-                partition.name,
-                manifest.run_id,
-                manifest.rows,
-                manifest.fingerprint,
-                manifest.encode().decode(),
-                datetime.now(tz=UTC),
-            ),
+            f"INSERT INTO {STATE_TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s)", manifest_record(partition)
         )
 
     def loaded_run(self, table: str, partition: str) -> str | None:

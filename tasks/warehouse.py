@@ -23,6 +23,41 @@ from tasks.objectstore import ObjectStoreDestination, Stage
 from tasks.storage import Storage
 
 STATE_TABLE = "_mp_manifests"
+# the columns of each table, with a kind each warehouse maps to its own type
+TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "mp_master_event": [
+        ("device_id", "text"),
+        ("distinct_id", "text"),
+        ("event_name", "text"),
+        ("insert_id", "text"),
+        ("properties", "json"),
+        ("time", "timestamp"),
+        ("user_id", "text"),
+    ],
+    "mp_people_data": [("distinct_id", "text"), ("properties", "json")],
+    "mp_identity_mappings_data": [("distinct_id", "text"), ("resolved_distinct_id", "text")],
+}
+
+
+def typed_columns(table: str, types: dict[str, str]) -> list[tuple[str, str]]:
+    """``table``'s columns with the warehouse's type for each kind (text, json, timestamp)."""
+    return [(name, types[kind]) for name, kind in TABLE_COLUMNS[table]]
+
+
+def manifest_record(partition: Partition) -> tuple[object, ...]:
+    """The ``_mp_manifests`` row of a load: table, partition, run, rows, fingerprint, manifest, time."""
+    manifest = partition.manifest
+    return (
+        partition.table,
+        partition.name,
+        manifest.run_id,
+        manifest.rows,
+        manifest.fingerprint,
+        manifest.encode().decode(),
+        datetime.now(tz=UTC),
+    )
+
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 

@@ -8,7 +8,6 @@ Every process gets its own PREFECT_HOME, so nothing touches the user's Prefect p
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,11 @@ import pytest
 
 from sandbox import SandboxServer
 from tests.conftest import start_sandbox
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -90,16 +85,6 @@ def _pause_schedules(cluster: Cluster) -> None:
         scheduled = FlowRunFilter(state=dict(name=FlowRunFilterStateName(any_=["Scheduled"])))
         for run in client.read_flow_runs(flow_run_filter=scheduled):
             client.delete_flow_run(run.id)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    # a worker or server ignores SIGTERM for a long while when busy: kill after a short grace
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -173,6 +158,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
     finally:
         for worker in cluster.workers:
-            _stop(worker)
+            stop_process(worker)
         sandbox.stop()
-        _stop(server)
+        stop_process(server)

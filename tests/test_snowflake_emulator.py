@@ -22,7 +22,8 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector.errors import InternalServerError, OperationalError, ProgrammingError
 
 from tests.stores import snowflake as snowflake_store
-from tests.stores.snowflake import SnowflakeServer, _free_port, unique_name
+from tests.stores.process import free_port
+from tests.stores.snowflake import SnowflakeServer, unique_name
 
 # the session fixture; once tests/conftest.py lists "tests.stores.snowflake" in pytest_plugins, drop this
 snowflake_server = snowflake_store.snowflake_server
@@ -426,7 +427,7 @@ def test_wrong_password_is_accepted(snowflake_server: SnowflakeServer) -> None:
     # what can be tested: no password at all (the block refuses) and no server (the connector gives up)
     with pytest.raises(ValidationError, match="One of the authentication keys must be provided"):
         snowflake_server.credentials(password=None)  # type: ignore[arg-type]
-    unreachable = snowflake_server.credentials(port=_free_port(), login_timeout=5)
+    unreachable = snowflake_server.credentials(port=free_port(), login_timeout=5)
     with pytest.raises(OperationalError, match="Could not connect to Snowflake backend") as info:
         unreachable.get_client()
     assert info.value.errno == 250001

@@ -17,7 +17,6 @@ import fcntl
 import http.client
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -30,6 +29,8 @@ from azure.storage.blob import BlobServiceClient
 from prefect_azure import AzureBlobStorageCredentials
 
 from blocks.destinations.azure import AzureBlobDestination
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
 from tests.stores.proxy import FaultProxy
 
 AZURITE_VERSION = "3.35.0"
@@ -92,12 +93,6 @@ class AzuriteServer:
         return BlobServiceClient.from_connection_string(self.connection_string())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_until_healthy(
     process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60.0
 ) -> bool:
@@ -114,7 +109,7 @@ def _wait_until_healthy(
             return True
         except OSError:
             time.sleep(0.1)
-    _stop(process)
+    stop_process(process)
     pytest.fail(
         f"Azurite did not answer on 127.0.0.1:{port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
     )
@@ -122,7 +117,7 @@ def _wait_until_healthy(
 
 def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     for attempt in range(3):  # another process may grab the free port before Azurite binds it
-        port = _free_port()
+        port = free_port()
         log = workdir / f"azurite-{attempt}.log"
         args = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence"]
         args += ["--skipApiVersionCheck", "--loose", "--disableTelemetry"]
@@ -135,15 +130,6 @@ def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int, P
     pytest.fail(f"Azurite could not start:\n{log.read_text()[-3000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     """Azurite's blob service on 127.0.0.1 (installed first if needed), with a fault proxy in front."""
@@ -154,7 +140,7 @@ def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteSe
         yield AzuriteServer(port, proxy, process, log)
     finally:
         proxy.stop()
-        _stop(process)
+        stop_process(process)
 
 
 def azure_error(status: int) -> tuple[dict[str, str], bytes]:

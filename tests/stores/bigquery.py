@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
 
 BQEMULATOR_VERSION = "1.4.0"
 REQUIREMENTS = [
@@ -225,12 +227,6 @@ class BigQueryEmulator:
         return BigQueryHTTP(self.url, self.project)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
 
@@ -247,7 +243,7 @@ def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> 
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    _stop(process)
+    stop_process(process)
     pytest.fail(f"bqemulator did not answer on {url} within {START_TIMEOUT:.0f} s:\n{_log_tail(log)}")
 
 
@@ -262,7 +258,7 @@ def _start(binary: Path, workdir: Path) -> BigQueryEmulator:
         "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false",  # avro would be downloaded: no network here
     }
     for attempt in range(3):  # another process may grab a free port before the emulator binds it
-        rest, grpc = _free_port(), _free_port()
+        rest, grpc = free_port(), free_port()
         log = workdir / f"bqemulator-{attempt}.log"
         args = ["start", "--rest-port", str(rest), "--grpc-port", str(grpc), "--project", PROJECT]
         with log.open("wb") as out:
@@ -275,15 +271,6 @@ def _start(binary: Path, workdir: Path) -> BigQueryEmulator:
     pytest.fail(f"bqemulator could not start:\n{_log_tail(log)}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def bigquery_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
     """bqemulator on 127.0.0.1 (installed into ``.tools/bqemulator`` first if needed), in memory."""
@@ -292,4 +279,4 @@ def bigquery_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQue
     try:
         yield server
     finally:
-        _stop(server.process)
+        stop_process(server.process)

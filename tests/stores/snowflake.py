@@ -35,6 +35,9 @@ from typing import Any
 import pytest
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
+from tests.stores.process import free_port
+from tests.stores.process import stop as stop_process
+
 ACCOUNT = "fakesnow"
 USER = "fake"
 PASSWORD = "snow"  # fakesnow accepts any password
@@ -80,12 +83,6 @@ def unique_name(prefix: str = "MP_TEST") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}".upper()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -103,7 +100,7 @@ def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     log = workdir / "fakesnow.log"
     env = os.environ | {"TMPDIR": str(workdir)}
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         with log.open("ab") as out:
             cmd = [sys.executable, "-m", "fakesnow", "-s", "-p", str(port), "--host", "127.0.0.1"]
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -112,17 +109,8 @@ def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
             if _listening("127.0.0.1", port):
                 return process, port
             time.sleep(0.1)
-        _stop(process)
+        stop_process(process)
     raise RuntimeError(f"fakesnow server did not start: see {log}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -132,4 +120,4 @@ def snowflake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snowf
     try:
         yield SnowflakeServer(host="127.0.0.1", port=port, log=workdir / "fakesnow.log", process=process)
     finally:
-        _stop(process)
+        stop_process(process)
