@@ -38,9 +38,11 @@ _PROCESS_LOCK = threading.Lock()
 
 
 class DuckDBLoader:
-    def __init__(self, database: Path, lock_wait_seconds: float = 600.0) -> None:
+    def __init__(self, database: Path, lock_wait_seconds: float = 600.0, memory_limit_mb: int = 512) -> None:
         self.database = database
         self.lock_wait_seconds = lock_wait_seconds
+        # DuckDB takes 80% of RAM by default; a worker runs beside other flows, so cap it (it spills)
+        self.memory_limit_mb = int(memory_limit_mb)
 
     @contextmanager
     def connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -57,6 +59,7 @@ class DuckDBLoader:
                     ) from exc
                 time.sleep(0.2)  # another process is writing: wait for its transaction to end
         try:
+            conn.execute(f"SET memory_limit = '{self.memory_limit_mb}MB'")  # an int: nothing else reaches SQL
             yield conn
         finally:
             conn.close()

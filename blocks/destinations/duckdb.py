@@ -46,8 +46,15 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
         description="How long a load waits for another process that is writing the database.",
     )
 
+    memory_limit_mb: int = Field(
+        default=512,
+        gt=0,
+        description="Memory DuckDB may use while loading (it spills to disk beyond it); DuckDB's own "
+        "default is 80% of the machine's RAM.",
+    )
+
     def connect(self, project_id: int) -> WarehouseDestination:
         files = LocalDestination(path=self.files).connect(project_id)
-        loader = DuckDBLoader(Path(self.database).expanduser(), self.lock_wait_seconds)
+        loader = DuckDBLoader(Path(self.database).expanduser(), self.lock_wait_seconds, self.memory_limit_mb)
         loader.check()
         return WarehouseDestination(files.storage, project_id, loader)
