@@ -68,6 +68,7 @@ def duckdb_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Warehous
 
 def snowflake_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Warehouse:
     server = request.getfixturevalue("snowflake_server")
+    # unsaved: a saved SnowflakeCredentials block loses the extra host/port/protocol fields on load
     connector = server.connector(unique_name(), "MIXPANEL")
     block = SnowflakeWarehouse(connector=connector, files=str(tmp_path / "files"))
 
@@ -245,3 +246,13 @@ def test_a_missing_bigquery_dataset_fails_at_connect_in_one_sentence(request: py
 def test_warehouse_identifiers_are_checked() -> None:
     with pytest.raises(FatalError, match="is not a plain identifier"):
         BigQueryLoader(client=None, dataset="mixpanel`; DROP TABLE x; --")  # type: ignore[arg-type]
+
+
+def test_an_unusable_duckdb_path_fails_at_connect_in_one_sentence(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    block = DuckDBWarehouse(database=str(blocker / "wh.duckdb"), files=str(tmp_path / "files"))
+    with pytest.raises(
+        FatalError, match=r"^cannot create the folder of the DuckDB database .*a-file/wh\.duckdb"
+    ):
+        block.connect(1)
