@@ -55,7 +55,8 @@ POOL ?= mixpanel
 deploy worker: export PREFECT_API_URL = $(PREFECT_SERVER_URL)
 
 server: setup
-	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_API_DATABASE_TIMEOUT=60 \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 # the work pool, the rate-budget limits, every block type, the two blocks prefect.yaml names (sandbox
 # credentials and ./data, only if no blocks of those names exist), then every deployment of prefect.yaml

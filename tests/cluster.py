@@ -98,7 +98,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env |= {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
         "MP_PIPELINES_STATE_DIR": str(home / "mp-state"),  # one rate budget for every worker of the host
         "PWD": str(ROOT),
         "PATH": f"{BIN}:{env.get('PATH', '')}",
@@ -108,7 +108,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         server = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             cwd=home,
-            env=env | {"PREFECT_UI_API_URL": api_url},  # where the UI in the browser finds the API
+            # where the UI in the browser finds the API; SQLite waits up to 60 s for a lock (10 s by
+            # default), since two workers polling on a loaded 2-core machine hold it for seconds at a time
+            env=env | {"PREFECT_UI_API_URL": api_url, "PREFECT_API_DATABASE_TIMEOUT": "60"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
