@@ -25,29 +25,28 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     return best
 
 
-class Stats:
-    """Thread-safe counters over export requests; tests use them to check a client's rate budget."""
+class EndpointStats:
+    """Thread-safe counters of one endpoint; tests use them to check a client's rate budget."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self._lock = threading.Lock()
-        self.reset()
+        self._clear()
 
-    def reset(self) -> None:
-        with self._lock:
-            self.export_requests = 0
-            self.responses: Counter[int] = Counter()
-            self.rate_limited = 0
-            self.in_flight = 0
-            self.max_concurrent = 0
-            self.request_times: list[float] = []
-            self.bytes_served = 0
-            self.log: list[dict[str, Any]] = []
-            self.engage = EndpointStats("engage")
+    def _clear(self) -> None:
+        self.requests = 0
+        self.in_flight = 0
+        self.max_concurrent = 0
+        self.rate_limited = 0
+        self.bytes_served = 0
+        self.responses: Counter[int] = Counter()
+        self.request_times: list[float] = []
+        self.log: list[dict[str, Any]] = []
 
     def begin(self) -> float:
         now = time.monotonic()
         with self._lock:
-            self.export_requests += 1
+            self.requests += 1
             self.request_times.append(now)
             self.in_flight += 1
             self.max_concurrent = max(self.max_concurrent, self.in_flight)
@@ -69,71 +68,49 @@ class Stats:
         with self._lock:
             self.bytes_served += n
 
-    def snapshot(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
         with self._lock:
-            times = list(self.request_times)
             return {
-                "export_requests": self.export_requests,
-                "responses": {str(k): v for k, v in sorted(self.responses.items())},
-                "rate_limited": self.rate_limited,
-                "in_flight": self.in_flight,
-                "max_concurrent": self.max_concurrent,
-                "request_times": times,
-                "max_in_any_second": max_in_window(times),
-                "bytes_served": self.bytes_served,
-                "log": list(self.log),
-                **self.engage.snapshot(),
-            }
-
-
-class EndpointStats:
-    """Counters of one query endpoint (Engage), kept apart from export and reported as `<prefix>_*` keys."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.in_flight = 0
-        self.max_concurrent = 0
-        self.rate_limited = 0
-        self.bytes_served = 0
-        self.responses: Counter[int] = Counter()
-        self.log: list[dict[str, Any]] = []
-
-    def begin(self) -> None:
-        with self._lock:
-            self.requests += 1
-            self.in_flight += 1
-            self.max_concurrent = max(self.max_concurrent, self.in_flight)
-
-    def end(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
-    def response(self, status: int, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self.responses[status] += 1
-            if status == 429:
-                self.rate_limited += 1
-            if len(self.log) < LOG_LIMIT:
-                self.log.append({**entry, "status": status})
-
-    def add_bytes(self, n: int) -> None:
-        with self._lock:
-            self.bytes_served += n
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            values = {
                 "requests": self.requests,
                 "in_flight": self.in_flight,
                 "max_concurrent": self.max_concurrent,
                 "rate_limited": self.rate_limited,
                 "bytes_served": self.bytes_served,
                 "responses": {str(k): v for k, v in sorted(self.responses.items())},
+                "request_times": list(self.request_times),
                 "log": list(self.log),
             }
-        return {f"{self.prefix}_{k}": v for k, v in values.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as `<prefix>_*` keys."""
+        return {f"{self.prefix}_{k}": v for k, v in self.counters().items()}
+
+
+class Stats(EndpointStats):
+    """The export endpoint's counters (unprefixed keys, plus ``export_requests`` and the busiest second),
+    and the Engage endpoint's as ``engage_*``."""
+
+    def __init__(self) -> None:
+        super().__init__("export")
+        self.engage = EndpointStats("engage")
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+            self.engage = EndpointStats("engage")  # swapped whole: a request in progress keeps the old one
+
+    @property
+    def export_requests(self) -> int:
+        return self.requests
+
+    def snapshot(self) -> dict[str, Any]:
+        values = self.counters()
+        return {
+            "export_requests": values.pop("requests"),
+            **values,
+            "max_in_any_second": max_in_window(values["request_times"]),
+            **self.engage.snapshot(),
+        }
 
 
 class RateLimiter:

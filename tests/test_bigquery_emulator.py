@@ -40,12 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.stores.bigquery import (  # noqa: F401
-    BigQueryEmulator,
-    BigQueryError,
-    BigQueryHTTP,
-    bigquery_server,
-)
+from tests.stores.bigquery import BigQueryEmulator, BigQueryError, BigQueryHTTP
 
 TABLE = "mp_master_event"
 SCHEMA = [
@@ -61,7 +56,7 @@ COLUMNS = ", ".join(field["name"] for field in SCHEMA)
 
 
 @pytest.fixture(scope="module")
-def bq(bigquery_server: BigQueryEmulator) -> Iterator[BigQueryHTTP]:  # noqa: F811
+def bq(bigquery_server: BigQueryEmulator) -> Iterator[BigQueryHTTP]:
     with bigquery_server.client() as client:
         yield client
 
@@ -317,7 +312,7 @@ def test_missing_dataset_errors(bq: BigQueryHTTP) -> None:
 
 
 def test_unsupported_create_table_in_missing_dataset_is_an_internal_error(
-    bigquery_server: BigQueryEmulator,  # noqa: F811
+    bigquery_server: BigQueryEmulator,
 ) -> None:
     # its own client: the emulator then resets this kept-alive connection
     with bigquery_server.client() as own, pytest.raises(BigQueryError) as failed:

@@ -21,12 +21,8 @@ from pydantic import ValidationError
 from snowflake.connector import SnowflakeConnection
 from snowflake.connector.errors import InternalServerError, OperationalError, ProgrammingError
 
-from tests.stores import snowflake as snowflake_store
 from tests.stores.process import free_port
 from tests.stores.snowflake import SnowflakeServer, unique_name
-
-# the session fixture; once tests/conftest.py lists "tests.stores.snowflake" in pytest_plugins, drop this
-snowflake_server = snowflake_store.snowflake_server
 
 SCHEMA = "RAW"
 DAY = date(2024, 1, 1)
