@@ -42,6 +42,11 @@ class ProjectConfig:
     # Mixpanel's query API limits (Engage counts as a query); None disables a limit.
     query_max_per_hour: int | None = 60
     query_max_concurrent: int | None = 5
+    # GDPR API: the project token goes in `?token=`, the user's GDPR OAuth token in `Authorization: Bearer`.
+    project_token: str = "sandbox-project-token"
+    gdpr_oauth_token: str = "sandbox-gdpr-oauth-token"
+    gdpr_polls_until_done: int = 1  # status polls answering PENDING before a task reports SUCCESS
+    gdpr_max_per_second: int | None = 1  # Mixpanel's documented limit; None disables it
 
     def __post_init__(self) -> None:
         if self.time_mode not in ("utc", "local"):
@@ -52,6 +57,8 @@ class ProjectConfig:
             raise ValueError("events_per_day must be >= 0")
         if (self.profiles is not None and self.profiles < 0) or self.anonymous_profiles < 0:
             raise ValueError("profiles and anonymous_profiles must be >= 0")
+        if self.gdpr_polls_until_done < 0:
+            raise ValueError("gdpr_polls_until_done must be >= 0")
         ZoneInfo(self.timezone)  # fail early on an unknown zone name
 
     @property

@@ -84,6 +84,22 @@ def user_id(device_index: int) -> str | None:
     return f"user_{device_index // 2}@example.com"
 
 
+def device_count(cfg: ProjectConfig) -> int:
+    """Size of the device pool events draw from (the same devices recur every day)."""
+    return max(8, cfg.events_per_day // 5)
+
+
+def identity(cfg: ProjectConfig, device: int, logged_in: bool) -> tuple[str, str]:
+    """(distinct_id, JSON text of the identity properties) of an event sent from device number ``device``."""
+    dev = device_id(cfg.seed, device)
+    user = user_id(device)
+    if logged_in and user is not None:
+        return user, f'"distinct_id":"{user}","$device_id":"{dev}","$user_id":"{user}"'
+    # Simplified ID merge derives anonymous distinct_ids from the device; original uses the raw anon id.
+    distinct = dev if cfg.identity_mode == "original" else f"$device:{dev}"
+    return distinct, f'"distinct_id":"{distinct}","$device_id":"{dev}"'
+
+
 class _DayGenerator:
     def __init__(self, cfg: ProjectConfig, day: date) -> None:
         self.cfg = cfg
@@ -91,7 +107,7 @@ class _DayGenerator:
         self.pools = pools(cfg.seed)
         self.start = day_start(day)
         self.offsets = _utc_offsets(cfg, day)
-        self.n_devices = max(8, cfg.events_per_day // 5)
+        self.n_devices = device_count(cfg)
         self.original = cfg.identity_mode == "original"
 
     def lines(self) -> Iterator[bytes]:
@@ -113,13 +129,7 @@ class _DayGenerator:
 
     def ids(self, device: int, logged_in: bool) -> tuple[str, str]:
         """(distinct_id, JSON text of the identity properties)."""
-        dev = device_id(self.cfg.seed, device)
-        user = user_id(device)
-        if logged_in and user is not None:
-            return user, f'"distinct_id":"{user}","$device_id":"{dev}","$user_id":"{user}"'
-        # Simplified ID merge derives anonymous distinct_ids from the device; original uses the raw anon id.
-        distinct = dev if self.original else f"$device:{dev}"
-        return distinct, f'"distinct_id":"{distinct}","$device_id":"{dev}"'
+        return identity(self.cfg, device, logged_in)
 
     def line(self) -> tuple[bytes, bool]:
         rand = self.rng.random

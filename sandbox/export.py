@@ -152,12 +152,20 @@ def _source(cfg: ProjectConfig, day: date) -> Iterable[bytes]:
     return iter_day_lines(cfg, day)
 
 
-def _physical_lines(cfg: ProjectConfig, day: date, quirks: list[Quirk], sel: _Selector) -> Iterator[bytes]:
+def day_source(state: SandboxState, day: date) -> Iterable[bytes]:
+    """One day's lines before filters: generated (or cached), with late events and deletions applied."""
+    lines = _source(state.cfg, day)
+    if state.changes.touched(day):
+        return state.changes.lines(state.cfg, day, lines)
+    return lines
+
+
+def _physical_lines(state: SandboxState, day: date, quirks: list[Quirk], sel: _Selector) -> Iterator[bytes]:
     """One day's lines as they go on the wire: filtered, capped, with malformed/split quirks applied."""
     malformed = {q.index for q in quirks if q.kind == "malformed_line"}
     split = {q.index for q in quirks if q.kind == "split_record"}
     check = not sel.params.plain
-    for i, line in enumerate(_source(cfg, day)):
+    for i, line in enumerate(day_source(state, day)):
         if sel.exhausted():
             return
         if i in malformed:
@@ -208,17 +216,17 @@ def _stream(state: SandboxState, params: ExportParams, fault: Fault | None, body
 
     def slow_days() -> Iterator[bytes]:
         for day in params.days():
-            yield from _physical_lines(cfg, day, state.faults.quirks_for(day), sel)
+            yield from _physical_lines(state, day, state.faults.quirks_for(day), sel)
 
     if per_line:
         _write_lines(slow_days(), body, fault)
         return
     for day in params.days():
         quirks = state.faults.quirks_for(day)
-        if cfg.cache_dir is not None and not quirks:
+        if cfg.cache_dir is not None and not quirks and not state.changes.touched(day):
             _write_file(ensure_cached(cfg, day), body)  # fast path: file bytes, no per-line work
         else:
-            _write_lines(_physical_lines(cfg, day, quirks, sel), body, None)
+            _write_lines(_physical_lines(state, day, quirks, sel), body, None)
 
 
 def _fault_response(fault: Fault) -> Response:

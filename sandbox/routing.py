@@ -2,7 +2,8 @@
 
 A route function takes a `Request` and returns a `Response`, or None when it wrote the response itself
 (streamed bodies). New modules register with `@route("POST", "/api/query/engage", "/api/2.0/engage")` and
-are imported by `sandbox.server`.
+are imported by `sandbox.server`. Exact paths win; `@prefix_route("GET", "/api/app/data-deletions/v3.0")`
+serves `<prefix>/<id>` paths that no exact route claims.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Response:
 
 RouteFn = Callable[[Request], Response | None]
 ROUTES: dict[tuple[str, str], RouteFn] = {}
+# Routes ending in a path parameter (`/api/app/data-deletions/v3.0/<task_id>`), tried after exact routes.
+PREFIX_ROUTES: dict[tuple[str, str], RouteFn] = {}
 
 
 def normalize(path: str) -> str:
@@ -59,12 +62,37 @@ def route(method: str, *paths: str) -> Callable[[RouteFn], RouteFn]:
     return register
 
 
+def prefix_route(method: str, prefix: str) -> Callable[[RouteFn], RouteFn]:
+    """Registers `fn` for `<prefix>/<one or more segments>`; the function reads the rest with `path_tail`."""
+
+    def register(fn: RouteFn) -> RouteFn:
+        PREFIX_ROUTES[(method.upper(), normalize(prefix))] = fn
+        return fn
+
+    return register
+
+
+def path_tail(path: str, prefix: str) -> str | None:
+    """What follows `<prefix>/` in `path` (None when `path` is not below `prefix`)."""
+    head = normalize(prefix) + "/"
+    path = normalize(path)
+    return path[len(head) :] if path.startswith(head) and len(path) > len(head) else None
+
+
 def find(method: str, path: str) -> RouteFn | None:
-    return ROUTES.get((method.upper(), normalize(path)))
+    fn = ROUTES.get((method.upper(), normalize(path)))
+    if fn is not None:
+        return fn
+    for (m, prefix), prefixed in PREFIX_ROUTES.items():
+        if m == method.upper() and path_tail(path, prefix) is not None:
+            return prefixed
+    return None
 
 
 def path_known(path: str) -> bool:
-    return any(p == normalize(path) for _, p in ROUTES)
+    if any(p == normalize(path) for _, p in ROUTES):
+        return True
+    return any(path_tail(path, prefix) is not None for _, prefix in PREFIX_ROUTES)
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

@@ -10,8 +10,10 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import sandbox.admin
+import sandbox.counts  # registers the query API counts route
 import sandbox.engage  # registers the engage routes
 import sandbox.export  # registers the export route
+import sandbox.gdpr  # registers the GDPR deletion routes
 from sandbox.config import ProjectConfig
 from sandbox.faults import Fault, Quirk
 from sandbox.people import people_fingerprint
@@ -135,7 +137,24 @@ class SandboxServer:
         query = {"from_date": str(from_date), "to_date": str(to_date)}
         if processed_until_ms is not None:
             query["processed_until_ms"] = str(processed_until_ms)
-        return sandbox.admin.expected(self.cfg, query)
+        return sandbox.admin.expected(self.cfg, query, self.state.changes)
+
+    def add_events(self, day: date | str, count: int, processed_at_ms: int | None = None) -> int:
+        """Late events for a past ``day`` (mobile flushes, the import API), processed at ``processed_at_ms``
+        (default: now); returns how many were added."""
+        return self.state.changes.add_events(date.fromisoformat(str(day)), count, processed_at_ms)
+
+    def delete_users(self, ids: list[str]) -> None:
+        """As if a deletion completed: these ids' events are gone from every later export and count."""
+        self.state.changes.delete_users(ids)
+
+    def clear_changes(self) -> None:
+        """Drop added events, deletions and GDPR tasks (`reset()` keeps them)."""
+        self.state.clear_changes()
+
+    def gdpr_tasks(self) -> dict[str, dict[str, Any]]:
+        """``{task_id: {"distinct_ids", "compliance_type", "status", "polls"}}`` of the GDPR API."""
+        return self.state.gdpr.snapshot()
 
     def set_processed_until(self, epoch_ms: int | None) -> None:
         """Serve only the events Mixpanel has processed by ``epoch_ms`` (None: all of them)."""

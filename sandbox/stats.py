@@ -88,16 +88,23 @@ class EndpointStats:
 
 class Stats(EndpointStats):
     """The export endpoint's counters (unprefixed keys, plus ``export_requests`` and the busiest second),
-    and the Engage endpoint's as ``engage_*``."""
+    the Engage endpoint's as ``engage_*``, the query API counts' as ``counts_*`` and the GDPR API's as
+    ``gdpr_*``."""
 
     def __init__(self) -> None:
         super().__init__("export")
+        self._fresh_endpoints()
+
+    def _fresh_endpoints(self) -> None:
+        # Swapped whole on reset: a request in progress keeps counting into the old object.
         self.engage = EndpointStats("engage")
+        self.counts = EndpointStats("counts")
+        self.gdpr = EndpointStats("gdpr")
 
     def reset(self) -> None:
         with self._lock:
             self._clear()
-            self.engage = EndpointStats("engage")  # swapped whole: a request in progress keeps the old one
+            self._fresh_endpoints()
 
     @property
     def export_requests(self) -> int:
@@ -110,6 +117,8 @@ class Stats(EndpointStats):
             **values,
             "max_in_any_second": max_in_window(values["request_times"]),
             **self.engage.snapshot(),
+            **self.counts.snapshot(),
+            **self.gdpr.snapshot(),
         }
 
 

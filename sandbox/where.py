@@ -1,6 +1,6 @@
 """A tiny subset of Mixpanel's segmentation `where` expressions, enough for incremental sync.
 
-Supported atoms, joined with `and`:
+Supported atoms, joined with `and` and `or` (`and` binds tighter), grouped with parentheses:
     properties["time"] >= datetime(<int seconds>)            (also >, <, <=)
     number(properties["mp_processing_time_ms"]) > <int>      (also >=, <, <=)
 `time` is compared as served: for local-time projects that is the "local epoch", as Mixpanel does.
@@ -24,7 +24,6 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
 _OP = r"(>=|<=|>|<)"
 _TIME = re.compile(rf'^properties\["time"\]\s*{_OP}\s*datetime\(\s*(-?\d+)\s*\)$')
 _PROCESSED = re.compile(rf'^number\(\s*properties\["mp_processing_time_ms"\]\s*\)\s*{_OP}\s*(-?\d+)$')
-_AND = re.compile(r"\s+and\s+")
 
 
 class WhereError(ValueError):
@@ -65,14 +64,35 @@ def _compare(props: dict[str, Any], key: str, op: Callable[[Any, Any], bool], bo
         return False
 
 
+def _split_top(text: str, word: str) -> list[str]:
+    """``text`` cut at each `` word `` outside parentheses."""
+    parts, depth, start, i = [], 0, 0, 0
+    token = f" {word} "
+    while i < len(text):
+        ch = text[i]
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and text.startswith(token, i):
+            parts.append(text[start:i])
+            start = i = i + len(token)
+            continue
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _compile(text: str) -> Predicate:
+    text = _strip_parens(re.sub(r"\s+", " ", text))
+    for word, combine in (("or", any), ("and", all)):
+        parts = _split_top(text, word)
+        if len(parts) > 1:
+            predicates = [_compile(part) for part in parts]
+            return lambda props, ps=predicates, c=combine: c(p(props) for p in ps)  # type: ignore[misc]
+    key, op, bound = _atom(text)
+    return lambda props: _compare(props, key, op, bound)
+
+
 def parse_where(expression: str) -> Predicate:
     """Compile `expression` into a predicate over a parsed properties dict; raises WhereError."""
-    text = _strip_parens(expression)
-    if not text:
+    if not _strip_parens(expression):
         raise WhereError("empty where expression")
-    atoms = [_atom(part) for part in _AND.split(text)]
-
-    def predicate(props: dict[str, Any]) -> bool:
-        return all(_compare(props, key, op, bound) for key, op, bound in atoms)
-
-    return predicate
+    return _compile(expression)
