@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from datetime import date
@@ -20,6 +21,7 @@ from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
 from tasks.errors import FatalError, PipelineError
 from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
+from tasks.gdpr import load_registry
 from tasks.manifest import Manifest
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import ObjectStoreDestination
@@ -116,6 +118,7 @@ def export_range(
     target.remove_stale_staging()
     for day in days:
         target.repair(EVENTS_TABLE, day.isoformat())
+    settings = without_registered_ids(settings, target)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
         len(days),
@@ -162,7 +165,7 @@ def events_hourly(
     logger = get_run_logger()
     days = [credentials.yesterday(), credentials.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)
-    settings = settings_for(credentials, file_format, 0, None)
+    settings = without_registered_ids(settings_for(credentials, file_format, 0, None), target)
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
     with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
@@ -174,6 +177,11 @@ def events_hourly(
             results += export_days_task(client, target, [day], settings, str(day), gate, base)
     _summarize(results, {}, len(days))
     return [r.as_row() for r in results]
+
+
+def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestination) -> ExportSettings:
+    """Exports leave out the ids of the destination's GDPR registry, so deleted users never return."""
+    return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
 
 
 def settings_for(

@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
+from tasks.gdpr import load_registry
 from tasks.mixpanel_client import MixpanelClient
 from tasks.people import EngageQuery, export_people
 
@@ -49,6 +50,7 @@ def people(
             max_concurrent_pages=max_concurrent_pages,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
             progress=report,
+            excluded_ids=load_registry(target).excluded_ids(),
         )
     update_progress_artifact(progress, 100.0)
     summary = {"profiles": result.rows, "pages": result.pages, "files": result.files, "bytes": result.bytes}

@@ -17,7 +17,9 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
+from tasks.counts import DedupCounter
 from tasks.errors import MalformedRecordsError
+from tasks.gdpr import event_rows_of
 from tasks.identity import edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
@@ -45,6 +47,8 @@ class ExportSettings:
     scratch_dir: Path | None = None
     # ID-merge flavour of the project: the day's merge edges are committed with the day (None: none)
     identity_mode: str | None = None
+    # ids of the GDPR registry (with their identity clusters): their rows are never stored
+    excluded_ids: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -57,6 +61,7 @@ class DayResult:
     rejected_lines: int
     retries: int
     seconds: float
+    excluded: int = 0  # rows of GDPR-registered ids left out
 
     def as_row(self) -> dict[str, object]:
         return {
@@ -65,6 +70,7 @@ class DayResult:
             "files": self.files,
             "bytes": self.bytes,
             "rejected lines": self.rejected_lines,
+            "excluded (GDPR)": self.excluded,
             "retries": self.retries,
             "seconds": round(self.seconds, 2),
         }
@@ -77,6 +83,8 @@ class _Day:
     rows: int = 0
     hash_sum: int = 0
     max_ptime: int | None = None
+    counter: DedupCounter = field(default_factory=DedupCounter)
+    excluded: int = 0
 
 
 @dataclass
@@ -194,6 +202,11 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
         if day is None:
             _reject(state, _outside(part, int(ordinal)), settings)  # type: ignore[call-overload]
             continue
+        day.counter.add(part)  # Mixpanel still counts the rows of registered ids
+        if settings.excluded_ids:
+            kept = part.filter(~event_rows_of(settings.excluded_ids))
+            day.excluded += part.height - kept.height
+            part = kept
         day.rows += part.height
         day.hash_sum += sum(part["_hash"].to_list())
         ptime = part["_ptime"].max()
@@ -273,6 +286,7 @@ def _commit(
             source_to_date=days[-1].isoformat(),
             time_mode=settings.time_mode,
             timezone=settings.timezone,
+            event_counts=day.counter.counts(),
         )
         if base is None:
             final = destination.commit(state.stage, partition, manifest)
@@ -290,6 +304,7 @@ def _commit(
                 rejected_lines=state.rejected,
                 retries=stats.retries,
                 seconds=seconds,
+                excluded=day.excluded,
             )
         )
     state.stage.abort()  # drops the emptied staging folders

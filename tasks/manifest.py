@@ -40,6 +40,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     flow_run_id: str | None = None
     # hourly runs add their rows to the day as new files: how many such increments the day holds
     increments: int = 0
+    # Mixpanel's deduplicated count per event name of what the export returned (before the GDPR
+    # registry's ids were left out): what the query API's per-day counts are compared against
+    event_counts: dict[str, int] | None = None
+    # rows removed since the export by GDPR purges (the export's own filtering is not counted)
+    purged_rows: int = 0
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION
 
@@ -70,4 +75,7 @@ def combined(
         rejected_lines=base.rejected_lines + increment.rejected_lines,
         source_from_date=base.source_from_date,
         increments=base.increments + 1,
+        # a duplicate may straddle base and increment: the exact count is recomputed when needed
+        event_counts=None,
+        purged_rows=base.purged_rows,
     )

@@ -206,6 +206,31 @@ class MixpanelClient:
             self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form
         )
 
+    def event_counts(self, from_date: date, to_date: date, names: list[str]) -> dict[str, dict[str, int]]:
+        """Mixpanel's per-day counts of ``names`` (query API, deduplicated, project calendar):
+        ``{name: {"YYYY-MM-DD": count}}``, one request, retried whole."""
+        params = self._project_param() | {
+            "event": json.dumps(names),
+            "type": "general",
+            "unit": "day",
+            "from_date": from_date.isoformat(),
+            "to_date": to_date.isoformat(),
+        }
+        url = f"{self.credentials.query_base_url()}/api/query/events"
+
+        def attempt() -> dict[str, dict[str, int]]:
+            with self._stream(self.query_budget, "GET", url, nullcontext, params=params) as chunks:
+                body = b"".join(chunks)
+            try:
+                values = json.loads(body)["data"]["values"]
+                return {str(n): {str(d): int(c) for d, c in days.items()} for n, days in values.items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ServerError(
+                    f"Mixpanel's event counts answer was not understood ({exc}); retrying."
+                ) from exc
+
+        return self.with_retries(attempt, f"event counts {from_date}..{to_date}")
+
     @contextmanager
     def _stream(
         self,

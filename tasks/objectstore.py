@@ -140,15 +140,26 @@ class ObjectStoreDestination:
             i.key[len(prefix) : -len(".json")] for i in self.storage.list(prefix) if i.key.endswith(".json")
         )
 
-    def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
-        """Atomically replace ``partition`` with the staged files; returns the manifest written."""
+    def commit(
+        self, stage: Stage, partition: str, manifest: Manifest, expected: Manifest | None = None
+    ) -> Manifest:
+        """Atomically replace ``partition`` with the staged files; returns the manifest written.
+
+        Files already named by ``manifest`` stay committed as they are (a purge keeps the files it
+        did not have to rewrite). With ``expected``, the commit happens only if the partition's
+        manifest is still that one (``ConcurrentCommitError`` otherwise).
+        """
         run = manifest.run_id.replace("-", "")[:16]
         with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
+            if expected is not None:
+                self._check_unchanged(stage.table, partition, expected, "nothing was changed")
             files = self._publish(
                 stage.files.get(partition, []), self.data_prefix(stage.table, partition), run
             )
             edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
-            final = msgspec.structs.replace(manifest, files=files, identity_edges=edges)
+            final = msgspec.structs.replace(
+                manifest, files=manifest.files + files, identity_edges=manifest.identity_edges + edges
+            )
             self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
             self._remove_unlisted(stage.table, partition, final)
         return final
@@ -161,12 +172,9 @@ class ObjectStoreDestination:
         """
         run = increment.run_id.replace("-", "")[:16]
         with self.storage.lock(f"{self.project_prefix}/{stage.table}/{partition}"):
-            current = self.manifest(stage.table, partition)
-            if current != base:
-                raise ConcurrentCommitError(
-                    f"{stage.table} {partition} was committed by run {current.run_id if current else None} "
-                    "while this increment was exported: nothing was added; the next run exports it again."
-                )
+            self._check_unchanged(
+                stage.table, partition, base, "nothing was added; the next run exports it again"
+            )
             files = self._publish(
                 stage.files.get(partition, []), self.data_prefix(stage.table, partition), run
             )
@@ -175,6 +183,14 @@ class ObjectStoreDestination:
             self.storage.put_bytes(self.manifest_key(stage.table, partition), final.encode())
             self._remove_unlisted(stage.table, partition, final)
         return final
+
+    def _check_unchanged(self, table: str, partition: str, expected: Manifest, outcome: str) -> None:
+        current = self.manifest(table, partition)
+        if current != expected:
+            raise ConcurrentCommitError(
+                f"{table} {partition} was committed by run {current.run_id if current else None} "
+                f"while this run worked on it: {outcome}."
+            )
 
     def _publish(self, staged: list[ManifestFile], folder: str, run: str) -> tuple[ManifestFile, ...]:
         """Move staged files to final names that are unique per run, so nothing committed is overwritten."""

@@ -23,6 +23,7 @@ import msgspec
 import polars as pl
 
 from tasks.errors import RetriableError
+from tasks.gdpr import id_rows_of
 from tasks.mixpanel_client import MixpanelClient, RetryStats
 from tasks.objectstore import ObjectStoreDestination
 from tasks.tables import PEOPLE_SCHEMA, PEOPLE_TABLE, replace_table
@@ -132,6 +133,7 @@ def export_people(
     max_concurrent_pages: int = 5,
     flow_run_id: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    excluded_ids: frozenset[str] = frozenset(),
 ) -> PeopleResult:
     """All profiles into ``mp_people_data``, replaced atomically; any failure leaves the old table."""
     first = fetch_page(client, query, 0, None)
@@ -173,7 +175,7 @@ def export_people(
         destination,
         PEOPLE_TABLE,
         PEOPLE_SCHEMA,
-        frames(),
+        _without(frames(), excluded_ids),
         run_id=uuid.uuid4().hex[:12],
         value_column="properties",
         flow_run_id=flow_run_id,
@@ -185,6 +187,12 @@ def export_people(
         len(manifest.files),
         sum(f.bytes for f in manifest.files),
     )
+
+
+def _without(frames: Iterator[pl.DataFrame], ids: frozenset[str]) -> Iterator[pl.DataFrame]:
+    """Profiles of GDPR-registered ids are never stored, even while Mixpanel still serves them."""
+    for frame in frames:
+        yield frame.filter(~id_rows_of(ids, ("distinct_id",))) if ids else frame
 
 
 def _page_count(total: int | None, page_size: int) -> int:

@@ -63,7 +63,7 @@ class SnowflakeLoader:
                 cur.execute("BEGIN")
                 if partition.is_day:
                     start, end = partition.time_range()
-                    cur.execute(f"DELETE FROM {partition.table} WHERE time >= %s AND time < %s", (start, end))
+                    cur.execute(f"DELETE FROM {partition.table} WHERE time >= ? AND time < ?", (start, end))
                 else:
                     cur.execute(f"DELETE FROM {partition.table}")
                 if partition.manifest.files:
@@ -95,17 +95,15 @@ class SnowflakeLoader:
 
     def _record(self, cur: Any, partition: Partition) -> None:
         cur.execute(
-            f"DELETE FROM {STATE_TABLE} WHERE table_name = %s AND partition = %s",
+            f"DELETE FROM {STATE_TABLE} WHERE table_name = ? AND partition = ?",
             (partition.table, partition.name),
         )
-        cur.execute(
-            f"INSERT INTO {STATE_TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s)", manifest_record(partition)
-        )
+        cur.execute(f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", manifest_record(partition))
 
     def loaded_run(self, table: str, partition: str) -> str | None:
         with self.cursor() as cur:
             cur.execute(
-                f"SELECT run_id FROM {STATE_TABLE} WHERE table_name = %s AND partition = %s",
+                f"SELECT run_id FROM {STATE_TABLE} WHERE table_name = ? AND partition = ?",
                 (table, partition),
             )
             row = cur.fetchone()

@@ -124,8 +124,10 @@ class WarehouseDestination(ObjectStoreDestination):
         super().__init__(storage, project_id)
         self.loader = loader
 
-    def commit(self, stage: Stage, partition: str, manifest: Manifest) -> Manifest:
-        final = super().commit(stage, partition, manifest)
+    def commit(
+        self, stage: Stage, partition: str, manifest: Manifest, expected: Manifest | None = None
+    ) -> Manifest:
+        final = super().commit(stage, partition, manifest, expected)
         self._load(stage.table, partition, final)
         return final
 

@@ -46,7 +46,7 @@ class WrittenFile:
     bytes: int
 
 
-class _JsonLinesRow(msgspec.Struct, array_like=False, omit_defaults=False):
+class JsonLinesRow(msgspec.Struct, array_like=False, omit_defaults=False):
     device_id: str | None
     distinct_id: str | None
     event_name: str
@@ -63,7 +63,7 @@ def _jsonl_bytes(frame: pl.DataFrame) -> bytes:
     """Mixpanel's own pipeline files: one object per line, ``properties`` as a JSON object."""
     times = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_list()
     rows = [
-        _JsonLinesRow(d, di, e, i, msgspec.Raw(p.encode()), t, u)
+        JsonLinesRow(d, di, e, i, msgspec.Raw(p.encode()), t, u)
         for d, di, e, i, p, t, u in zip(
             frame["device_id"].to_list(),
             frame["distinct_id"].to_list(),

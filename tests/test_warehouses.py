@@ -78,7 +78,7 @@ def snowflake_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Wareh
             return [tuple(row) for row in cur.fetchall()]
 
     return Warehouse(
-        block, query, "properties:distinct_id::string", "%s", exact_json=False, as_text="TO_JSON(properties)"
+        block, query, "properties:distinct_id::string", "?", exact_json=False, as_text="TO_JSON(properties)"
     )
 
 

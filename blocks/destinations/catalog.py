@@ -13,6 +13,7 @@ from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from blocks.destinations.snowflake import SnowflakeWarehouse
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
+from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 
 AnyDestination = (
@@ -28,6 +29,7 @@ AnyDestination = (
 
 BLOCK_TYPES = (
     MixpanelCredentials,
+    MixpanelGdprCredentials,
     LocalDestination,
     DuckDBWarehouse,
     SnowflakeWarehouse,

@@ -53,4 +53,7 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
             database=self.connector.database,
             schema=self.connector.schema_,
             warehouse=self.connector.warehouse,
+            # values travel as bindings, never inside the SQL text (manifests hold `$` event names,
+            # which client-side interpolation would put in a string literal)
+            paramstyle="qmark",
         )

@@ -1,0 +1,194 @@
+"""The nightly reconciliation flow: find the committed days Mixpanel changed since, replace only those.
+
+Late events, imports and deletions change past days after they were exported. Mixpanel's own
+pipelines check 10 days back; here the window is a parameter without a cap. Per run: one export
+request (late/imported events above each day's watermark) and one query-API request (per-day
+counts) for the whole window, then a full re-export of each changed day, committed atomically.
+Days that did not change are not touched: their manifests stay byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks.destinations.catalog import AnyDestination
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials, TimeMode
+from flows.events import MAX_WORKERS, export_range, settings_for
+from flows.limits import export_slot
+from tasks.errors import BadRequestError
+from tasks.export import EVENTS_TABLE
+from tasks.gdpr import load_registry
+from tasks.manifest import Manifest
+from tasks.mixpanel_client import MixpanelClient
+from tasks.objectstore import ObjectStoreDestination
+from tasks.plan import days_between
+from tasks.reconcile import (
+    count_difference,
+    late_events,
+    mixpanel_counts,
+    now_utc,
+    recorded_counts,
+    settled,
+)
+
+
+@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+def reconcile(
+    credentials: MixpanelCredentials,
+    destinations: list[AnyDestination] | None = None,
+    lookback_days: int = 10,
+    settle_hours: float = 24.0,
+    check_counts: bool = True,
+    days_per_request: int = 7,
+    max_concurrent_requests: int = 4,
+) -> list[dict[str, object]]:
+    """Re-export the committed days that changed in Mixpanel (late events, imports, deletions).
+
+    Args:
+        credentials: The Mixpanel project (a MixpanelCredentials block).
+        destinations: Every destination to keep in sync; default: a LocalDestination on ./data.
+        lookback_days: How many days back from yesterday to check (no upper limit; Mixpanel's own: 10).
+        settle_hours: A day is checked only once this many hours have passed since its export.
+        check_counts: Also compare Mixpanel's per-day counts (query API) to find deleted events.
+        days_per_request: Consecutive changed days fetched by one export request.
+        max_concurrent_requests: Export requests kept in flight at once.
+    """
+    logger = get_run_logger()
+    if lookback_days < 1 or settle_hours < 0:
+        raise BadRequestError(
+            f"lookback_days must be at least 1 and settle_hours at least 0 (got {lookback_days}, {settle_hours})."
+        )
+    targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
+    yesterday = credentials.yesterday()
+    window = days_between(yesterday - timedelta(days=lookback_days - 1), yesterday)
+    checked = [_settled_days(t, window, settle_hours) for t in targets]
+    days = sorted({day for one in checked for day in one})
+    logger.info(
+        "checking %d settled day(s) of %s..%s in %d destination(s)",
+        len(days),
+        window[0],
+        window[-1],
+        len(targets),
+    )
+    if not days:
+        _report([], f"no settled committed day in {window[0]}..{window[-1]}")
+        return []
+    changes = _find_changes(
+        credentials, targets, checked, check_counts and _same_calendar(credentials, logger.warning)
+    )
+    rows = _replace(credentials, targets, checked, changes, days_per_request, max_concurrent_requests)
+    _report(rows, f"{len({r['day'] for r in rows})} of {len(days)} checked day(s) changed")
+    return rows
+
+
+def _settled_days(
+    target: ObjectStoreDestination, window: list[date], settle_hours: float
+) -> dict[date, Manifest]:
+    now = now_utc()
+    wanted = {day.isoformat(): day for day in window}
+    out = {}
+    for name in target.partitions(EVENTS_TABLE):
+        manifest = target.manifest(EVENTS_TABLE, name) if name in wanted else None
+        if manifest is not None and settled(manifest, now, settle_hours):
+            out[wanted[name]] = manifest
+    return out
+
+
+def _same_calendar(credentials: MixpanelCredentials, warn: Callable[..., None]) -> bool:
+    # the query API counts per day in the project timezone; days are UTC days for projects that
+    # export in UTC, so counts compare only when both calendars are the same
+    if credentials.time_mode == TimeMode.LOCAL or credentials.project_timezone == "UTC":
+        return True
+    warn(
+        "count check skipped: Mixpanel counts days in %s while this project's days are UTC days",
+        credentials.project_timezone,
+    )
+    return False
+
+
+def _find_changes(
+    credentials: MixpanelCredentials,
+    targets: list[ObjectStoreDestination],
+    checked: list[dict[date, Manifest]],
+    check_counts: bool,
+) -> list[dict[date, str]]:
+    logger = get_run_logger()
+    registries = [load_registry(t).excluded_ids() for t in targets]
+    excluded = frozenset.intersection(*registries) if registries else frozenset()
+    local_zone = credentials.project_timezone if credentials.time_mode == TimeMode.LOCAL else None
+    marks = [{day: m.max_processing_time_ms or 0 for day, m in one.items()} for one in checked]
+    ours = [
+        {day: recorded_counts(t, m) for day, m in one.items()}
+        for t, one in zip(targets, checked, strict=True)
+    ]
+    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+        late = late_events(client, marks, local_zone, excluded)
+        theirs: dict[date, Counter[str]] = {}
+        if check_counts:
+            names = {n for one in ours for counts in one.values() for n in counts}
+            theirs = mixpanel_counts(client, sorted({d for one in checked for d in one}), names)
+    changes = []
+    for one_late, one_ours in zip(late, ours, strict=True):
+        found: dict[date, str] = {}
+        for day, counts in one_ours.items():
+            reasons = []
+            if one_late[day]:
+                reasons.append(f"{one_late[day]} event(s) processed after the export")
+            difference = count_difference(counts, theirs[day]) if day in theirs else None
+            if difference is not None:
+                reasons.append(f"Mixpanel counts {difference[0]}, the export counted {difference[1]}")
+            if reasons:
+                found[day] = "; ".join(reasons)
+        changes.append(found)
+    return changes
+
+
+def _replace(
+    credentials: MixpanelCredentials,
+    targets: list[ObjectStoreDestination],
+    checked: list[dict[date, Manifest]],
+    changes: list[dict[date, str]],
+    days_per_request: int,
+    max_concurrent_requests: int,
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for target, one, found in zip(targets, checked, changes, strict=True):
+        for file_format in sorted({one[d].format for d in found}):
+            days = sorted(d for d in found if one[d].format == file_format)
+            settings = settings_for(credentials, _format(file_format), 0, None)
+            after = export_range(
+                credentials, target, days, settings, days_per_request, max_concurrent_requests
+            )
+            rows_after = {str(r["day"]): r["rows"] for r in after}
+            rows += [
+                {
+                    "destination": target.describe(str(credentials.project_id)),
+                    "day": day.isoformat(),
+                    "reason": found[day],
+                    "rows before": one[day].rows,
+                    "rows after": rows_after.get(day.isoformat()),
+                }
+                for day in days
+            ]
+    return rows
+
+
+def _format(value: str) -> Literal["parquet", "jsonl.gz"]:
+    return "jsonl.gz" if value == "jsonl.gz" else "parquet"
+
+
+def _report(rows: list[dict[str, object]], description: str) -> None:
+    get_run_logger().info("reconciliation: %s", description)
+    create_table_artifact(
+        key="mixpanel-reconcile-summary",
+        table=rows or [{"day": None, "reason": description, "rows before": None, "rows after": None}],
+        description=description,
+    )

@@ -1,0 +1,259 @@
+"""Remove every row of a set of ids from one destination, partition by partition.
+
+Each event day is checked file by file; a file holding none of the ids stays committed as it is, a
+file holding some is rewritten without them, and the day's new manifest (files kept + rewritten,
+rows and fingerprint reduced by exactly the rows removed) is committed through the destination's
+commit protocol only if the day is still the version that was read. So every partition is either
+purged or untouched, whatever happens; a day without any of the ids is not rewritten at all. The
+identity edges of the day go the same way, in the same commit. People and identity tables are
+swapped whole. Warehouses reload each partition committed here in one transaction.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tempfile
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import polars as pl
+import pyarrow.parquet as pq
+
+from tasks.gdpr import edge_rows_of, event_rows_of, id_rows_of
+from tasks.manifest import Manifest, ManifestFile, fingerprint_hex
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.parse import row_hash
+from tasks.tables import (
+    MAPPINGS_SCHEMA,
+    MAPPINGS_TABLE,
+    PEOPLE_SCHEMA,
+    PEOPLE_TABLE,
+    WHOLE,
+    read_table,
+    replace_table,
+)
+from tasks.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles
+
+BATCH_ROWS = 100_000
+TIME = pl.Datetime("us", "UTC")
+
+
+@dataclass
+class PurgeReport:
+    """Rows removed: per event day, and per whole table."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    edges: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+    rejects: int = 0
+
+    def rows_removed(self) -> dict[str, object]:
+        return {
+            EVENTS_TABLE: {day: n for day, n in sorted(self.events.items()) if n},
+            "identity_edges": {day: n for day, n in sorted(self.edges.items()) if n},
+            **self.tables,
+            "rejected_lines": self.rejects,
+        }
+
+
+def purge_destination(
+    destination: ObjectStoreDestination, ids: Collection[str], run_id: str, flow_run_id: str | None = None
+) -> PurgeReport:
+    """Remove ``ids`` from every table of ``destination``; each partition purged or untouched."""
+    report = PurgeReport()
+    if not ids:
+        return report
+    # leftovers of crashed runs may hold the ids too: orphan files, stale staging, a warehouse load
+    # that did not happen (``repair`` reloads it, so the warehouse holds what the manifest names)
+    destination.remove_stale_staging()
+    for table in (PEOPLE_TABLE, MAPPINGS_TABLE):
+        destination.repair(table, WHOLE)
+    for day in destination.partitions(EVENTS_TABLE):
+        destination.repair(EVENTS_TABLE, day)
+        removed, edges = purge_day(destination, day, ids, run_id, flow_run_id)
+        report.events[day], report.edges[day] = removed, edges
+    report.tables[PEOPLE_TABLE] = _purge_table(
+        destination, PEOPLE_TABLE, ids, ("distinct_id",), run_id, flow_run_id
+    )
+    report.tables[MAPPINGS_TABLE] = _purge_table(
+        destination, MAPPINGS_TABLE, ids, ("distinct_id", "resolved_distinct_id"), run_id, flow_run_id
+    )
+    report.rejects = _purge_rejects(destination, ids)
+    return report
+
+
+def purge_day(
+    destination: ObjectStoreDestination,
+    day: str,
+    ids: Collection[str],
+    run_id: str,
+    flow_run_id: str | None = None,
+) -> tuple[int, int]:
+    """(event rows, edge rows) removed from ``day``; (0, 0) leaves the day untouched."""
+    base = destination.manifest(EVENTS_TABLE, day)
+    if base is None:
+        return 0, 0
+    stage = destination.open_stage(EVENTS_TABLE, f"{run_id}-purge-{day.replace('-', '')}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="mp-purge-") as scratch:
+            folder = stage.directory(day, Path(scratch))
+            kept, removed, removed_hash = _rewrite_events(destination, stage, day, base, ids, folder)
+            kept_edges, removed_edges = _rewrite_edges(destination, stage, day, base, ids, folder / "edges")
+            if removed == 0 and removed_edges == 0:
+                return 0, 0
+            manifest = msgspec.structs.replace(
+                base,
+                files=kept,
+                identity_edges=kept_edges,
+                rows=base.rows - removed,
+                fingerprint=fingerprint_hex(int(base.fingerprint, 16) - removed_hash),
+                run_id=run_id,
+                flow_run_id=flow_run_id,
+                purged_rows=base.purged_rows + removed,
+            )
+            destination.commit(stage, day, manifest, expected=base)
+    finally:
+        stage.abort()  # drops what is left in staging (all of it, if the commit did not happen)
+    return removed, removed_edges
+
+
+def _rewrite_events(
+    destination: ObjectStoreDestination,
+    stage: Stage,
+    day: str,
+    base: Manifest,
+    ids: Collection[str],
+    folder: Path,
+) -> tuple[tuple[ManifestFile, ...], int, int]:
+    """Files kept as they are, rows removed, and the fingerprint share of the removed rows."""
+    kept: list[ManifestFile] = []
+    removed = removed_hash = 0
+    fmt = FileFormat(base.format)
+    for index, item in enumerate(base.files):
+        data = _get(destination, item.key)
+        if not any(batch.filter(event_rows_of(ids)).height for batch in event_batches(data, fmt)):
+            kept.append(item)
+            continue
+        files = RollingFiles(
+            folder / f"f{index:05d}", fmt, max_file_rows=max(item.rows, 1), max_file_bytes=1 << 62
+        )
+        for batch in event_batches(data, fmt):
+            gone = batch.filter(event_rows_of(ids))
+            removed += gone.height
+            removed_hash += sum(map(row_hash, gone["event_name"], (p.encode() for p in gone["properties"])))
+            files.write(batch.filter(~event_rows_of(ids)))
+        stage.add(day, _renamed(files.close(), index))
+    return tuple(kept), removed, removed_hash
+
+
+def _rewrite_edges(
+    destination: ObjectStoreDestination,
+    stage: Stage,
+    day: str,
+    base: Manifest,
+    ids: Collection[str],
+    folder: Path,
+) -> tuple[tuple[ManifestFile, ...], int]:
+    kept: list[ManifestFile] = []
+    removed = 0
+    for index, item in enumerate(base.identity_edges):
+        edges = pl.read_parquet(io.BytesIO(_get(destination, item.key)))
+        gone = edges.filter(edge_rows_of(ids)).height
+        if gone == 0:
+            kept.append(item)
+            continue
+        removed += gone
+        files = RollingFiles(folder / f"f{index:05d}", schema=None)
+        files.write(edges.filter(~edge_rows_of(ids)))
+        stage.add(day, _renamed(files.close(), index), edges=True)
+    return tuple(kept), removed
+
+
+def _renamed(written: list, index: int) -> list:
+    """Rewritten files get names unique within the day (``part-pNNNNN-…``), beside the kept ones."""
+    out = []
+    for item in written:
+        target = item.path.parent.parent / item.path.name.replace("part-", f"part-p{index:05d}-", 1)
+        item.path.rename(target)
+        out.append(type(item)(target, item.rows, item.bytes))
+    return out
+
+
+def _get(destination: ObjectStoreDestination, key: str) -> bytes:
+    data = destination.storage.get_bytes(key)
+    if data is None:
+        raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
+    return data
+
+
+def event_batches(data: bytes, fmt: FileFormat) -> Iterator[pl.DataFrame]:
+    if fmt == FileFormat.PARQUET:
+        for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
+            yield pl.from_arrow(batch)  # type: ignore[misc]
+        return
+    decoder = msgspec.json.Decoder(JsonLinesRow)
+    with gzip.open(io.BytesIO(data), "rb") as lines:
+        batch: list[JsonLinesRow] = []
+        for line in lines:
+            batch.append(decoder.decode(line))
+            if len(batch) >= BATCH_ROWS:
+                yield _json_frame(batch)
+                batch = []
+        if batch:
+            yield _json_frame(batch)
+
+
+def _json_frame(rows: list[JsonLinesRow]) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "device_id": [r.device_id for r in rows],
+            "distinct_id": [r.distinct_id for r in rows],
+            "event_name": [r.event_name for r in rows],
+            "insert_id": [r.insert_id for r in rows],
+            "properties": [bytes(r.properties).decode() for r in rows],
+            "time": [r.time for r in rows],
+            "user_id": [r.user_id for r in rows],
+        },
+        schema={c: pl.String for c in EVENT_COLUMNS},
+    )
+    return frame.with_columns(
+        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC").cast(TIME)
+    )
+
+
+def _purge_table(
+    destination: ObjectStoreDestination,
+    table: str,
+    ids: Collection[str],
+    columns: tuple[str, ...],
+    run_id: str,
+    flow_run_id: str | None,
+) -> int:
+    rows = read_table(destination, table)
+    if rows is None or rows.height == 0:
+        return 0
+    gone = rows.filter(id_rows_of(ids, columns)).height
+    if gone:
+        schema, value = (
+            (PEOPLE_SCHEMA, "properties") if table == PEOPLE_TABLE else (MAPPINGS_SCHEMA, columns[1])
+        )
+        replace_table(
+            destination, table, schema, [rows.filter(~id_rows_of(ids, columns))], run_id, value, flow_run_id
+        )
+    return gone
+
+
+def _purge_rejects(destination: ObjectStoreDestination, ids: Collection[str]) -> int:
+    """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
+    removed = 0
+    needles = [i.encode() for i in ids] + [msgspec.json.encode(i)[1:-1] for i in ids]
+    for info in destination.storage.list(f"{destination.project_prefix}/{EVENTS_TABLE}/_rejects/"):
+        lines = (destination.storage.get_bytes(info.key) or b"").splitlines(keepends=True)
+        kept = [line for line in lines if not any(n in line for n in needles)]
+        if len(kept) != len(lines):
+            removed += len(lines) - len(kept)
+            destination.storage.put_bytes(info.key, b"".join(kept))
+    return removed

@@ -1,0 +1,83 @@
+"""Three destinations at once (a local folder, S3 on moto, DuckDB) and how to read what each holds.
+
+The reconciliation and GDPR suites check every destination, so they share this kit.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.duckdb import DuckDBWarehouse
+from blocks.destinations.local import LocalDestination
+from tasks.duckdb_loader import DuckDBLoader
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
+from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_parquet, read_table
+from tests.stores.s3 import S3Server, make_s3_destination
+
+
+@dataclass
+class Three:
+    local: LocalDestination
+    s3: DestinationBlock
+    duckdb: DuckDBWarehouse
+
+    @property
+    def blocks(self) -> list[DestinationBlock]:
+        return [self.local, self.s3, self.duckdb]
+
+    def connected(self) -> list[ObjectStoreDestination]:
+        return [block.connect(1) for block in self.blocks]
+
+    def manifests(self, days: list[date]) -> list[dict[date, bytes | None]]:
+        """The raw manifest bytes of each day in each destination: byte-identical means untouched."""
+        return [
+            {d: dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
+            for dest in self.connected()
+        ]
+
+    def duckdb_rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with DuckDBLoader(Path(self.duckdb.database)).connection(read_only=True) as conn:
+            return conn.execute(sql, params or []).fetchall()
+
+
+def three_destinations(tmp_path: Path, s3_server: S3Server) -> Three:
+    return Three(
+        LocalDestination(path=str(tmp_path / "local")),
+        make_s3_destination(s3_server, prefix="raw"),
+        DuckDBWarehouse(database=str(tmp_path / "wh.duckdb"), files=str(tmp_path / "files")),
+    )
+
+
+def day_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
+    """The committed rows of ``day``, following its manifest (parquet files)."""
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None, f"no manifest for {day}"
+    return read_parquet(dest, [f.key for f in manifest.files])
+
+
+def edges_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
+    frames = [
+        pq.read_table(io.BytesIO(dest.storage.get_bytes(f.key) or b"")) for f in manifest.identity_edges
+    ]
+    return pl.concat([pl.from_arrow(t) for t in frames]) if frames else pl.DataFrame()  # type: ignore[misc]
+
+
+def whole_table(dest: ObjectStoreDestination, table: str) -> pl.DataFrame:
+    assert table in (PEOPLE_TABLE, MAPPINGS_TABLE)
+    found = read_table(dest, table)
+    return found if found is not None else pl.DataFrame()
+
+
+def day_range_utc(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)

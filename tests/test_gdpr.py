@@ -1,0 +1,247 @@
+"""GDPR deletions on the sandbox: Mixpanel's API, then the whole identity cluster gone from every table."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import signal
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from blocks.gdpr import MixpanelGdprCredentials
+from flows.backfill import backfill
+from flows.events import events
+from flows.gdpr import gdpr
+from flows.identity import identity
+from flows.people import people
+from sandbox import SandboxServer
+from tasks.errors import BadRequestError
+from tasks.gdpr import audit_prefix, edge_rows_of, event_rows_of, id_hash, load_registry
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
+from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
+from tests.stores.s3 import S3Server
+from tests.sync_kit import Three, day_frame, edges_frame, three_destinations, whole_table
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+ROOT = Path(__file__).resolve().parents[1]
+DAYS = 6
+
+
+@pytest.fixture
+def synced(sandbox: SandboxServer, tmp_path: Path, s3_server: S3Server) -> tuple[Three, list[date]]:
+    """Six days, the people table and the identity mappings in a local folder, S3 and DuckDB."""
+    kit = three_destinations(tmp_path, s3_server)
+    days = recent_days(DAYS, sandbox)
+    credentials = credentials_for(sandbox)
+    for block in kit.blocks:
+        events(credentials, block, from_date=days[0], to_date=days[-1])
+        people(credentials, block)
+        identity(credentials, block)
+    return kit, days
+
+
+def tokens(sandbox: SandboxServer) -> MixpanelGdprCredentials:
+    return MixpanelGdprCredentials(
+        project_token=sandbox.cfg.project_token, oauth_token=sandbox.cfg.gdpr_oauth_token
+    )
+
+
+def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
+    """A user with devices merged into it, and every id of its cluster."""
+    mappings = whole_table(dest, MAPPINGS_TABLE)
+    sizes = (
+        mappings.group_by("resolved_distinct_id")
+        .len()
+        .filter(pl.col("len") >= 3)
+        .sort("resolved_distinct_id")
+    )
+    user = sizes["resolved_distinct_id"][0]
+    return user, set(mappings.filter(pl.col("resolved_distinct_id") == user)["distinct_id"]) | {user}
+
+
+def rows_of_cluster(kit: Three, days: list[date], cluster: set[str]) -> dict[str, int]:
+    """Rows of any cluster id left, per destination and table (must all be 0 after the purge)."""
+    found: dict[str, int] = {}
+    for dest in kit.connected():
+        where = dest.describe("")
+        found[f"{where} events"] = sum(day_frame(dest, d).filter(event_rows_of(cluster)).height for d in days)
+        found[f"{where} edges"] = sum(
+            edges_frame(dest, d).filter(edge_rows_of(cluster)).height
+            for d in days
+            if edges_frame(dest, d).height
+        )
+        people_rows = whole_table(dest, PEOPLE_TABLE)
+        found[f"{where} people"] = people_rows.filter(pl.col("distinct_id").is_in(list(cluster))).height
+        mappings = whole_table(dest, MAPPINGS_TABLE)
+        found[f"{where} mappings"] = mappings.filter(
+            pl.col("distinct_id").is_in(list(cluster)) | pl.col("resolved_distinct_id").is_in(list(cluster))
+        ).height
+    ids = sorted(cluster)
+    marks = ", ".join("?" for _ in ids)
+    devices = [i.removeprefix("$device:") for i in ids]
+    (found["duckdb events"],) = kit.duckdb_rows(
+        f"SELECT count(*) FROM mp_master_event WHERE distinct_id IN ({marks}) OR user_id IN ({marks}) "
+        f"OR device_id IN ({marks})",
+        ids + ids + devices,
+    )[0]
+    (found["duckdb people"],) = kit.duckdb_rows(
+        f"SELECT count(*) FROM mp_people_data WHERE distinct_id IN ({marks})", ids
+    )[0]
+    (found["duckdb mappings"],) = kit.duckdb_rows(
+        f"SELECT count(*) FROM mp_identity_mappings_data WHERE distinct_id IN ({marks}) "
+        f"OR resolved_distinct_id IN ({marks})",
+        ids + ids,
+    )[0]
+    return found
+
+
+def assert_days_consistent(kit: Three, days: list[date]) -> None:
+    """Manifests still tell the truth: rows and fingerprint recomputed from the files."""
+    for dest in kit.connected():
+        for day in days:
+            manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+            assert manifest is not None
+            frame = day_frame(dest, day)
+            assert (frame.height, fingerprint_of_rows(frame)) == (manifest.rows, manifest.fingerprint)
+
+
+def test_a_deleted_user_leaves_no_row_of_its_cluster_anywhere(
+    sandbox: SandboxServer, synced: tuple[Three, list[date]]
+) -> None:
+    kit, days = synced
+    credentials = credentials_for(sandbox)
+    user, cluster = merged_user(kit.connected()[0])
+    assert any(i.startswith("$device:") for i in cluster), "the user has merged devices"
+    before = rows_of_cluster(kit, days, cluster)
+    assert before["duckdb events"] > 0 and before["duckdb people"] == 1
+
+    result = gdpr(credentials, kit.blocks, gdpr_credentials=tokens(sandbox), distinct_ids=[user])
+
+    assert set(rows_of_cluster(kit, days, cluster).values()) == {0}, rows_of_cluster(kit, days, cluster)
+    assert_days_consistent(kit, days)
+    (task,) = sandbox.gdpr_tasks().values()
+    assert task["distinct_ids"] == [user] and task["compliance_type"] == "GDPR"
+    assert [r["ids"] for r in result["destinations"]] == [1, 1, 1]  # type: ignore[index]
+
+    for dest in kit.connected():
+        entry = load_registry(dest).deletions[user]
+        assert entry.task_id is not None and entry.purged_at is not None and set(entry.cluster) == cluster
+        audits = dest.storage.list(audit_prefix(dest))
+        assert len(audits) == 1
+        text = (dest.storage.get_bytes(audits[0].key) or b"").decode()
+        assert all(i not in text for i in cluster), "the audit record holds no raw id"
+        record = json.loads(text)
+        assert record["ids"] == 1 and record["cluster_ids"] == len(cluster)
+        assert record["id_sha256"] == [id_hash(user)]
+        removed = record["rows_removed"]
+        assert sum(removed[EVENTS_TABLE].values()) == before[f"{dest.describe('')} events"]
+        assert removed[PEOPLE_TABLE] == 1 and removed[MAPPINGS_TABLE] == len(cluster)
+
+    # Mixpanel has not finished its deletion yet and still serves the user: a backfill leaves them out
+    for block in kit.blocks:
+        backfill(credentials, days[0], block, to_date=days[-1], force=True)
+        people(credentials, block)
+        identity(credentials, block)
+    assert set(rows_of_cluster(kit, days, cluster).values()) == {0}
+    assert_days_consistent(kit, days)
+
+    # later runs poll Mixpanel until the task is done; the purge is not repeated
+    gdpr(credentials, kit.blocks, gdpr_credentials=tokens(sandbox))
+    gdpr(credentials, kit.blocks, gdpr_credentials=tokens(sandbox))
+    for dest in kit.connected():
+        assert load_registry(dest).deletions[user].status == "SUCCESS"
+        assert len(dest.storage.list(audit_prefix(dest))) == 1
+
+
+def test_ids_dropped_in_the_inbox_are_purged_without_asking_mixpanel(
+    sandbox: SandboxServer, synced: tuple[Three, list[date]]
+) -> None:
+    kit, days = synced
+    local = kit.connected()[0]
+    user, cluster = merged_user(local)
+    local.storage.put_bytes("1/_state/gdpr/inbox/request-17.txt", f"# ticket 17\n{user}\n".encode())
+
+    gdpr(credentials_for(sandbox), kit.blocks)
+
+    assert set(rows_of_cluster(kit, days, cluster).values()) == {0}
+    assert sandbox.gdpr_tasks() == {}, "user-supplied ids are purged here only"
+    assert local.storage.list("1/_state/gdpr/inbox/") == []
+    assert all(load_registry(d).deletions[user].source == "user" for d in kit.connected())
+
+
+def test_ids_for_mixpanel_without_its_tokens_are_refused(sandbox: SandboxServer, tmp_path: Path) -> None:
+    from blocks.destinations.local import LocalDestination
+
+    with pytest.raises(BadRequestError, match="no gdpr_credentials block was given"):
+        gdpr(credentials_for(sandbox), [LocalDestination(path=str(tmp_path))], distinct_ids=["someone"])
+    assert not (tmp_path / "1" / "_state" / "gdpr").exists()
+
+
+KILLER = """
+import base64, os, pickle, signal, sys
+from tasks import objectstore
+from tasks.gdpr import load_registry, save_registry
+from tasks.purge import purge_destination
+
+block, user, cluster = pickle.loads(base64.b64decode(sys.argv[1]))
+dest = block.connect(1)
+registry = load_registry(dest)
+registry.register([user], "user", "GDPR")
+registry.deletions[user].cluster = tuple(sorted(cluster))
+save_registry(dest, registry)
+
+real, calls = objectstore.ObjectStoreDestination._publish, []
+def publish_then_die(self, staged, folder, run):  # the third day: files moved, manifest not switched
+    published = real(self, staged, folder, run)
+    calls.append(folder)
+    if len(calls) == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return published
+objectstore.ObjectStoreDestination._publish = publish_then_die
+purge_destination(dest, set(cluster), "killed")
+"""
+
+
+def test_a_crash_during_a_purge_leaves_each_day_purged_or_untouched(
+    sandbox: SandboxServer, synced: tuple[Three, list[date]]
+) -> None:
+    kit, days = synced
+    user, cluster = merged_user(kit.connected()[0])
+    for block in (kit.local, kit.s3):
+        dest = block.connect(1)
+        before = {d: dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
+        payload = base64.b64encode(pickle.dumps((block, user, cluster))).decode()
+        done = subprocess.run(
+            [sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=120
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+        purged = untouched = 0
+        for day in days:
+            raw = dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, day.isoformat()))
+            if raw == before[day]:
+                untouched += 1
+            else:
+                assert day_frame(dest, day).filter(event_rows_of(cluster)).height == 0
+                purged += 1
+        assert purged == 2 and untouched == DAYS - 2, (purged, untouched)
+
+    gdpr(credentials_for(sandbox), [kit.local, kit.s3])
+
+    for dest in kit.connected()[:2]:
+        assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+        for day in days:
+            manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+            assert manifest is not None
+            listed = {f.key for f in manifest.files}
+            folder = dest.data_prefix(EVENTS_TABLE, day.isoformat())
+            on_store = {i.key for i in dest.storage.list(folder) if "/" not in i.key[len(folder) :]}
+            assert on_store == listed, "the killed run's files were removed"
+    assert_days_consistent(Three(kit.local, kit.s3, kit.duckdb), days)
