@@ -1,8 +1,8 @@
 """`python -m flows.setup`: what `make deploy` needs on the Prefect server besides the CLI steps.
 
 Creates the global concurrency limits that hold Mixpanel's rate budget across workers and, with
-``--sandbox URL``, saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox and a
-LocalDestination named ``local`` (only where no block of that name exists), so a first run needs no Mixpanel account.
+``--sandbox URL``, saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox, the sandbox's
+MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``local`` (only where no block of that name exists), so a first run needs no Mixpanel account.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from pathlib import Path
 from prefect.blocks.core import Block
 
 from blocks.destinations.local import LocalDestination
+from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 from flows.limits import ensure_limits
 from sandbox.config import ProjectConfig
 
 
 def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
-    """Save the two blocks the deployments name, unless blocks of those names exist: never overwrites."""
+    """Save the blocks the deployments name, unless blocks of those names exist: never overwrites."""
     cfg = ProjectConfig()
     saved = []
     if not _exists(MixpanelCredentials, "mixpanel"):
@@ -30,6 +31,11 @@ def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
             api_base_url=url,
         ).save("mixpanel")
         saved.append(f"mixpanel-credentials/mixpanel (the sandbox at {url})")
+    if not _exists(MixpanelGdprCredentials, "mixpanel-gdpr"):
+        MixpanelGdprCredentials(project_token=cfg.project_token, oauth_token=cfg.gdpr_oauth_token).save(
+            "mixpanel-gdpr"
+        )
+        saved.append("mixpanel-gdpr-credentials/mixpanel-gdpr (the sandbox's tokens)")
     if not _exists(LocalDestination, "local"):
         LocalDestination(path=str(data_dir.resolve())).save("local")
         saved.append(f"mixpanel-local-destination/local ({data_dir.resolve()})")
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     print("global concurrency limits:", ", ".join(ensure_limits()))
     if args.sandbox:
         saved = save_sandbox_blocks(args.sandbox, args.data)
-        print("saved blocks:", ", ".join(saved) if saved else "none (mixpanel and local exist already)")
+        print("saved blocks:", ", ".join(saved) if saved else "none (they exist already)")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,28 @@ DEPLOYMENTS = {
     "mixpanel-people/people-daily",
     "mixpanel-identity/identity-daily",
     "mixpanel-backfill/backfill",
+    "mixpanel-reconcile/reconcile-nightly",
+    "mixpanel-gdpr/gdpr-daily",
+}
+CREDENTIALS = {"$ref": {"block_document_slug": "mixpanel-credentials/mixpanel"}}
+LOCAL = {"$ref": {"block_document_slug": "mixpanel-local-destination/local"}}
+PARAMETERS = {
+    "reconcile-nightly": {"credentials": CREDENTIALS, "destinations": [LOCAL]},
+    "gdpr-daily": {
+        "credentials": CREDENTIALS,
+        "destinations": [LOCAL],
+        "gdpr_credentials": {"$ref": {"block_document_slug": "mixpanel-gdpr-credentials/mixpanel-gdpr"}},
+    },
 }
 
 
 def run_backfill(cluster: Cluster, **params: object) -> tuple[int, str]:
+    return run_deployment(cluster, "mixpanel-backfill/backfill", **params)
+
+
+def run_deployment(cluster: Cluster, name: str, **params: object) -> tuple[int, str]:
     args = [arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]
-    done = cluster.prefect("deployment", "run", "mixpanel-backfill/backfill", *args, "--watch", timeout=900)
+    done = cluster.prefect("deployment", "run", name, *args, "--watch", timeout=900)
     output = done.stdout + done.stderr
     found = re.search(r"UUID: ([0-9a-f-]{36})", output)
     assert found, output[-2000:]
@@ -40,11 +56,9 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
     names = {f"{flows[d.flow_id]}/{d.name}" for d in deployments}
     assert names == DEPLOYMENTS
     for d in deployments:  # block references, loaded at run time: no secret is copied into a deployment
-        assert d.parameters == {
-            "credentials": {"$ref": {"block_document_slug": "mixpanel-credentials/mixpanel"}},
-            "destination": {"$ref": {"block_document_slug": "mixpanel-local-destination/local"}},
-        }
-        assert cluster.sandbox.cfg.secret not in json.dumps(d.model_dump(mode="json"))
+        assert d.parameters == PARAMETERS.get(d.name, {"credentials": CREDENTIALS, "destination": LOCAL})
+        dumped = json.dumps(d.model_dump(mode="json"))
+        assert cluster.sandbox.cfg.secret not in dumped and cluster.sandbox.cfg.gdpr_oauth_token not in dumped
     crons = {d.name: [s.schedule.cron for s in d.schedules] for d in deployments}
     assert crons == {
         "events-daily": ["30 0 * * *"],
@@ -52,6 +66,8 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "people-daily": ["0 1 * * *"],
         "identity-daily": ["30 1 * * *"],
         "backfill": [],
+        "reconcile-nightly": ["0 2 * * *"],
+        "gdpr-daily": ["0 3 * * *"],
     }
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}
@@ -131,3 +147,24 @@ def test_a_20_day_backfill_fans_out_over_two_workers_within_the_rate_budget(clus
 def max_in_one_second(times: list[float]) -> int:
     ordered = sorted(times)
     return max(sum(1 for u in ordered if t <= u < t + 1.0) for t in ordered)
+
+
+def test_reconcile_and_gdpr_deployments_run_with_their_block_lists(cluster: Cluster) -> None:
+    """The list of destination references resolves at run time; an unchanged day stays as it is."""
+    days = recent_days(2, cluster.sandbox, back=40)
+    assert run_backfill(cluster, from_date=days[0], to_date=days[-1])[0] == 0
+    dest = local_destination(cluster.data)
+    before = {
+        d: cluster.data.joinpath(dest.manifest_key("mp_master_event", d.isoformat())).read_bytes()
+        for d in days
+    }
+    code, _ = run_deployment(
+        cluster, "mixpanel-reconcile/reconcile-nightly", lookback_days=45, settle_hours=0
+    )
+    assert code == 0
+    after = {
+        d: cluster.data.joinpath(dest.manifest_key("mp_master_event", d.isoformat())).read_bytes()
+        for d in days
+    }
+    assert after == before
+    assert run_deployment(cluster, "mixpanel-gdpr/gdpr-daily")[0] == 0
