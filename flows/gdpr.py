@@ -26,6 +26,7 @@ from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import BadRequestError
 from tasks.gdpr import (
     ComplianceType,
+    Deletion,
     Registry,
     audit_prefix,
     cluster_members,
@@ -179,7 +180,7 @@ def _audit(
     target: ObjectStoreDestination,
     run_id: str,
     when: str,
-    pending: list,
+    pending: list[Deletion],
     ids: set[str],
     report: PurgeReport,
 ) -> None:

@@ -80,10 +80,10 @@ class DayResult:
 class _Day:
     files: RollingFiles
     edges: RollingFiles
+    counter: DedupCounter
     rows: int = 0
     hash_sum: int = 0
     max_ptime: int | None = None
-    counter: DedupCounter = field(default_factory=DedupCounter)
     excluded: int = 0
 
 
@@ -189,6 +189,8 @@ def _day_files(stage: Stage, partition: str, settings: ExportSettings, scratch: 
             schema=None,
             on_close=lambda written: stage.add_soon(partition, written, edges=True),
         ),
+        # the keys go to local scratch, never to the stage (which may be a bucket)
+        DedupCounter(scratch / f"{stage.run_id}-keys" / partition),
     )
 
 

@@ -35,7 +35,7 @@ from tasks.tables import (
     read_table,
     replace_table,
 )
-from tasks.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles
+from tasks.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles, WrittenFile
 
 BATCH_ROWS = 100_000
 TIME = pl.Datetime("us", "UTC")
@@ -172,13 +172,13 @@ def _rewrite_edges(
     return tuple(kept), removed
 
 
-def _renamed(written: list, index: int) -> list:
+def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
     """Rewritten files get names unique within the day (``part-pNNNNN-…``), beside the kept ones."""
     out = []
     for item in written:
         target = item.path.parent.parent / item.path.name.replace("part-", f"part-p{index:05d}-", 1)
         item.path.rename(target)
-        out.append(type(item)(target, item.rows, item.bytes))
+        out.append(WrittenFile(target, item.rows, item.bytes))
     return out
 
 

@@ -17,10 +17,12 @@ A day is changed when either answer says so; only those days are exported again.
 from __future__ import annotations
 
 import io
+import tempfile
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -161,15 +163,16 @@ def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> 
     """The manifest's deduplicated counts; older manifests and hourly increments: from the files."""
     if manifest.event_counts is not None:
         return manifest.event_counts
-    counter = DedupCounter()
-    for item in manifest.files:
-        data = destination.storage.get_bytes(item.key) or b""
-        if manifest.format == FileFormat.PARQUET.value:
-            counter.add(pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS))))  # type: ignore[arg-type]
-        else:
-            for batch in event_batches(data, FileFormat(manifest.format)):
-                counter.add(batch)
-    return counter.counts()
+    with tempfile.TemporaryDirectory(prefix="mp-counts-") as scratch:
+        counter = DedupCounter(Path(scratch))
+        for item in manifest.files:
+            data = destination.storage.get_bytes(item.key) or b""
+            if manifest.format == FileFormat.PARQUET.value:
+                counter.add(pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS))))  # type: ignore[arg-type]
+            else:
+                for batch in event_batches(data, FileFormat(manifest.format)):
+                    counter.add(batch)
+        return counter.counts()
 
 
 def now_utc() -> datetime:

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from sandbox.where import parse_where
-from tasks.counts import dedup_counts
+from tasks.counts import DedupCounter, dedup_counts
 from tasks.gdpr import Registry, cluster_members, event_rows_of, merged
 from tasks.gdpr_client import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
 from tasks.manifest import Manifest
@@ -49,6 +49,20 @@ def test_duplicates_count_once_and_rows_without_insert_id_each_count() -> None:
         ]
     )
     assert dedup_counts([frame[:2], frame[2:]]) == {"Buy": 2, "View": 2}
+
+
+def test_keys_spilled_to_disk_count_the_same(tmp_path: Path) -> None:
+    """Beyond spill_rows the keys go to scratch files by hash: duplicates across spills still count once."""
+    rows = [(f"E{i % 7}", f"u{i % 50}", f"id{i % 300}", None, "{}") for i in range(1000)]
+    rows += [("E0", "u1", None, None, "{}")] * 3
+    frame = events(rows)
+    blocks = [frame[i : i + 64] for i in range(0, frame.height, 64)]
+    counter = DedupCounter(tmp_path / "keys", spill_rows=100)
+    for block in blocks + blocks:  # every key seen twice, in different spills
+        counter.add(block)
+    assert list((tmp_path / "keys").iterdir()), "the keys were spilled"
+    assert counter.counts() == dedup_counts(blocks + blocks)
+    assert sum(counter.counts().values()) == 1000 + 6  # 1000 distinct keys; 3 rows without id, twice
 
 
 def test_count_difference_names_both_totals() -> None:
