@@ -245,3 +245,28 @@ def test_a_crash_during_a_purge_leaves_each_day_purged_or_untouched(
             on_store = {i.key for i in dest.storage.list(folder) if "/" not in i.key[len(folder) :]}
             assert on_store == listed, "the killed run's files were removed"
     assert_days_consistent(Three(kit.local, kit.s3, kit.duckdb), days)
+
+
+def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxServer) -> None:
+    import httpx
+
+    from tasks.errors import BadCredentialsError
+    from tasks.gdpr_client import GdprClient
+
+    credentials = credentials_for(sandbox)
+    httpx.post(f"{sandbox.url}/_sandbox/gdpr", json={"fail_next": 2}).raise_for_status()
+    with GdprClient(credentials, tokens(sandbox), notify=lambda _: None) as client:
+        first = client.submit(["a@example.com"], "GDPR")  # two 500s, then the task
+        second = client.submit(["b@example.com"], "CCPA")  # right after: paced to 1 request per second
+        assert client.status(first) == "PENDING" and client.status(first) == "SUCCESS"
+    stats = sandbox.stats()
+    assert stats["gdpr_requests"] == 2 + 2 + 2 and stats["gdpr_rate_limited"] == 0
+    assert {t["compliance_type"] for t in sandbox.gdpr_tasks().values()} == {"GDPR", "CCPA"}
+    assert second in sandbox.gdpr_tasks()
+
+    wrong = MixpanelGdprCredentials(
+        project_token=sandbox.cfg.project_token, oauth_token="expired-oauth-token"
+    )
+    with GdprClient(credentials, wrong) as client, pytest.raises(BadCredentialsError) as error:
+        client.submit(["c@example.com"], "GDPR")
+    assert "renew it" in str(error.value) and "expired-oauth-token" not in str(error.value)
