@@ -40,7 +40,7 @@ from tasks.gdpr import (
 from tasks.gdpr_client import GdprClient, batches
 from tasks.identity import resolve
 from tasks.objectstore import ObjectStoreDestination
-from tasks.purge import PurgeReport, purge_destination
+from tasks.purge import PurgeReport, PurgeScope, purge_destination
 from tasks.tables import MAPPINGS_TABLE, committed_edges, read_table
 
 
@@ -139,25 +139,34 @@ def _poll(client: GdprClient, targets: list[ObjectStoreDestination], registries:
 def _purge(
     credentials: MixpanelCredentials, target: ObjectStoreDestination, registry: Registry, run_id: str
 ) -> dict[str, object]:
-    """Purge the clusters of the ids not purged here yet; then mark them and write the audit record."""
+    """Purge the clusters of new ids everywhere, and every registered id from partitions changed
+    since they were last checked; then mark the ids and write the audit record."""
     pending = registry.pending_purge()
     where = target.describe(str(credentials.project_id))
-    if not pending:
-        return {"destination": where, "ids": 0, "rows removed": 0}
-    clusters = cluster_members([d.distinct_id for d in pending], _mappings(credentials, target))
-    for entry in pending:
-        entry.cluster = tuple(sorted(set(entry.cluster) | set(clusters[entry.distinct_id])))
-    ids = {i for entry in pending for i in (entry.distinct_id, *entry.cluster)}
-    save_registry(target, registry)  # clusters first: exports leave them out from now on
-    report = purge_destination(target, ids, run_id, str(flow_run.id) if flow_run.id else None)
-    when = now_iso()
-    for entry in pending:
-        entry.purged_at = when
-    _audit(target, run_id, when, pending, ids, report)
-    save_registry(target, registry)
+    if pending:
+        clusters = cluster_members([d.distinct_id for d in pending], _mappings(credentials, target))
+        for entry in pending:
+            entry.cluster = tuple(sorted(set(entry.cluster) | set(clusters[entry.distinct_id])))
+        save_registry(target, registry)  # clusters first: exports leave them out from now on
+    ids = frozenset(i for entry in pending for i in (entry.distinct_id, *entry.cluster))
+    scope = PurgeScope(ids, registry.excluded_ids(), registry.checked)
+    try:
+        report = purge_destination(target, scope, run_id, str(flow_run.id) if flow_run.id else None)
+    finally:
+        save_registry(target, registry)  # the partitions checked so far need no second look
     removed = sum(report.events.values()) + sum(report.tables.values())
+    if pending or removed:
+        when = now_iso()
+        for entry in pending:
+            entry.purged_at = when
+        _audit(target, run_id, when, pending, ids, report)
+        save_registry(target, registry)
     get_run_logger().info(
-        "%s: %d id(s) in %d cluster id(s) purged, %d row(s) removed", where, len(pending), len(ids), removed
+        "%s: %d new id(s) in %d cluster id(s) purged, %d row(s) removed",
+        where,
+        len(pending),
+        len(ids),
+        removed,
     )
     return {"destination": where, "ids": len(pending), "cluster ids": len(ids), "rows removed": removed}
 
@@ -181,10 +190,10 @@ def _audit(
     run_id: str,
     when: str,
     pending: list[Deletion],
-    ids: set[str],
+    ids: frozenset[str],
     report: PurgeReport,
 ) -> None:
-    record = {
+    record: dict[str, object] = {
         "run_id": run_id,
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
         "purged_at": when,
@@ -194,6 +203,8 @@ def _audit(
         "cluster_id_sha256": sorted(id_hash(i) for i in ids),
         "rows_removed": report.rows_removed(),
     }
+    if not pending:
+        record["note"] = "rows of registered ids came back in partitions written since they were last checked"
     stamp = when.replace("-", "").replace(":", "").replace("+0000", "Z")
     body = msgspec.json.format(msgspec.json.encode(record), indent=2)
     target.storage.put_bytes(f"{audit_prefix(target)}{stamp}-{run_id}.json", body)

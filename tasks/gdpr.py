@@ -55,6 +55,8 @@ class Deletion(msgspec.Struct, kw_only=True):
 
 class Registry(msgspec.Struct):
     deletions: dict[str, Deletion] = {}
+    # "<table>/<partition>" -> run id of the version last checked against every registered id
+    checked: dict[str, str] = {}
 
     def excluded_ids(self) -> frozenset[str]:
         """Every id whose rows must not be stored: the registered ids and their clusters."""
@@ -87,7 +89,7 @@ def merged(registries: list[Registry], own: Registry) -> Registry:
 
     Purge times stay per destination: each destination is purged on its own.
     """
-    out = Registry({k: msgspec.structs.replace(v) for k, v in own.deletions.items()})
+    out = Registry({k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked))
     for other in registries:
         for key, theirs in other.deletions.items():
             mine = out.deletions.get(key)

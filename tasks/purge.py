@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,30 +59,74 @@ class PurgeReport:
         }
 
 
+@dataclass
+class PurgeScope:
+    """Which ids each partition is checked for.
+
+    New ids everywhere; every registered id where the partition changed since it was last checked
+    (an export that began before an id was registered may commit after the purge). ``checked``
+    maps ``<table>/<partition>`` to the run id of the version last checked against every id; it is
+    kept in the registry and updated as partitions are checked.
+    """
+
+    new_ids: frozenset[str]
+    all_ids: frozenset[str]
+    checked: dict[str, str]
+
+    def ids_for(self, key: str, version: str) -> frozenset[str]:
+        return self.new_ids if self.checked.get(key) == version else self.all_ids
+
+
 def purge_destination(
-    destination: ObjectStoreDestination, ids: Collection[str], run_id: str, flow_run_id: str | None = None
+    destination: ObjectStoreDestination, scope: PurgeScope, run_id: str, flow_run_id: str | None = None
 ) -> PurgeReport:
-    """Remove ``ids`` from every table of ``destination``; each partition purged or untouched."""
+    """Remove the scope's ids from every table of ``destination``; each partition purged or untouched."""
     report = PurgeReport()
-    if not ids:
+    if not scope.all_ids:
         return report
     # leftovers of crashed runs may hold the ids too: orphan files, stale staging, a warehouse load
     # that did not happen (``repair`` reloads it, so the warehouse holds what the manifest names)
     destination.remove_stale_staging()
-    for table in (PEOPLE_TABLE, MAPPINGS_TABLE):
-        destination.repair(table, WHOLE)
     for day in destination.partitions(EVENTS_TABLE):
         destination.repair(EVENTS_TABLE, day)
-        removed, edges = purge_day(destination, day, ids, run_id, flow_run_id)
-        report.events[day], report.edges[day] = removed, edges
-    report.tables[PEOPLE_TABLE] = _purge_table(
-        destination, PEOPLE_TABLE, ids, ("distinct_id",), run_id, flow_run_id
-    )
-    report.tables[MAPPINGS_TABLE] = _purge_table(
-        destination, MAPPINGS_TABLE, ids, ("distinct_id", "resolved_distinct_id"), run_id, flow_run_id
-    )
-    report.rejects = _purge_rejects(destination, ids)
+        report.events[day], report.edges[day] = _checked(
+            destination,
+            EVENTS_TABLE,
+            day,
+            scope,
+            lambda ids, d=day: purge_day(destination, d, ids, run_id, flow_run_id),
+        )
+    for table, columns in (
+        (PEOPLE_TABLE, ("distinct_id",)),
+        (MAPPINGS_TABLE, ("distinct_id", "resolved_distinct_id")),
+    ):
+        destination.repair(table, WHOLE)
+        report.tables[table], _ = _checked(
+            destination, table, WHOLE, scope,
+            lambda ids, t=table, c=columns: (_purge_table(destination, t, ids, c, run_id, flow_run_id), 0),
+        )  # fmt: skip
+    report.rejects = _purge_rejects(destination, scope)
     return report
+
+
+def _checked(
+    destination: ObjectStoreDestination,
+    table: str,
+    partition: str,
+    scope: PurgeScope,
+    purge: Callable[[frozenset[str]], tuple[int, int]],
+) -> tuple[int, int]:
+    """Purge one partition of the ids it must be checked for, then record the version checked."""
+    key = f"{table}/{partition}"
+    manifest = destination.manifest(table, partition)
+    if manifest is None:
+        return 0, 0
+    ids = scope.ids_for(key, manifest.run_id)
+    removed = purge(ids) if ids else (0, 0)
+    after = destination.manifest(table, partition)
+    if after is not None:
+        scope.checked[key] = after.run_id
+    return removed
 
 
 def purge_day(
@@ -246,11 +290,16 @@ def _purge_table(
     return gone
 
 
-def _purge_rejects(destination: ObjectStoreDestination, ids: Collection[str]) -> int:
+def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:
     """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
     removed = 0
-    needles = [i.encode() for i in ids] + [msgspec.json.encode(i)[1:-1] for i in ids]
     for info in destination.storage.list(f"{destination.project_prefix}/{EVENTS_TABLE}/_rejects/"):
+        key = f"_rejects/{info.key.rsplit('/', 1)[-1]}"
+        ids = scope.ids_for(key, "scrubbed")
+        scope.checked[key] = "scrubbed"
+        if not ids:
+            continue
+        needles = [i.encode() for i in ids] + [msgspec.json.encode(i)[1:-1] for i in ids]
         lines = (destination.storage.get_bytes(info.key) or b"").splitlines(keepends=True)
         kept = [line for line in lines if not any(n in line for n in needles)]
         if len(kept) != len(lines):

@@ -188,7 +188,7 @@ KILLER = """
 import base64, os, pickle, signal, sys
 from tasks import objectstore
 from tasks.gdpr import load_registry, save_registry
-from tasks.purge import purge_destination
+from tasks.purge import PurgeScope, purge_destination
 
 block, user, cluster = pickle.loads(base64.b64decode(sys.argv[1]))
 dest = block.connect(1)
@@ -205,7 +205,7 @@ def publish_then_die(self, staged, folder, run):  # the third day: files moved, 
         os.kill(os.getpid(), signal.SIGKILL)
     return published
 objectstore.ObjectStoreDestination._publish = publish_then_die
-purge_destination(dest, set(cluster), "killed")
+purge_destination(dest, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "killed")
 """
 
 
@@ -270,3 +270,39 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
     with GdprClient(credentials, wrong) as client, pytest.raises(BadCredentialsError) as error:
         client.submit(["c@example.com"], "GDPR")
     assert "renew it" in str(error.value) and "expired-oauth-token" not in str(error.value)
+
+
+def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
+    sandbox: SandboxServer, synced: tuple[Three, list[date]]
+) -> None:
+    """An export that began before the id was registered commits after the purge: the next run finds
+    the changed day (its version was not checked yet) and purges it; the other days are not read."""
+    from tasks.export import ExportSettings, export_days
+    from tasks.mixpanel_client import MixpanelClient
+
+    kit, days = synced
+    credentials = credentials_for(sandbox)
+    user, cluster = merged_user(kit.connected()[0])
+    gdpr(credentials, [kit.local, kit.s3], distinct_ids=[user], submit_to_mixpanel=False)
+    late = [d for d in days if day_frame(kit.connected()[0], d).height][-1]
+    for block in (kit.local, kit.s3):  # the export's settings were read before the id was registered
+        with MixpanelClient(credentials) as client:
+            export_days(
+                client, block.connect(1), [late], ExportSettings(run_id="stale", identity_mode="simplified")
+            )
+    dests = kit.connected()[:2]
+    assert all(day_frame(d, late).filter(event_rows_of(cluster)).height for d in dests), "the user came back"
+    before = [
+        {d: x.storage.get_bytes(x.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days} for x in dests
+    ]
+
+    gdpr(credentials, [kit.local, kit.s3])
+
+    for dest, old in zip(dests, before, strict=True):
+        assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+        new = {d: dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
+        assert {d for d in days if new[d] != old[d]} == {late}, "only the day written since was rewritten"
+        audits = sorted(i.key for i in dest.storage.list(audit_prefix(dest)))
+        assert len(audits) == 2
+        record = json.loads(dest.storage.get_bytes(audits[-1]) or b"{}")
+        assert record["ids"] == 0 and list(record["rows_removed"][EVENTS_TABLE]) == [late.isoformat()]
