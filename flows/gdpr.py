@@ -23,7 +23,7 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
-from tasks.errors import BadRequestError
+from tasks.errors import BadRequestError, PipelineError
 from tasks.gdpr import (
     ComplianceType,
     Deletion,
@@ -73,16 +73,25 @@ def gdpr(
         )
     targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
     registries = _registered(targets, ids, "mixpanel" if submit_to_mixpanel else "user", compliance_type)
+    mixpanel_error: PipelineError | None = None
     if gdpr_credentials is not None:
-        with GdprClient(credentials, gdpr_credentials, notify=logger.warning) as client:
-            _submit(client, targets, registries)
-            _poll(client, targets, registries)
+        try:
+            with GdprClient(credentials, gdpr_credentials, notify=logger.warning) as client:
+                _submit(client, targets, registries)
+                _poll(client, targets, registries)
+        except PipelineError as exc:  # the purge here does not wait for Mixpanel
+            mixpanel_error = exc
     run_id = uuid.uuid4().hex[:12]
     rows = [
         _purge(credentials, target, registry, run_id)
         for target, registry in zip(targets, registries, strict=True)
     ]
     create_table_artifact(key="mixpanel-gdpr-summary", table=rows, description="GDPR deletions")
+    if mixpanel_error is not None:
+        raise type(mixpanel_error)(
+            f"{mixpanel_error} The destinations were purged; the ids not yet sent stay registered and the next "
+            "run sends them."
+        )
     return {"destinations": rows}
 
 

@@ -306,3 +306,28 @@ def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
         assert len(audits) == 2
         record = json.loads(dest.storage.get_bytes(audits[-1]) or b"{}")
         assert record["ids"] == 0 and list(record["rows_removed"][EVENTS_TABLE]) == [late.isoformat()]
+
+
+def test_mixpanel_refusing_the_token_does_not_stop_the_purge(sandbox: SandboxServer, tmp_path: Path) -> None:
+    from blocks.destinations.local import LocalDestination
+    from tasks.errors import BadCredentialsError
+
+    credentials = credentials_for(sandbox)
+    block = LocalDestination(path=str(tmp_path))
+    days = recent_days(2, sandbox)
+    events(credentials, block, from_date=days[0], to_date=days[-1])
+    identity(credentials, block)
+    dest = block.connect(1)
+    user, cluster = merged_user(dest)
+    wrong = MixpanelGdprCredentials(
+        project_token=sandbox.cfg.project_token, oauth_token="expired-oauth-token"
+    )
+
+    with pytest.raises(BadCredentialsError, match=r"renew it.*The destinations were purged") as error:
+        gdpr(credentials, [block], gdpr_credentials=wrong, distinct_ids=[user])
+
+    assert "expired-oauth-token" not in str(error.value)
+    assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    assert load_registry(dest).deletions[user].task_id is None and sandbox.gdpr_tasks() == {}
+    gdpr(credentials, [block], gdpr_credentials=tokens(sandbox))  # renewed: the id is sent now
+    assert load_registry(dest).deletions[user].task_id in sandbox.gdpr_tasks()
