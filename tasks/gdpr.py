@@ -30,6 +30,7 @@ DEVICE_PREFIX = "$device:"
 # Mixpanel renames a user's events beyond its hot-shard threshold and blanks distinct_id; the
 # original id survives only inside properties
 HOTSHARD_KEY = '"mp_original_distinct_id":'
+EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.identity.EDGE_SCHEMA)
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "NOT_FOUND"})
 
 
@@ -151,11 +152,6 @@ def event_rows_of(ids: Collection[str]) -> pl.Expr:
         | pl.col("device_id").is_in(device_ids(listed)).fill_null(False)
         | pl.col("properties").str.contains_any(hotshard).fill_null(False)
     )
-
-
-def edge_rows_of(ids: Collection[str]) -> pl.Expr:
-    listed = list(ids)
-    return pl.col("a").is_in(listed).fill_null(False) | pl.col("b").is_in(listed).fill_null(False)
 
 
 def id_rows_of(ids: Collection[str], columns: tuple[str, ...]) -> pl.Expr:

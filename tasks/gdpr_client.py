@@ -7,7 +7,6 @@ the export's service account); it takes at most 1999 ids per request and 1 reque
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +20,9 @@ from tasks.errors import (
     BadRequestError,
     ConnectionDroppedError,
     RateLimitedError,
-    RetriableError,
     ServerError,
 )
-from tasks.mixpanel_client import backoff_seconds, error_message, retry_after_seconds
+from tasks.mixpanel_client import error_message, retry_after_seconds, with_retries
 from tasks.ratelimit import RateBudget, Window
 
 MAX_IDS_PER_REQUEST = 1999
@@ -88,7 +86,6 @@ class GdprClient:
         self.credentials = credentials
         self.notify = notify
         self._sleep = sleep
-        self._rng = random.Random()
         self._token = gdpr.project_token.get_secret_value()
         self.budget = RateBudget(
             key=f"gdpr:{credentials.project_id}", windows=[Window(1, 1.05)], max_concurrent=1
@@ -120,24 +117,14 @@ class GdprClient:
         return status_of(self._call("GET", f"{PATH}{task_id}"))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        attempts = self.credentials.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._once(method, path, **kwargs)
-            except RetriableError as exc:
-                if attempt == attempts:
-                    raise RetriableError(
-                        f"Mixpanel's GDPR API failed {attempts} times, last: {exc}; the registry keeps the "
-                        "request, the next run tries again."
-                    ) from exc
-                pause = backoff_seconds(
-                    attempt, self.credentials.retry_backoff_seconds, exc.retry_after, self._rng
-                )
-                self.notify(
-                    f"GDPR API: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s"
-                )
-                self._sleep(pause)
-        raise AssertionError("unreachable")
+        return with_retries(
+            lambda: self._once(method, path, **kwargs),
+            "Mixpanel's GDPR API",
+            self.credentials,
+            "the registry keeps the request, the next run tries again.",
+            notify=self.notify,
+            sleep=self._sleep,
+        )
 
     def _once(self, method: str, path: str, **kwargs: Any) -> Any:
         with self.budget.slot():

@@ -270,27 +270,48 @@ class MixpanelClient:
 
     def with_retries(self, unit: Callable[[], T], what: str, stats: RetryStats | None = None) -> T:
         """Run ``unit`` until it succeeds, retrying the whole unit on ``RetriableError``."""
-        stats = stats if stats is not None else RetryStats()
-        attempts = self.credentials.max_attempts
-        for attempt in range(1, attempts + 1):
-            stats.attempts = attempt
-            try:
-                return unit()
-            except RetriableError as exc:
-                if attempt == attempts:
-                    raise RetriableError(
-                        f"{what} failed {attempts} times, last: {exc}; the previous data is unchanged, run again "
-                        "later or raise max_attempts.",
-                        exc.retry_after,
-                    ) from exc
-                pause = backoff_seconds(
-                    attempt, self.credentials.retry_backoff_seconds, exc.retry_after, self._rng
-                )
-                stats.retries += 1
-                stats.reasons.append(type(exc).__name__)
-                self.notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")
-                self._sleep(pause)
-        raise AssertionError("unreachable")
+        return with_retries(
+            unit,
+            what,
+            self.credentials,
+            "the previous data is unchanged, run again later or raise max_attempts.",
+            notify=self.notify,
+            sleep=self._sleep,
+            rng=self._rng,
+            stats=stats,
+        )
+
+
+def with_retries(
+    unit: Callable[[], T],
+    what: str,
+    credentials: MixpanelCredentials,
+    when_exhausted: str,
+    notify: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    stats: RetryStats | None = None,
+) -> T:
+    """Run ``unit`` up to ``credentials.max_attempts`` times, pausing with jittered backoff after each
+    ``RetriableError``; the last one is raised with ``when_exhausted`` (what state is left, what to do)."""
+    stats = stats if stats is not None else RetryStats()
+    rng = rng or random.Random()
+    attempts = credentials.max_attempts
+    for attempt in range(1, attempts + 1):
+        stats.attempts = attempt
+        try:
+            return unit()
+        except RetriableError as exc:
+            if attempt == attempts:
+                raise RetriableError(
+                    f"{what} failed {attempts} times, last: {exc}; {when_exhausted}", exc.retry_after
+                ) from exc
+            pause = backoff_seconds(attempt, credentials.retry_backoff_seconds, exc.retry_after, rng)
+            stats.retries += 1
+            stats.reasons.append(type(exc).__name__)
+            notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")
+            sleep(pause)
+    raise AssertionError("unreachable")
 
 
 @contextmanager

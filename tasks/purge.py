@@ -22,7 +22,7 @@ import msgspec
 import polars as pl
 import pyarrow.parquet as pq
 
-from tasks.gdpr import edge_rows_of, event_rows_of, id_rows_of
+from tasks.gdpr import EDGE_IDS, event_rows_of, id_rows_of
 from tasks.manifest import Manifest, ManifestFile, fingerprint_hex
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
 from tasks.parse import row_hash
@@ -205,13 +205,13 @@ def _rewrite_edges(
     removed = 0
     for index, item in enumerate(base.identity_edges):
         edges = pl.read_parquet(io.BytesIO(_get(destination, item.key)))
-        gone = edges.filter(edge_rows_of(ids)).height
+        gone = edges.filter(id_rows_of(ids, EDGE_IDS)).height
         if gone == 0:
             kept.append(item)
             continue
         removed += gone
         files = RollingFiles(folder / f"f{index:05d}", schema=None)
-        files.write(edges.filter(~edge_rows_of(ids)))
+        files.write(edges.filter(~id_rows_of(ids, EDGE_IDS)))
         stage.add(day, _renamed(files.close(), index), edges=True)
     return tuple(kept), removed
 

@@ -19,7 +19,9 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from tasks.duckdb_loader import DuckDBLoader
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_parquet, read_table
+from tasks.purge import event_batches
+from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_table
+from tasks.write import EVENT_COLUMNS, FileFormat
 from tests.stores.s3 import S3Server, make_s3_destination
 
 
@@ -57,10 +59,13 @@ def three_destinations(tmp_path: Path, s3_server: S3Server) -> Three:
 
 
 def day_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
-    """The committed rows of ``day``, following its manifest (parquet files)."""
+    """The committed rows of ``day``, following its manifest; ``properties`` as the stored JSON text,
+    in either file format."""
     manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None, f"no manifest for {day}"
-    return read_parquet(dest, [f.key for f in manifest.files])
+    fmt = FileFormat(manifest.format)
+    batches = [b for f in manifest.files for b in event_batches(dest.storage.get_bytes(f.key) or b"", fmt)]
+    return pl.concat(batches) if batches else pl.DataFrame(schema=dict.fromkeys(EVENT_COLUMNS, pl.String))
 
 
 def edges_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:

@@ -22,7 +22,7 @@ from flows.identity import identity
 from flows.people import people
 from sandbox import SandboxServer
 from tasks.errors import BadRequestError
-from tasks.gdpr import audit_prefix, edge_rows_of, event_rows_of, id_hash, load_registry
+from tasks.gdpr import EDGE_IDS, audit_prefix, event_rows_of, id_hash, id_rows_of, load_registry
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
 from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
@@ -73,7 +73,7 @@ def rows_of_cluster(kit: Three, days: list[date], cluster: set[str]) -> dict[str
         where = dest.describe("")
         found[f"{where} events"] = sum(day_frame(dest, d).filter(event_rows_of(cluster)).height for d in days)
         found[f"{where} edges"] = sum(
-            edges_frame(dest, d).filter(edge_rows_of(cluster)).height
+            edges_frame(dest, d).filter(id_rows_of(cluster, EDGE_IDS)).height
             for d in days
             if edges_frame(dest, d).height
         )

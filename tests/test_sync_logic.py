@@ -14,8 +14,6 @@ from tasks.counts import DedupCounter, dedup_counts
 from tasks.gdpr import Registry, cluster_members, event_rows_of, merged
 from tasks.gdpr_client import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
 from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination
-from tasks.purge import event_batches
 from tasks.reconcile import count_difference, day_clause, late_requests, settled
 from tasks.write import FileFormat
 
@@ -157,6 +155,7 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     from tasks.mixpanel_client import MixpanelClient
     from tasks.purge import purge_day
     from tests.conftest import credentials_for, fingerprint_of_rows, local_destination, recent_days
+    from tests.sync_kit import day_frame
 
     assert isinstance(sandbox, SandboxServer)
     dest = local_destination(tmp_path)
@@ -170,14 +169,14 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
             export_days(client, dest, [day], settings, base)
     before = dest.manifest("mp_master_event", day.isoformat())
     assert before is not None and len(before.files) == 3
-    frame = exact_rows(dest, day)
+    frame = day_frame(dest, day)
     user = frame.filter(pl.col("user_id").is_not_null())["user_id"][0]
 
     removed, _ = purge_day(dest, day.isoformat(), {user}, "p1")
 
     after = dest.manifest("mp_master_event", day.isoformat())
     assert after is not None and removed > 0
-    rows = exact_rows(dest, day)
+    rows = day_frame(dest, day)
     assert rows.filter(pl.col("user_id") == user).height == 0
     assert (
         (rows.height, fingerprint_of_rows(rows))
@@ -192,13 +191,3 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     assert after.event_counts == before.event_counts and after.purged_rows == removed
     assert purge_day(dest, day.isoformat(), {user}, "p2") == (0, 0)
     assert dest.manifest("mp_master_event", day.isoformat()) == after
-
-
-def exact_rows(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
-    """The day's rows with ``properties`` as the stored JSON text, in either file format."""
-    manifest = dest.manifest("mp_master_event", day.isoformat())
-    assert manifest is not None
-    fmt = FileFormat(manifest.format)
-    return pl.concat(
-        [batch for f in manifest.files for batch in event_batches(dest.storage.get_bytes(f.key) or b"", fmt)]
-    )
