@@ -21,4 +21,3 @@ OptionalDay = Annotated[date | None, WithJsonSchema(_DATE_SCHEMA)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 AtLeastZero = Annotated[int, Field(ge=0)]
 NonNegativeHours = Annotated[float, Field(ge=0)]
-
