@@ -74,9 +74,9 @@ def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> 
     """Stop this process as crashed once ``parent`` (the worker) is no longer its parent."""
 
     def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_SECONDS)
         try:
-            while os.getppid() == parent:
-                time.sleep(ORPHAN_CHECK_SECONDS)
             with contextlib.suppress(Exception):  # a log that cannot be written must not keep the run alive
                 logger.error(
                     "The worker that started this flow run is gone (process %d): stopping the run as crashed; "
@@ -86,8 +86,8 @@ def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> 
             os.kill(os.getpid(), signal.SIGTERM)  # Prefect's engine reports the run Crashed
             time.sleep(ORPHAN_GRACE_SECONDS)
         finally:
-            # the engine's own shutdown may stop this thread (SystemExit) while request threads still
-            # hang on a dead connection: the process ends here whatever happened above
+            # the engine's shutdown may stop this thread (SystemExit) while request threads still hang
+            # on a dead connection and keep the process alive: once orphaned, it ends here regardless
             os._exit(1)
 
     thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
