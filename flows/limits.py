@@ -10,6 +10,7 @@ Mixpanel's window, which keeps every window within Mixpanel's numbers (60/hour, 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -52,29 +53,34 @@ log = logging.getLogger(__name__)
 def export_slot(notify: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold one export request's place in the server-wide limits; every wait is reported to ``notify``
     (default: the run's log)."""
-    notify = notify or _run_log().warning
+    say = notify or _run_log().warning
     if not limits_exist(PREFECT_API_URL.value()):
         yield
         return
     # one at a time: asked together, a refusal of the per-second limit makes the client wait as long
     # as a slot of the per-hour one takes to free (minutes), not the half second it needs
     for item in (PER_HOUR, PER_SECOND):
-        _take(item, notify, lambda timeout, name=item.name: rate_limit(name, timeout_seconds=timeout))
+        with _reported(item, say):
+            rate_limit(item.name)
     with ExitStack() as held:
-        try:
-            held.enter_context(concurrency(IN_FLIGHT.name, occupy=1, timeout_seconds=ASK_SECONDS))
-        except TimeoutError:
-            notify(_waiting(IN_FLIGHT))
+        with _reported(IN_FLIGHT, say):
             held.enter_context(concurrency(IN_FLIGHT.name, occupy=1))
         yield
 
 
-def _take(item: Limit, notify: Callable[[str], None], acquire: Callable[[float | None], None]) -> None:
+@contextmanager
+def _reported(item: Limit, say: Callable[[str], None]) -> Iterator[None]:
+    """Says once that the block inside waits for ``item`` if it has not returned within ASK_SECONDS.
+
+    A timer rather than a timeout on the acquisition: Prefect logs every timed-out acquisition as an
+    error, which would put a false alarm in the run's log beside the wait."""
+    timer = threading.Timer(ASK_SECONDS, say, args=(_waiting(item),))
+    timer.daemon = True
+    timer.start()
     try:
-        acquire(ASK_SECONDS)
-    except TimeoutError:
-        notify(_waiting(item))
-        acquire(None)
+        yield
+    finally:
+        timer.cancel()
 
 
 def _waiting(item: Limit) -> str:

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.concurrency.sync import rate_limit
 from prefect.logging.handlers import APILogHandler
 
 from blocks.destinations.local import LocalDestination
+from flows import limits
 from flows.events import events
 from flows.runtime import OneSentencePerRun
 from tasks.errors import BadCredentialsError
@@ -113,3 +117,29 @@ def test_a_wait_for_the_hourly_budget_is_logged_and_shown_in_the_progress(sandbo
     progress = [a for a in artifacts if a.type == "progress"]
     assert progress and progress[0].data == 100.0
     assert progress[0].description == f"Days committed: 1 of 1; last wait: {waits[0]}"
+
+
+def test_a_wait_for_the_servers_hourly_limit_is_reported() -> None:
+    """Every worker of a server shares the global limits; a run that waits for one says so, once."""
+    limits.ensure_limits()
+    limits.limits_exist.cache_clear()
+    messages: list[str] = []
+    try:
+        with get_client(sync_client=True) as client:  # a slot frees in 8 s here, not in two minutes
+            client.update_global_concurrency_limit(
+                limits.PER_HOUR.name, GlobalConcurrencyLimitUpdate(slot_decay_per_second=1 / 8)
+            )
+        rate_limit(limits.PER_HOUR.name, occupy=limits.PER_HOUR.limit)  # another worker spent the burst
+        waiter = threading.Thread(target=lambda: limits.export_slot(messages.append).__enter__(), daemon=True)
+        waiter.start()
+        waiter.join(timeout=90)
+        assert not waiter.is_alive(), "the slot was granted once one freed"
+    finally:
+        with get_client(sync_client=True) as client:  # the other tests run without server-wide limits
+            for item in limits.LIMITS:
+                client.delete_global_concurrency_limit_by_name(item.name)
+        limits.limits_exist.cache_clear()
+    assert messages == [
+        "waiting ~120 s for the hourly export budget (60/hour): Prefect global concurrency limit "
+        "'mixpanel-export-per-hour' is full (shared by every worker of this server)"
+    ]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -68,19 +69,16 @@ def open_custom_run(cluster: Cluster, page, deployment: str) -> None:
     page.get_by_role("link", name=deployment, exact=True).first.click()
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run", exact=True).click()
-    page.get_by_text("Run Name", exact=True).wait_for(timeout=30_000)
+    page.get_by_text("credentials", exact=True).wait_for(timeout=60_000)  # the form, past its skeleton
     page.wait_for_load_state("networkidle")
-
-
-def field(page, name: str):
-    """The form's section of one parameter: its title, description and input."""
-    return page.locator("div.group").filter(has=page.get_by_text(name, exact=True)).first
 
 
 def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(cluster: Cluster, browser) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     open_custom_run(cluster, page, "backfill")
+    expect(page.locator("fieldset").first).to_contain_text("mixpanel", timeout=60_000)  # names load late
+    expect(page.locator("fieldset").filter(has_text="LocalDestination")).to_contain_text("local")
     page.screenshot(path=str(ARTIFACTS / "ui-backfill-form.png"), full_page=True)
     fieldsets = page.locator("fieldset").all_inner_texts()
     assert fieldsets[0].startswith("mixpanel"), fieldsets  # credentials: the deployment's block, picked
@@ -90,6 +88,9 @@ def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(cluster: Clu
     assert "after `make deploy`" in page.get_by_text("Where the tables go").first.inner_text()
 
     open_custom_run(cluster, page, "reconcile-nightly")
+    expect(page.locator("fieldset").filter(has_text="LocalDestination").first).to_contain_text(
+        "local", timeout=60_000
+    )
     page.screenshot(path=str(ARTIFACTS / "ui-reconcile-form.png"), full_page=True)
     destinations = page.locator("fieldset").all_inner_texts()
     assert any("LocalDestination" in text and "local" in text for text in destinations), destinations
