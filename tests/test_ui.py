@@ -130,7 +130,7 @@ def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) 
 
 def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
     open_custom_run(cluster, page, "backfill")
-    page.locator("input[type=text]").first.fill(run_name)  # to find the run afterwards
+    page.locator("input[name=name]").fill(run_name)  # to find the run afterwards
     pick_date(page, days[0].isoformat())
     pick_date(page, days[-1].isoformat())
     for attempt in range(3):
