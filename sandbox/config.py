@@ -14,7 +14,7 @@ TimeMode = Literal["utc", "local"]
 IdentityMode = Literal["simplified", "original"]
 
 # Bump when the generator output changes, so stale disk caches are not served.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
