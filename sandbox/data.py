@@ -192,6 +192,8 @@ class _DayGenerator:
 
 def iter_day_lines(cfg: ProjectConfig, day: date) -> Iterator[bytes]:
     """The served lines of one day, generated lazily (big days do not fit in memory as a list)."""
+    if cfg.created is not None and day < cfg.created:
+        return iter(())  # before the project existed: the Raw Export API answers an empty body
     return _DayGenerator(cfg, day).lines()
 
 
