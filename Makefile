@@ -13,7 +13,11 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: setup test lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
 
-setup: $(VENV)/.synced
+# one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
+# otherwise both create .tools/ and one would run a half-installed uv
+setup:
+	@mkdir -p $(TOOLS)
+	@flock $(TOOLS)/.setup.lock $(MAKE) -s --no-print-directory $(VENV)/.synced
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -51,27 +55,30 @@ bench-destinations: setup
 
 # --- operations: a local Prefect server, the deployments of prefect.yaml, a worker ------------------
 PREFECT_PORT ?= 4200
-# the server deploy and worker talk to: PREFECT_API_URL if set (e.g. Prefect Cloud), else `make server`
-PREFECT_SERVER_URL ?= $(or $(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
+# the server deploy and worker talk to: PREFECT_API_URL if set (e.g. Prefect Cloud), else `make server`.
+# Expanded once (:=), so that exporting PREFECT_API_URL from it below cannot refer to itself.
+PREFECT_SERVER_URL := $(or $(PREFECT_SERVER_URL),$(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
 SANDBOX_URL ?= http://127.0.0.1:8765
 DATA_DIR ?= data
 POOL ?= mixpanel
-deploy worker: export PREFECT_API_URL = $(PREFECT_SERVER_URL)
+deploy worker: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
 
 server: setup
 	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_API_DATABASE_TIMEOUT=60 \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-# the work pool, the rate-budget limits, every block type, the two blocks prefect.yaml names (sandbox
-# credentials and ./data, only if no blocks of those names exist), then every deployment of prefect.yaml
+# the work pool, the rate-budget limits, the crashed-runs automation, every block type, the blocks
+# prefect.yaml names (sandbox credentials and ./data, only if no blocks of those names exist), every
+# deployment of prefect.yaml, then its block references pinned by id (what the UI's pickers show)
 deploy: setup
 	$(BIN)/prefect work-pool create $(POOL) --type process --overwrite
 	$(BIN)/prefect block register -m blocks.destinations.catalog
 	$(BIN)/python -m flows.setup --sandbox $(SANDBOX_URL) --data $(DATA_DIR)
 	$(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/python -m flows.setup --pin-blocks
 
 worker: setup
-	$(BIN)/prefect worker start --pool $(POOL)
+	$(BIN)/prefect worker start --pool $(POOL) --type process
 
 # Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
 browser:

@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from contextlib import nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity-mode", default="simplified", help="simplified, original or none")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--env", action="append", default=[], help="K=V for the measured process (experiments)"
+    )
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     spans = [int(d) for d in args.days.split(",")]
     modes = args.modes.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,18 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         scratch = Path(tmp)
+        needs_server = any(mode != "pipeline" for mode in modes)
         with (
             SandboxProcess(
                 args.events_per_day, args.out / "cache", FIRST_DAY, server_cpu, log, last_day
             ) as sandbox,
-            PrefectServer(scratch / "prefect-home", server_cpu, log) as server,
+            PrefectServer(scratch / "prefect-home", server_cpu, log)
+            if needs_server
+            else nullcontext() as server,
         ):
-            env = os.environ | {
-                "PREFECT_API_URL": server.url,
-                "PREFECT_HOME": str(scratch / "prefect-home"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "MP_PIPELINES_STATE_DIR": str(scratch / "state"),
-            }
+            env = (
+                os.environ
+                | extra_env
+                | {
+                    "PREFECT_API_URL": server.url if server else "",
+                    "PREFECT_HOME": str(scratch / "prefect-home"),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "MP_PIPELINES_STATE_DIR": str(scratch / "state"),
+                }
+            )
             for _ in range(args.repeat):
                 for mode in modes:
                     for span in spans if mode != "idle-flow" else [0]:

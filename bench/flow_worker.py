@@ -15,6 +15,7 @@ A sampler thread reads the process's RSS every 20 ms, so the report also tells w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -107,6 +108,19 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     destination = ObjectStoreDestination(LocalStorage(out), 1)
     identity = job.get("identity_mode", "simplified")
     settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
+    # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
+    # the dedup counter switched off
+    if os.environ.get("BENCH_BLOCK_BYTES"):
+        settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
+    if os.environ.get("BENCH_BUFFER_BYTES"):
+        import tasks.write
+
+        budget = int(os.environ["BENCH_BUFFER_BYTES"])
+        tasks.write.PartitionBuffer.__init__.__defaults__ = (budget,)
+    if os.environ.get("BENCH_NO_COUNTS"):
+        import tasks.counts
+
+        tasks.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
     started = time.perf_counter()
     with MixpanelClient(credentials(job)) as client:
         results = export_days(client, destination, days, settings)

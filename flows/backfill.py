@@ -19,6 +19,8 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.events import MAX_WORKERS, export_range, resolve_range, settings_for
+from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay
+from flows.runtime import prepare_run
 from tasks.errors import PipelineError
 from tasks.export import EVENTS_TABLE
 from tasks.objectstore import ObjectStoreDestination
@@ -35,13 +37,13 @@ POLL_SECONDS = 2.0
 )
 def backfill(
     credentials: MixpanelCredentials,
-    from_date: date,
+    from_date: Day,
     destination: AnyDestination | None = None,
-    to_date: date | None = None,
+    to_date: OptionalDay = None,
     force: bool = False,
-    days_per_request: int = 7,
-    days_per_run: int = 0,
-    max_concurrent_requests: int = 4,
+    days_per_request: AtLeastOne = 7,
+    days_per_run: AtLeastZero = 0,
+    max_concurrent_requests: AtLeastOne = 4,
     file_format: Literal["parquet", "jsonl.gz"] = "parquet",
 ) -> dict[str, Any]:
     """Export a range of past days into mp_master_event; a re-run skips the days already complete.
@@ -50,7 +52,8 @@ def backfill(
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
         from_date: First day, in the project's calendar; any past day (all of the project's history;
             days before the project existed are committed empty).
-        destination: Where the tables go; default: a LocalDestination on ./data.
+        destination: Where the tables go: the destination block the deployment names (after `make deploy`:
+            `local`, on ./data); pick another block to write elsewhere.
         to_date: Last day, inclusive; default: yesterday.
         force: Re-export days that are already complete (replaced atomically, one by one).
         days_per_request: Consecutive days fetched by one export request.
@@ -59,6 +62,7 @@ def backfill(
         max_concurrent_requests: Export requests each run keeps in flight at once.
         file_format: parquet (zstd, the default) or jsonl.gz.
     """
+    prepare_run()
     logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)

@@ -9,7 +9,7 @@ from datetime import date
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
@@ -19,7 +19,9 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
-from tasks.errors import FatalError, PipelineError
+from flows.params import AtLeastOne, AtLeastZero, OptionalDay
+from flows.runtime import Progress, prepare_run
+from tasks.errors import PipelineError
 from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
 from tasks.gdpr import load_registry
 from tasks.manifest import Manifest
@@ -43,8 +45,8 @@ def export_days_task(
 ) -> list[DayResult]:
     """One export request: its days are committed together or left as they were."""
     with gate:
-        if client.fatal is not None:
-            raise FatalError(f"skipped: {client.fatal}")
+        if client.fatal is not None:  # the run already failed and said why: skip quietly
+            return []
         results = export_days(client, destination, days, settings, base)
     logger = get_run_logger()
     for r in results:
@@ -71,19 +73,20 @@ def resolve_range(
 def events(
     credentials: MixpanelCredentials,
     destination: AnyDestination | None = None,
-    from_date: date | None = None,
-    to_date: date | None = None,
+    from_date: OptionalDay = None,
+    to_date: OptionalDay = None,
     file_format: Literal["parquet", "jsonl.gz"] = "parquet",
-    days_per_request: int = 7,
-    max_concurrent_requests: int = 4,
-    max_rejected_lines: int = 0,
+    days_per_request: AtLeastOne = 7,
+    max_concurrent_requests: AtLeastOne = 4,
+    max_rejected_lines: AtLeastZero = 0,
     event_names: list[str] | None = None,
 ) -> list[dict[str, object]]:
     """Export Mixpanel events into day partitions of mp_master_event, each day replaced atomically.
 
     Args:
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
-        destination: Where the tables go; default: a LocalDestination on ./data.
+        destination: Where the tables go: the destination block the deployment names (after `make deploy`:
+            `local`, on ./data); pick another block to write elsewhere.
         from_date: First day to export, in the project's calendar (any past day); default: yesterday.
         to_date: Last day to export, inclusive; default: yesterday (or from_date if that is later).
         file_format: parquet (zstd, the default) or jsonl.gz (Mixpanel's own pipeline format).
@@ -92,6 +95,7 @@ def events(
         max_rejected_lines: Malformed lines tolerated per request before its days fail (0: none).
         event_names: Export only these event names; empty exports every event.
     """
+    prepare_run()
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
     return export_range(
@@ -127,8 +131,11 @@ def export_range(
         len(groups),
         target.describe(str(credentials.project_id)),
     )
-    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
-        results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests)
+    progress = Progress(len(days), logger)
+    with MixpanelClient(
+        credentials, notify=progress.note, export_gate=lambda: export_slot(progress.note)
+    ) as client:
+        results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests, progress)
     _summarize(results, failures, len(days))
     if failures:
         # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
@@ -159,9 +166,11 @@ def events_hourly(
 
     Args:
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
-        destination: Where the tables go; default: a LocalDestination on ./data.
+        destination: Where the tables go: the destination block the deployment names (after `make deploy`:
+            `local`, on ./data); pick another block to write elsewhere.
         file_format: parquet (zstd, the default) or jsonl.gz; use the daily run's format.
     """
+    prepare_run()
     logger = get_run_logger()
     days = [credentials.yesterday(), credentials.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)
@@ -207,9 +216,9 @@ def _run_groups(
     groups: list[list[date]],
     settings: ExportSettings,
     max_concurrent: int,
+    progress: Progress,
 ) -> tuple[list[DayResult], dict[str, Exception]]:
     gate = threading.Semaphore(max(1, max_concurrent))
-    progress = create_progress_artifact(0.0, description=f"Days committed of {sum(map(len, groups))}")
 
     def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
         label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])
@@ -223,11 +232,15 @@ def _run_groups(
     failures: dict[str, Exception] = {}
     for future in as_completed(futures):
         try:
-            results.extend(future.result())
+            done_days = future.result()
         except Exception as exc:
             failures[labels[future]] = exc
-        done = sum(len(g) for f, g in zip(futures, groups, strict=True) if f.state.is_completed())
-        update_progress_artifact(progress, 100.0 * done / sum(map(len, groups)))
+            continue
+        if done_days:
+            results.extend(done_days)
+            progress.add(len(done_days))
+        elif client.fatal is not None:  # skipped after a fatal answer to another request
+            failures[labels[future]] = client.fatal
     return sorted(results, key=lambda r: r.day), failures
 
 

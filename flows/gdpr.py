@@ -23,6 +23,7 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
+from flows.runtime import prepare_run
 from tasks.errors import BadRequestError, PipelineError
 from tasks.gdpr import (
     ComplianceType,
@@ -57,13 +58,15 @@ def gdpr(
 
     Args:
         credentials: The Mixpanel project (a MixpanelCredentials block).
-        destinations: Every destination to purge; default: a LocalDestination on ./data.
+        destinations: Every destination to purge: the blocks the deployment lists in prefect.yaml; add
+            or remove blocks here for this run.
         gdpr_credentials: Project token and GDPR OAuth token (needed to submit and poll deletions).
         distinct_ids: Users to delete. Ids may also be dropped, one per line, in files under
             <project_id>/_state/gdpr/inbox/ of a destination: those are purged here only.
         submit_to_mixpanel: Submit distinct_ids to Mixpanel's GDPR API (off: purge here only).
         compliance_type: GDPR or CCPA, as Mixpanel records the request.
     """
+    prepare_run()
     logger = get_run_logger()
     ids = [i for i in (distinct_ids or []) if i.strip()]
     if ids and submit_to_mixpanel and gdpr_credentials is None:

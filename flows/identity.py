@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
+from flows.runtime import prepare_run
 from tasks.identity import refused_identifies, resolve
 from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
 
@@ -29,8 +30,10 @@ def identity(
 
     Args:
         credentials: The Mixpanel project (its identity_mode picks the merge rules); no request is made.
-        destination: Where the tables are; default: a LocalDestination on ./data.
+        destination: Where the tables are: the destination block the deployment names (after `make deploy`:
+            `local`, on ./data).
     """
+    prepare_run()
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
     edges, days = committed_edges(target)

@@ -9,14 +9,18 @@ Mixpanel's window, which keeps every window within Mixpanel's numbers (60/hour, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import cache
 
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency, rate_limit
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 
 
 @dataclass(frozen=True)
@@ -24,23 +28,81 @@ class Limit:
     name: str
     limit: int
     slot_decay_per_second: float = 0.0
+    what: str = ""
+
+    def expected_wait(self) -> str:
+        """How long a full limit keeps a request waiting at most, for the log line that says so."""
+        if self.slot_decay_per_second:
+            return f"~{1 / self.slot_decay_per_second:.0f} s"
+        return "until a request in flight ends"
 
 
-PER_HOUR = Limit("mixpanel-export-per-hour", 30, 30 / 3600)  # ≤ 60 in any hour
-PER_SECOND = Limit("mixpanel-export-per-second", 1, 2.0)  # ≤ 3 in any second
-IN_FLIGHT = Limit("mixpanel-export-in-flight", 100)  # Mixpanel's concurrent-query cap
+PER_HOUR = Limit("mixpanel-export-per-hour", 30, 30 / 3600, "the hourly export budget (60/hour)")
+PER_SECOND = Limit("mixpanel-export-per-second", 1, 2.0, "the per-second export budget (3/s)")
+IN_FLIGHT = Limit("mixpanel-export-in-flight", 100, 0.0, "a free place among 100 exports in flight")
 LIMITS = (PER_HOUR, PER_SECOND, IN_FLIGHT)
+ASK_SECONDS = 1.0  # a slot not granted within this is a wait worth a log line
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
-def export_slot() -> Iterator[None]:
-    """Hold one export request's place in the server-wide limits (no-op where they do not exist)."""
+def export_slot(notify: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold one export request's place in the server-wide limits; every wait is reported to ``notify``
+    (default: the run's log)."""
+    notify = notify or _run_log().warning
+    if not limits_exist(PREFECT_API_URL.value()):
+        yield
+        return
     # one at a time: asked together, a refusal of the per-second limit makes the client wait as long
     # as a slot of the per-hour one takes to free (minutes), not the half second it needs
-    rate_limit(PER_HOUR.name)
-    rate_limit(PER_SECOND.name)
-    with concurrency(IN_FLIGHT.name, occupy=1):
+    for item in (PER_HOUR, PER_SECOND):
+        _take(item, notify, lambda timeout, name=item.name: rate_limit(name, timeout_seconds=timeout))
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(IN_FLIGHT.name, occupy=1, timeout_seconds=ASK_SECONDS))
+        except TimeoutError:
+            notify(_waiting(IN_FLIGHT))
+            held.enter_context(concurrency(IN_FLIGHT.name, occupy=1))
         yield
+
+
+def _take(item: Limit, notify: Callable[[str], None], acquire: Callable[[float | None], None]) -> None:
+    try:
+        acquire(ASK_SECONDS)
+    except TimeoutError:
+        notify(_waiting(item))
+        acquire(None)
+
+
+def _waiting(item: Limit) -> str:
+    return (
+        f"waiting {item.expected_wait()} for {item.what}: Prefect global concurrency limit "
+        f"'{item.name}' is full (shared by every worker of this server)"
+    )
+
+
+def _run_log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+@cache
+def limits_exist(api_url: str | None) -> bool:
+    """Whether `make deploy` created the limits on the server at ``api_url``; said once when not."""
+    try:
+        with get_client(sync_client=True) as client:
+            for item in LIMITS:
+                client.read_global_concurrency_limit_by_name(item.name)
+    except ObjectNotFound:
+        _run_log().warning(
+            "The Prefect global concurrency limits of the export budget do not exist on this server "
+            "(`make deploy` creates them): only this host's budget holds Mixpanel's rate limits."
+        )
+        return False
+    return True
 
 
 def ensure_limits() -> list[str]:

@@ -9,6 +9,8 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
+from flows.params import AtLeastOne
+from flows.runtime import prepare_run
 from tasks.gdpr import load_registry
 from tasks.mixpanel_client import MixpanelClient
 from tasks.people import EngageQuery, export_people
@@ -18,21 +20,23 @@ from tasks.people import EngageQuery, export_people
 def people(
     credentials: MixpanelCredentials,
     destination: AnyDestination | None = None,
-    page_size: int = 1000,
+    page_size: AtLeastOne = 1000,
     where: str | None = None,
     output_properties: list[str] | None = None,
-    max_concurrent_pages: int = 5,
+    max_concurrent_pages: AtLeastOne = 5,
 ) -> dict[str, object]:
     """Export every user profile (Engage API) into mp_people_data, swapped in atomically.
 
     Args:
         credentials: The Mixpanel project (a MixpanelCredentials block).
-        destination: Where the tables go; default: a LocalDestination on ./data.
+        destination: Where the tables go: the destination block the deployment names (after `make deploy`:
+            `local`, on ./data); pick another block to write elsewhere.
         page_size: Profiles per Engage page (Mixpanel's usual maximum is 1000).
         where: Optional Engage selector, e.g. properties["$city"] == "Zürich".
         output_properties: Export only these profile properties; empty exports all.
         max_concurrent_pages: Pages fetched at once after the first (the query API allows 5).
     """
+    prepare_run()
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
     query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))

@@ -23,6 +23,8 @@ from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.events import MAX_WORKERS, export_range, settings_for
 from flows.limits import export_slot
+from flows.params import AtLeastOne, NonNegativeHours
+from flows.runtime import prepare_run
 from tasks.errors import BadRequestError
 from tasks.export import EVENTS_TABLE
 from tasks.gdpr import load_registry
@@ -44,23 +46,25 @@ from tasks.reconcile import (
 def reconcile(
     credentials: MixpanelCredentials,
     destinations: list[AnyDestination] | None = None,
-    lookback_days: int = 10,
-    settle_hours: float = 24.0,
+    lookback_days: AtLeastOne = 10,
+    settle_hours: NonNegativeHours = 24.0,
     check_counts: bool = True,
-    days_per_request: int = 7,
-    max_concurrent_requests: int = 4,
+    days_per_request: AtLeastOne = 7,
+    max_concurrent_requests: AtLeastOne = 4,
 ) -> list[dict[str, object]]:
     """Re-export the committed days that changed in Mixpanel (late events, imports, deletions).
 
     Args:
         credentials: The Mixpanel project (a MixpanelCredentials block).
-        destinations: Every destination to keep in sync; default: a LocalDestination on ./data.
+        destinations: Every destination to keep in sync: the blocks the deployment lists in prefect.yaml;
+            add or remove blocks here for this run.
         lookback_days: How many days back from yesterday to check (no upper limit; Mixpanel's own: 10).
         settle_hours: A day is checked only once this many hours have passed since its export.
         check_counts: Also compare Mixpanel's per-day counts (query API) to find deleted events.
         days_per_request: Consecutive changed days fetched by one export request.
         max_concurrent_requests: Export requests kept in flight at once.
     """
+    prepare_run()
     logger = get_run_logger()
     if lookback_days < 1 or settle_hours < 0:
         raise BadRequestError(

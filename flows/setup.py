@@ -1,16 +1,31 @@
 """`python -m flows.setup`: what `make deploy` needs on the Prefect server besides the CLI steps.
 
-Creates the global concurrency limits that hold Mixpanel's rate budget across workers and, with
-``--sandbox URL``, saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox, the sandbox's
-MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``local`` (only where no block of that name exists), so a first run needs no Mixpanel account.
+Before `prefect deploy`: creates the global concurrency limits that hold Mixpanel's rate budget across
+workers, the automation that marks runs whose heartbeat stopped as Crashed and, with ``--sandbox URL``,
+saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox, the sandbox's
+MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``local`` (only where no block
+of that name exists), so a first run needs no Mixpanel account.
+
+After it, ``--pin-blocks`` rewrites the deployments' block references from names to ids: the UI's block
+pickers only show a reference by id, and would otherwise show an empty field for a block that is set.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from prefect.automations import Automation
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import ObjectNotFound
 
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
@@ -42,6 +57,86 @@ def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
     return saved
 
 
+# prefect.yaml sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 for every run: three heartbeats missed is a run
+# whose process is gone (a killed worker, a lost machine), which Prefect would otherwise show as Running.
+# A run only sends heartbeats once Running: one whose process died while Pending (starting) is caught by
+# the second automation, since starting never takes minutes.
+CRASH_AUTOMATIONS = {
+    "mixpanel-crashed-runs": (
+        "prefect.flow-run.heartbeat",
+        timedelta(seconds=90),
+        "No heartbeat for 90 s: the flow run's process or its worker is gone. Run it again.",
+    ),
+    "mixpanel-stuck-pending-runs": (
+        "prefect.flow-run.Pending",
+        timedelta(seconds=180),
+        "Pending for 3 minutes without starting: the flow run's process or its worker is gone. Run it again.",
+    ),
+}
+ENDED = {
+    "prefect.flow-run.Running",
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+}
+
+
+def ensure_crash_automations() -> list[str]:
+    """Create (or replace) the automations that mark a flow run Crashed when its process is gone."""
+    with get_client(sync_client=True) as client:
+        for name in CRASH_AUTOMATIONS:
+            for existing in client.read_automations_by_name(name):
+                client.delete_automation(existing.id)
+    for name, (after, within, message) in CRASH_AUTOMATIONS.items():
+        Automation(
+            name=name,
+            description=message,
+            trigger=EventTrigger(
+                after={after},
+                expect=ENDED | {"prefect.flow-run.heartbeat"},
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=within,
+            ),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)],
+        ).create()
+    return list(CRASH_AUTOMATIONS)
+
+
+def pin_block_references() -> list[str]:
+    """Rewrite every deployment's ``{"$ref": {"block_document_slug": ...}}`` as a reference by id."""
+    pinned = []
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        for deployment in client.read_deployments():
+            parameters = _by_id(client, deployment.parameters)
+            if parameters != deployment.parameters:
+                client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+                pinned.append(f"{flows.get(deployment.flow_id, '?')}/{deployment.name}")
+    return pinned
+
+
+def _by_id(client: Any, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_by_id(client, item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    slug = value.get("$ref", {}).get("block_document_slug") if isinstance(value.get("$ref"), dict) else None
+    if slug is None:
+        return {key: _by_id(client, item) for key, item in value.items()}
+    block_type, _, name = slug.partition("/")
+    try:
+        document = client.read_block_document_by_name(name, block_type)
+    except ObjectNotFound:
+        raise SystemExit(
+            f"The deployments name the block {slug}, which does not exist: create it, then run `make deploy` again."
+        ) from None
+    return {"$ref": {"block_document_id": str(document.id)}}
+
+
 def _exists(block_type: type[Block], name: str) -> bool:
     try:
         block_type.load(name)
@@ -54,8 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sandbox", metavar="URL", help="save sandbox credentials and a local destination")
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the local destination")
+    parser.add_argument(
+        "--pin-blocks", action="store_true", help="after `prefect deploy`: refer to blocks by id"
+    )
     args = parser.parse_args(argv)
+    if args.pin_blocks:
+        pinned = pin_block_references()
+        print("block references pinned by id in:", ", ".join(pinned) if pinned else "no deployment")
+        return
     print("global concurrency limits:", ", ".join(ensure_limits()))
+    print("automations:", ", ".join(ensure_crash_automations()))
     if args.sandbox:
         saved = save_sandbox_blocks(args.sandbox, args.data)
         print("saved blocks:", ", ".join(saved) if saved else "none (they exist already)")

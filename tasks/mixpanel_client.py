@@ -276,7 +276,7 @@ class MixpanelClient:
 
     def _budget_wait(self, seconds: float, reason: str) -> None:
         if seconds >= 1:
-            self.notify(f"Mixpanel rate budget: {reason}, waiting {seconds:.1f} s")
+            self.notify(f"waiting {seconds:.0f} s for this host's Mixpanel budget: {reason}")
 
     def wait_for_first_answer(self, done: Callable[[], bool], poll_seconds: float = 0.2) -> None:
         """Block until some request got an HTTP answer or ``done()`` says the first unit ended."""

@@ -1,0 +1,116 @@
+"""What every flow run sets up first: errors logged once without tracebacks, and an exit when orphaned.
+
+* Prefect logs a task's exception where it is raised, again when the task ends, again when the flow
+  catches it and once more when the flow ends: one bad secret became a screen of tracebacks. Errors of the
+  project's tree (``tasks.errors.PipelineError``) already say what happened and what to do in one
+  sentence, so their tracebacks are dropped and each sentence is logged once per flow run. Anything else
+  (a bug) keeps its traceback.
+* A process worker starts each flow run as its child. If the worker is killed, the run would go on
+  alone, holding its export slots, while nobody watches it; it now notices that its parent is gone and
+  stops as a crash (SIGTERM, which Prefect's engine turns into a Crashed state), so a rerun can take over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.errors import PipelineError
+
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+ORPHAN_CHECK_SECONDS = 5.0
+ORPHAN_GRACE_SECONDS = 60.0  # after SIGTERM, how long the engine may take to report the crash
+_SEEN_LIMIT = 1000  # flow runs remembered per process (a worker-run process has one)
+
+
+class OneSentencePerRun(logging.Filter):
+    """Drops tracebacks of the project's own errors and every repeat of their sentence in a flow run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = str(getattr(record, "flow_run_id", "") or "")
+        exc = record.exc_info[1] if record.exc_info else None
+        with self._lock:
+            seen = self._seen.setdefault(run, set())
+            if len(self._seen) > _SEEN_LIMIT:
+                self._seen.pop(next(iter(self._seen)))
+            if isinstance(exc, PipelineError):
+                sentence = str(exc).removeprefix("skipped: ")
+                if sentence in seen:
+                    return False
+                seen.add(sentence)
+                record.msg, record.args = "%s: %s", (type(exc).__name__, sentence)
+                record.exc_info, record.exc_text = None, None
+                return True
+            message = record.getMessage()
+            return not any(sentence in message for sentence in seen)
+
+
+_FILTER = OneSentencePerRun()
+
+
+def prepare_run() -> None:
+    """Call first in every flow: installs the log filter once per process, and the orphan watch."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # started by a worker, not from Python or a test
+        watch_parent(os.getppid(), get_run_logger())
+
+
+def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> threading.Thread:
+    """Stop this process as crashed once ``parent`` (the worker) is no longer its parent."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        logger.error(
+            "The worker that started this flow run is gone (process %d): stopping the run as crashed; "
+            "run it again to finish its days.",
+            parent,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+class Progress:
+    """A run's progress artifact: the share of days committed, and what the run is waiting for."""
+
+    def __init__(self, total_days: int, logger: logging.LoggerAdapter[logging.Logger]) -> None:
+        self.total = max(total_days, 1)
+        self.done = 0
+        self.logger = logger
+        self.id = create_progress_artifact(0.0, description=self._describe())
+
+    def add(self, days: int) -> None:
+        self.done += days
+        update_progress_artifact(self.id, self.percent(), description=self._describe())
+
+    def note(self, message: str) -> None:
+        """Every warning of the run's client goes to its log; a wait also shows in the artifact."""
+        self.logger.warning(message)
+        if message.startswith("waiting"):
+            update_progress_artifact(self.id, self.percent(), description=self._describe(message))
+
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total
+
+    def _describe(self, waiting: str = "") -> str:
+        text = f"Days committed: {self.done} of {self.total}"
+        return f"{text}; {waiting}" if waiting else text
