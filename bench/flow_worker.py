@@ -146,7 +146,27 @@ def run_idle_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return marks | {"rows": 0, "task_seconds": 0.0}
 
 
-MODES = {"flow": run_flow, "pipeline": run_pipeline, "idle-flow": run_idle_flow}
+def run_flow_local_only(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The same flow run in a process that imports only the local destination block: the destination
+    catalog (whose blocks nest prefect-aws, prefect-gcp, prefect-azure and prefect-snowflake blocks,
+    ~170 MiB of SDKs) is replaced by a one-member stand-in before the flow module is imported. A
+    projection of what a lazily typed destination parameter would weigh, not something users run."""
+    import types
+
+    from blocks.destinations.local import LocalDestination
+
+    stand_in = types.ModuleType("blocks.destinations.catalog")
+    stand_in.AnyDestination = LocalDestination  # type: ignore[attr-defined]
+    sys.modules["blocks.destinations.catalog"] = stand_in
+    return run_flow(job, out)
+
+
+MODES = {
+    "flow": run_flow,
+    "flow-local-only": run_flow_local_only,
+    "pipeline": run_pipeline,
+    "idle-flow": run_idle_flow,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
