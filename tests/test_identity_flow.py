@@ -78,7 +78,7 @@ def test_original_id_merge_projects_map_anonymous_ids_to_the_identified_user(tmp
         target = LocalDestination(path=str(tmp_path))
         creds = credentials_for(server, identity_mode="original")
         events(creds, target, from_date=days[0], to_date=days[-1])
-        identity(creds, target)
+        summary = identity(creds, target)
         mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
         assert mappings.height > 0
         identified = set()
@@ -103,6 +103,13 @@ def test_original_id_merge_projects_map_anonymous_ids_to_the_identified_user(tmp
         assert refused - linked, "the sandbox serves anon ids only a refused $identify names"
         assert not (refused - linked) & mapped, "a non-UUID anon id was merged by $identify"
         assert linked <= mapped
+        refused_events = sum(
+            1
+            for day in days
+            for line in day_lines(server.cfg, day)
+            if b'"$identify"' in line and b'"$anon_id":"anon-' in line
+        )
+        assert summary["identifies refused (anon id not UUID v4)"] == refused_events > 0
         clusters: dict[str, set[str]] = {}
         for distinct, resolved in zip(mappings["distinct_id"], mappings["resolved_distinct_id"], strict=True):
             clusters.setdefault(resolved, set()).add(distinct)
