@@ -12,7 +12,6 @@ from tasks.errors import FatalError
 # Mixpanel's hosted Json Pipelines take from_date at most 6 months back; the Raw Export API serves
 # every day the project retains, so our range checks have no lower bound (``months_before`` stays for
 # callers that imitate the hosted product).
-HOSTED_MAX_MONTHS_BACK = 6
 EXPORT_REQUESTS_PER_HOUR = 60  # Mixpanel's export budget per project
 
 
