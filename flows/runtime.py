@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -75,14 +76,19 @@ def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(ORPHAN_CHECK_SECONDS)
-        logger.error(
-            "The worker that started this flow run is gone (process %d): stopping the run as crashed; "
-            "run it again to finish its days.",
-            parent,
-        )
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(ORPHAN_GRACE_SECONDS)
-        os._exit(1)
+        try:
+            with contextlib.suppress(Exception):  # a log that cannot be written must not keep the run alive
+                logger.error(
+                    "The worker that started this flow run is gone (process %d): stopping the run as crashed; "
+                    "run it again to finish its days.",
+                    parent,
+                )
+            os.kill(os.getpid(), signal.SIGTERM)  # Prefect's engine reports the run Crashed
+            time.sleep(ORPHAN_GRACE_SECONDS)
+        finally:
+            # the engine's shutdown may stop this thread (SystemExit) while request threads still hang
+            # on a dead connection and keep the process alive: once orphaned, it ends here regardless
+            os._exit(1)
 
     thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
     thread.start()
@@ -90,27 +96,29 @@ def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> 
 
 
 class Progress:
-    """A run's progress artifact: the share of days committed, and what the run is waiting for."""
+    """A run's progress artifact: the share of days committed, and the last wait on the rate budget."""
 
     def __init__(self, total_days: int, logger: logging.LoggerAdapter[logging.Logger]) -> None:
         self.total = max(total_days, 1)
         self.done = 0
+        self.last_wait = ""
         self.logger = logger
-        self.id = create_progress_artifact(0.0, description=self._describe())
+        self.id = create_progress_artifact(0.0, description=self.describe())
 
     def add(self, days: int) -> None:
         self.done += days
-        update_progress_artifact(self.id, self.percent(), description=self._describe())
+        update_progress_artifact(self.id, self.percent(), description=self.describe())
 
     def note(self, message: str) -> None:
         """Every warning of the run's client goes to its log; a wait also shows in the artifact."""
         self.logger.warning(message)
         if message.startswith("waiting"):
-            update_progress_artifact(self.id, self.percent(), description=self._describe(message))
+            self.last_wait = message
+            update_progress_artifact(self.id, self.percent(), description=self.describe())
 
     def percent(self) -> float:
         return 100.0 * self.done / self.total
 
-    def _describe(self, waiting: str = "") -> str:
+    def describe(self) -> str:
         text = f"Days committed: {self.done} of {self.total}"
-        return f"{text}; {waiting}" if waiting else text
+        return f"{text}; last wait: {self.last_wait}" if self.last_wait else text

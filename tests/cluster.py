@@ -118,16 +118,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(api_url, env | {"PREFECT_API_URL": api_url}, data, sandbox, logs)
     try:
         _wait_healthy(api_url, server, server_log)
+        # as a user of Prefect Cloud or another server does: PREFECT_API_URL exported (README, "Operations")
         deploy = subprocess.run(
-            [
-                "make",
-                "deploy",
-                f"PREFECT_SERVER_URL={api_url}",
-                f"SANDBOX_URL={sandbox.url}",
-                f"DATA_DIR={data}",
-            ],
+            ["make", "deploy", f"SANDBOX_URL={sandbox.url}", f"DATA_DIR={data}"],
             cwd=ROOT,
-            env=env,
+            env=cluster.env,
             capture_output=True,
             text=True,
             timeout=600,

@@ -23,16 +23,29 @@ DEPLOYMENTS = {
     "mixpanel-reconcile/reconcile-nightly",
     "mixpanel-gdpr/gdpr-daily",
 }
-CREDENTIALS = {"$ref": {"block_document_slug": "mixpanel-credentials/mixpanel"}}
-LOCAL = {"$ref": {"block_document_slug": "mixpanel-local-destination/local"}}
-PARAMETERS = {
-    "reconcile-nightly": {"credentials": CREDENTIALS, "destinations": [LOCAL]},
-    "gdpr-daily": {
-        "credentials": CREDENTIALS,
-        "destinations": [LOCAL],
-        "gdpr_credentials": {"$ref": {"block_document_slug": "mixpanel-gdpr-credentials/mixpanel-gdpr"}},
-    },
+BLOCKS = {
+    "credentials": ("mixpanel-credentials", "mixpanel"),
+    "local": ("mixpanel-local-destination", "local"),
+    "gdpr": ("mixpanel-gdpr-credentials", "mixpanel-gdpr"),
 }
+
+
+def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
+    """prefect.yaml names its blocks; `make deploy` pins them by id (what the UI's block pickers show)."""
+    with cluster.client() as client:
+        ref = {
+            key: {"$ref": {"block_document_id": str(client.read_block_document_by_name(name, slug).id)}}
+            for key, (slug, name) in BLOCKS.items()
+        }
+    plain = {"credentials": ref["credentials"], "destination": ref["local"]}
+    sync = {"credentials": ref["credentials"], "destinations": [ref["local"]]}
+    return {
+        "reconcile-nightly": sync,
+        "gdpr-daily": sync | {"gdpr_credentials": ref["gdpr"]},
+    } | {
+        name: plain
+        for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill")
+    }
 
 
 def run_backfill(cluster: Cluster, **params: object) -> tuple[int, str]:
@@ -54,8 +67,10 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         flows = {f.id: f.name for f in client.read_flows()}
     names = {f"{flows[d.flow_id]}/{d.name}" for d in deployments}
     assert names == DEPLOYMENTS
+    parameters = expected_parameters(cluster)
     for d in deployments:  # block references, loaded at run time: no secret is copied into a deployment
-        assert d.parameters == PARAMETERS.get(d.name, {"credentials": CREDENTIALS, "destination": LOCAL})
+        assert d.parameters == parameters[d.name]
+        assert d.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
         dumped = json.dumps(d.model_dump(mode="json"))
         assert cluster.sandbox.cfg.secret not in dumped and cluster.sandbox.cfg.gdpr_oauth_token not in dumped
     crons = {d.name: [s.schedule.cron for s in d.schedules] for d in deployments}
@@ -71,12 +86,14 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}
         limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits()}
+        automations = {a.name for a in client.read_automations()}
     assert {cls.get_block_type_slug() for cls in BLOCK_TYPES} <= registered, "one command registered them all"
     assert limits == {
         "mixpanel-export-per-hour": 30,
         "mixpanel-export-per-second": 1,
         "mixpanel-export-in-flight": 100,
     }
+    assert {"mixpanel-crashed-runs", "mixpanel-stuck-pending-runs"} <= automations
 
 
 def test_a_backfill_run_lands_the_days(cluster: Cluster) -> None:
@@ -167,3 +184,23 @@ def test_reconcile_and_gdpr_deployments_run_with_their_block_lists(cluster: Clus
     }
     assert after == before
     assert run_deployment(cluster, "mixpanel-gdpr/gdpr-daily")[0] == 0
+
+
+def test_a_malformed_parameter_is_refused_before_a_run_exists(cluster: Cluster) -> None:
+    with cluster.client() as client:
+        before = len(client.read_flow_runs())
+    for param, rule in (("from_date=2026/11/01", "from_date"), ("days_per_request=0", "days_per_request")):
+        done = cluster.prefect(
+            "deployment",
+            "run",
+            "mixpanel-backfill/backfill",
+            "--param",
+            "from_date=2026-11-01",
+            "--param",
+            param,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, output
+        assert rule in output, output
+    with cluster.client() as client:
+        assert len(client.read_flow_runs()) == before, "a refused parameter created no run"

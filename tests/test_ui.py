@@ -1,9 +1,10 @@
-"""The Prefect UI in headless Chromium: start a custom backfill run from the deployment's form.
+"""The Prefect UI in headless Chromium: the deployments' run forms, and a custom backfill run from one.
 
 Chromium is Debian's package (`make browser` installs it; `.ci/run` does, and sets
 MP_REQUIRE_BROWSER=1 so that a missing browser fails CI instead of skipping). Playwright drives it
-through `executable_path`: no browser is downloaded. The finished run's page is saved as
-`.artifacts/ui-backfill-run.png` (or under $MP_TEST_ARTIFACTS).
+through `executable_path`: no browser is downloaded. The forms and the finished run's page are saved as
+`.artifacts/ui-*.png` (or under $MP_TEST_ARTIFACTS). The pages are Prefect's V2 UI, which the server's
+front page opens by default.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -54,10 +54,46 @@ def browser():
 
 
 def pick_date(page, value: str) -> None:
-    """The first empty date field: it opens a calendar with a native date input and an Apply button."""
-    page.get_by_text("Select date").first.click()
-    page.locator("input[type=date]").fill(value)
-    page.get_by_role("button", name="Apply").click()
+    """The first empty date field: a popover with a YYYY-MM-DD text box beside its calendar."""
+    page.get_by_text("Pick a date").first.click()
+    page.get_by_label("Date (yyyy-MM-dd)").fill(value)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def open_custom_run(cluster: Cluster, page, deployment: str) -> None:
+    """As a user does: the UI's front page (Prefect's V2 UI), Deployments, the deployment, Run, Custom run."""
+    page.goto(cluster.ui_url, wait_until="networkidle")
+    page.get_by_role("link", name="Deployments").first.click()
+    page.get_by_role("link", name=deployment, exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.get_by_text("Run Name", exact=True).wait_for(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+
+
+def field(page, name: str):
+    """The form's section of one parameter: its title, description and input."""
+    return page.locator("div.group").filter(has=page.get_by_text(name, exact=True)).first
+
+
+def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(cluster: Cluster, browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    open_custom_run(cluster, page, "backfill")
+    page.screenshot(path=str(ARTIFACTS / "ui-backfill-form.png"), full_page=True)
+    fieldsets = page.locator("fieldset").all_inner_texts()
+    assert fieldsets[0].startswith("mixpanel"), fieldsets  # credentials: the deployment's block, picked
+    assert any(text.endswith("local\nAdd") and "LocalDestination" in text for text in fieldsets), fieldsets
+    # from_date and to_date are date pickers, to_date empty (= yesterday), not a "None" choice
+    assert page.get_by_text("Pick a date").count() == 2
+    assert "after `make deploy`" in page.get_by_text("Where the tables go").first.inner_text()
+
+    open_custom_run(cluster, page, "reconcile-nightly")
+    page.screenshot(path=str(ARTIFACTS / "ui-reconcile-form.png"), full_page=True)
+    destinations = page.locator("fieldset").all_inner_texts()
+    assert any("LocalDestination" in text and "local" in text for text in destinations), destinations
+    assert "block_document_id" not in page.content().split("Parameters", 1)[1]  # no raw JSON editor
 
 
 def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) -> None:
@@ -84,7 +120,7 @@ def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) 
     for day in days:
         assert_day_matches_sandbox(cluster.data, cluster.sandbox, day)
 
-    page.goto(f"{cluster.ui_url}/runs/flow-run/{run.id}", wait_until="networkidle")
+    page.goto(f"{cluster.ui_url}/v2/runs/flow-run/{run.id}", wait_until="networkidle")
     page.get_by_text("Completed").first.wait_for(timeout=30_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-backfill-run.png"), full_page=True)
@@ -92,31 +128,19 @@ def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) 
 
 
 def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
-    page.goto(f"{cluster.ui_url}/deployments", wait_until="networkidle")
-    page.get_by_role("link", name="backfill", exact=True).click()
-    page.wait_for_load_state("networkidle")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("Custom run", exact=True).click()
-    page.get_by_text("Run Name", exact=True).wait_for(timeout=30_000)
-    page.wait_for_load_state("networkidle")
+    open_custom_run(cluster, page, "backfill")
     page.locator("input[type=text]").first.fill(run_name)  # to find the run afterwards
     pick_date(page, days[0].isoformat())
-    page.get_by_role("button", name="date", exact=True).click()  # to_date: from None to a date
     pick_date(page, days[-1].isoformat())
-    page.get_by_role("button", name="Submit").click()
-    toast = page.get_by_text(f"{run_name} scheduled to start now").first
     for attempt in range(3):
-        try:
-            toast.wait_for(timeout=30_000)
-            return
-        except PlaywrightTimeout:
-            # Prefect answers 503 ("retry") when its SQLite database stays locked on a loaded machine;
-            # the UI shows "Something went wrong" and keeps the form: submit again, as a user would,
-            # but only if no run was created
-            if find_runs(cluster, run_name) or attempt == 2:
-                break
-            time.sleep(5)
-            page.get_by_role("button", name="Submit").click()
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not find_runs(cluster, run_name):
+            time.sleep(1)
+        # Prefect answers 503 ("retry") when its SQLite database stays locked on a loaded machine; the UI
+        # keeps the form: submit again, as a user would, but only if no run was created
+        if find_runs(cluster, run_name) or attempt == 2:
+            break
     if not find_runs(cluster, run_name):
         raise AssertionError("three submits created no run")
 

@@ -1,0 +1,115 @@
+"""What a person watching a run reads: one sentence per failure, and every wait on the rate budget."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
+
+from blocks.destinations.local import LocalDestination
+from flows.events import events
+from flows.runtime import OneSentencePerRun
+from tasks.errors import BadCredentialsError
+from tasks.ratelimit import RateBudget, Window, state_dir
+from tests.conftest import credentials_for, recent_days
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def run_logs(flow_run_id: UUID) -> list[str]:
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+def test_a_wrong_secret_is_one_sentence_without_traceback(sandbox, tmp_path: Path) -> None:
+    days = recent_days(4, sandbox)
+    state = events(
+        credentials=credentials_for(sandbox, service_account_secret="not-the-secret-5f2a"),
+        destination=LocalDestination(path=str(tmp_path)),
+        from_date=days[0],
+        to_date=days[-1],
+        days_per_request=1,
+        return_state=True,
+    )
+    assert state.is_failed()
+    messages = run_logs(state.state_details.flow_run_id)
+    sentence = "Mixpanel rejected the credentials"
+    assert sum(sentence in m for m in messages) == 1, messages
+    assert [m for m in messages if sentence in m] == [
+        "BadCredentialsError: Mixpanel rejected the credentials: check the service account username, secret "
+        "and project_id in the MixpanelCredentials block."
+    ]
+    assert not any("Traceback" in m for m in messages), messages
+    assert "not-the-secret-5f2a" not in "\n".join(messages)
+
+
+def record(message: str, exc: BaseException | None, run: str = "run-1") -> logging.LogRecord:
+    item = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, message, (), None)
+    if exc is not None:
+        item.exc_info = (type(exc), exc, None)
+    item.flow_run_id = run
+    return item
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_known_ones_are_said_once_per_run() -> None:
+    quiet = OneSentencePerRun()
+    bug = record("Task run failed with exception: %r", RuntimeError("a bug"))
+    assert quiet.filter(bug) and bug.exc_info is not None
+    fatal = BadCredentialsError("Mixpanel rejected the credentials.")
+    first = record("Task run failed with exception: %r", fatal)
+    assert quiet.filter(first)
+    assert (first.getMessage(), first.exc_info) == (
+        "BadCredentialsError: Mixpanel rejected the credentials.",
+        None,
+    )
+    assert not quiet.filter(record("Encountered exception during execution: %r", fatal))
+    assert not quiet.filter(record("Finished in state Failed('Mixpanel rejected the credentials.')", None))
+    assert quiet.filter(record("Task run failed with exception: %r", fatal, run="run-2")), "once per run"
+
+
+def spend_hourly_budget(project_id: int, seconds_left: float) -> None:
+    """This host has made its 60 exports of the hour; the oldest leaves the window in ``seconds_left``."""
+    budget = RateBudget(f"export:{project_id}", [Window(60, 3600.0)], 100)  # creates the database
+    assert budget.path.parent == state_dir()
+    now = time.time()
+    with sqlite3.connect(budget.path) as conn:
+        conn.executemany(
+            "INSERT INTO starts VALUES (?, ?)",
+            [(f"export:{project_id}", now - 3600 + seconds_left + i * 0.001) for i in range(60)],
+        )
+
+
+def test_a_wait_for_the_hourly_budget_is_logged_and_shown_in_the_progress(sandbox, tmp_path: Path) -> None:
+    spend_hourly_budget(sandbox.cfg.project_id, seconds_left=4)
+    state = events(
+        credentials=credentials_for(sandbox),
+        destination=LocalDestination(path=str(tmp_path)),
+        from_date=recent_days(1, sandbox)[0],
+        return_state=True,
+    )
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+    waits = [m for m in run_logs(flow_run_id) if m.startswith("waiting")]
+    assert len(waits) == 1, waits
+    assert "60/hour budget is used up" in waits[0]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and progress[0].data == 100.0
+    assert progress[0].description == f"Days committed: 1 of 1; last wait: {waits[0]}"
