@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup test lint demo sandbox bench bench-people bench-destinations server deploy worker browser clean
+.PHONY: setup test lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
@@ -42,6 +42,10 @@ sandbox: setup
 
 bench: setup
 	$(BIN)/python -m bench.events
+
+# the real events flow with a Prefect server in its own process: 1, 3 and 7 days per request
+bench-flow: setup
+	$(BIN)/python -m bench.flow
 
 bench-people: setup
 	$(BIN)/python -m bench.people

@@ -55,7 +55,10 @@ class DayData:
 class SandboxProcess:
     """`python -m sandbox` serving one fixed day size from a disk cache, rate limits off, pinned to a CPU."""
 
-    def __init__(self, events_per_day: int, cache_dir: Path, day: date, cpu: int, log: Path) -> None:
+    def __init__(
+        self, events_per_day: int, cache_dir: Path, day: date, cpu: int, log: Path, last: date | None = None
+    ) -> None:
+        """Serves ``day`` (and every day up to ``last``, prewarmed too, for multi-day requests)."""
         self.day = day
         self.cpu = cpu
         self.log = log
@@ -71,7 +74,7 @@ class SandboxProcess:
             str(events_per_day),
             # Generate (first run) or find (later runs) the day before serving, so no timed request waits for it.
             "--prewarm",
-            f"{day}:{day}",
+            f"{day}:{last or day}",
             "--max-per-second",
             "0",
             "--max-concurrent",

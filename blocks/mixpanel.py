@@ -108,8 +108,9 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
     retry_backoff_seconds: float = Field(
         default=5.0,
         ge=0,
-        description="First pause between attempts; it doubles each attempt (with jitter), capped at "
-        "5 minutes.",
+        description="First pause between attempts when Mixpanel names no wait; it doubles each attempt "
+        "(with jitter), capped at 5 minutes. A 429 or 5xx with Retry-After waits what it says (plus a "
+        "little jitter).",
     )
     export_requests_per_second: int = Field(
         default=3, ge=1, description="Export API budget per second for this project (Mixpanel: 3)."

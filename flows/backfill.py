@@ -8,7 +8,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
@@ -24,7 +24,7 @@ from flows.runtime import prepare_run
 from tasks.errors import PipelineError
 from tasks.export import EVENTS_TABLE
 from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import days_between, group_days
+from tasks.plan import days_between, group_days, plan_backfill
 from tasks.resume import is_complete
 
 POLL_SECONDS = 2.0
@@ -50,7 +50,8 @@ def backfill(
 
     Args:
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
-        from_date: First day, in the project's calendar; at most 6 months back.
+        from_date: First day, in the project's calendar; any past day (all of the project's history;
+            days before the project existed are committed empty).
         destination: Where the tables go: the destination block the deployment names (after `make deploy`:
             `local`, on ./data); pick another block to write elsewhere.
         to_date: Last day, inclusive; default: yesterday.
@@ -67,11 +68,32 @@ def backfill(
     target = (destination or LocalDestination()).connect(credentials.project_id)
     days = days_between(start, end)
     todo = days if force else _incomplete(target, days, credentials)
-    logger.info("%d of %d day(s) %s..%s to export", len(todo), len(days), start, end)
+    fan_out = days_per_run > 0 and len(todo) > days_per_run and bool(deployment.id)
+    plan = plan_backfill(
+        start,
+        end,
+        todo,
+        days_per_request,
+        credentials.export_requests_per_hour,
+        days_per_run if fan_out else 0,
+    )
+    logger.info(
+        "%d of %d day(s) %s..%s to export in %d request(s): %.2f h of the %d/hour export budget",
+        len(todo),
+        len(days),
+        start,
+        end,
+        plan.requests,
+        plan.budget_hours,
+        plan.requests_per_hour,
+    )
+    create_markdown_artifact(
+        plan.markdown(), key="mixpanel-backfill-plan", description=f"Backfill plan {start}..{end}"
+    )
     if not todo:
         create_progress_artifact(100.0, description=f"Days done: {len(days)} of {len(days)} (all complete)")
         return {"days": len(days), "exported": 0, "skipped": len(days)}
-    if days_per_run > 0 and len(todo) > days_per_run and deployment.id:
+    if fan_out:
         _fan_out(
             group_days(todo, days_per_run), force, days_per_request, max_concurrent_requests, file_format
         )

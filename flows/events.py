@@ -87,7 +87,7 @@ def events(
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
         destination: Where the tables go: the destination block the deployment names (after `make deploy`:
             `local`, on ./data); pick another block to write elsewhere.
-        from_date: First day to export, in the project's calendar (at most 6 months back); default: yesterday.
+        from_date: First day to export, in the project's calendar (any past day); default: yesterday.
         to_date: Last day to export, inclusive; default: yesterday (or from_date if that is later).
         file_format: parquet (zstd, the default) or jsonl.gz (Mixpanel's own pipeline format).
         days_per_request: Consecutive days fetched by one export request (Mixpanel allows 60 per hour).

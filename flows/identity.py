@@ -18,7 +18,7 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
-from tasks.identity import resolve
+from tasks.identity import refused_identifies, resolve
 from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
 
 
@@ -55,6 +55,9 @@ def identity(
         "clusters": clusters,
         "mode": credentials.identity_mode,
     }
+    if credentials.identity_mode == "original" and edges.height:
+        # Mixpanel refuses an $identify whose $anon_id is not a UUID v4 (errAnonDistinctIdNonGUIDForm)
+        summary["identifies refused (anon id not UUID v4)"] = edges.filter(refused_identifies()).height
     logger.info("identity mappings: %s", summary)
     create_table_artifact(
         key="mixpanel-identity-summary", table=[summary], description="Identity mappings rebuilt"

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gzip", action="store_true")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--today", type=date.fromisoformat, help="YYYY-MM-DD override of 'today'")
+    p.add_argument(
+        "--created",
+        type=date.fromisoformat,
+        help="YYYY-MM-DD the project was created (earlier days are empty)",
+    )
     p.add_argument("--max-per-second", type=_limit, default=3, help="0 disables")
     p.add_argument("--max-concurrent", type=_limit, default=100, help="0 disables")
     p.add_argument("--max-per-hour", type=_limit, default=60, help="0 disables")
@@ -70,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> ProjectConfig:
         seed=args.seed,
         identity_mode=args.identity_mode,
         today=args.today,
+        created=args.created,
         max_per_second=args.max_per_second,
         max_concurrent=args.max_concurrent,
         max_per_hour=args.max_per_hour,

@@ -14,7 +14,7 @@ TimeMode = Literal["utc", "local"]
 IdentityMode = Literal["simplified", "original"]
 
 # Bump when the generator output changes, so stale disk caches are not served.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class ProjectConfig:
     seed: int = 1
     identity_mode: IdentityMode = "simplified"
     today: date | None = None
+    # The day the project was created: earlier days export nothing (None: every day has events).
+    created: date | None = None
     # Mixpanel's documented export limits per project; None disables a limit.
     max_per_second: int | None = 3
     max_concurrent: int | None = 100
@@ -74,5 +76,14 @@ class ProjectConfig:
     def data_key(self) -> str:
         """Stable key over the fields that change generated data (names the disk cache folder)."""
         tz = self.timezone if self.time_mode == "local" else "UTC"
-        parts = (GENERATOR_VERSION, self.time_mode, tz, self.events_per_day, self.seed, self.identity_mode)
+        parts: tuple[object, ...] = (
+            GENERATOR_VERSION,
+            self.time_mode,
+            tz,
+            self.events_per_day,
+            self.seed,
+            self.identity_mode,
+        )
+        if self.created is not None:
+            parts += (self.created.isoformat(),)
         return f"v{GENERATOR_VERSION}-{xxhash.xxh3_64_hexdigest(repr(parts).encode())}"

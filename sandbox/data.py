@@ -77,6 +77,19 @@ def device_id(seed: int, index: int) -> str:
     return f"{h[:11]}-{h[11:24]}-{h[24:32]}-1fa400-{h[:11]}"
 
 
+@lru_cache(maxsize=65536)
+def anon_id(seed: int, index: int) -> str:
+    """Original ID Merge: the anonymous distinct_id of device ``index``. A UUID v4, as current SDKs
+    send, except one device in 7 whose app sends its own text id (``anon-<12 hex>``): Mixpanel
+    refuses an ``$identify`` of such an id (errAnonDistinctIdNonGUIDForm), so only a
+    ``$create_alias`` or ``$merge`` can join it to its user."""
+    h = xxhash.xxh3_128_hexdigest(f"{seed}:anon:{index}".encode())
+    if index % 7 == 6:
+        return f"anon-{h[:12]}"
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+
+
 def user_id(device_index: int) -> str | None:
     # 3 of 5 devices belong to a known user; two devices share each user (multi-device users).
     if device_index % 5 >= 3:
@@ -95,8 +108,8 @@ def identity(cfg: ProjectConfig, device: int, logged_in: bool) -> tuple[str, str
     user = user_id(device)
     if logged_in and user is not None:
         return user, f'"distinct_id":"{user}","$device_id":"{dev}","$user_id":"{user}"'
-    # Simplified ID merge derives anonymous distinct_ids from the device; original uses the raw anon id.
-    distinct = dev if cfg.identity_mode == "original" else f"$device:{dev}"
+    # Simplified ID merge derives anonymous distinct_ids from the device; original uses the app's anon id.
+    distinct = anon_id(cfg.seed, device) if cfg.identity_mode == "original" else f"$device:{dev}"
     return distinct, f'"distinct_id":"{distinct}","$device_id":"{dev}"'
 
 
@@ -163,7 +176,7 @@ class _DayGenerator:
 
     def identity_line(self, t: int, processed: int, device: int) -> bytes:
         # Original ID merge: explicit identity events link anonymous ids to the identified user.
-        dev = device_id(self.cfg.seed, device)
+        dev = anon_id(self.cfg.seed, device)
         user = user_id(device)
         kind = int(self.rng.random() * 3)
         insert = f"{self.rng.getrandbits(96):024x}"
@@ -179,6 +192,8 @@ class _DayGenerator:
 
 def iter_day_lines(cfg: ProjectConfig, day: date) -> Iterator[bytes]:
     """The served lines of one day, generated lazily (big days do not fit in memory as a list)."""
+    if cfg.created is not None and day < cfg.created:
+        return iter(())  # before the project existed: the Raw Export API answers an empty body
     return _DayGenerator(cfg, day).lines()
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import xxhash
 
 from sandbox.config import ProjectConfig
-from sandbox.data import device_id
+from sandbox.data import anon_id, device_id
 from sandbox.payloads import BIG_INTS, CITIES, EDGE_NUMBERS, LOREM, WORDS
 from sandbox.people_where import Pair, parse_people_where
 
@@ -196,8 +196,8 @@ class PeopleModel:
     def distinct_id(self, i: int) -> str:
         if i < self.users:
             return f"user_{user_key(i)}@example.com"
-        dev = device_id(self.seed, anonymous_device(i - self.users))
-        return f"$device:{dev}" if self.simplified else dev
+        device = anonymous_device(i - self.users)
+        return f"$device:{device_id(self.seed, device)}" if self.simplified else anon_id(self.seed, device)
 
     def parts(self, i: int) -> tuple[str, list[Part]]:
         """(distinct_id, properties as parts in served order); see the module docstring."""

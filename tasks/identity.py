@@ -33,8 +33,10 @@ Rules per mode (``IdentityMode``):
   per user, no cluster cap. Canonical id: the user id.
 * ``original`` (Original ID Merge), explicit events only (device/user pairs are *not* merges here):
 
-  - ``$identify`` merges the anon cluster into the identified one, unless the anon's cluster
-    already holds an identified id (a ``$identified_id`` or alias target of an accepted edge;
+  - ``$identify`` merges nothing when its ``$anon_id`` (after removing a ``$device:`` prefix) is
+    not a UUID v4 (Create Identity: "The $anon_id must be UUID v4 format"; Mixpanel refuses others
+    with ``errAnonDistinctIdNonGUIDForm``; see ``is_uuid4``). Otherwise it merges the anon cluster
+    into the identified one, unless the anon's cluster already holds an identified id (a ``$identified_id`` or alias target of an accepted edge;
     ids only listed in a ``$merge`` do not count) other than ``$identified_id``: then it is
     ignored. Many anon ids may join one identified id;
   - ``$create_alias``: an alias points to one id only; once accepted, later aliases of the same id
@@ -54,6 +56,8 @@ Rules per mode (``IdentityMode``):
   an id that is not itself an alias). No cluster cap.
 
 Empty ids and self-edges (a == b) are dropped when edges are built; null ids when resolving.
+Edges are facts (what the events said); the UUID rule of ``$identify`` is applied when resolving,
+so edges stored by older versions resolve the same way.
 
 Complexity: for E edges over N ids, sorting and interning are O(E log E) in polars (ids become
 integers by dense rank, so integer order is string order); the replay is one Python loop over the
@@ -63,6 +67,7 @@ end to end (3M edges over 3.3M ids in 6-8 s on a shared 2-core box).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,6 +96,13 @@ MODE_EVENTS: dict[str, dict[str, str]] = {
     "legacy": {"$create_alias": "alias"},
 }
 MAX_CLUSTER = 500
+# The canonical text of a UUID v4 (RFC 9562: 8-4-4-4-12 hex digits, version nibble 4, variant 10xx),
+# hex in either case, optionally after the `$device:` prefix SDKs put on anonymous ids. Braces, a
+# `urn:uuid:` prefix, 32 digits without dashes and other versions (v1, v7, nil) are refused.
+UUID4_ANON_ID = (
+    r"^(?:\$device:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+)
+_UUID4_RE = re.compile(UUID4_ANON_ID)
 _MISSING = msgspec.Raw()
 
 
@@ -107,6 +119,11 @@ class _MergeProps(msgspec.Struct, gc=False):
 
 _PROPS_DECODER = msgspec.json.Decoder(_MergeProps)
 _RAW_LIST_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def is_uuid4(anon_id: str | None) -> bool:
+    """Whether ``$identify`` may merge this ``$anon_id`` (Original ID Merge's UUID v4 rule)."""
+    return anon_id is not None and _UUID4_RE.fullmatch(anon_id) is not None
 
 
 # --------------------------------------------------------------------------- edges from events
@@ -252,12 +269,18 @@ class _Edges:
     group: list[int]  # original mode only: operation number, shared by the rows of one $merge
 
 
+def refused_identifies() -> pl.Expr:
+    """``$identify`` edges whose anon id is not a UUID v4: Mixpanel merges nothing for them."""
+    return (pl.col("kind") == "identify") & ~pl.col("a").str.contains(UUID4_ANON_ID).fill_null(False)
+
+
 def _prepare(edges: pl.DataFrame, mode: IdentityMode) -> _Edges:
+    usable = pl.col("kind").is_in(MODE_KINDS[mode]) & pl.col("a").is_not_null() & pl.col("b").is_not_null()
+    if mode == "original":
+        usable = usable & ~refused_identifies()
     ordered = (
         edges.lazy()
-        .filter(
-            pl.col("kind").is_in(MODE_KINDS[mode]) & pl.col("a").is_not_null() & pl.col("b").is_not_null()
-        )
+        .filter(usable)
         .with_columns(pl.col("kind").replace_strict(KIND_ORDER, return_dtype=pl.Int8).alias("k"))
         .sort(["time", "k", "insert_id", "a", "b"], nulls_last=True)
         .collect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import random
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -34,6 +35,8 @@ from tasks.ratelimit import RateBudget, Window
 log = logging.getLogger("mixpanel_pipelines")
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 300.0
+RETRY_AFTER_JITTER = 0.2  # fraction of the server's named wait added at most, as jitter
+MAX_RETRY_AFTER_JITTER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,22 @@ def error_message(body: str) -> str:
     return body.strip()[:300]
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """The server's ``Retry-After``: delay-seconds or an HTTP date (RFC 9110); None if absent or unreadable."""
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 def classify_response(status: int, body: str, retry_after: float | None = None) -> Exception:
@@ -115,10 +126,15 @@ class RetryStats:
 
 
 def backoff_seconds(attempt: int, base: float, retry_after: float | None, rng: random.Random) -> float:
-    """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
+    """The pause before attempt ``attempt + 1``. When the server named its wait (``Retry-After``),
+    that wait plus a little jitter (up to 20 % of it, at least 0.2 s and at most 5 s, so concurrent
+    requests do not all come back in the same instant); otherwise exponential backoff with jitter
+    (``base`` doubling per attempt, capped at ``MAX_BACKOFF_SECONDS``)."""
+    if retry_after is not None:
+        spread = min(RETRY_AFTER_JITTER * max(retry_after, 1.0), MAX_RETRY_AFTER_JITTER_SECONDS)
+        return retry_after + rng.uniform(0.0, spread)
     ceiling = min(base * (2 ** (attempt - 1)), MAX_BACKOFF_SECONDS)
-    pause = rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
-    return max(pause, retry_after or 0.0)
+    return rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
 
 
 class MixpanelClient:

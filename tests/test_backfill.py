@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,15 @@ from blocks.destinations.local import LocalDestination
 from flows.backfill import backfill
 from flows.events import events_hourly
 from sandbox import SandboxServer
-from tasks.plan import InvalidDateRangeError, months_before
-from tests.conftest import assert_day_matches_sandbox, credentials_for, local_destination, recent_days
+from sandbox.config import ProjectConfig
+from tasks.plan import InvalidDateRangeError, days_between
+from tests.conftest import (
+    assert_day_matches_sandbox,
+    credentials_for,
+    local_destination,
+    recent_days,
+    start_sandbox,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -68,9 +75,47 @@ def test_days_of_hourly_increments_are_redone_and_closed_days_are_not(
     assert redone.rows == sandbox.expected(today, today)[today.isoformat()]["rows"]
 
 
-def test_seven_months_back_is_refused_before_any_request(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_a_backfill_reaches_any_past_day_and_days_before_the_project_are_committed_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = ProjectConfig().current_day() - timedelta(days=400)  # beyond the hosted 6-month limit
+    server = start_sandbox(created=created)
+    plans: list[str] = []
+    monkeypatch.setattr(
+        "flows.backfill.create_markdown_artifact", lambda markdown, **kw: plans.append(markdown)
+    )
+    try:
+        credentials = credentials_for(server)
+        destination = LocalDestination(path=str(tmp_path))
+        start, end = created - timedelta(days=2), created + timedelta(days=1)
+        done = backfill(credentials, start, destination, to_date=end, days_per_request=3)
+        assert done == {"days": 4, "exported": 4, "skipped": 0}
+        assert server.stats()["export_requests"] == 2
+        dest = local_destination(tmp_path)
+        for day in days_between(start, created - timedelta(days=1)):
+            manifest = dest.manifest("mp_master_event", day.isoformat())
+            assert manifest is not None and manifest.rows == 0, f"{day} is committed empty"
+        for day in (created, end):
+            assert_day_matches_sandbox(tmp_path, server, day)
+        # the plan was shown before the run: days, requests, hours of the hourly budget
+        (plan,) = plans
+        assert f"{start} .. {end}" in plan and "| export requests | 2 |" in plan
+        assert "| hours of the 60-per-hour export budget | 0.03 |" in plan
+        # a re-run skips the complete days, the empty ones included
+        again = backfill(credentials, start, destination, to_date=end)
+        assert again == {"days": 4, "exported": 0, "skipped": 4}
+    finally:
+        server.stop()
+
+
+def test_the_future_stays_refused_before_any_request(sandbox: SandboxServer, tmp_path: Path) -> None:
     today = sandbox.cfg.current_day()
-    with pytest.raises(InvalidDateRangeError, match=r"is more than 6 months back: the earliest allowed"):
-        backfill(credentials_for(sandbox), months_before(today, 7), LocalDestination(path=str(tmp_path)))
+    with pytest.raises(InvalidDateRangeError, match=r"is in the future"):
+        backfill(
+            credentials_for(sandbox),
+            today,
+            LocalDestination(path=str(tmp_path)),
+            to_date=today + timedelta(days=1),
+        )
     assert sandbox.stats()["export_requests"] == 0
     assert not list(tmp_path.rglob("*.json")), "nothing was written"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -24,6 +25,7 @@ from tasks.mixpanel_client import (
     RetryStats,
     backoff_seconds,
     classify_response,
+    retry_after_seconds,
 )
 from tasks.ratelimit import RateBudget, Window
 
@@ -75,8 +77,78 @@ def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
     rng = random.Random(1)
     pauses = [backoff_seconds(n, 2.0, None, rng) for n in (1, 2, 3)]
     assert 1.0 <= pauses[0] <= 2.0 and 2.0 <= pauses[1] <= 4.0 and 4.0 <= pauses[2] <= 8.0
-    assert backoff_seconds(1, 2.0, 30.0, rng) == 30.0
     assert backoff_seconds(40, 2.0, None, rng) <= 300.0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "low", "high"),
+    [
+        (1, 1.0, 1.0, 1.2),  # the server's wait plus at most 20 %, at least 0.2 s of spread
+        (5, 1.0, 1.0, 1.2),  # the attempt number does not matter: no exponential growth
+        (8, 0.0, 0.0, 0.2),
+        (1, 30.0, 30.0, 35.0),  # 20 % of 30 s = 6 s, capped at 5 s
+        (2, 3600.0, 3600.0, 3605.0),  # longer than the exponential cap: the server is obeyed
+    ],
+)
+def test_a_named_wait_is_waited_plus_a_little_jitter(
+    attempt: int, retry_after: float, low: float, high: float
+) -> None:
+    rng = random.Random(3)
+    pauses = [backoff_seconds(attempt, 5.0, retry_after, rng) for _ in range(200)]
+    assert all(low <= p <= high for p in pauses)
+    assert len(set(pauses)) > 1, "jittered"
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    import httpx
+
+    now = datetime(2026, 12, 1, 15, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "1"})) == 1.0
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "2.5"})) == 2.5
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "Tue, 01 Dec 2026 15:00:07 GMT"}), now) == 7.0
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "Tue, 01 Dec 2026 14:00:00 GMT"}), now) == 0.0
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "soon"})) is None
+    assert retry_after_seconds(httpx.Headers({})) is None
+
+
+def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path) -> None:
+    """Against the sandbox over HTTP: five 429 answers naming Retry-After: 1, then the data. The waits
+    the client computes (recorded, not slept) add up to 5-6 s; the old exponential backoff from
+    5 s took 3.8 + 9.8 + 13.4 + 22.1 + 77 = 126 s."""
+    from tasks.export import ExportSettings, export_days
+    from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
+
+    server = start_sandbox(max_per_second=None, max_per_hour=None)
+    try:
+        server.add_faults([{"kind": "status", "code": 429, "retry_after": 1, "times": 5}])
+        slept: list[float] = []
+        creds = credentials_for(server, retry_backoff_seconds=5.0, max_attempts=8)
+        budget = RateBudget("t", [Window(100, 1.0)], 10, tmp_path / "b.db")
+        with MixpanelClient(creds, budget=budget, sleep=slept.append) as client:
+            (result,) = export_days(
+                client, local_destination(tmp_path), recent_days(1, server), ExportSettings(run_id="r")
+            )
+        assert result.rows > 0
+        assert len(slept) == 5 and all(1.0 <= s <= 1.2 for s in slept)
+        assert 5.0 <= sum(slept) <= 6.0
+    finally:
+        server.stop()
+
+
+def test_answers_that_name_no_wait_keep_the_exponential_backoff(tmp_path) -> None:
+    slept: list[float] = []
+    budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
+    client = MixpanelClient(
+        credentials(max_attempts=6, retry_backoff_seconds=5.0), budget=budget, sleep=slept.append
+    )
+
+    def unit() -> None:
+        raise RateLimitedError("busy")  # a 429 without Retry-After
+
+    with pytest.raises(RetriableError):
+        client.with_retries(unit, "export")
+    for n, pause in enumerate(slept, start=1):
+        assert 5.0 * 2 ** (n - 1) / 2 <= pause <= 5.0 * 2 ** (n - 1)
 
 
 def credentials(**overrides: object) -> MixpanelCredentials:
@@ -103,7 +175,7 @@ def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_
     stats = RetryStats()
     with pytest.raises(RetriableError, match=r"failed 3 times.*previous data is unchanged"):
         client.with_retries(unit, "export 2026-01-01", stats)
-    assert len(calls) == 3 and stats.retries == 2 and slept == [9.0, 9.0]
+    assert len(calls) == 3 and stats.retries == 2 and all(9.0 <= s <= 10.8 for s in slept) and len(slept) == 2
 
 
 def test_fatal_errors_are_not_retried(tmp_path) -> None:

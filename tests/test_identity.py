@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import uuid
 from datetime import UTC, datetime
 
 import polars as pl
 import pytest
 
-from tasks.identity import EDGE_SCHEMA, MAPPING_SCHEMA, edges_from_events, resolve, user_counts
+from tasks.identity import EDGE_SCHEMA, MAPPING_SCHEMA, edges_from_events, is_uuid4, resolve, user_counts
 
 EVENTS_SCHEMA = pl.Schema(
     {
@@ -31,14 +34,42 @@ def events(*rows: tuple[object, ...]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=EVENTS_SCHEMA, orient="row")
 
 
+# Original ID Merge's $identify only merges a UUID v4 anon id, so the scenarios below name anon ids
+# (anon, anon1, a1, anon042, ...) and ``edges`` sends a UUID v4 made from the name in their place;
+# ``rows`` translates the answer back to the names and sorts it like ``resolve`` does.
+ANON_NAME = re.compile(r"^(anon\d*|a\d)$")
+UUIDS: dict[str, str] = {}
+NAMES: dict[str, str] = {}
+
+
+def anon(name: str) -> str:
+    """The UUID v4 standing for an anon id's name."""
+    if name not in UUIDS:
+        text = str(uuid.UUID(bytes=hashlib.md5(name.encode()).digest(), version=4))
+        UUIDS[name], NAMES[text] = text, name
+    return UUIDS[name]
+
+
+def _id(value: object) -> object:
+    return anon(value) if isinstance(value, str) and ANON_NAME.match(value) else value
+
+
 def edges(*rows: tuple[object, ...]) -> pl.DataFrame:
-    """Rows as (kind, a, b, time) or (kind, a, b, time, insert_id)."""
-    full = [row if len(row) == 5 else (*row, None) for row in rows]
+    """Rows as (kind, a, b, time) or (kind, a, b, time, insert_id); anon names become UUIDs."""
+    full = [(kind, _id(a), _id(b), *rest) for kind, a, b, *rest in rows]
+    full = [row if len(row) == 5 else (*row, None) for row in full]
     return pl.DataFrame(full, schema=EDGE_SCHEMA, orient="row")
 
 
 def rows(frame: pl.DataFrame) -> list[tuple[object, ...]]:
-    return frame.rows()
+    if frame.columns != MAPPING_SCHEMA.names():
+        return frame.rows()
+    named = [(NAMES.get(d, d), NAMES.get(r, r)) for d, r in frame.rows()]
+    return sorted(named, key=lambda row: (row[1], row[0]))
+
+
+def names(series: pl.Series) -> list[str]:
+    return [NAMES.get(value, value) for value in series.to_list()]
 
 
 def du(device: str, user: str, time: datetime, insert_id: str | None = None) -> tuple[object, ...]:
@@ -116,9 +147,7 @@ def test_numeric_ids_keep_their_json_text() -> None:
         # {9007199254740993, 42}: the alias target is identified.
         ("42", "42"),
         ("9007199254740993", "42"),
-        # {12345, u1}: u1 is the identified id.
-        ("12345", "u1"),
-        ("u1", "u1"),
+        # {12345, u1}: not merged, a numeric $anon_id is not a UUID v4 (the edge stays a fact).
     ]
 
 
@@ -368,8 +397,8 @@ def test_original_cap_at_500() -> None:
     # anon000..anon498 + u = 500 ids; anon499 would make 501.
     assert mapping.height == 500
     assert mapping["resolved_distinct_id"].unique().to_list() == ["u"]
-    assert "anon498" in mapping["distinct_id"].to_list()
-    assert "anon499" not in mapping["distinct_id"].to_list()
+    assert "anon498" in names(mapping["distinct_id"])
+    assert "anon499" not in names(mapping["distinct_id"])
 
 
 def test_original_alias_first_wins() -> None:
@@ -540,9 +569,10 @@ def test_user_counts_through_resolved_mappings_in_both_modes() -> None:
     # naive: $device:d1, u1, $device:d2, $device:d3; resolved: u1, $device:d3
     assert user_counts(simplified, mapping) == (4, 2)
 
+    a1 = anon("anon1")  # $identify needs a UUID v4 anon id
     original = events(
-        (None, "anon1", "Page View", "i1", "{}", ts(1, 1), None),
-        (None, "u1", "$identify", "i2", '{"$anon_id":"anon1","$identified_id":"u1"}', ts(1, 2), None),
+        (None, a1, "Page View", "i1", "{}", ts(1, 1), None),
+        (None, "u1", "$identify", "i2", f'{{"$anon_id":"{a1}","$identified_id":"u1"}}', ts(1, 2), None),
         (None, "u1", "Page View", "i3", "{}", ts(1, 3), None),
         (None, "anon2", "Page View", "i4", "{}", ts(1, 4), None),
         (None, "u2", "$create_alias", "i5", '{"alias":"anon2","distinct_id":"u2"}', ts(1, 5), None),
@@ -560,3 +590,71 @@ def test_user_counts_through_resolved_mappings_in_both_modes() -> None:
     ]
     # naive: anon1, u1, anon2, u2 (the alias event), anon3, anon4; resolved: u1, u2, anon4
     assert user_counts(original, mapping) == (6, 3)
+
+
+# --------------------------------------------------------------------------- the UUID v4 rule of $identify
+
+V4 = "3f2b8c1e-9d4a-4b6f-8e2d-1a2b3c4d5e6f"
+
+
+@pytest.mark.parametrize(
+    ("anon_id", "accepted"),
+    [
+        (V4, True),
+        (V4.upper(), True),  # hex digits in either case (RFC 9562 text is case-insensitive)
+        ("3F2B8C1E-9d4a-4B6F-8e2d-1A2B3C4D5E6F", True),
+        (f"$device:{V4}", True),  # the SDKs' prefix is removed before the check
+        (f"$device:{V4.upper()}", True),
+        ("3f2b8c1e-9d4a-4b6f-9e2d-1a2b3c4d5e6f", True),
+        ("3f2b8c1e-9d4a-4b6f-ae2d-1a2b3c4d5e6f", True),
+        ("3f2b8c1e-9d4a-4b6f-be2d-1a2b3c4d5e6f", True),
+        ("", False),  # empty
+        (None, False),
+        ("$device:", False),
+        (f"{{{V4}}}", False),  # braces
+        (f"urn:uuid:{V4}", False),
+        (V4.replace("-", ""), False),  # 32 digits, no dashes
+        (f" {V4}", False),
+        (f"{V4}\n", False),
+        (f"$device:$device:{V4}", False),  # one prefix only
+        (f"$DEVICE:{V4}", False),
+        ("c232ab00-9414-11ec-b3c8-9f6bdeced846", False),  # v1 (time-based)
+        ("017f22e2-79b0-7cc3-98c4-dc0c0c07398f", False),  # v7
+        ("886313e1-3b8a-5372-9b90-0c9aee199e5d", False),  # v5
+        ("00000000-0000-0000-0000-000000000000", False),  # nil
+        ("3f2b8c1e-9d4a-4b6f-4e2d-1a2b3c4d5e6f", False),  # v4 nibble, wrong variant (0xxx)
+        ("3f2b8c1e-9d4a-4b6f-ce2d-1a2b3c4d5e6f", False),  # wrong variant (110x, Microsoft)
+        ("3f2b8c1e-9d4a-4b6f-8e2d-1a2b3c4d5e6", False),  # one digit short
+        ("3g2b8c1e-9d4a-4b6f-8e2d-1a2b3c4d5e6f", False),  # not hex
+        ("anon-eb8ea9c7802d", False),  # the kind of id an independent imitation used
+        ("18c2d1b0a7e5b-0b2c9f4b7c7e4-26001951-1fa400-18c2d1b0a7e5b", False),  # old mixpanel-js device id
+        ("12345", False),
+    ],
+)
+def test_identify_anon_id_must_be_a_uuid_v4(anon_id: str | None, accepted: bool) -> None:
+    assert is_uuid4(anon_id) is accepted
+    # and resolve applies the same rule: the anon id joins the user only when accepted
+    if anon_id:
+        mapping = resolve(edges(("identify", anon_id, "u1", ts(1, 1))), "original")
+        assert rows(mapping) == ([(anon_id, "u1"), ("u1", "u1")] if accepted else [])
+
+
+def test_refused_identify_merges_nothing_but_alias_and_merge_take_any_id() -> None:
+    mapping = resolve(
+        edges(
+            ("identify", "anon-1", "u1", ts(1, 1)),  # refused: not a UUID
+            ("identify", "anon-1", "u2", ts(1, 2)),  # refused too: it does not count as u1's
+            ("alias", "anon-2", "u2", ts(1, 3)),  # $create_alias: any id (Create Alias has no UUID rule)
+            ("merge", "anon-3", "u3", ts(1, 4)),  # $merge: any ids
+            ("identify", "anon1", "u3", ts(1, 5)),  # a UUID v4: accepted
+        ),
+        "original",
+    )
+    assert rows(mapping) == [("anon-2", "u2"), ("u2", "u2"), ("anon-3", "u3"), ("anon1", "u3"), ("u3", "u3")]
+    # edges are facts: the refused $identify is still an edge, the rule applies when resolving
+    frame = events(
+        (None, "u1", "$identify", "i1", '{"$anon_id":"anon-1","$identified_id":"u1"}', ts(1), None)
+    )
+    assert rows(edges_from_events(frame, "original")) == [("identify", "anon-1", "u1", ts(1), "i1")]
+    # the legacy and simplified modes have no $identify
+    assert rows(resolve(edges(("identify", "anon1", "u1", ts(1, 1))), "legacy")) == []

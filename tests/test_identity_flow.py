@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from tasks.tables import MAPPINGS_TABLE, read_table
 from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+# written out here, not imported from the code under test
+UUID4 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}")
 
 
 def expected_simplified(server: SandboxServer, days) -> dict[str, str]:
@@ -75,17 +78,38 @@ def test_original_id_merge_projects_map_anonymous_ids_to_the_identified_user(tmp
         target = LocalDestination(path=str(tmp_path))
         creds = credentials_for(server, identity_mode="original")
         events(creds, target, from_date=days[0], to_date=days[-1])
-        identity(creds, target)
+        summary = identity(creds, target)
         mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
         assert mappings.height > 0
         identified = set()
+        linked: set[str] = set()  # anon ids an accepted merge event names
+        refused: set[str] = set()  # anon ids of $identify events Mixpanel refuses (not a UUID v4)
         for day in days:
             for line in day_lines(server.cfg, day):
                 record = json.loads(line)
+                props = record["properties"]
                 if record["event"] == "$identify":
-                    identified.add(record["properties"]["$identified_id"])
+                    if UUID4.fullmatch(props["$anon_id"].removeprefix("$device:")):
+                        identified.add(props["$identified_id"])
+                        linked.add(props["$anon_id"])
+                    else:
+                        refused.add(props["$anon_id"])
                 elif record["event"] == "$create_alias":
-                    identified.add(record["properties"]["distinct_id"])
+                    identified.add(props["distinct_id"])
+                    linked.add(props["alias"])
+                elif record["event"] == "$merge":
+                    linked.update(props["$distinct_ids"])
+        mapped = set(mappings["distinct_id"].to_list())
+        assert refused - linked, "the sandbox serves anon ids only a refused $identify names"
+        assert not (refused - linked) & mapped, "a non-UUID anon id was merged by $identify"
+        assert linked <= mapped
+        refused_events = sum(
+            1
+            for day in days
+            for line in day_lines(server.cfg, day)
+            if b'"$identify"' in line and b'"$anon_id":"anon-' in line
+        )
+        assert summary["identifies refused (anon id not UUID v4)"] == refused_events > 0
         clusters: dict[str, set[str]] = {}
         for distinct, resolved in zip(mappings["distinct_id"], mappings["resolved_distinct_id"], strict=True):
             clusters.setdefault(resolved, set()).add(distinct)

@@ -1,0 +1,243 @@
+"""`python -m bench.flow` (`make bench-flow`): the real `mixpanel-events` flow, measured as users run it.
+
+A Prefect server (`prefect server start`, its own process and SQLite home) and a sandbox (`--no-gzip`,
+rate limits off, days served from its disk cache) share one CPU; each measured run is a fresh Python
+process on the other CPU that runs the flow for one export request of 1, 3 or 7 days. The parent reads
+that process's own peak RSS with `os.wait4` (the server and the sandbox are not counted); the export
+task's events/s come from its task run's start and end as the Prefect server recorded them.
+`--modes pipeline,idle-flow` adds the runs the memory breakdown compares with (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from contextlib import nullcontext
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.harness import ROOT, SandboxProcess, _auth_header, cpu_plan, pinned
+
+FIRST_DAY = date(2024, 3, 1)  # fixed past days: the sandbox's cache files are generated once
+MIB = 1024  # KiB per MiB
+MAX_FLOW_RSS_MIB = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrefectServer:
+    """`prefect server start` in its own session (so the whole group can be stopped), private home."""
+
+    def __init__(self, home: Path, cpu: int, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = os.environ | {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_API_DATABASE_TIMEOUT": "60",
+        }
+        self.env.pop("PREFECT_API_URL", None)
+        self.cpu, self.log = cpu, log
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrefectServer:
+        with open(self.log, "ab") as err:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=pinned(self.cpu),
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"the Prefect server did not start; see {self.log}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        pgid = os.getpgid(self._proc.pid)
+        os.killpg(pgid, 15)
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, 9)
+            self._proc.wait()
+        self._proc = None
+
+
+def expected_rows(sandbox: SandboxProcess, first: date, last: date) -> int:
+    query = urllib.parse.urlencode({"from_date": first, "to_date": last})
+    request = urllib.request.Request(f"{sandbox.url}/_sandbox/expected?{query}", headers=_auth_header())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return sum(int(day["rows"]) for day in json.load(response).values())
+
+
+def run_one(job: dict[str, Any], cpu: int, env: dict[str, str], log: Path, scratch: Path) -> dict[str, Any]:
+    result = scratch / "result.json"
+    result.unlink(missing_ok=True)
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.flow_worker", "--job", json.dumps(job), "--result", str(result)],
+            cwd=ROOT,
+            env=env,
+            stdout=err,
+            stderr=err,
+            preexec_fn=pinned(cpu),
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child alone, not the server or the sandbox
+    report: dict[str, Any] = json.loads(result.read_text()) if result.exists() else {}
+    report["exit_code"] = os.waitstatus_to_exitcode(status)
+    report["peak_rss_mib"] = round(usage.ru_maxrss / MIB, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__)
+    parser.add_argument("--events-per-day", type=int, default=200_000)
+    parser.add_argument("--days", default="1,3,7", help="days per request, one run each")
+    parser.add_argument("--modes", default="flow", help="flow, pipeline, idle-flow (comma-separated)")
+    parser.add_argument("--identity-mode", default="simplified", help="simplified, original or none")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--env", action="append", default=[], help="K=V for the measured process (experiments)"
+    )
+    args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    spans = [int(d) for d in args.days.split(",")]
+    modes = args.modes.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "bench-flow.log"
+    client_cpu, server_cpu = cpu_plan()
+    last_day = FIRST_DAY + timedelta(days=max(spans) - 1)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
+        scratch = Path(tmp)
+        needs_server = any(mode != "pipeline" for mode in modes)
+        with (
+            SandboxProcess(
+                args.events_per_day, args.out / "cache", FIRST_DAY, server_cpu, log, last_day
+            ) as sandbox,
+            PrefectServer(scratch / "prefect-home", server_cpu, log)
+            if needs_server
+            else nullcontext() as server,
+        ):
+            env = (
+                os.environ
+                | extra_env
+                | {
+                    "PREFECT_API_URL": server.url if server else "",
+                    "PREFECT_HOME": str(scratch / "prefect-home"),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "MP_PIPELINES_STATE_DIR": str(scratch / "state"),
+                }
+            )
+            for _ in range(args.repeat):
+                for mode in modes:
+                    for span in spans if mode != "idle-flow" else [0]:
+                        last = FIRST_DAY + timedelta(days=max(span, 1) - 1)
+                        workdir = scratch / f"data-{mode}-{span}"
+                        job = {
+                            "mode": mode,
+                            "url": sandbox.url,
+                            "from_date": FIRST_DAY.isoformat(),
+                            "to_date": last.isoformat(),
+                            "days_per_request": max(span, 1),
+                            "identity_mode": args.identity_mode,
+                            "workdir": str(workdir),
+                        }
+                        report = run_one(job, client_cpu, env, log, scratch)
+                        shutil.rmtree(workdir, ignore_errors=True)
+                        if report["exit_code"] != 0 or "error" in report:
+                            print(
+                                f"{mode} {span} day(s) failed: {report.get('error')}; see {log}",
+                                file=sys.stderr,
+                            )
+                            return 1
+                        want = expected_rows(sandbox, FIRST_DAY, last) if span else 0
+                        if report["rows"] != want:
+                            print(
+                                f"{mode}: {report['rows']} rows, the sandbox served {want}", file=sys.stderr
+                            )
+                            return 1
+                        report |= {"mode": mode, "days_per_request": span, "events": want}
+                        rows.append(report)
+                        print(summary_line(report), flush=True)
+    (args.out / "flow.json").write_text(
+        json.dumps({"events_per_day": args.events_per_day, "runs": rows}, indent=1)
+    )
+    print()
+    print(table(rows, args.events_per_day))
+    worst = max((r["peak_rss_mib"] for r in rows if r["mode"] == "flow"), default=0)
+    if worst >= MAX_FLOW_RSS_MIB:
+        print(
+            f"\nthe flow process peaked at {worst:.0f} MiB, over the {MAX_FLOW_RSS_MIB} MiB target: see "
+            "bench/README.md, 'Where the flow process's memory goes' (exit code 2)",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    rate = r["events"] / r["task_seconds"] if r.get("task_seconds") else 0
+    return (
+        f"{r['mode']:<10} {r['days_per_request']} day(s) {r['events']:>9,} events: peak RSS {r['peak_rss_mib']} MiB "
+        f"(imports {r.get('imports_rss_kib', 0) / MIB:.0f}), export {r.get('task_seconds', 0):.1f} s = {rate:,.0f} events/s, "
+        f"peak at {r['sampled_peak_at']} s of {r['seconds']:.1f} s"
+    )
+
+
+def table(rows: list[dict[str, Any]], per_day: int) -> str:
+    lines = [
+        f"{per_day:,} events per day; peak RSS of the measured process alone (wait4)",
+        "",
+        "| run | days per request | events | peak RSS MiB | RSS after imports MiB | export task s | events/s | run s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rate = f"{r['events'] / r['task_seconds']:,.0f}" if r.get("task_seconds") else "-"
+        lines.append(
+            f"| {r['mode']} | {r['days_per_request']} | {r['events']:,} | {r['peak_rss_mib']:.0f} | "
+            f"{r.get('imports_rss_kib', 0) / MIB:.0f} | {r.get('task_seconds', 0):.1f} | {rate} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

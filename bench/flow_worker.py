@@ -1,0 +1,203 @@
+"""Child of ``bench.flow``: one measured run in a fresh interpreter (the parent reads its peak RSS).
+
+``python -m bench.flow_worker --job JSON --result PATH``. Modes:
+
+* ``flow``: the real ``mixpanel-events`` flow (``flows.events.events``) against the sandbox, with the
+  Prefect server of ``PREFECT_API_URL``; the export task's events/s come from its task run's times
+  as the server recorded them.
+* ``pipeline``: the same request through ``tasks.export.export_days`` alone, on the main thread, no
+  flow run (what ``make bench`` measures, for the breakdown).
+* ``idle-flow``: the flow machinery alone: imports, one flow run with one task that does nothing.
+
+A sampler thread reads the process's RSS every 20 ms, so the report also tells when the peak came.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class Sampler(threading.Thread):
+    def __init__(self, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.every = every
+        self.started_at = time.perf_counter()
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.samples.append((time.perf_counter() - self.started_at, rss_kib()))
+            self._halt.wait(self.every)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._halt.set()
+        self.join()
+        return self.samples
+
+
+def credentials(job: dict[str, Any]) -> Any:
+    from blocks.mixpanel import MixpanelCredentials
+
+    return MixpanelCredentials(
+        project_id=1,
+        service_account_username="sandbox-user",
+        service_account_secret="sandbox-secret",
+        api_base_url=job["url"],
+        identity_mode=job.get("identity_mode", "simplified"),
+    )
+
+
+def run_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    from datetime import date
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from blocks.destinations.local import LocalDestination
+    from flows.events import events
+
+    marks = {"imports_rss_kib": rss_kib()}
+    state = events(
+        credentials(job),
+        LocalDestination(path=str(out)),
+        from_date=date.fromisoformat(job["from_date"]),
+        to_date=date.fromisoformat(job["to_date"]),
+        days_per_request=job["days_per_request"],
+        return_state=True,
+    )
+    rows = sum(int(r["rows"]) for r in state.result())
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    exports = [t for t in task_runs if t.name.startswith("export")]
+    task_seconds = sum(
+        (t.end_time - t.start_time).total_seconds() for t in exports if t.start_time and t.end_time
+    )
+    return marks | {"rows": rows, "task_seconds": task_seconds, "tasks": len(exports)}
+
+
+def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    from datetime import date, timedelta
+
+    from tasks.export import ExportSettings, export_days
+    from tasks.mixpanel_client import MixpanelClient
+    from tasks.objectstore import ObjectStoreDestination
+    from tasks.storage import LocalStorage
+
+    marks = {"imports_rss_kib": rss_kib()}
+    first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    destination = ObjectStoreDestination(LocalStorage(out), 1)
+    identity = job.get("identity_mode", "simplified")
+    settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
+    # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
+    # the dedup counter switched off
+    if os.environ.get("BENCH_BLOCK_BYTES"):
+        settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
+    if os.environ.get("BENCH_BUFFER_BYTES"):
+        import tasks.write
+
+        budget = int(os.environ["BENCH_BUFFER_BYTES"])
+        tasks.write.PartitionBuffer.__init__.__defaults__ = (budget,)
+    if os.environ.get("BENCH_NO_COUNTS"):
+        import tasks.counts
+
+        tasks.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
+    started = time.perf_counter()
+    with MixpanelClient(credentials(job)) as client:
+        results = export_days(client, destination, days, settings)
+    return marks | {"rows": sum(r.rows for r in results), "task_seconds": time.perf_counter() - started}
+
+
+def run_idle_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    from prefect import flow, task
+
+    import flows.events  # noqa: F401 - the same imports as the flow run
+
+    marks = {"imports_rss_kib": rss_kib()}
+
+    @task
+    def nothing() -> int:
+        return 0
+
+    @flow(name="bench-idle")
+    def idle() -> int:
+        return nothing()
+
+    idle()
+    return marks | {"rows": 0, "task_seconds": 0.0}
+
+
+def run_flow_local_only(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The same flow run in a process that imports only the local destination block: the destination
+    catalog (whose blocks nest prefect-aws, prefect-gcp, prefect-azure and prefect-snowflake blocks,
+    ~170 MiB of SDKs) is replaced by a one-member stand-in before the flow module is imported. A
+    projection of what a lazily typed destination parameter would weigh, not something users run."""
+    import types
+
+    from blocks.destinations.local import LocalDestination
+
+    stand_in = types.ModuleType("blocks.destinations.catalog")
+    stand_in.AnyDestination = LocalDestination  # type: ignore[attr-defined]
+    sys.modules["blocks.destinations.catalog"] = stand_in
+    return run_flow(job, out)
+
+
+MODES = {
+    "flow": run_flow,
+    "flow-local-only": run_flow_local_only,
+    "pipeline": run_pipeline,
+    "idle-flow": run_idle_flow,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flow_worker")
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--result", required=True, type=Path)
+    args = parser.parse_args(argv)
+    job = json.loads(args.job)
+    out = Path(job["workdir"])
+    out.mkdir(parents=True, exist_ok=True)
+    sampler = Sampler()
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        report = MODES[job["mode"]](job, out)
+        code = 0
+    except Exception as exc:  # reported to the parent, which stops the benchmark
+        traceback.print_exc()
+        report, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
+    samples = sampler.stop()
+    peak_at, peak = max(samples, key=lambda s: s[1]) if samples else (0.0, 0)
+    report |= {
+        "seconds": time.perf_counter() - started,
+        "self_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "sampled_peak_kib": peak,
+        "sampled_peak_at": round(peak_at, 2),
+        "timeline": [(round(t, 2), k) for t, k in samples[:: max(1, len(samples) // 200)]],
+    }
+    args.result.write_text(json.dumps(report))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
