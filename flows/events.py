@@ -19,9 +19,10 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
-from tasks.errors import FatalError, PipelineError
+from tasks.errors import BadRequestError, FatalError, FilterMismatchError, PipelineError
 from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
 from tasks.gdpr import load_registry
+from tasks.guard import Filter, filter_refusal
 from tasks.manifest import Manifest
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import ObjectStoreDestination
@@ -78,6 +79,8 @@ def events(
     max_concurrent_requests: int = 4,
     max_rejected_lines: int = 0,
     event_names: list[str] | None = None,
+    allow_shrink: bool = False,
+    force: bool = False,
 ) -> list[dict[str, object]]:
     """Export Mixpanel events into day partitions of mp_master_event, each day replaced atomically.
 
@@ -90,15 +93,22 @@ def events(
         days_per_request: Consecutive days fetched by one export request (Mixpanel allows 60 per hour).
         max_concurrent_requests: Export requests this run keeps in flight at once.
         max_rejected_lines: Malformed lines tolerated per request before its days fail (0: none).
-        event_names: Export only these event names; empty exports every event.
+        event_names: Export only these event names; empty exports every event. The filter is recorded in
+            each day's manifest, and a day committed with a wider filter is not replaced unless forced.
+        allow_shrink: Replace a committed day even when the new export holds markedly fewer rows (under
+            90%, or none) and Mixpanel's own count of the day does not confirm it.
+        force: Replace days committed with a filter this run's event_names do not cover.
     """
+    check_concurrency(max_concurrent_requests)
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
     return export_range(
         credentials,
         target,
         days_between(start, end),
-        settings_for(credentials, file_format, max_rejected_lines, event_names),
+        settings_for(
+            credentials, file_format, max_rejected_lines, event_names, allow_shrink=allow_shrink, force=force
+        ),
         days_per_request,
         max_concurrent_requests,
     )
@@ -114,10 +124,20 @@ def export_range(
 ) -> list[dict[str, object]]:
     """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
     logger = get_run_logger()
-    groups = group_days(days, days_per_request)
+    check_concurrency(max_concurrent_requests)
     target.remove_stale_staging()
     for day in days:
         target.repair(EVENTS_TABLE, day.isoformat())
+    # a day committed with a filter this run does not cover is refused before any request
+    refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
+    for why in refused.values():
+        logger.error(why)
+    days = [d for d in days if d not in refused]
+    if not days:
+        error = FilterMismatchError("; ".join(refused.values()) + ".")
+        _summarize([], {str(d): error for d in refused}, len(refused))
+        raise error
+    groups = group_days(days, days_per_request)
     settings = without_registered_ids(settings, target)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
@@ -129,15 +149,16 @@ def export_range(
     )
     with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
         results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests)
-    _summarize(results, failures, len(days))
+    failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
+    _summarize(results, failures, len(days) + len(refused))
     if failures:
         # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
         first = client.fatal or next(iter(failures.values()))
         raise (
             first
-            if len(failures) == len(groups)
+            if len(failures) == len(groups) + len(refused)
             else PipelineError(
-                f"{len(failures)} of {len(groups)} request(s) failed ({', '.join(failures)}); the other days were "
+                f"{len(failures)} of {len(groups) + len(refused)} request(s) failed ({', '.join(failures)}); the other days were "
                 f"committed. First error: {first}"
             )
         )
@@ -184,10 +205,36 @@ def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestinat
     return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
 
 
+def check_concurrency(max_concurrent_requests: int) -> None:
+    if max_concurrent_requests < 1:
+        raise BadRequestError(
+            f"max_concurrent_requests must be at least 1 (got {max_concurrent_requests}): it is how many export "
+            "requests this run keeps in flight at once."
+        )
+
+
+def filter_conflicts(target: ObjectStoreDestination, days: list[date], run_filter: Filter) -> dict[date, str]:
+    """Days committed with a filter ``run_filter`` does not cover, each with the sentence saying so."""
+    out = {}
+    for day in days:
+        committed = target.manifest(EVENTS_TABLE, day.isoformat())
+        why = None if committed is None else filter_refusal(day.isoformat(), committed, run_filter)
+        if why is not None:
+            out[day] = why
+    return out
+
+
 def settings_for(
-    credentials: MixpanelCredentials, file_format: str, max_rejected_lines: int, event_names: list[str] | None
+    credentials: MixpanelCredentials,
+    file_format: str,
+    max_rejected_lines: int,
+    event_names: list[str] | None,
+    allow_shrink: bool = False,
+    force: bool = False,
 ) -> ExportSettings:
     local = credentials.time_mode == TimeMode.LOCAL
+    if max_rejected_lines < 0:
+        raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
     return ExportSettings(
         run_id=uuid.uuid4().hex[:12],
         file_format=FileFormat(file_format),
@@ -198,6 +245,11 @@ def settings_for(
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         events=tuple(event_names or ()),
         identity_mode=credentials.identity_mode,
+        max_line_bytes=credentials.max_line_bytes,
+        allow_shrink=allow_shrink,
+        force=force,
+        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
+        counts_comparable=local or credentials.project_timezone == "UTC",
     )
 
 
@@ -208,7 +260,7 @@ def _run_groups(
     settings: ExportSettings,
     max_concurrent: int,
 ) -> tuple[list[DayResult], dict[str, Exception]]:
-    gate = threading.Semaphore(max(1, max_concurrent))
+    gate = threading.Semaphore(max_concurrent)
     progress = create_progress_artifact(0.0, description=f"Days committed of {sum(map(len, groups))}")
 
     def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:

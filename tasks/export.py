@@ -2,7 +2,10 @@
 
 Stream → parse → split by day → rolling files in a stage → (all went well) commit day by day.
 Any retriable failure throws the whole attempt's stage away and starts the request again, so a
-day is committed only from one complete, clean response.
+day is committed only from one complete, clean response. A response in which every line was rejected
+is a failure whatever ``max_rejected_lines`` allows; and a committed day is replaced only under the
+rules of ``tasks.guard`` (no narrower filter unless forced, no marked shrink unless Mixpanel's count
+confirms it or ``allow_shrink``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,13 +22,14 @@ import msgspec
 import polars as pl
 
 from tasks.counts import DedupCounter
-from tasks.errors import MalformedRecordsError
+from tasks.errors import FilterMismatchError, MalformedRecordsError, ShrinkRefusedError
 from tasks.gdpr import event_rows_of
+from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
 from tasks.identity import edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
-from tasks.parse import BLOCK_BYTES, ParsedBlock, Reject, StreamParser
+from tasks.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.partition import day_of, day_ordinal, with_time_columns
 from tasks.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
 
@@ -49,6 +54,18 @@ class ExportSettings:
     identity_mode: str | None = None
     # ids of the GDPR registry (with their identity clusters): their rows are never stored
     excluded_ids: frozenset[str] = frozenset()
+    # a line longer than this is a rejected line (tasks.parse)
+    max_line_bytes: int = MAX_LINE_BYTES
+    # replace a committed day even when the new version is markedly smaller (tasks.guard)
+    allow_shrink: bool = False
+    # replace a committed day even when it was committed with a filter this run's does not cover
+    force: bool = False
+    # whether Mixpanel's per-day counts (project timezone) count the same days as the partitions
+    counts_comparable: bool = True
+
+    @property
+    def filter(self) -> Filter:
+        return filter_of(self.events)
 
 
 @dataclass
@@ -94,6 +111,7 @@ class _Attempt:
     buffer: PartitionBuffer
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
+    accepted: int = 0  # records decoded, wherever they belong
 
 
 def processed_after(watermark: int) -> str:
@@ -139,7 +157,23 @@ def export_days(
 
         result = client.with_retries(attempt, what, stats)
         _keep_rejects(destination, result, days, settings)
-        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base)
+        counts = _count_source(client, settings)
+        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base, counts)
+
+
+def _count_source(
+    client: MixpanelClient, settings: ExportSettings
+) -> Callable[[date, set[str]], dict[str, int]] | None:
+    """Mixpanel's deduplicated count of some event names on one day (None: its days are not ours)."""
+    if not settings.counts_comparable:
+        return None
+
+    def count(day: date, names: set[str]) -> dict[str, int]:
+        from tasks.reconcile import mixpanel_counts  # reconcile imports this module
+
+        return dict(mixpanel_counts(client, [day], names)[day])
+
+    return count
 
 
 def _stream(
@@ -152,7 +186,7 @@ def _stream(
 ) -> _Attempt:
     partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
     state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
-    parser = StreamParser(settings.block_bytes)
+    parser = StreamParser(settings.block_bytes, settings.max_line_bytes)
     try:
         with client.export(request) as chunks:
             for chunk in chunks:
@@ -160,6 +194,13 @@ def _stream(
                     _take(state, block, settings)
             for block in parser.finish():
                 _take(state, block, settings)
+        if state.rejected and not state.accepted:
+            first = state.rejects[0]
+            raise MalformedRecordsError(
+                f"every one of the {state.rejected} record line(s) of the response was rejected, first at "
+                f"{_where(first)}: {first.error}; a response without one usable record is a failure whatever "
+                "max_rejected_lines allows, and the previous data is unchanged."
+            )
         state.buffer.flush_all()
     except BaseException:
         for day in partitions.values():
@@ -198,6 +239,7 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
     _reject(state, block.rejects, settings)
     if block.frame.height == 0:
         return
+    state.accepted += block.frame.height
     frame = with_time_columns(block.frame, settings.local_zone)
     for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
         day = state.days.get(int(ordinal))  # type: ignore[call-overload]
@@ -239,12 +281,15 @@ def _reject(state: _Attempt, rejects: list[Reject], settings: ExportSettings) ->
     state.rejects.extend(rejects[: max(room, 0)])
     if state.rejected > settings.max_rejected_lines:
         first = state.rejects[0]
-        where = f"line {first.line}" if first.line else "a line"
         raise MalformedRecordsError(
             f"{state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
-            f"{settings.max_rejected_lines}), first at {where}: {first.error}; the previous data is unchanged: "
-            "see the rejects file and fix the source or raise max_rejected_lines."
+            f"{settings.max_rejected_lines}), first at {_where(first)}: {first.error}; the previous data is "
+            "unchanged: see the rejects file and fix the source or raise max_rejected_lines."
         )
+
+
+def _where(reject: Reject) -> str:
+    return f"line {reject.line}" if reject.line else "a line"
 
 
 def _keep_rejects(
@@ -266,12 +311,21 @@ def _commit(
     stats: RetryStats,
     seconds: float,
     base: Manifest | None,
+    counts: Callable[[date, set[str]], dict[str, int]] | None = None,
 ) -> list[DayResult]:
     results = []
+    refused: list[str] = []
+    mismatched: list[str] = []
     exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
+    events, where = settings.filter
     for ordinal in sorted(state.days):
         day = state.days[ordinal]
         partition = day_of(ordinal).isoformat()
+        if base is None:
+            why = _refusal(destination, day, day_of(ordinal), settings, counts)
+            if why is not None:
+                (mismatched if why[0] else refused).append(why[1])
+                continue
         manifest = Manifest(
             table=EVENTS_TABLE,
             partition=partition,
@@ -289,6 +343,8 @@ def _commit(
             time_mode=settings.time_mode,
             timezone=settings.timezone,
             event_counts=day.counter.counts(),
+            event_names=events,
+            where=where,
         )
         if base is None:
             final = destination.commit(state.stage, partition, manifest)
@@ -309,5 +365,42 @@ def _commit(
                 excluded=day.excluded,
             )
         )
-    state.stage.abort()  # drops the emptied staging folders
+    state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
+    if mismatched:
+        raise FilterMismatchError("; ".join(mismatched) + ".")
+    if refused:
+        raise ShrinkRefusedError("; ".join(refused) + ".")
     return results
+
+
+def _refusal(
+    destination: ObjectStoreDestination,
+    day: _Day,
+    when: date,
+    settings: ExportSettings,
+    counts: Callable[[date, set[str]], dict[str, int]] | None,
+) -> tuple[bool, str] | None:
+    """Why this export may not replace the committed day: (a filter mismatch?, one sentence), or None."""
+    committed = destination.manifest(EVENTS_TABLE, when.isoformat())
+    if committed is None:
+        return None
+    if not settings.force:
+        why = filter_refusal(when.isoformat(), committed, settings.filter)
+        if why is not None:
+            return True, why
+    if settings.allow_shrink or not shrinks(committed, day.rows):
+        return None
+    ours = day.counter.counts()
+    names = (
+        set(settings.events)
+        if settings.events
+        else set(ours) | set(_committed_counts(destination, committed))
+    )
+    check = confirm_shrink(when, committed, day.rows, ours, names, counts)
+    return None if check.confirmed else (False, check.reason)
+
+
+def _committed_counts(destination: ObjectStoreDestination, committed: Manifest) -> dict[str, int]:
+    from tasks.reconcile import recorded_counts  # reconcile imports this module
+
+    return recorded_counts(destination, committed)
