@@ -112,6 +112,7 @@ class _Attempt:
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
     accepted: int = 0  # records decoded, wherever they belong
+    label: str = ""  # the request's days, for messages
 
 
 def processed_after(watermark: int) -> str:
@@ -186,6 +187,7 @@ def _stream(
 ) -> _Attempt:
     partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
     state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
+    state.label = str(days[0]) if len(days) == 1 else f"{days[0]}..{days[-1]}"
     parser = StreamParser(settings.block_bytes, settings.max_line_bytes)
     try:
         with client.export(request) as chunks:
@@ -197,7 +199,8 @@ def _stream(
         if state.rejected and not state.accepted:
             first = state.rejects[0]
             raise MalformedRecordsError(
-                f"every one of the {state.rejected} record line(s) of the response was rejected, first at "
+                f"export {state.label}: every one of the {state.rejected} record line(s) of the response was "
+                "rejected, first at "
                 f"{_where(first)}: {first.error}; a response without one usable record is a failure whatever "
                 "max_rejected_lines allows, and the previous data is unchanged."
             )
@@ -282,7 +285,7 @@ def _reject(state: _Attempt, rejects: list[Reject], settings: ExportSettings) ->
     if state.rejected > settings.max_rejected_lines:
         first = state.rejects[0]
         raise MalformedRecordsError(
-            f"{state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
+            f"export {state.label}: {state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
             f"{settings.max_rejected_lines}), first at {_where(first)}: {first.error}; the previous data is "
             "unchanged: see the rejects file and fix the source or raise max_rejected_lines."
         )
