@@ -296,3 +296,13 @@ def test_duplicate_keys_one_rule_for_columns_engines_and_the_purge(
     assert rows.filter(event_rows_of({"other"})).height == 2
     assert rows.filter(event_rows_of({"nobody"})).height == 0
     assert isinstance(rows, pl.DataFrame)
+
+
+def test_decoder_failures_count_against_max_rejected_lines(server: HostileServer, tmp_path: Path) -> None:
+    good = good_lines(DAY, ROWS)
+    bad = [NESTED, b'{"event":"bad\xff","properties":{"time":%d}}' % epoch(DAY)]
+    server.serve(b"\n".join(good[:10] + bad + good[10:]) + b"\n")
+    with pytest.raises(MalformedRecordsError, match=r"export 2024-01-02: 2 malformed .* first at line 11: "):
+        run(server, tmp_path, "strict", max_rejected_lines=1)
+    (result,) = run(server, tmp_path, "tolerant", max_rejected_lines=2)
+    assert (result.rows, result.rejected_lines) == (ROWS, 2)
