@@ -202,3 +202,26 @@ def test_duplicate_lifted_keys_take_the_first_occurrence() -> None:
         )
         assert rejects == []
         assert [(r["distinct_id"], r["user_id"]) for r in rows] == [("victim", "u1"), ("plain", None)]
+
+
+def test_clean_blocks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path swallows any error and re-reads the block line by line: a bug in it would only
+    show as a slow pipeline, so a clean body (hot-shard rows and null ids included) must never fall back."""
+
+    def no_slow_path(*args: object) -> None:
+        raise AssertionError("a clean block was re-read line by line")
+
+    monkeypatch.setattr(StreamParser, "_slow", no_slow_path)
+    body = b"".join(
+        line(name, props) + b"\n"
+        for name, props in [
+            ("A", TRICKY_PROPS),
+            (
+                "$hotshard_events",
+                b'{"time":2,"distinct_id":"","mp_original_distinct_id":"u9","$device_id":null}',
+            ),
+            ("B", b'{"time":3,"distinct_id":"u1","$user_id":"u1","$insert_id":"i"}'),
+        ]
+    )
+    rows, rejects = parse(body)
+    assert len(rows) == 3 and rejects == []
