@@ -193,6 +193,10 @@ def events_hourly(
         for day in days:
             target.repair(EVENTS_TABLE, day.isoformat())
             base = target.manifest(EVENTS_TABLE, day.isoformat())
+            if base is not None and (base.event_names is not None or base.where is not None):
+                # unfiltered increments on a filtered day would mix two filters: redo the day whole
+                logger.info("%s: committed with a filter, exported whole", day)
+                base = None
             mark = "none (whole day)" if base is None else base.max_processing_time_ms
             logger.info("%s: adding events processed after watermark %s", day, mark)
             results += export_days_task(client, target, [day], settings, str(day), gate, base)
