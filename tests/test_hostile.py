@@ -295,6 +295,11 @@ def test_duplicate_keys_one_rule_for_columns_engines_and_the_purge(
     assert rows.filter(event_rows_of({"victim"})).height == 2
     assert rows.filter(event_rows_of({"other"})).height == 2
     assert rows.filter(event_rows_of({"nobody"})).height == 0
+    # end to end: purging the id a row names second removes it, though its lifted column says "other"
+    from tasks.purge import purge_day
+
+    assert purge_day(local_destination(tmp_path), DAY.isoformat(), {"victim"}, "purge") == (2, 0)
+    assert read_day(tmp_path, DAY).height == 0
     assert isinstance(rows, pl.DataFrame)
 
 
