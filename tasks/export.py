@@ -22,7 +22,7 @@ import msgspec
 import polars as pl
 
 from tasks.counts import DedupCounter
-from tasks.errors import FilterMismatchError, MalformedRecordsError, ShrinkRefusedError
+from tasks.errors import FilterMismatchError, MalformedRecordsError, PipelineError, ShrinkRefusedError
 from tasks.gdpr import event_rows_of
 from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
 from tasks.identity import edges_from_events
@@ -162,17 +162,18 @@ def export_days(
         return _commit(destination, result, days, settings, stats, time.monotonic() - started, base, counts)
 
 
-def _count_source(
-    client: MixpanelClient, settings: ExportSettings
-) -> Callable[[date, set[str]], dict[str, int]] | None:
-    """Mixpanel's deduplicated count of some event names on one day (None: its days are not ours)."""
+CountSource = Callable[[list[date], set[str]], dict[date, dict[str, int]]]
+
+
+def _count_source(client: MixpanelClient, settings: ExportSettings) -> CountSource | None:
+    """Mixpanel's deduplicated count of some event names per day (None: its days are not ours)."""
     if not settings.counts_comparable:
         return None
 
-    def count(day: date, names: set[str]) -> dict[str, int]:
+    def count(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
         from tasks.reconcile import mixpanel_counts  # reconcile imports this module
 
-        return dict(mixpanel_counts(client, [day], names)[day])
+        return {day: dict(c) for day, c in mixpanel_counts(client, days, names).items()}
 
     return count
 
@@ -314,21 +315,20 @@ def _commit(
     stats: RetryStats,
     seconds: float,
     base: Manifest | None,
-    counts: Callable[[date, set[str]], dict[str, int]] | None = None,
+    counts: CountSource | None = None,
 ) -> list[DayResult]:
     results = []
-    refused: list[str] = []
-    mismatched: list[str] = []
     exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
     events, where = settings.filter
+    tallies = {ordinal: day.counter.counts() for ordinal, day in state.days.items()}
+    mismatched, refused = (
+        ({}, {}) if base is not None else _refusals(destination, state, settings, tallies, counts)
+    )
     for ordinal in sorted(state.days):
         day = state.days[ordinal]
         partition = day_of(ordinal).isoformat()
-        if base is None:
-            why = _refusal(destination, day, day_of(ordinal), settings, counts)
-            if why is not None:
-                (mismatched if why[0] else refused).append(why[1])
-                continue
+        if ordinal in mismatched or ordinal in refused:
+            continue
         manifest = Manifest(
             table=EVENTS_TABLE,
             partition=partition,
@@ -345,7 +345,7 @@ def _commit(
             source_to_date=days[-1].isoformat(),
             time_mode=settings.time_mode,
             timezone=settings.timezone,
-            event_counts=day.counter.counts(),
+            event_counts=tallies[ordinal],
             event_names=events,
             where=where,
         )
@@ -370,37 +370,53 @@ def _commit(
         )
     state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
     if mismatched:
-        raise FilterMismatchError("; ".join(mismatched) + ".")
+        raise FilterMismatchError("; ".join(mismatched.values()) + ".")
     if refused:
-        raise ShrinkRefusedError("; ".join(refused) + ".")
+        raise ShrinkRefusedError("; ".join(refused.values()) + ".")
     return results
 
 
-def _refusal(
+def _refusals(
     destination: ObjectStoreDestination,
-    day: _Day,
-    when: date,
+    state: _Attempt,
     settings: ExportSettings,
-    counts: Callable[[date, set[str]], dict[str, int]] | None,
-) -> tuple[bool, str] | None:
-    """Why this export may not replace the committed day: (a filter mismatch?, one sentence), or None."""
-    committed = destination.manifest(EVENTS_TABLE, when.isoformat())
-    if committed is None:
-        return None
-    if not settings.force:
-        why = filter_refusal(when.isoformat(), committed, settings.filter)
+    tallies: dict[int, dict[str, int]],
+    counts: CountSource | None,
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The days this export may not replace (tasks.guard): filter mismatches and unconfirmed shrinks,
+    each with its sentence. Every shrinking day of the request is checked with one query request."""
+    mismatched: dict[int, str] = {}
+    shrinking: dict[int, tuple[Manifest, set[str]]] = {}
+    for ordinal, day in state.days.items():
+        when = day_of(ordinal).isoformat()
+        committed = destination.manifest(EVENTS_TABLE, when)
+        if committed is None:
+            continue
+        why = None if settings.force else filter_refusal(when, committed, settings.filter)
         if why is not None:
-            return True, why
-    if settings.allow_shrink or not shrinks(committed, day.rows):
-        return None
-    ours = day.counter.counts()
-    names = (
-        set(settings.events)
-        if settings.events
-        else set(ours) | set(_committed_counts(destination, committed))
-    )
-    check = confirm_shrink(when, committed, day.rows, ours, names, counts)
-    return None if check.confirmed else (False, check.reason)
+            mismatched[ordinal] = why
+        elif not settings.allow_shrink and shrinks(committed, day.rows):
+            names = set(settings.events) or set(tallies[ordinal]) | set(
+                _committed_counts(destination, committed)
+            )
+            shrinking[ordinal] = (committed, names)
+    refused: dict[int, str] = {}
+    if not shrinking:
+        return mismatched, refused
+    theirs: dict[date, dict[str, int]] | PipelineError | None = None
+    if counts is not None:
+        try:
+            names = set().union(*(n for _, n in shrinking.values()))
+            theirs = counts([day_of(o) for o in sorted(shrinking)], names)
+        except PipelineError as exc:
+            theirs = exc
+    for ordinal, (committed, _) in shrinking.items():
+        day = day_of(ordinal)
+        answer = theirs if not isinstance(theirs, dict) else theirs.get(day, {})
+        check = confirm_shrink(day, committed, state.days[ordinal].rows, tallies[ordinal], answer)
+        if not check.confirmed:
+            refused[ordinal] = check.reason
+    return mismatched, refused
 
 
 def _committed_counts(destination: ObjectStoreDestination, committed: Manifest) -> dict[str, int]:

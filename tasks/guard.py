@@ -14,7 +14,6 @@ fewer rows than it holds unless Mixpanel's own count confirms the loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -83,22 +82,20 @@ def confirm_shrink(
     committed: Manifest,
     rows: int,
     ours: dict[str, int],
-    names: set[str],
-    mixpanel_counts: Callable[[date, set[str]], dict[str, int]] | None,
+    theirs: dict[str, int] | PipelineError | None,
 ) -> ShrinkCheck:
-    """Ask Mixpanel's deduplicated count of ``names`` on ``day`` and compare it with ``ours``."""
+    """Compare Mixpanel's deduplicated count of the day (``theirs``: None when its calendar differs
+    from the partitions', the error when it could not be read) with the export's own (``ours``)."""
     head = f"{day} was not replaced: the new export holds {rows} rows where the committed version holds {committed.rows}"
     tail = "the committed day is unchanged (run again later, or set allow_shrink=true if the loss is real)"
-    if mixpanel_counts is None:
+    if theirs is None:
         return ShrinkCheck(
             False,
             f"{head}, and Mixpanel's daily counts use the project timezone while this project's days are UTC "
             f"days, so they cannot confirm it; {tail}",
         )
-    try:
-        theirs = mixpanel_counts(day, names)
-    except PipelineError as exc:
-        return ShrinkCheck(False, f"{head}, and Mixpanel's count could not be read ({exc}); {tail}")
+    if isinstance(theirs, PipelineError):
+        return ShrinkCheck(False, f"{head}, and Mixpanel's count could not be read ({theirs}); {tail}")
     keys = set(ours) | {n for n, c in theirs.items() if c}
     if all(ours.get(n, 0) == theirs.get(n, 0) for n in keys):
         return ShrinkCheck(True)

@@ -311,3 +311,22 @@ def test_decoder_failures_count_against_max_rejected_lines(server: HostileServer
         run(server, tmp_path, "strict", max_rejected_lines=1)
     (result,) = run(server, tmp_path, "tolerant", max_rejected_lines=2)
     assert (result.rows, result.rejected_lines) == (ROWS, 2)
+
+
+def test_every_shrinking_day_of_a_request_is_checked_with_one_count_request(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    other = date(2024, 1, 3)
+    server.serve(b"\n".join(good_lines(DAY, ROWS) + good_lines(other, ROWS)) + b"\n")
+    server.counts = {}
+    run(server, tmp_path, "good", days=[DAY, other])
+    before = snapshot(tmp_path)
+    server.serve(b"")
+    server.counts = counts_of(DAY, ROWS)  # Mixpanel still counts DAY's events, and none on the other day
+    with pytest.raises(ShrinkRefusedError) as info:
+        run(server, tmp_path, "empty", days=[DAY, other])
+    assert server.requests_to("/api/query/events") == 1
+    assert f"{DAY} was not replaced" in str(info.value) and str(other) not in str(info.value)
+    assert_one_sentence(str(info.value))
+    assert local_destination(tmp_path).manifest("mp_master_event", other.isoformat()).rows == 0
+    assert snapshot(tmp_path) != before
