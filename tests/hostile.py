@@ -115,12 +115,20 @@ def counts_of(
     return out
 
 
-def gzip_bomb(inflated: int, piece: int = 1 << 20) -> bytes:
-    """A gzip stream of ``inflated`` newlines (about a thousandth of that on the wire)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    block = b"\n" * piece
-    out = [packer.compress(block) for _ in range(inflated // piece)]
-    return b"".join(out) + packer.flush()
+def gzip_bomb(inflated: int, piece: int = 1 << 20) -> Callable[[], Iterator[bytes]]:
+    """A gzip stream of ``inflated`` newlines (about a thousandth of that on the wire), compressed
+    while it is sent."""
+
+    def body() -> Iterator[bytes]:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = b"\n" * piece
+        for _ in range(inflated // piece):
+            out = packer.compress(block)
+            if out:
+                yield out
+        yield packer.flush()
+
+    return body
 
 
 def in_pieces(
