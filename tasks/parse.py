@@ -407,11 +407,8 @@ class StreamParser:
         ).row(0)
         if not objects:
             raise ValueError("properties is not an object")
-        # a line longer than the cap can only hide in a block longer than the cap
-        if (
-            len(buf) > self.max_line_bytes
-            and (frame["properties"].str.len_bytes().max() or 0) > self.max_line_bytes
-        ):  # type: ignore[operator]
+        # a line longer than the cap can only hide in a block longer than the cap (rare with the defaults)
+        if len(buf) > self.max_line_bytes and max(map(len, bytes(buf).split(b"\n"))) > self.max_line_bytes:
             raise ValueError("an over-long line: read line by line")
         # null counts are free: only a block with more key names than lifted values is looked at row by row
         if keys > sum(frame.height - frame[c].null_count() for c in LIFTED_COLUMNS):

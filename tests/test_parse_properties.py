@@ -98,3 +98,24 @@ def test_any_truncation_is_retriable_unless_it_falls_between_records(
         return
     with pytest.raises(TruncatedStreamError):
         parse(cut(short, points), 64)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=RECORDS,
+    points=st.lists(st.integers(min_value=0), max_size=30),
+    block=st.integers(16, 4096),
+    cap=st.integers(40, 400),
+)
+def test_with_any_line_cap_and_chunking_exactly_the_longer_lines_are_rejected(
+    records: list, points: list[int], block: int, cap: int
+) -> None:
+    body, ends = export_body(records)
+    lengths = [end - start - 1 for start, end in zip([0, *ends], ends, strict=False)]
+    parser = StreamParser(block_bytes=block, max_line_bytes=cap)
+    blocks = [b for chunk in cut(body, points) for b in parser.feed(chunk)] + list(parser.finish())
+    kept = sum(b.frame.height for b in blocks)
+    rejected = [r.line for b in blocks for r in b.rejects]
+    assert rejected == [i + 1 for i, n in enumerate(lengths) if n > cap]
+    assert kept == sum(1 for n in lengths if n <= cap)
+    assert all("longer than max_line_bytes" in r.error for b in blocks for r in b.rejects)
