@@ -128,6 +128,19 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
     query_max_concurrent: int = Field(
         default=5, ge=1, description="Query API (Engage) requests in flight at once (Mixpanel: 5)."
     )
+    max_line_bytes: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        description="Longest export line accepted, in bytes (default 16 MiB; Mixpanel refuses events above "
+        "1 MB at ingestion). A longer line is a rejected line, counted against max_rejected_lines.",
+    )
+    max_inflation_ratio: float = Field(
+        default=100.0,
+        ge=10,
+        description="Largest ratio of decompressed to received bytes of a gzipped answer, checked once "
+        "64 MiB have been decompressed; beyond it the answer is treated as a decompression bomb "
+        "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times.",
+    )
 
     @field_validator("project_timezone")
     @classmethod

@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from flows.events import MAX_WORKERS, export_range, resolve_range, settings_for
+from flows.events import MAX_WORKERS, check_concurrency, export_range, resolve_range, settings_for
 from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay
 from flows.runtime import prepare_run
 from tasks.errors import PipelineError
@@ -45,6 +45,7 @@ def backfill(
     days_per_run: AtLeastZero = 0,
     max_concurrent_requests: AtLeastOne = 4,
     file_format: Literal["parquet", "jsonl.gz"] = "parquet",
+    allow_shrink: bool = False,
 ) -> dict[str, Any]:
     """Export a range of past days into mp_master_event; a re-run skips the days already complete.
 
@@ -61,8 +62,11 @@ def backfill(
             whichever worker of the work pool picks it up (0: all in this run). Needs a deployment.
         max_concurrent_requests: Export requests each run keeps in flight at once.
         file_format: parquet (zstd, the default) or jsonl.gz.
+        allow_shrink: Replace a committed day even when the new export holds markedly fewer rows (under
+            90%, or none) and Mixpanel's own count of the day does not confirm it.
     """
     prepare_run()
+    check_concurrency(max_concurrent_requests)
     logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
@@ -95,10 +99,15 @@ def backfill(
         return {"days": len(days), "exported": 0, "skipped": len(days)}
     if fan_out:
         _fan_out(
-            group_days(todo, days_per_run), force, days_per_request, max_concurrent_requests, file_format
+            group_days(todo, days_per_run),
+            force,
+            days_per_request,
+            max_concurrent_requests,
+            file_format,
+            allow_shrink,
         )
     else:
-        settings = settings_for(credentials, file_format, 0, None)
+        settings = settings_for(credentials, file_format, 0, None, allow_shrink=allow_shrink)
         export_range(credentials, target, todo, settings, days_per_request, max_concurrent_requests)
     return {"days": len(days), "exported": len(todo), "skipped": len(days) - len(todo)}
 
@@ -111,7 +120,12 @@ def _incomplete(
 
 
 def _fan_out(
-    chunks: list[list[date]], force: bool, days_per_request: int, max_concurrent: int, file_format: str
+    chunks: list[list[date]],
+    force: bool,
+    days_per_request: int,
+    max_concurrent: int,
+    file_format: str,
+    allow_shrink: bool = False,
 ) -> None:
     """One child flow run of this deployment per chunk; waits for all, with progress on this run."""
     logger = get_run_logger()
@@ -127,6 +141,7 @@ def _fan_out(
             "days_per_run": 0,
             "max_concurrent_requests": max_concurrent,
             "file_format": file_format,
+            "allow_shrink": allow_shrink,
         }
         # credentials and destination: the deployment's own (block references), never copied here
         child: FlowRun = run_deployment(  # type: ignore[assignment]

@@ -21,9 +21,10 @@ from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
 from flows.params import AtLeastOne, AtLeastZero, OptionalDay
 from flows.runtime import Progress, prepare_run
-from tasks.errors import PipelineError
+from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
 from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
 from tasks.gdpr import load_registry
+from tasks.guard import Filter, filter_refusal
 from tasks.manifest import Manifest
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import ObjectStoreDestination
@@ -80,6 +81,8 @@ def events(
     max_concurrent_requests: AtLeastOne = 4,
     max_rejected_lines: AtLeastZero = 0,
     event_names: list[str] | None = None,
+    allow_shrink: bool = False,
+    force: bool = False,
 ) -> list[dict[str, object]]:
     """Export Mixpanel events into day partitions of mp_master_event, each day replaced atomically.
 
@@ -93,16 +96,23 @@ def events(
         days_per_request: Consecutive days fetched by one export request (Mixpanel allows 60 per hour).
         max_concurrent_requests: Export requests this run keeps in flight at once.
         max_rejected_lines: Malformed lines tolerated per request before its days fail (0: none).
-        event_names: Export only these event names; empty exports every event.
+        event_names: Export only these event names; empty exports every event. The filter is recorded in
+            each day's manifest, and a day committed with a wider filter is not replaced unless forced.
+        allow_shrink: Replace a committed day even when the new export holds markedly fewer rows (under
+            90%, or none) and Mixpanel's own count of the day does not confirm it.
+        force: Replace days committed with a filter this run's event_names do not cover.
     """
     prepare_run()
+    check_concurrency(max_concurrent_requests)
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
     return export_range(
         credentials,
         target,
         days_between(start, end),
-        settings_for(credentials, file_format, max_rejected_lines, event_names),
+        settings_for(
+            credentials, file_format, max_rejected_lines, event_names, allow_shrink=allow_shrink, force=force
+        ),
         days_per_request,
         max_concurrent_requests,
     )
@@ -118,10 +128,20 @@ def export_range(
 ) -> list[dict[str, object]]:
     """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
     logger = get_run_logger()
-    groups = group_days(days, days_per_request)
+    check_concurrency(max_concurrent_requests)
     target.remove_stale_staging()
     for day in days:
         target.repair(EVENTS_TABLE, day.isoformat())
+    # a day committed with a filter this run does not cover is refused before any request
+    refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
+    for why in refused.values():
+        logger.error(why)
+    days = [d for d in days if d not in refused]
+    if not days:
+        error = FilterMismatchError("; ".join(refused.values()) + ".")
+        _summarize([], {str(d): error for d in refused}, len(refused))
+        raise error
+    groups = group_days(days, days_per_request)
     settings = without_registered_ids(settings, target)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
@@ -136,15 +156,16 @@ def export_range(
         credentials, notify=progress.note, export_gate=lambda: export_slot(progress.note)
     ) as client:
         results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests, progress)
-    _summarize(results, failures, len(days))
+    failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
+    _summarize(results, failures, len(days) + len(refused))
     if failures:
         # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
         first = client.fatal or next(iter(failures.values()))
         raise (
             first
-            if len(failures) == len(groups)
+            if len(failures) == len(groups) + len(refused)
             else PipelineError(
-                f"{len(failures)} of {len(groups)} request(s) failed ({', '.join(failures)}); the other days were "
+                f"{len(failures)} of {len(groups) + len(refused)} request(s) failed ({', '.join(failures)}); the other days were "
                 f"committed. First error: {first}"
             )
         )
@@ -181,6 +202,10 @@ def events_hourly(
         for day in days:
             target.repair(EVENTS_TABLE, day.isoformat())
             base = target.manifest(EVENTS_TABLE, day.isoformat())
+            if base is not None and (base.event_names is not None or base.where is not None):
+                # unfiltered increments on a filtered day would mix two filters: redo the day whole
+                logger.info("%s: committed with a filter, exported whole", day)
+                base = None
             mark = "none (whole day)" if base is None else base.max_processing_time_ms
             logger.info("%s: adding events processed after watermark %s", day, mark)
             results += export_days_task(client, target, [day], settings, str(day), gate, base)
@@ -193,10 +218,36 @@ def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestinat
     return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
 
 
+def check_concurrency(max_concurrent_requests: int) -> None:
+    if max_concurrent_requests < 1:
+        raise BadRequestError(
+            f"max_concurrent_requests must be at least 1 (got {max_concurrent_requests}): it is how many export "
+            "requests this run keeps in flight at once."
+        )
+
+
+def filter_conflicts(target: ObjectStoreDestination, days: list[date], run_filter: Filter) -> dict[date, str]:
+    """Days committed with a filter ``run_filter`` does not cover, each with the sentence saying so."""
+    out = {}
+    for day in days:
+        committed = target.manifest(EVENTS_TABLE, day.isoformat())
+        why = None if committed is None else filter_refusal(day.isoformat(), committed, run_filter)
+        if why is not None:
+            out[day] = why
+    return out
+
+
 def settings_for(
-    credentials: MixpanelCredentials, file_format: str, max_rejected_lines: int, event_names: list[str] | None
+    credentials: MixpanelCredentials,
+    file_format: str,
+    max_rejected_lines: int,
+    event_names: list[str] | None,
+    allow_shrink: bool = False,
+    force: bool = False,
 ) -> ExportSettings:
     local = credentials.time_mode == TimeMode.LOCAL
+    if max_rejected_lines < 0:
+        raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
     return ExportSettings(
         run_id=uuid.uuid4().hex[:12],
         file_format=FileFormat(file_format),
@@ -207,6 +258,11 @@ def settings_for(
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         events=tuple(event_names or ()),
         identity_mode=credentials.identity_mode,
+        max_line_bytes=credentials.max_line_bytes,
+        allow_shrink=allow_shrink,
+        force=force,
+        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
+        counts_comparable=local or credentials.project_timezone == "UTC",
     )
 
 
@@ -218,7 +274,7 @@ def _run_groups(
     max_concurrent: int,
     progress: Progress,
 ) -> tuple[list[DayResult], dict[str, Exception]]:
-    gate = threading.Semaphore(max(1, max_concurrent))
+    gate = threading.Semaphore(max_concurrent)
 
     def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
         label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])

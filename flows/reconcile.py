@@ -133,8 +133,9 @@ def _find_changes(
         {day: recorded_counts(t, m) for day, m in one.items()}
         for t, one in zip(targets, checked, strict=True)
     ]
+    filters = [{day: m.event_names for day, m in one.items()} for one in checked]
     with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
-        late = late_events(client, marks, local_zone, excluded)
+        late = late_events(client, marks, local_zone, excluded, filters)
         theirs: dict[date, Counter[str]] = {}
         if check_counts:
             names = {n for one in ours for counts in one.values() for n in counts}
@@ -165,9 +166,12 @@ def _replace(
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for target, one, found in zip(targets, checked, changes, strict=True):
-        for file_format in sorted({one[d].format for d in found}):
-            days = sorted(d for d in found if one[d].format == file_format)
-            settings = settings_for(credentials, _format(file_format), 0, None)
+        # each day is exported again as it was committed: same format, same event filter
+        for file_format, names in sorted({(one[d].format, one[d].event_names or ()) for d in found}):
+            days = sorted(
+                d for d in found if (one[d].format, one[d].event_names or ()) == (file_format, names)
+            )
+            settings = settings_for(credentials, _format(file_format), 0, list(names) or None)
             after = export_range(
                 credentials, target, days, settings, days_per_request, max_concurrent_requests
             )

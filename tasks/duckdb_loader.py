@@ -39,6 +39,11 @@ _PROCESS_LOCK = threading.Lock()
 
 class DuckDBLoader:
     def __init__(self, database: Path, lock_wait_seconds: float = 600.0, memory_limit_mb: int = 512) -> None:
+        if not lock_wait_seconds >= 0:  # also refuses NaN
+            raise FatalError(
+                f"lock_wait_seconds must be 0 or more (got {lock_wait_seconds}): it is how long a load waits "
+                "for another process writing the DuckDB database."
+            )
         self.database = database
         self.lock_wait_seconds = lock_wait_seconds
         # DuckDB takes 80% of RAM by default; a worker runs beside other flows, so cap it (it spills)

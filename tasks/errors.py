@@ -10,6 +10,8 @@ Two branches only, so flows and retry loops decide with one ``isinstance``:
 
 from __future__ import annotations
 
+import re
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -69,3 +71,31 @@ class ConnectionDroppedError(RetriableError):
 
 class ConcurrentCommitError(RetriableError):
     """Another run committed the partition between this run's read of it and its own commit."""
+
+
+class NotJsonLinesError(RetriableError):
+    """A 200 whose body is not Mixpanel's JSON lines (a proxy's HTML page, an error text)."""
+
+
+class InflatedBodyError(FatalError):
+    """A compressed body inflating far beyond any real export (a decompression bomb)."""
+
+
+class ShrinkRefusedError(FatalError):
+    """A day's new version holds markedly fewer rows than its committed one and Mixpanel does not confirm it."""
+
+
+class FilterMismatchError(FatalError):
+    """A run would replace a day committed with a different event filter."""
+
+
+_SECRETS = re.compile(
+    r"(?i)((?:token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|sig|auth)[\"']?\s*[=:]\s*[\"']?)"
+    r"[^\s\"'&,;<>]+"
+    r"|((?:basic|bearer)\s+)[A-Za-z0-9+/=._~-]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential (``token=…``, ``Bearer …``) replaced by ``***``."""
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)

@@ -2,7 +2,10 @@
 
 Stream → parse → split by day → rolling files in a stage → (all went well) commit day by day.
 Any retriable failure throws the whole attempt's stage away and starts the request again, so a
-day is committed only from one complete, clean response.
+day is committed only from one complete, clean response. A response in which every line was rejected
+is a failure whatever ``max_rejected_lines`` allows; and a committed day is replaced only under the
+rules of ``tasks.guard`` (no narrower filter unless forced, no marked shrink unless Mixpanel's count
+confirms it or ``allow_shrink``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,13 +22,14 @@ import msgspec
 import polars as pl
 
 from tasks.counts import DedupCounter
-from tasks.errors import MalformedRecordsError
+from tasks.errors import FilterMismatchError, MalformedRecordsError, PipelineError, ShrinkRefusedError
 from tasks.gdpr import event_rows_of
+from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
 from tasks.identity import edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
-from tasks.parse import BLOCK_BYTES, ParsedBlock, Reject, StreamParser
+from tasks.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.partition import day_of, day_ordinal, with_time_columns
 from tasks.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
 
@@ -49,6 +54,18 @@ class ExportSettings:
     identity_mode: str | None = None
     # ids of the GDPR registry (with their identity clusters): their rows are never stored
     excluded_ids: frozenset[str] = frozenset()
+    # a line longer than this is a rejected line (tasks.parse)
+    max_line_bytes: int = MAX_LINE_BYTES
+    # replace a committed day even when the new version is markedly smaller (tasks.guard)
+    allow_shrink: bool = False
+    # replace a committed day even when it was committed with a filter this run's does not cover
+    force: bool = False
+    # whether Mixpanel's per-day counts (project timezone) count the same days as the partitions
+    counts_comparable: bool = True
+
+    @property
+    def filter(self) -> Filter:
+        return filter_of(self.events)
 
 
 @dataclass
@@ -94,6 +111,8 @@ class _Attempt:
     buffer: PartitionBuffer
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
+    accepted: int = 0  # records decoded, wherever they belong
+    label: str = ""  # the request's days, for messages
 
 
 def processed_after(watermark: int) -> str:
@@ -139,7 +158,24 @@ def export_days(
 
         result = client.with_retries(attempt, what, stats)
         _keep_rejects(destination, result, days, settings)
-        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base)
+        counts = _count_source(client, settings)
+        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base, counts)
+
+
+CountSource = Callable[[list[date], set[str]], dict[date, dict[str, int]]]
+
+
+def _count_source(client: MixpanelClient, settings: ExportSettings) -> CountSource | None:
+    """Mixpanel's deduplicated count of some event names per day (None: its days are not ours)."""
+    if not settings.counts_comparable:
+        return None
+
+    def count(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
+        from tasks.reconcile import mixpanel_counts  # reconcile imports this module
+
+        return {day: dict(c) for day, c in mixpanel_counts(client, days, names).items()}
+
+    return count
 
 
 def _stream(
@@ -152,7 +188,8 @@ def _stream(
 ) -> _Attempt:
     partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
     state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
-    parser = StreamParser(settings.block_bytes)
+    state.label = str(days[0]) if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    parser = StreamParser(settings.block_bytes, settings.max_line_bytes)
     try:
         with client.export(request) as chunks:
             for chunk in chunks:
@@ -160,6 +197,14 @@ def _stream(
                     _take(state, block, settings)
             for block in parser.finish():
                 _take(state, block, settings)
+        if state.rejected and not state.accepted:
+            first = state.rejects[0]
+            raise MalformedRecordsError(
+                f"export {state.label}: every one of the {state.rejected} record line(s) of the response was "
+                "rejected, first at "
+                f"{_where(first)}: {first.error}; a response without one usable record is a failure whatever "
+                "max_rejected_lines allows, and the previous data is unchanged."
+            )
         state.buffer.flush_all()
     except BaseException:
         for day in partitions.values():
@@ -198,6 +243,7 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
     _reject(state, block.rejects, settings)
     if block.frame.height == 0:
         return
+    state.accepted += block.frame.height
     frame = with_time_columns(block.frame, settings.local_zone)
     for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
         day = state.days.get(int(ordinal))  # type: ignore[call-overload]
@@ -239,12 +285,15 @@ def _reject(state: _Attempt, rejects: list[Reject], settings: ExportSettings) ->
     state.rejects.extend(rejects[: max(room, 0)])
     if state.rejected > settings.max_rejected_lines:
         first = state.rejects[0]
-        where = f"line {first.line}" if first.line else "a line"
         raise MalformedRecordsError(
-            f"{state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
-            f"{settings.max_rejected_lines}), first at {where}: {first.error}; the previous data is unchanged: "
-            "see the rejects file and fix the source or raise max_rejected_lines."
+            f"export {state.label}: {state.rejected} malformed or misplaced record(s) (more than max_rejected_lines="
+            f"{settings.max_rejected_lines}), first at {_where(first)}: {first.error}; the previous data is "
+            "unchanged: see the rejects file and fix the source or raise max_rejected_lines."
         )
+
+
+def _where(reject: Reject) -> str:
+    return f"line {reject.line}" if reject.line else "a line"
 
 
 def _keep_rejects(
@@ -266,12 +315,20 @@ def _commit(
     stats: RetryStats,
     seconds: float,
     base: Manifest | None,
+    counts: CountSource | None = None,
 ) -> list[DayResult]:
     results = []
     exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
+    events, where = settings.filter
+    tallies = {ordinal: day.counter.counts() for ordinal, day in state.days.items()}
+    mismatched, refused = (
+        ({}, {}) if base is not None else _refusals(destination, state, settings, tallies, counts)
+    )
     for ordinal in sorted(state.days):
         day = state.days[ordinal]
         partition = day_of(ordinal).isoformat()
+        if ordinal in mismatched or ordinal in refused:
+            continue
         manifest = Manifest(
             table=EVENTS_TABLE,
             partition=partition,
@@ -288,7 +345,9 @@ def _commit(
             source_to_date=days[-1].isoformat(),
             time_mode=settings.time_mode,
             timezone=settings.timezone,
-            event_counts=day.counter.counts(),
+            event_counts=tallies[ordinal],
+            event_names=events,
+            where=where,
         )
         if base is None:
             final = destination.commit(state.stage, partition, manifest)
@@ -309,5 +368,58 @@ def _commit(
                 excluded=day.excluded,
             )
         )
-    state.stage.abort()  # drops the emptied staging folders
+    state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
+    if mismatched:
+        raise FilterMismatchError("; ".join(mismatched.values()) + ".")
+    if refused:
+        raise ShrinkRefusedError("; ".join(refused.values()) + ".")
     return results
+
+
+def _refusals(
+    destination: ObjectStoreDestination,
+    state: _Attempt,
+    settings: ExportSettings,
+    tallies: dict[int, dict[str, int]],
+    counts: CountSource | None,
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The days this export may not replace (tasks.guard): filter mismatches and unconfirmed shrinks,
+    each with its sentence. Every shrinking day of the request is checked with one query request."""
+    mismatched: dict[int, str] = {}
+    shrinking: dict[int, tuple[Manifest, set[str]]] = {}
+    for ordinal, day in state.days.items():
+        when = day_of(ordinal).isoformat()
+        committed = destination.manifest(EVENTS_TABLE, when)
+        if committed is None:
+            continue
+        why = None if settings.force else filter_refusal(when, committed, settings.filter)
+        if why is not None:
+            mismatched[ordinal] = why
+        elif not settings.allow_shrink and shrinks(committed, day.rows):
+            names = set(settings.events) or set(tallies[ordinal]) | set(
+                _committed_counts(destination, committed)
+            )
+            shrinking[ordinal] = (committed, names)
+    refused: dict[int, str] = {}
+    if not shrinking:
+        return mismatched, refused
+    theirs: dict[date, dict[str, int]] | PipelineError | None = None
+    if counts is not None:
+        try:
+            names = set().union(*(n for _, n in shrinking.values()))
+            theirs = counts([day_of(o) for o in sorted(shrinking)], names)
+        except PipelineError as exc:
+            theirs = exc
+    for ordinal, (committed, _) in shrinking.items():
+        day = day_of(ordinal)
+        answer = theirs if not isinstance(theirs, dict) else theirs.get(day, {})
+        check = confirm_shrink(day, committed, state.days[ordinal].rows, tallies[ordinal], answer)
+        if not check.confirmed:
+            refused[ordinal] = check.reason
+    return mismatched, refused
+
+
+def _committed_counts(destination: ObjectStoreDestination, committed: Manifest) -> dict[str, int]:
+    from tasks.reconcile import recorded_counts  # reconcile imports this module
+
+    return recorded_counts(destination, committed)

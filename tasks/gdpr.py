@@ -143,14 +143,25 @@ def device_ids(ids: Collection[str]) -> list[str]:
 
 def event_rows_of(ids: Collection[str]) -> pl.Expr:
     """True for event rows that belong to one of ``ids``: as distinct_id, user, device or the
-    original id of a hot-shard event."""
+    original id of a hot-shard event.
+
+    Duplicate keys: the lifted columns hold the first occurrence of a key (``tasks.parse``), but a
+    row belongs to every id any occurrence names, so ``properties`` is also searched for each id as
+    the value of ``distinct_id``, ``$user_id``, ``$device_id`` or ``mp_original_distinct_id``
+    (compact JSON, as Mixpanel exports it; a nested object naming the id matches too)."""
     listed = list(ids)
-    hotshard = [HOTSHARD_KEY + json.dumps(i, ensure_ascii=False) for i in listed]
+    needles = [HOTSHARD_KEY + json.dumps(i, ensure_ascii=False) for i in listed]
+    for key, values in (
+        ('"distinct_id":', listed),
+        ('"$user_id":', listed),
+        ('"$device_id":', device_ids(listed)),
+    ):
+        needles += [key + json.dumps(v, ensure_ascii=False) for v in values]
     return (
         pl.col("distinct_id").is_in(listed).fill_null(False)
         | pl.col("user_id").is_in(listed).fill_null(False)
         | pl.col("device_id").is_in(device_ids(listed)).fill_null(False)
-        | pl.col("properties").str.contains_any(hotshard).fill_null(False)
+        | pl.col("properties").str.contains_any(needles).fill_null(False)
     )
 
 

@@ -7,6 +7,7 @@ the export's service account); it takes at most 1999 ids per request and 1 reque
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +22,36 @@ from tasks.errors import (
     ConnectionDroppedError,
     RateLimitedError,
     ServerError,
+    redact,
 )
 from tasks.mixpanel_client import error_message, retry_after_seconds, with_retries
 from tasks.ratelimit import RateBudget, Window
 
 MAX_IDS_PER_REQUEST = 1999
 PATH = "/api/app/data-deletions/v3.0/"
+
+
+class RedactSecrets(logging.Filter):
+    """httpx logs every request URL at INFO, and the GDPR API takes the project token in the URL
+    (``?token=``; the API documents no other place for it): the token is masked in those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_REDACT = RedactSecrets()
+
+
+def hide_tokens_in_http_logs() -> None:
+    """Install the filter on httpx's loggers (once; idempotent)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
 
 
 def batches(ids: list[str], size: int = MAX_IDS_PER_REQUEST) -> list[list[str]]:
@@ -87,6 +112,7 @@ class GdprClient:
         self.notify = notify
         self._sleep = sleep
         self._token = gdpr.project_token.get_secret_value()
+        hide_tokens_in_http_logs()
         self.budget = RateBudget(
             key=f"gdpr:{credentials.project_id}", windows=[Window(1, 1.05)], max_concurrent=1
         )

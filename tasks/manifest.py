@@ -45,6 +45,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     event_counts: dict[str, int] | None = None
     # rows removed since the export by GDPR purges (the export's own filtering is not counted)
     purged_rows: int = 0
+    # the run's filter, part of the day's identity (tasks.guard): sorted event names (None: every
+    # event) and the user's where (None: none); the hourly watermark is not a filter
+    event_names: tuple[str, ...] | None = None
+    where: str | None = None
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION
 

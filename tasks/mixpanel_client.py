@@ -23,6 +23,7 @@ from tasks.errors import (
     BadRequestError,
     ConnectionDroppedError,
     FatalError,
+    InflatedBodyError,
     PermissionDeniedError,
     PlanError,
     RateLimitedError,
@@ -37,6 +38,8 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 300.0
 RETRY_AFTER_JITTER = 0.2  # fraction of the server's named wait added at most, as jitter
 MAX_RETRY_AFTER_JITTER_SECONDS = 5.0
+# a gzipped answer may inflate this much before its ratio is checked (small answers compress well)
+INFLATION_FLOOR_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,8 @@ class MixpanelClient:
                 self.answered.set()
                 raise error
             self.answered.set()
-            yield _guarded(response.iter_bytes())  # as the socket delivers: no re-chunking copy
+            # as the socket delivers: no re-chunking copy
+            yield _guarded(response, self.credentials.max_inflation_ratio)
 
     def _budget_wait(self, seconds: float, reason: str) -> None:
         if seconds >= 1:
@@ -344,6 +348,20 @@ def _transport_errors() -> Iterator[None]:
         ) from exc
 
 
-def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _guarded(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
+    """The decompressed body; a gzip body inflating beyond ``max_ratio`` times the bytes received
+    (once ``INFLATION_FLOOR_BYTES`` are out) is a decompression bomb: fatal, never retried."""
+    inflated = 0
     with _transport_errors():
-        yield from chunks
+        for chunk in response.iter_bytes():
+            inflated += len(chunk)
+            if inflated > INFLATION_FLOOR_BYTES and inflated > max_ratio * max(
+                response.num_bytes_downloaded, 1
+            ):
+                raise InflatedBodyError(
+                    f"Mixpanel's answer inflated to more than {inflated >> 20} MiB from "
+                    f"{response.num_bytes_downloaded:,} bytes received (more than max_inflation_ratio="
+                    f"{max_ratio:g}): treated as a decompression bomb and not retried; the previous data is "
+                    "unchanged, check the proxy in front of Mixpanel or raise max_inflation_ratio."
+                )
+            yield chunk

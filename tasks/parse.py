@@ -9,10 +9,24 @@ by line, so one bad record costs one slow block, not a slow stream.
 Mixpanel quirks handled here: a record split across two physical lines is re-joined; a line
 containing ``terminated early`` or an unterminated last line means the body was cut short
 (retriable); ids may arrive as numbers.
+
+Hostile bodies: a body whose first non-blank byte is not ``{`` (a proxy's HTML page served with 200)
+is a retriable ``NotJsonLinesError`` quoting its first bytes (credentials redacted). A line longer
+than ``max_line_bytes`` (default 16 MiB; Mixpanel itself refuses events above 1 MB at ingestion) is a
+rejected line with its number: its bytes are skipped as they arrive, so time stays linear and memory
+bounded by the cap. Any decoder failure (invalid JSON, NaN, invalid UTF-8, nesting too deep for the
+decoder, ...) is a rejected line with its number, never a bare exception.
+
+Duplicate keys: when ``properties`` names one of the lifted keys twice, the lifted column takes the
+**first** occurrence, which is what DuckDB answers for ``properties->>'$.key'`` (other engines
+differ: Snowflake's PARSE_JSON refuses duplicates); the GDPR purge matches a row under every
+occurrence (``tasks.gdpr``).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,10 +38,19 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from tasks.errors import TruncatedStreamError
+from tasks.errors import NotJsonLinesError, TruncatedStreamError, redact
 
 BLOCK_BYTES = 8 << 20
+# a line above this many bytes is rejected (Mixpanel refuses events above 1 MB at ingestion)
+MAX_LINE_BYTES = 16 << 20
 MAX_REJECT_TEXT = 2000
+QUOTED_BYTES = 120
+# the lifted keys as member names of a compact JSON object: a row where they occur more often than
+# lifted values were found may hold a duplicate key, and is re-read with the first-wins rule (the
+# quote is left off the $-keys: the regex runs several times faster when few of its literals open
+# with a quote, and "…$user_id": in another key only sends its row to the exact path)
+LIFTED_KEYS = r'(?:"time|"distinct_id|\$insert_id|\$device_id|\$user_id|"mp_processing_time_ms)":'
+LIFTED_COLUMNS = ("_epoch", "distinct_id", "insert_id", "device_id", "user_id", "_ptime")
 ID_COLUMNS = ("device_id", "distinct_id", "insert_id", "user_id")
 
 
@@ -172,26 +195,69 @@ def _coerce_int(value: Any, what: str) -> int | None:
     raise RecordError(f"{what} is not a number: {str(value)[:40]!r}")
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to decode"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {exc.start}"
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 def decode_record(line: bytes | memoryview) -> tuple[str, memoryview, tuple[Any, ...]]:
-    """Slow path for one record; raises ``RecordError`` with the reason when it is unusable."""
+    """Slow path for one record; raises ``RecordError`` with the reason when it is unusable.
+
+    Every decoder failure (msgspec, invalid UTF-8, recursion depth, numbers out of range) becomes a
+    ``RecordError``: one bad line never escapes as a bare exception."""
     try:
         raw = RAW_DECODER.decode(line)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"invalid JSON record: {exc}") from exc
+    except Exception as exc:
+        raise RecordError(f"invalid JSON record: {_why(exc)}") from exc
     props = memoryview(raw.properties)
     if props[:1] != b"{":
         raise RecordError("properties is not a JSON object")
     try:
         bytes(props).decode("utf-8")
         lifted = LENIENT_DECODER.decode(props)
-    except (UnicodeDecodeError, msgspec.DecodeError) as exc:
-        raise RecordError(f"invalid properties: {exc}") from exc
+        values = _lift_first(props, lifted)
+    except RecordError:
+        raise
+    except Exception as exc:
+        raise RecordError(f"invalid properties: {_why(exc)}") from exc
+    return raw.event, props, values
+
+
+def _lift_first(props: Buffer, lifted: LenientLifted) -> tuple[Any, ...]:
+    """(epoch, distinct_id, insert_id, device_id, user_id, ptime), the first of duplicate keys winning."""
+    text = bytes(props)
+    if len(re.findall(LIFTED_KEYS.encode(), text)) > sum(
+        v is not None for v in msgspec.structs.astuple(lifted)
+    ):
+        first = _first_values(text)
+        lifted = LenientLifted(*(first.get(k) for k in _LIFTED_NAMES))
     epoch = _coerce_int(lifted.time, "properties.time")
     if epoch is None:
         raise RecordError("the record has no properties.time")
     ids = (_text(lifted.distinct_id), _text(lifted.insert_id), _text(lifted.device_id), _text(lifted.user_id))
     ptime = _coerce_int(lifted.mp_processing_time_ms, "mp_processing_time_ms")
-    return raw.event, props, (epoch, *ids, ptime)
+    return (epoch, *ids, ptime)
+
+
+_LIFTED_NAMES = ("time", "distinct_id", "$insert_id", "$device_id", "$user_id", "mp_processing_time_ms")
+
+
+def _first_values(text: bytes) -> dict[str, Any]:
+    """The top-level members of a JSON object, the first of duplicate keys winning."""
+    pairs: list[tuple[str, Any]] = []
+
+    def keep(members: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return members
+
+    top = json.loads(text, object_pairs_hook=keep)
+    pairs = top if isinstance(top, list) else []
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
 
 
 def _truncated(line_no: int, line: bytes) -> TruncatedStreamError:
@@ -202,31 +268,57 @@ def _truncated(line_no: int, line: bytes) -> TruncatedStreamError:
 
 
 class StreamParser:
-    """Feed response bytes in, get ``ParsedBlock`` s out; memory is bounded by ``block_bytes``."""
+    """Feed response bytes in, get ``ParsedBlock`` s out; memory is bounded by ``block_bytes`` plus
+    ``max_line_bytes``, and time is linear in the body's length whatever its line lengths."""
 
-    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(self, block_bytes: int = BLOCK_BYTES, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.block_bytes = block_bytes
+        self.max_line_bytes = max_line_bytes
         self._parts: list[bytes] = []
         self._size = 0
+        self._tail = 0  # bytes held after the last newline: the line being received
         self._next_line = 1
         self._carry: tuple[int, bytes] | None = None
+        self._skipping: tuple[int, bytes] | None = None  # an over-long line: its number and first bytes
+        self._started = False
         self.lines = 0
 
     def feed(self, data: bytes) -> Iterator[ParsedBlock]:
+        if not data:
+            return
+        if not self._started:
+            self._check_start(data)
+        if self._skipping is not None:
+            end = data.find(b"\n")
+            if end < 0:
+                return  # still inside the over-long line: its bytes are dropped as they come
+            yield self._end_skip()
+            data = data[end + 1 :]
+            if not data:
+                return
         self._parts.append(data)
         self._size += len(data)
-        if self._size < self.block_bytes:
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._tail += len(data)  # no newline: nothing to decode yet, and no re-join either
+        else:
+            self._tail = len(data) - last - 1
+        if self._tail > self.max_line_bytes:
+            yield from self._start_skip()
+            return
+        if last < 0 or self._size < self.block_bytes:
             return
         buf = b"".join(self._parts)
-        cut = buf.rfind(b"\n") + 1
-        self._parts = [buf[cut:]] if cut < len(buf) else []
-        self._size = len(buf) - cut
-        if cut:
-            yield from self._block(buf, cut, final=False)
+        cut = len(buf) - self._tail
+        self._parts = [buf[cut:]] if self._tail else []
+        self._size = self._tail
+        yield from self._block(buf, cut, final=False)
 
     def finish(self) -> Iterator[ParsedBlock]:
+        if self._skipping is not None:
+            yield self._end_skip()  # the body ended inside an over-long line: it is rejected all the same
         buf = b"".join(self._parts)
-        self._parts, self._size = [], 0
+        self._parts, self._size, self._tail = [], 0, 0
         cut = buf.rfind(b"\n") + 1
         tail = buf[cut:]
         yield from self._block(buf, cut, final=not tail.strip())
@@ -237,6 +329,46 @@ class StreamParser:
                 raise _truncated(self._next_line, tail) from None
             self.lines += 1
             yield ParsedBlock(build_frame([name], [props], [values]))
+
+    def _check_start(self, data: bytes) -> None:
+        """The first non-blank byte of an export is ``{``: anything else is not JSON lines."""
+        head = data.lstrip()[:QUOTED_BYTES]
+        if not head:
+            return
+        self._started = True
+        if head[:1] == b"{":
+            return
+        if b"terminated early" in head:
+            raise _truncated(self._next_line, head)
+        quoted = redact(head.decode("utf-8", "replace"))
+        raise NotJsonLinesError(
+            f"Mixpanel answered 200 with a body that is not JSON lines (it begins {quoted!r}): "
+            "a proxy or gateway page, retrying."
+        )
+
+    def _start_skip(self) -> Iterator[ParsedBlock]:
+        """The line being received passed ``max_line_bytes``: decode the whole lines before it, keep
+        its first bytes for the rejects file and drop the rest of it until its newline."""
+        buf = b"".join(self._parts)
+        cut = len(buf) - self._tail
+        head = buf[cut : cut + MAX_REJECT_TEXT]
+        self._parts, self._size, self._tail = [], 0, 0
+        yield from self._block(buf, cut, final=True)
+        del buf
+        if self._carry is not None:  # a record split before an over-long line has no second half
+            line_no, line = self._carry
+            self._carry = None
+            yield ParsedBlock(_empty_frame(), [_reject(line_no, "invalid JSON record", line)])
+        self._skipping = (self._next_line, head)
+
+    def _end_skip(self) -> ParsedBlock:
+        assert self._skipping is not None
+        line_no, head = self._skipping
+        self._skipping = None
+        self._next_line += 1
+        self.lines += 1
+        why = f"the line is longer than max_line_bytes ({self.max_line_bytes:,} bytes)"
+        return ParsedBlock(_empty_frame(), [_reject(line_no, why, head)])
 
     def _block(self, data: bytes, end: int, final: bool) -> Iterator[ParsedBlock]:
         """Decode ``data[:end]``, which holds whole lines only."""
@@ -251,7 +383,7 @@ class StreamParser:
             try:
                 yield self._fast(view, count)
                 return
-            except (msgspec.DecodeError, pa.ArrowInvalid, pl.exceptions.PolarsError, TypeError, ValueError):
+            except Exception:
                 pass
         yield self._slow(bytes(view), first, final)
 
@@ -269,8 +401,19 @@ class StreamParser:
         frame = build_frame(names, props, [e.properties for e in lifted])
         if frame["_epoch"].null_count():
             raise ValueError("a record has no time")
-        if not frame["properties"].str.starts_with("{").all():
+        objects, keys = frame.select(
+            pl.col("properties").str.starts_with("{").all().alias("objects"),
+            pl.col("properties").str.count_matches(LIFTED_KEYS).sum().alias("keys"),
+        ).row(0)
+        if not objects:
             raise ValueError("properties is not an object")
+        # a line longer than the cap can only hide in a block longer than the cap (rare with the defaults)
+        if len(buf) > self.max_line_bytes and max(map(len, bytes(buf).split(b"\n"))) > self.max_line_bytes:
+            raise ValueError("an over-long line: read line by line")
+        # null counts are free: only a block with more key names than lifted values is looked at row by row
+        if keys > sum(frame.height - frame[c].null_count() for c in LIFTED_COLUMNS):
+            frame = _first_wins(frame)
+        return ParsedBlock(frame)
         return ParsedBlock(frame)
 
     def _slow(self, buf: bytes, first: int, final: bool) -> ParsedBlock:
@@ -292,6 +435,10 @@ class StreamParser:
             i += 1
             if not line.strip():
                 continue
+            if len(line) > self.max_line_bytes:
+                why = f"the line is longer than max_line_bytes ({self.max_line_bytes:,} bytes)"
+                rejects.append(_reject(line_no, why, line))
+                continue
             try:
                 record = decode_record(line)
             except RecordError as exc:
@@ -302,9 +449,7 @@ class StreamParser:
                     break
                 joined = self._rejoin(line, numbered[i][1]) if i < len(numbered) else None
                 if joined is None:
-                    rejects.append(
-                        Reject(line_no, str(exc), line[:MAX_REJECT_TEXT].decode("utf-8", "replace"))
-                    )
+                    rejects.append(_reject(line_no, str(exc), line))
                     continue
                 record, i, rejoined = joined, i + 1, rejoined + 1
             names.append(record[0])
@@ -320,6 +465,38 @@ class StreamParser:
             return decode_record(first + second)
         except RecordError:
             return None
+
+
+def _first_wins(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows whose properties name a lifted key more often than values were lifted may hold a
+    duplicate key (msgspec keeps the last one): their lifted columns are re-read, first one winning."""
+    suspects = frame.select(
+        (pl.col("properties").str.count_matches(LIFTED_KEYS) > _lifted_present()).arg_true()
+    ).to_series()
+    if suspects.len() == 0:
+        return frame
+    rows = suspects.to_list()
+    fixed = []
+    for text in frame["properties"].gather(rows).to_list():
+        raw = text.encode()
+        fixed.append(_lift_first(raw, LENIENT_DECODER.decode(raw)))
+    updates = []
+    for i, column in enumerate(LIFTED_COLUMNS):
+        values = frame[column].scatter(rows, [row[i] for row in fixed])
+        updates.append(values)
+    return frame.with_columns(updates)
+
+
+def _lifted_present() -> pl.Expr:
+    return pl.sum_horizontal([pl.col(c).is_not_null().cast(pl.UInt32) for c in LIFTED_COLUMNS])
+
+
+def _reject(line_no: int, why: str, line: bytes) -> Reject:
+    return Reject(line_no, why, line[:MAX_REJECT_TEXT].decode("utf-8", "replace"))
+
+
+def _empty_frame() -> pl.DataFrame:
+    return build_frame([], [], [])
 
 
 def _unsplit(props: Buffer) -> Buffer:

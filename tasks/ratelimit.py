@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ DEFAULT_STATE_DIR = Path.home() / ".cache" / "mixpanel-pipelines"
 WINDOW_SLACK_SECONDS = 0.1
 # A holder on another host cannot be checked for liveness; its slot is freed after this long.
 FOREIGN_LEASE_SECONDS = 6 * 3600.0
+# how long a statement waits for another process's lock on the budget file
+BUSY_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,19 +73,26 @@ class RateBudget:
         self._init_db()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        # before any other statement: every lock this connection waits for waits up to the timeout
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         return conn
 
     def _init_db(self) -> None:
+        """Create the tables (one transaction) and switch the file to WAL once.
+
+        Several processes may open a new file at the same instant: the tables are created inside
+        ``BEGIN IMMEDIATE`` (waits on the busy timeout), and the switch to WAL, which SQLite refuses
+        with "database is locked" without waiting while another connection reads, is retried until
+        it succeeds or another process made it. WAL is a property of the file, so later connections
+        need no pragma at all."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS starts (key TEXT, ts REAL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS starts_key_ts ON starts (key, ts)")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS inflight (key TEXT, token TEXT PRIMARY KEY, host TEXT, pid INTEGER,"
-                " since REAL)"
-            )
+        conn = self._connect()
+        try:
+            _retry_locked(lambda: _create_tables(conn))
+            _retry_locked(lambda: _enable_wal(conn))
+        finally:
+            conn.close()
 
     @contextmanager
     def slot(self, on_wait: Callable[[float, str], None] | None = None) -> Iterator[None]:
@@ -100,13 +109,13 @@ class RateBudget:
         try:
             yield
         finally:
-            with self._connect() as conn:
+            with closing(self._connect()) as conn:
                 conn.execute("DELETE FROM inflight WHERE token = ?", (token,))
 
     def _try_acquire(self, token: str) -> tuple[float, str]:
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE") and None)
             now = self._clock()
             horizon = now - self.windows[-1].seconds - WINDOW_SLACK_SECONDS if self.windows else now
             conn.execute("DELETE FROM starts WHERE key = ? AND ts <= ?", (self.key, horizon))
@@ -121,7 +130,8 @@ class RateBudget:
             conn.execute("COMMIT")
             return wait, reason
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         finally:
             conn.close()
@@ -149,6 +159,43 @@ class RateBudget:
                 oldest = rows[-1][0]
                 return max(oldest + span - now, 0.001), _describe(window)
         return 0.0, ""
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS starts (key TEXT, ts REAL)")
+        conn.execute("CREATE INDEX IF NOT EXISTS starts_key_ts ON starts (key, ts)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS inflight (key TEXT, token TEXT PRIMARY KEY, host TEXT, pid INTEGER,"
+            " since REAL)"
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    if str(mode).lower() != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _retry_locked(step: Callable[[], None], deadline_seconds: float = BUSY_TIMEOUT_SECONDS) -> None:
+    """Run ``step``, again after a short pause while SQLite answers "database is locked"."""
+    deadline = time.monotonic() + deadline_seconds
+    pause = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def _describe(window: Window) -> str:

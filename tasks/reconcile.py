@@ -11,7 +11,9 @@ Two cheap questions, over every settled day of the look-back window at once:
   Mixpanel deduplicates at query time, against the deduplicated counts the export recorded in the
   manifest (``event_counts``).
 
-A day is changed when either answer says so; only those days are exported again.
+A day is changed when either answer says so; only those days are exported again. A day committed
+with an event filter (``Manifest.event_names``) is compared for the events of its filter only, and
+re-exported with the same filter.
 """
 
 from __future__ import annotations
@@ -85,12 +87,15 @@ def late_events(
     marks: list[dict[date, int]],
     local_zone: str | None,
     excluded: Collection[str] = frozenset(),
+    filters: list[dict[date, tuple[str, ...] | None]] | None = None,
 ) -> list[Counter[date]]:
     """For each set of watermarks (one per destination): per day, events processed after it.
 
     One probe serves every destination: it asks above the smallest watermark of each day and
-    each destination's count is taken against its own.
+    each destination's count is taken against its own (and, for a day committed with an event
+    filter, only for the events of that filter).
     """
+    filters = filters or [{} for _ in marks]
     lowest: dict[date, int] = {}
     for one in marks:
         for day, mark in one.items():
@@ -104,9 +109,9 @@ def late_events(
             with client.export(request) as chunks:
                 for chunk in chunks:
                     for block in parser.feed(chunk):
-                        _count_late(block.frame, marks, counts, local_zone, excluded)
+                        _count_late(block.frame, marks, counts, local_zone, excluded, filters)
             for block in parser.finish():
-                _count_late(block.frame, marks, counts, local_zone, excluded)
+                _count_late(block.frame, marks, counts, local_zone, excluded, filters)
             return counts
 
         for total, counts in zip(found, client.with_retries(attempt, "late-event probe"), strict=True):
@@ -120,18 +125,20 @@ def _count_late(
     counts: list[Counter[date]],
     local_zone: str | None,
     excluded: Collection[str],
+    filters: list[dict[date, tuple[str, ...] | None]],
 ) -> None:
     if frame.height == 0:
         return
     frame = with_time_columns(frame, local_zone)
     if excluded:
         frame = frame.filter(~event_rows_of(excluded))
-    pairs = frame.select("_day", "_ptime").rows()
+    rows = frame.select("_day", "_ptime", "event_name").rows()
     epoch = date(1970, 1, 1)
-    for ordinal, ptime in pairs:
+    for ordinal, ptime, name in rows:
         day = epoch + timedelta(days=int(ordinal))
-        for one, count in zip(marks, counts, strict=True):
-            if day in one and (ptime or 0) > one[day]:
+        for one, count, only in zip(marks, counts, filters, strict=True):
+            names = only.get(day)
+            if day in one and (ptime or 0) > one[day] and (names is None or name in names):
                 count[day] += 1
 
 

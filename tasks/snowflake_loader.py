@@ -22,6 +22,16 @@ STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (table_name STRING, par
 STAGE = "mp_pipelines_load"
 
 
+def put_source(path: object) -> str:
+    """``'file://<path>'`` as a Snowflake string literal: PUT takes no bind parameters, so the path is
+    quoted with its backslashes and single quotes escaped (a path cannot end the literal)."""
+    text = str(path)
+    if any(ord(c) < 32 for c in text):
+        raise FatalError(f"cannot PUT {text!r} to Snowflake: the path holds a control character.")
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'file://{escaped}'"
+
+
 def _ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in typed_columns(table, TYPES))})"
 
@@ -87,7 +97,7 @@ class SnowflakeLoader:
         folder = f"@{STAGE}/{staging}/"
         cur.execute(f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE}")
         for path in partition.local_paths():
-            cur.execute(f"PUT 'file://{path}' {folder} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
+            cur.execute(f"PUT {put_source(path)} {folder} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
         cur.execute(
             f"COPY INTO {staging} FROM {folder} FILE_FORMAT = (TYPE = PARQUET) "
             "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"

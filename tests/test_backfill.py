@@ -119,3 +119,36 @@ def test_the_future_stays_refused_before_any_request(sandbox: SandboxServer, tmp
         )
     assert sandbox.stats()["export_requests"] == 0
     assert not list(tmp_path.rglob("*.json")), "nothing was written"
+
+
+def test_a_filtered_run_is_refused_over_full_days_and_a_forced_one_is_redone_by_the_backfill(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    from flows.events import events
+    from tasks.errors import FilterMismatchError
+
+    credentials = credentials_for(sandbox)
+    destination = LocalDestination(path=str(tmp_path))
+    days = recent_days(2, sandbox)
+    backfill(credentials, days[0], destination, to_date=days[1])
+    before = manifests(tmp_path, days)
+    requests = sandbox.stats()["export_requests"]
+    with pytest.raises(
+        FilterMismatchError, match="committed with every event and this run exports event_names"
+    ):
+        events(credentials, destination, from_date=days[0], to_date=days[1], event_names=["Page View"])
+    assert sandbox.stats()["export_requests"] == requests, "refused before any request"
+    assert manifests(tmp_path, days) == before
+
+    # forced: the filtered day is committed (Mixpanel's count of the filter confirms the smaller day)
+    events(
+        credentials, destination, from_date=days[1], to_date=days[1], event_names=["Page View"], force=True
+    )
+    filtered = local_destination(tmp_path).manifest("mp_master_event", days[1].isoformat())
+    assert filtered is not None and filtered.event_names == ("Page View",)
+    # the backfill sees the filtered day as incomplete and redoes it whole
+    done = backfill(credentials, days[0], destination, to_date=days[1])
+    assert done == {"days": 2, "exported": 1, "skipped": 1}
+    for day in days:
+        assert_day_matches_sandbox(tmp_path, sandbox, day)
+    assert local_destination(tmp_path).manifest("mp_master_event", days[1].isoformat()).event_names is None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from tasks.errors import TruncatedStreamError
+from tasks.errors import NotJsonLinesError, TruncatedStreamError
 from tasks.parse import StreamParser, row_hash
 
 TRICKY_PROPS = (
@@ -117,3 +118,110 @@ def test_lenient_values_float_time_and_numeric_strings() -> None:
     rows, rejects = parse(line("a", b'{"time":1.9,"$user_id":7,"mp_processing_time_ms":"12"}') + b"\n")
     assert rejects == []
     assert (rows[0]["_epoch"], rows[0]["user_id"], rows[0]["_ptime"]) == (1, "7", 12)
+
+
+def feed_in_pieces(parser: StreamParser, body_parts: list[bytes], piece: int) -> tuple[list, int]:
+    """Blocks out, and the most bytes the parser held at once."""
+    blocks, held = [], 0
+    for part in body_parts:
+        for i in range(0, len(part), piece):
+            blocks += list(parser.feed(part[i : i + piece]))
+            held = max(held, parser._size)
+    return blocks + list(parser.finish()), held
+
+
+def test_a_long_line_is_parsed_in_linear_time() -> None:
+    # 16 MiB in 16 KiB pieces: the old feed re-joined every buffered piece on each new one (8 GiB copied)
+    big = line("Big", b'{"time":1,"pad":"' + b"a" * (16 << 20) + b'"}') + b"\n"
+    parser = StreamParser(block_bytes=64 << 10, max_line_bytes=32 << 20)
+    started = time.monotonic()
+    blocks, _ = feed_in_pieces(parser, [big, line("Small", b'{"time":2}') + b"\n"], 16 << 10)
+    assert time.monotonic() - started < 1.5
+    assert sum(b.frame.height for b in blocks) == 2
+
+
+def test_a_line_over_the_cap_is_rejected_with_its_number_in_bounded_memory() -> None:
+    cap = 1 << 20
+    body = [
+        line("A", b'{"time":1}') + b"\n",
+        line("Huge", b'{"time":2,"pad":"' + b"x" * (16 << 20) + b'"}') + b"\n",
+        line("B", b'{"time":3}') + b"\n",
+    ]
+    parser = StreamParser(block_bytes=64 << 10, max_line_bytes=cap)
+    blocks, held = feed_in_pieces(parser, body, 64 << 10)
+    assert held <= cap + (64 << 10)
+    assert [r for b in blocks for r in b.frame["event_name"].to_list()] == ["A", "B"]
+    (reject,) = [r for b in blocks for r in b.rejects]
+    assert reject.line == 2 and "longer than max_line_bytes (1,048,576 bytes)" in reject.error
+    assert reject.text.startswith('{"event":"Huge"') and len(reject.text) <= 2000
+
+
+def test_a_line_over_the_cap_inside_one_chunk_is_rejected_too() -> None:
+    body = line("A", b'{"time":1}') + b"\n" + line("Huge", b'{"time":2,"pad":"' + b"x" * 3000 + b'"}') + b"\n"
+    parser = StreamParser(max_line_bytes=1000)
+    blocks = list(parser.feed(body)) + list(parser.finish())
+    assert [r.line for b in blocks for r in b.rejects] == [2]
+    assert sum(b.frame.height for b in blocks) == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (
+            b'{"event":"x","properties":{"time":1,"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+            "nested too deeply",
+        ),
+        (b'{"event":"bad\xff","properties":{"time":1}}', "invalid UTF-8"),
+        (b'{"event":"x","properties":{"time":1,"v":"\xc3("}}', "invalid"),
+        (b'{"event":"x","properties":{"time":1,"v":NaN}}', "invalid JSON"),
+        (b'{"event":"x","properties":{"time":1e999}}', "invalid"),
+    ],
+    ids=["deep nesting", "bad utf-8 name", "bad utf-8 value", "NaN", "huge time"],
+)
+def test_every_decoder_failure_is_a_rejected_line(bad: bytes, why: str) -> None:
+    rows, rejects = parse(line("ok", b'{"time":1}') + b"\n" + bad + b"\n" + line("ok", b'{"time":2}') + b"\n")
+    assert len(rows) == 2
+    (reject,) = rejects
+    assert reject.line == 2 and why in reject.error
+
+
+def test_a_body_that_is_not_json_lines_is_retriable_and_quoted_without_secrets() -> None:
+    parser = StreamParser()
+    body = b"\n  <html><body>Bad gateway for ?token=abcdef123&x=1 Authorization: Bearer eyJabc</body></html>"
+    with pytest.raises(NotJsonLinesError) as info:
+        list(parser.feed(body))
+    assert "<html><body>Bad gateway" in str(info.value)
+    assert "abcdef123" not in str(info.value) and "eyJabc" not in str(info.value)
+
+
+def test_duplicate_lifted_keys_take_the_first_occurrence() -> None:
+    props = b'{"time":1,"distinct_id":"victim","$user_id":"u1","distinct_id":"other","$user_id":"u2"}'
+    for block_bytes in (1 << 20, 16):
+        rows, rejects = parse(
+            line("x", props) + b"\n" + line("y", b'{"time":2,"distinct_id":"plain"}') + b"\n", block_bytes
+        )
+        assert rejects == []
+        assert [(r["distinct_id"], r["user_id"]) for r in rows] == [("victim", "u1"), ("plain", None)]
+
+
+def test_clean_blocks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path swallows any error and re-reads the block line by line: a bug in it would only
+    show as a slow pipeline, so a clean body (hot-shard rows and null ids included) must never fall back."""
+
+    def no_slow_path(*args: object) -> None:
+        raise AssertionError("a clean block was re-read line by line")
+
+    monkeypatch.setattr(StreamParser, "_slow", no_slow_path)
+    body = b"".join(
+        line(name, props) + b"\n"
+        for name, props in [
+            ("A", TRICKY_PROPS),
+            (
+                "$hotshard_events",
+                b'{"time":2,"distinct_id":"","mp_original_distinct_id":"u9","$device_id":null}',
+            ),
+            ("B", b'{"time":3,"distinct_id":"u1","$user_id":"u1","$insert_id":"i"}'),
+        ]
+    )
+    rows, rejects = parse(body)
+    assert len(rows) == 3 and rejects == []

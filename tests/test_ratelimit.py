@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from tasks.ratelimit import RateBudget, Window
 
@@ -72,6 +73,7 @@ def test_threads_never_exceed_the_per_second_window_or_the_concurrency_cap(tmp_p
 CHILD = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from tasks.ratelimit import RateBudget, Window
 budget = RateBudget("shared", [Window(2, 1.0), Window(1000, 3600.0)], 10, Path(sys.argv[1]))
 for _ in range(3):
@@ -107,3 +109,41 @@ def test_a_dead_holder_does_not_keep_its_slot(tmp_path: Path) -> None:
     with budget.slot():
         pass
     assert time.monotonic() - started < 1.0
+
+
+def _open_at_once(folder: str, rounds: int, barrier: Any, errors: Any) -> None:
+    for round_no in range(rounds):
+        barrier.wait(30)  # every process opens the same new file at the same instant
+        try:
+            budget = RateBudget(
+                "k", [Window(10_000, 1.0)], max_concurrent=100, path=Path(folder) / f"{round_no}.db"
+            )
+            with budget.slot():
+                pass
+        except Exception as exc:
+            errors.put(f"round {round_no}: {type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_budget_at_the_same_instant_never_crash(tmp_path: Path) -> None:
+    """Before the fix, a few rounds in a hundred failed with "database is locked" at
+    ``PRAGMA journal_mode=WAL`` (SQLite answers it without waiting on the busy timeout)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    workers, rounds = 8, 80
+    barrier = context.Barrier(workers)
+    procs = [
+        context.Process(target=_open_at_once, args=(str(tmp_path), rounds, barrier, errors))
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+    assert all(len(recorded_starts(tmp_path / f"{r}.db")) == workers for r in range(rounds))

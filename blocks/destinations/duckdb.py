@@ -43,6 +43,7 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
     )
     lock_wait_seconds: float = Field(
         default=600.0,
+        ge=0,
         description="How long a load waits for another process that is writing the database.",
     )
 
