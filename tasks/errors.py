@@ -69,3 +69,15 @@ class ConnectionDroppedError(RetriableError):
 
 class ConcurrentCommitError(RetriableError):
     """Another run committed the partition between this run's read of it and its own commit."""
+
+
+class PreconditionFailedError(RetriableError):
+    """A conditional write was refused: the object exists (create-if-absent) or changed (If-Match)."""
+
+
+class CorruptManifestError(FatalError):
+    """A manifest names a key outside its partition (absolute, ``..``, another folder): nothing is deleted."""
+
+
+class OutsideDestinationError(FatalError):
+    """A key to read, write or delete does not lie under the destination root or the table's own prefix."""

@@ -45,6 +45,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     event_counts: dict[str, int] | None = None
     # rows removed since the export by GDPR purges (the export's own filtering is not counted)
     purged_rows: int = 0
+    # how many versions of the partition were committed before this one, plus one: published files
+    # carry the sequence they are meant for (part-<run>-s<sequence>-…), so a commit knows which
+    # unlisted files belong to runs that can no longer win (see tasks.objectstore)
+    sequence: int = 0
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION
 
@@ -78,4 +82,5 @@ def combined(
         # a duplicate may straddle base and increment: the exact count is recomputed when needed
         event_counts=None,
         purged_rows=base.purged_rows,
+        sequence=base.sequence + 1,
     )

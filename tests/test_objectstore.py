@@ -82,12 +82,12 @@ def test_recommit_replaces_the_day_whole_and_repair_keeps_rejects(
     commit(dest, tmp_path, "run1", 10)
     commit(dest, tmp_path, "run2", 3)
     assert read(dest)["distinct_id"].to_list() == ["run20", "run21", "run22"]
-    assert day_files(dest) == ["part-run2-00000.parquet"]
+    assert day_files(dest) == ["part-run2-s2-00000.parquet"]
     day = dest.data_prefix(TABLE, DAY)
     dest.storage.put_bytes(f"{day}part-crashed-00000.parquet", b"an orphan of a crashed run")
     dest.storage.put_bytes(f"{day}_rejects/keep.jsonl", b"{}")
     assert dest.repair(TABLE, DAY) == 1
-    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-00000.parquet"]
+    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-s2-00000.parquet"]
 
 
 def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
@@ -95,7 +95,7 @@ def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
 ) -> None:
     commit(dest, tmp_path, "run1", 2)
 
-    def crash(self: object, key: str, data: bytes) -> None:
+    def crash(self: object, key: str, data: bytes, **condition: object) -> None:
         raise KeyboardInterrupt("killed before the manifest switch")
 
     monkeypatch.setattr(type(dest.storage), "put_bytes", crash)
@@ -105,8 +105,8 @@ def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
     assert read(dest)["distinct_id"].to_list() == ["run10", "run11"]
     assert len(day_files(dest)) == 3  # the orphans of run2 sit beside the committed file
     assert dest.repair(TABLE, DAY) == 2
-    assert day_files(dest) == ["part-run1-00000.parquet"]
-    commit(dest, tmp_path, "run3", 1)  # the crashed commit released its lock: the next one goes through
+    assert day_files(dest) == ["part-run1-s1-00000.parquet"]
+    commit(dest, tmp_path, "run3", 1)  # nothing of the crashed commit stands in the way of the next one
     assert read(dest)["distinct_id"].to_list() == ["run30"]
 
 

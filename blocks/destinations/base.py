@@ -7,6 +7,7 @@ from abc import abstractmethod
 from prefect.blocks.core import Block
 
 from tasks.objectstore import ObjectStoreDestination
+from tasks.storage import RetryPolicy, Store
 
 
 class DestinationBlock(Block):
@@ -15,3 +16,19 @@ class DestinationBlock(Block):
     @abstractmethod
     def connect(self, project_id: int) -> ObjectStoreDestination:
         """The destination for one Mixpanel project, checked to be writable."""
+
+
+class BucketDestination(DestinationBlock):
+    """A destination made of files in one store: the block's fields build the store, ``connect`` probes it."""
+
+    @abstractmethod
+    def store(self, retry: RetryPolicy | None = None) -> Store:
+        """The store of this block's bucket and folder (no request made yet)."""
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy()
+
+    def connect(self, project_id: int) -> ObjectStoreDestination:
+        store = self.store()
+        store.probe()  # one sentence naming the block, the right and the fix if anything is missing
+        return ObjectStoreDestination(store, project_id)

@@ -232,8 +232,7 @@ def make_gcs_destination(
     """An unsaved destination block on ``bucket`` (a fresh one when None) of the test server."""
     name = bucket if bucket is not None else server.create_bucket()
     gcs = GcsBucket(bucket=name, gcp_credentials=server.credentials(bad_credentials))
-    # short leases: a test run killed while holding a lock delays the next one by seconds, not a minute
-    return GcsDestination(bucket=gcs, prefix=prefix, lock_lease_seconds=3.0, lock_wait_seconds=30.0)
+    return GcsDestination(bucket=gcs, prefix=prefix, retry_deadline_seconds=30.0)
 
 
 def inject_gcs_errors(server: GcsServer, status: int, count: int, after: int = 0) -> None:
