@@ -276,6 +276,9 @@ class ObjectStoreDestination:
         self, stage: Stage, partition: str, version: str | None, build, base: Manifest | None
     ) -> Manifest:  # type: ignore[no-untyped-def]
         table = stage.table
+        current, now = self.versioned_manifest(table, partition)
+        if now != version:  # lost already: publish nothing
+            self._lost(stage, partition, current, "nothing was changed; the retry starts from that version")
         sequence = (base.sequence if base else 0) + 1
         run = f"{stage.run_id.replace('-', '')[:16]}-s{sequence}"
         files = self._publish(stage.files.get(partition, []), self.data_prefix(table, partition), run)

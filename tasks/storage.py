@@ -243,7 +243,8 @@ class Store(ABC):
             found = self._classify(exc)
             if found is None:
                 raise
-            self._raise(found[0], found[1], action, key, exc)
+            kind = MISSING_BUCKET if found[0] == NOT_FOUND and action == "list" else found[0]
+            self._raise(kind, found[1], action, key, exc)  # a listing finds nothing only if no bucket
 
     def _raise(self, kind: str, detail: str, action: str, key: str, exc: Exception) -> NoReturn:
         o = self.owner
@@ -373,7 +374,10 @@ class LocalStore(Store):
         self._upload(self._path(src), dst)
 
     def move(self, src: str, dst: str) -> None:
-        source, target = self._path(check_key(src)), self._target(check_key(dst))
+        self._call("write", dst, lambda: self._rename(check_key(src), check_key(dst)))
+
+    def _rename(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._target(dst)
         os.replace(source, target)
         _remove_empty_parents(source, self.root)
 
