@@ -20,6 +20,7 @@ from blocks.destinations.local import LocalDestination
 from tasks.errors import (
     ConcurrentCommitError,
     CorruptManifestError,
+    FatalError,
     OutsideDestinationError,
     PreconditionFailedError,
 )
@@ -277,3 +278,17 @@ def test_local_deletions_and_listings_never_follow_a_symbolic_link(tmp_path: Pat
         dest.storage.delete(["7/mp_master_event/2026/05/02/part-x-00000.parquet"])
     assert dest.repair(TABLE, DAY) == 0
     assert (elsewhere / "part-x-00000.parquet").read_bytes() == b"not ours"
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_at_connect(
+    block: BucketDestination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kind = type(block.store())
+    real = kind._put
+    monkeypatch.setattr(
+        kind, "_put", lambda self, key, data, create, if_version: real(self, key, data, False, None)
+    )
+    with pytest.raises(
+        FatalError, match=r"ignores conditional writes \(create-if-absent\) on .*: use a store"
+    ):
+        block.connect(7)

@@ -125,9 +125,7 @@ def _config(credentials: AzureBlobStorageCredentials, block: str) -> tuple[dict[
                 "account's Access keys page."
             ) from exc
         endpoint = endpoint.rstrip("/")
-        config: dict[str, Any] = {"endpoint": endpoint}
-        if account:
-            config["account_name"] = account
+        config: dict[str, Any] = {"endpoint": endpoint, "account_name": account or _account_of(endpoint)}
         if "AccountKey" in fields:
             config["account_key"] = fields["AccountKey"]
         elif "SharedAccessSignature" in fields:
@@ -135,7 +133,7 @@ def _config(credentials: AzureBlobStorageCredentials, block: str) -> tuple[dict[
         return config, endpoint, "check the account key or connection string"
     url = urlsplit(str(credentials.account_url))
     endpoint = f"{url.scheme}://{url.netloc}{url.path}".rstrip("/")
-    config = {"endpoint": endpoint, "account_name": url.netloc.split(".", 1)[0]}
+    config = {"endpoint": endpoint, "account_name": _account_of(endpoint)}
     if credentials.client_id is not None:
         secret = credentials.client_secret.get_secret_value() if credentials.client_secret else ""
         config |= {
@@ -145,3 +143,9 @@ def _config(credentials: AzureBlobStorageCredentials, block: str) -> tuple[dict[
         }
         return config, endpoint, "check the tenant id, client id and client secret"
     return config, endpoint, "check the Azure identity the worker runs as and the account URL"
+
+
+def _account_of(endpoint: str) -> str:
+    """``https://<account>.blob.core.windows.net``, or ``http://host:port/<account>`` (emulators)."""
+    url = urlsplit(endpoint)
+    return url.path.strip("/").split("/")[0] or url.netloc.split(".", 1)[0]
