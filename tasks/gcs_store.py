@@ -22,20 +22,7 @@ from google.cloud.storage import Bucket, Client
 from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from tasks.storage import (
-    MISSING_BUCKET,
-    NOT_FOUND,
-    OTHER,
-    PERMISSION,
-    PRECONDITION,
-    TRANSIENT,
-    UNAUTHENTICATED,
-    ObjectInfo,
-    Owner,
-    RetryPolicy,
-    Store,
-    Versioned,
-)
+from tasks.storage import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
 
 MiB = 1 << 20
 CHUNK_SIZE = 8 * MiB  # above this a resumable upload, one chunk in memory at a time
@@ -138,29 +125,29 @@ class GcsStore(Store):
         if isinstance(exc, api.RetryError):  # the deadline passed: judge by the last error
             cause = exc.cause
             if cause is None or _status(cause) in TRANSIENT_STATUS or _status(cause) == 0:
-                return TRANSIENT, _brief(cause)
+                return Failure.TRANSIENT, _brief(cause)
             exc = cause  # type: ignore[assignment]
         if isinstance(exc, auth.RefreshError) and getattr(exc, "retryable", False):
-            return TRANSIENT, "the token endpoint kept failing"
+            return Failure.TRANSIENT, "the token endpoint kept failing"
         if isinstance(exc, auth.GoogleAuthError) and not isinstance(exc, auth.TransportError):
-            return UNAUTHENTICATED, type(exc).__name__
+            return Failure.UNAUTHENTICATED, type(exc).__name__
         if not isinstance(
             exc, api.GoogleAPICallError | InvalidResponse | requests.RequestException | ConnectionError
         ):
             return None
         status = _status(exc)
         if status == 401:
-            return UNAUTHENTICATED, "401"
+            return Failure.UNAUTHENTICATED, "401"
         if status == 403:
-            return PERMISSION, "403"
+            return Failure.PERMISSION, "403"
         if status == 412:
-            return PRECONDITION, "412"
+            return Failure.PRECONDITION, "412"
         if status == 404:
             message = str(getattr(exc, "message", exc)).lower()
-            return (MISSING_BUCKET if "bucket" in message else NOT_FOUND), "404"
+            return (Failure.MISSING_BUCKET if "bucket" in message else Failure.NOT_FOUND), "404"
         if status in TRANSIENT_STATUS or status == 0:
-            return TRANSIENT, _brief(exc)
-        return OTHER, _brief(exc)
+            return Failure.TRANSIENT, _brief(exc)
+        return Failure.OTHER, _brief(exc)
 
 
 def _status(exc: BaseException | None) -> int:

@@ -18,20 +18,7 @@ from typing import Any
 import obstore
 from obstore import exceptions as ob
 
-from tasks.storage import (
-    MISSING_BUCKET,
-    NOT_FOUND,
-    OTHER,
-    PERMISSION,
-    PRECONDITION,
-    TRANSIENT,
-    UNAUTHENTICATED,
-    ObjectInfo,
-    Owner,
-    RetryPolicy,
-    Store,
-    Versioned,
-)
+from tasks.storage import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
 
 MiB = 1 << 20
 DELETE_BATCH = 1000
@@ -122,17 +109,17 @@ class ObstoreStore(Store):
         status = int(status_match.group(1)) if status_match else 0
         detail = code or (f"HTTP {status}" if status else type(exc).__name__)
         if isinstance(exc, ob.UnauthenticatedError) or code in CREDENTIAL_CODES:
-            return UNAUTHENTICATED, detail
+            return Failure.UNAUTHENTICATED, detail
         if code in MISSING_BUCKET_CODES:
-            return MISSING_BUCKET, detail
+            return Failure.MISSING_BUCKET, detail
         if isinstance(exc, ob.PermissionDeniedError) or code in PERMISSION_CODES:
-            return PERMISSION, detail
+            return Failure.PERMISSION, detail
         if isinstance(exc, ob.AlreadyExistsError | ob.PreconditionError):
-            return PRECONDITION, detail
+            return Failure.PRECONDITION, detail
         if isinstance(exc, FileNotFoundError):
-            return NOT_FOUND, detail
+            return Failure.NOT_FOUND, detail
         if status >= 500 or status in (408, 429) or code in THROTTLING_CODES:
-            return TRANSIENT, detail
+            return Failure.TRANSIENT, detail
         if not status and ("retries" in text or "error sending request" in text or "connect" in text.lower()):
-            return TRANSIENT, "connection failed"
-        return OTHER, detail
+            return Failure.TRANSIENT, "connection failed"
+        return Failure.OTHER, detail

@@ -30,7 +30,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from stat import S_ISREG as stat_is_file
 from typing import NoReturn, TypeVar
 
 from tasks.errors import (
@@ -83,16 +85,16 @@ class Owner:
     rights: dict[str, str] = field(default_factory=dict)  # action ("write") -> right ("s3:PutObject")
 
 
-# what a backend says a failure was; the base class turns it into one sentence of the error tree
-UNAUTHENTICATED, PERMISSION, MISSING_BUCKET, NOT_FOUND, PRECONDITION, TRANSIENT, OTHER = (
-    "unauthenticated",
-    "permission",
-    "missing bucket",
-    "not found",
-    "precondition",
-    "transient",
-    "other",
-)
+class Failure(StrEnum):
+    """What a backend says a failure was; the base class turns it into one sentence of the error tree."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION = "permission"
+    MISSING_BUCKET = "missing bucket"
+    NOT_FOUND = "not found"
+    PRECONDITION = "precondition"
+    TRANSIENT = "transient"
+    OTHER = "other"
 
 
 def check_key(key: str) -> str:
@@ -243,30 +245,30 @@ class Store(ABC):
             found = self._classify(exc)
             if found is None:
                 raise
-            kind = MISSING_BUCKET if found[0] == NOT_FOUND and action == "list" else found[0]
+            kind = Failure.MISSING_BUCKET if found[0] == Failure.NOT_FOUND and action == "list" else found[0]
             self._raise(kind, found[1], action, key, exc)  # a listing finds nothing only if no bucket
 
     def _raise(self, kind: str, detail: str, action: str, key: str, exc: Exception) -> NoReturn:
         o = self.owner
         where = self.describe(key)
-        if kind == UNAUTHENTICATED:
+        if kind == Failure.UNAUTHENTICATED:
             raise BadCredentialsError(
                 f"{o.service} rejected the credentials of {o.block}: {o.credentials_fix}."
             ) from exc
-        if kind == MISSING_BUCKET:
+        if kind == Failure.MISSING_BUCKET:
             raise FatalError(
                 f"{o.container} does not exist: create it or fix the name in {o.block}."
             ) from exc
-        if kind == PERMISSION:
+        if kind == Failure.PERMISSION:
             right = o.rights.get(action, f"{action} access")
             raise PermissionDeniedError(
                 f"the identity of {o.block} lacks {right} on {o.container}: {o.grant}."
             ) from exc
-        if kind == PRECONDITION:
+        if kind == Failure.PRECONDITION:
             raise PreconditionFailedError(f"{where} was changed by another run ({detail}).") from exc
-        if kind == NOT_FOUND:
+        if kind == Failure.NOT_FOUND:
             raise FatalError(f"{where} does not exist, so it cannot be read: re-run the unit.") from exc
-        if kind == TRANSIENT:
+        if kind == Failure.TRANSIENT:
             raise ServerError(
                 f"{o.service} kept failing ({detail}) to {action} {where} after {self.retry.max_attempts} "
                 "attempts: the unit will be retried."
@@ -364,9 +366,12 @@ class LocalStore(Store):
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
             for name in files:
                 path = Path(top, name)
-                if name.startswith(".tmp-") or path.is_symlink():
+                try:
+                    stat = path.lstat()
+                except FileNotFoundError:  # deleted while we listed (another run's cleanup)
                     continue
-                stat = path.stat()
+                if name.startswith(".tmp-") or not stat_is_file(stat.st_mode):
+                    continue  # temporary files, and symbolic links: never followed
                 found.append(ObjectInfo(path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime))
         return found
 
@@ -399,9 +404,9 @@ class LocalStore(Store):
 
     def _classify(self, exc: Exception) -> tuple[str, str] | None:
         if isinstance(exc, PermissionError):
-            return PERMISSION, exc.strerror or "permission denied"
+            return Failure.PERMISSION, exc.strerror or "permission denied"
         if isinstance(exc, OSError):
-            return OTHER, exc.strerror or type(exc).__name__
+            return Failure.OTHER, exc.strerror or type(exc).__name__
         return None
 
     def _target(self, key: str) -> Path:
@@ -410,6 +415,7 @@ class LocalStore(Store):
         return self._path(key)  # checked again: a link made meanwhile is refused
 
     def _temporary(self, folder: Path, write: Callable[[object], object]) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)  # again: another run may have pruned it if empty
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
             try:
                 write(tmp)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination
+from tasks.objectstore import ObjectStoreDestination, Stage
 from tasks.tables import read_parquet
 from tasks.write import EVENT_COLUMNS, RollingFiles
 from tests.stores.catalog import StoreFactory
@@ -31,12 +31,15 @@ def frame(n: int, tag: str) -> pl.DataFrame:
     )
 
 
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+def stage_rows(
+    dest: ObjectStoreDestination, scratch: Path, run: str, n: int, frame_rows: int = 2
+) -> tuple[Stage, Manifest]:
+    """A stage of ``n`` rows of run ``run`` in files of at most 4 rows, and its draft manifest."""
     stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
+    files = RollingFiles(stage.directory(DAY, scratch / run), max_file_rows=4)
     rows = frame(n, run)
-    for start in range(0, n, 2):  # frames of 2 rows: a file rolls over once it holds 4
-        files.write(rows.slice(start, 2))
+    for start in range(0, n, frame_rows):  # frames of 2 rows: a file rolls over once it holds 4
+        files.write(rows.slice(start, frame_rows))
     stage.add(DAY, files.close())
     draft = Manifest(
         table=TABLE,
@@ -48,6 +51,11 @@ def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Man
         run_id=run,
         exported_at="x",
     )
+    return stage, draft
+
+
+def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+    stage, draft = stage_rows(dest, scratch, run, n)
     return dest.commit(stage, DAY, draft)
 
 

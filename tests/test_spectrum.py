@@ -10,7 +10,6 @@ import io
 import uuid
 from datetime import date
 
-import boto3
 import duckdb
 import polars as pl
 import pytest
@@ -24,18 +23,12 @@ from tasks.mixpanel_client import MixpanelClient
 from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
 from tasks.warehouse import WarehouseDestination
 from tests.conftest import credentials_for, recent_days
-from tests.stores.s3 import REGION, S3Server, make_s3_destination
+from tests.stores.s3 import S3Server, make_s3_destination
 
 
 def glue_database(server: S3Server) -> str:
     name = f"mixpanel_{uuid.uuid4().hex[:8]}"
-    boto3.client(
-        "glue",
-        endpoint_url=server.moto_url,
-        region_name=REGION,
-        aws_access_key_id=server.access_key_id,
-        aws_secret_access_key=server.secret_access_key,
-    ).create_database(DatabaseInput={"Name": name})
+    server.client("glue").create_database(DatabaseInput={"Name": name})
     return name
 
 
@@ -133,16 +126,6 @@ def test_a_glue_database_name_is_checked() -> None:
 # containment: nothing outside the destination's own _state/spectrum/<table>/ is ever deleted ------------
 
 
-def glue_client(server: S3Server) -> object:
-    return boto3.client(
-        "glue",
-        endpoint_url=server.moto_url,
-        region_name=REGION,
-        aws_access_key_id=server.access_key_id,
-        aws_secret_access_key=server.secret_access_key,
-    )
-
-
 def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
     client = server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -159,12 +142,14 @@ def test_an_existing_glue_table_located_outside_the_destination_is_refused(
     export(sandbox, destination, recent_days(1, sandbox), "first")
     bucket = block.s3.bucket.bucket_name
     s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
-    table = glue_client(s3_server).get_table(DatabaseName=block.glue_database, Name="mp_people_data")["Table"]
+    table = s3_server.client("glue").get_table(DatabaseName=block.glue_database, Name="mp_people_data")[
+        "Table"
+    ]
     table["StorageDescriptor"]["Location"] = f"s3://{bucket}/{where}"
     table_input = {
         k: table[k] for k in ("Name", "StorageDescriptor", "PartitionKeys", "TableType", "Parameters")
     }
-    glue_client(s3_server).update_table(DatabaseName=block.glue_database, TableInput=table_input)
+    s3_server.client("glue").update_table(DatabaseName=block.glue_database, TableInput=table_input)
     before = bucket_objects(s3_server, bucket)
     with pytest.raises(FatalError) as caught:
         block.connect(1)
@@ -184,12 +169,12 @@ def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
     export(sandbox, destination, days, "first")
     bucket = block.s3.bucket.bucket_name
     s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
-    partition = glue_client(s3_server).get_partition(
+    partition = s3_server.client("glue").get_partition(
         DatabaseName=block.glue_database, TableName="mp_master_event", PartitionValues=[day.isoformat()]
     )["Partition"]
     for location in (f"s3://{bucket}/", f"s3://{bucket}/team/", f"s3://{bucket}/raw/"):
         partition["StorageDescriptor"]["Location"] = location
-        glue_client(s3_server).update_partition(
+        s3_server.client("glue").update_partition(
             DatabaseName=block.glue_database,
             TableName="mp_master_event",
             PartitionValueList=[day.isoformat()],

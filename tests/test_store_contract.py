@@ -27,9 +27,8 @@ from tasks.errors import (
 from tasks.manifest import Manifest, ManifestFile
 from tasks.objectstore import ObjectStoreDestination, Stage
 from tasks.storage import Store
-from tasks.write import RollingFiles
 from tests.stores.catalog import StoreFactory
-from tests.test_objectstore import DAY, TABLE, frame, read
+from tests.test_objectstore import DAY, TABLE, read, stage_rows
 
 OUTSIDE = {"outside.txt": b"another team's object", "raw-other/k": b"a sibling folder"}
 
@@ -118,24 +117,6 @@ def test_keys_that_leave_the_root_are_refused(block: BucketDestination, outside:
 
 
 # the commit protocol -----------------------------------------------------------------------------------
-
-
-def stage_rows(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> tuple[Stage, Manifest]:
-    stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch / run), max_file_rows=4)
-    files.write(frame(n, run))
-    stage.add(DAY, files.close())
-    draft = Manifest(
-        table=TABLE,
-        partition=DAY,
-        files=(),
-        rows=n,
-        fingerprint="0",
-        format="parquet",
-        run_id=run,
-        exported_at="x",
-    )
-    return stage, draft
 
 
 def all_keys(dest: ObjectStoreDestination) -> list[str]:

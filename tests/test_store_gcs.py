@@ -40,7 +40,7 @@ def test_a_missing_permission_is_named(gcs_server: GcsServer, block: GcsDestinat
         block.connect(7)
     bucket = block.bucket.bucket
     assert str(caught.value) == (
-        f"the identity of the GcsBucket block of bucket {bucket} (the service account {CLIENT_EMAIL}) lacks "
+        f"the identity of the GcsBucket block for bucket {bucket} (the service account {CLIENT_EMAIL}) lacks "
         f"storage.objects.list on bucket {bucket}: grant it roles/storage.objectAdmin on the bucket."
     )
 

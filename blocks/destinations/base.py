@@ -18,6 +18,17 @@ class DestinationBlock(Block):
         """The destination for one Mixpanel project, checked to be writable."""
 
 
+def block_label(block: Block, kind: str, bucket: str) -> str:
+    """How error sentences name a referenced bucket block: by its saved name when it has one."""
+    name = getattr(block, "_block_document_name", None)
+    return f"{kind} block '{name}' (bucket {bucket})" if name else f"the {kind} block for bucket {bucket}"
+
+
+def root_of(*folders: str) -> str:
+    """The destination root inside the bucket: the bucket block's folder, then the prefix."""
+    return "/".join(f.strip("/") for f in folders if f and f.strip("/"))
+
+
 class BucketDestination(DestinationBlock):
     """A destination made of files in one store: the block's fields build the store, ``connect`` probes it."""
 

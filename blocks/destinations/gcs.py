@@ -11,7 +11,7 @@ from google.auth import exceptions as auth_exceptions
 from prefect_gcp import GcsBucket
 from pydantic import Field
 
-from blocks.destinations.base import BucketDestination
+from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
 from tasks.gcs_store import GcsStore
@@ -66,13 +66,8 @@ destination = GcsDestination.load("BLOCK_NAME")
         )
 
     def store(self, retry: RetryPolicy | None = None) -> GcsStore:
-        name = getattr(self.bucket, "_block_document_name", None)
         bucket = self.bucket.bucket
-        block = (
-            f"GcsBucket block '{name}' (bucket {bucket})"
-            if name
-            else f"the GcsBucket block of bucket {bucket}"
-        )
+        block = block_label(self.bucket, "GcsBucket", bucket)
         try:
             client = self.bucket.gcp_credentials.get_cloud_storage_client()
         except auth_exceptions.DefaultCredentialsError as exc:  # no key in the block, no ambient identity
@@ -93,5 +88,5 @@ destination = GcsDestination.load("BLOCK_NAME")
             "grant it roles/storage.objectAdmin on the bucket",
             RIGHTS,
         )
-        root = "/".join(p.strip("/") for p in (self.bucket.bucket_folder, self.prefix) if p.strip("/"))
+        root = root_of(self.bucket.bucket_folder, self.prefix)
         return GcsStore(client, bucket, root, owner, retry or self.retry_policy())

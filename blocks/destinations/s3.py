@@ -15,7 +15,7 @@ from obstore.store import S3Store
 from prefect_aws import S3Bucket
 from pydantic import Field
 
-from blocks.destinations.base import BucketDestination
+from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
 from tasks.obstore_store import ObstoreStore, retry_config
@@ -60,13 +60,8 @@ destination = S3Destination.load("BLOCK_NAME")
 
     def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
         credentials = self.bucket.credentials
-        name = getattr(self.bucket, "_block_document_name", None)
         bucket = self.bucket.bucket_name
-        block = (
-            f"S3Bucket block '{name}' (bucket {bucket})"
-            if name
-            else f"the S3Bucket block for bucket {bucket}"
-        )
+        block = block_label(self.bucket, "S3Bucket", bucket)
         session = credentials.get_boto3_session()
         found = session.get_credentials()
         if found is None:
@@ -84,7 +79,7 @@ destination = S3Destination.load("BLOCK_NAME")
         )
         if params.verify is False:
             client["allow_invalid_certificates"] = True
-        root = "/".join(p.strip("/") for p in (self.bucket.bucket_folder, self.prefix) if p.strip("/"))
+        root = root_of(self.bucket.bucket_folder, self.prefix)
         retry = retry or self.retry_policy()
 
         def provider() -> dict[str, Any]:  # boto3 refreshes temporary credentials; obstore asks again

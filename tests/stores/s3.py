@@ -47,10 +47,10 @@ class S3Server:
     proxy: FaultProxy
     process: subprocess.Popen[bytes] = field(repr=False)
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
         """An admin client straight to moto (no proxy, no faults): for arranging and checking."""
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.moto_url,
             region_name=REGION,
             aws_access_key_id=self.access_key_id,
