@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -250,10 +250,16 @@ class ObjectStoreDestination:
         base, version = stage.base(partition)
         if expected is not None and base != expected:
             self._lost(stage, partition, base, "nothing was changed")
-        return self._switch(stage, partition, version, lambda files, edges, sequence: msgspec.structs.replace(
-            manifest, files=manifest.files + files, identity_edges=manifest.identity_edges + edges,
-            sequence=sequence,
-        ), base)  # fmt: skip
+
+        def build(
+            files: tuple[ManifestFile, ...], edges: tuple[ManifestFile, ...], sequence: int
+        ) -> Manifest:
+            extended = (manifest.files + files, manifest.identity_edges + edges)
+            return msgspec.structs.replace(
+                manifest, files=extended[0], identity_edges=extended[1], sequence=sequence
+            )
+
+        return self._switch(stage, partition, version, base, manifest.run_id, build)
 
     def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
         """Add the staged files to the committed ones of ``partition`` (an hourly increment).
@@ -265,25 +271,28 @@ class ObjectStoreDestination:
         if started != base:
             self._lost(stage, partition, started, "nothing was added; the next run exports it again")
         return self._switch(
-            stage,
-            partition,
-            version,
-            lambda files, edges, _seq: combined(base, increment, files, edges),
-            base,
+            stage, partition, version, base, increment.run_id, lambda f, e, _: combined(base, increment, f, e)
         )
 
     def _switch(
-        self, stage: Stage, partition: str, version: str | None, build, base: Manifest | None
-    ) -> Manifest:  # type: ignore[no-untyped-def]
+        self,
+        stage: Stage,
+        partition: str,
+        version: str | None,
+        base: Manifest | None,
+        run_id: str,
+        build: Callable[[tuple[ManifestFile, ...], tuple[ManifestFile, ...], int], Manifest],
+    ) -> Manifest:
+        """Publish the staged files, then switch the manifest with one conditional write."""
         table = stage.table
         current, now = self.versioned_manifest(table, partition)
         if now != version:  # lost already: publish nothing
             self._lost(stage, partition, current, "nothing was changed; the retry starts from that version")
         sequence = (base.sequence if base else 0) + 1
-        run = f"{stage.run_id.replace('-', '')[:16]}-s{sequence}"
+        run = f"{run_id.replace('-', '')[:16]}-s{sequence}"
         files = self._publish(stage.files.get(partition, []), self.data_prefix(table, partition), run)
         edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
-        final: Manifest = build(files, edges, sequence)
+        final = build(files, edges, sequence)
         key = self.manifest_key(table, partition)
         try:
             self.storage.put_bytes(key, final.encode(), create=version is None, if_version=version)
