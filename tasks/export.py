@@ -18,7 +18,7 @@ import msgspec
 import polars as pl
 
 from tasks.counts import DedupCounter
-from tasks.errors import MalformedRecordsError
+from tasks.errors import MalformedRecordsError, RetriableError
 from tasks.gdpr import event_rows_of
 from tasks.identity import edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
@@ -137,9 +137,21 @@ def export_days(
                 stage.abort()
                 raise
 
-        result = client.with_retries(attempt, what, stats)
-        _keep_rejects(destination, result, days, settings)
-        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base)
+        if base is not None:  # an increment that lost its base is exported again by the next run
+            result = client.with_retries(attempt, what, stats)
+            _keep_rejects(destination, result, days, settings)
+            return _commit(destination, result, days, settings, stats, time.monotonic() - started, base)
+
+        def attempt_and_commit() -> list[DayResult]:
+            result = attempt()
+            _keep_rejects(destination, result, days, settings)
+            try:
+                return _commit(destination, result, days, settings, stats, time.monotonic() - started, None)
+            except RetriableError:  # e.g. another run committed a day first: retried from its version
+                result.stage.abort()
+                raise
+
+        return client.with_retries(attempt_and_commit, what, stats)
 
 
 def _stream(

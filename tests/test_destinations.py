@@ -194,3 +194,35 @@ def test_transient_store_errors_are_retried_and_the_days_land(sandbox: SandboxSe
         want = sandbox.expected(day, day)[day.isoformat()]
         assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "dropped")
         assert day_files(dest, day) == {f.key for f in dest.manifest(EVENTS_TABLE, day.isoformat()).files}
+
+
+def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
+    sandbox: SandboxServer, store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    days = recent_days(1, sandbox)
+    (day,) = days
+    export(sandbox, store(), days, "before")
+    real_commit = ObjectStoreDestination.commit
+    raced: list[str] = []
+
+    def commit_after_a_rival(self, stage, partition, manifest, expected=None):  # type: ignore[no-untyped-def]
+        if manifest.run_id == "loser" and not raced:
+            raced.append(partition)  # another run commits the same day first, from the same base
+            monkeypatch.setattr(ObjectStoreDestination, "commit", real_commit)
+            export(sandbox, store(), days, "winner")
+            monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+        return real_commit(self, stage, partition, manifest, expected)
+
+    monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+    with MixpanelClient(credentials_for(sandbox)) as client:
+        (result,) = export_days(client, store().connect(1), days, ExportSettings(run_id="loser"))
+    monkeypatch.undo()
+    assert raced == [day.isoformat()] and result.retries == 1
+    dest = store().connect(1)
+    want = sandbox.expected(day, day)[day.isoformat()]
+    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "loser")
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert day_files(dest, day) == {f.key for f in manifest.files}, (
+        "nothing of the winner's version or the lost try"
+    )
+    assert dest.storage.list("1/_staging/") == []

