@@ -10,7 +10,7 @@ from blocks.mixpanel import MixpanelCredentials
 from tasks.export import ExportSettings, export_days
 from tasks.mixpanel_client import MixpanelClient
 from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStorage
+from tasks.storage import LocalStore
 
 
 def run(job: Job, out: Path) -> Outcome:
@@ -20,7 +20,7 @@ def run(job: Job, out: Path) -> Outcome:
         service_account_secret=SECRET,
         api_base_url=job.url,
     )
-    destination = ObjectStoreDestination(LocalStorage(out), PROJECT_ID)
+    destination = ObjectStoreDestination(LocalStore(out), PROJECT_ID)
     settings = ExportSettings(run_id="bench", file_format="parquet")
     with MixpanelClient(credentials) as client:
         (result,) = export_days(client, destination, [date.fromisoformat(job.day)], settings)

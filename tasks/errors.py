@@ -73,6 +73,18 @@ class ConcurrentCommitError(RetriableError):
     """Another run committed the partition between this run's read of it and its own commit."""
 
 
+class PreconditionFailedError(RetriableError):
+    """A conditional write was refused: the object exists (create-if-absent) or changed (If-Match)."""
+
+
+class CorruptManifestError(FatalError):
+    """A manifest names a key outside its partition (absolute, ``..``, another folder): nothing is deleted."""
+
+
+class OutsideDestinationError(FatalError):
+    """A key to read, write or delete does not lie under the destination root or the table's own prefix."""
+
+
 class NotJsonLinesError(RetriableError):
     """A 200 whose body is not Mixpanel's JSON lines (a proxy's HTML page, an error text)."""
 

@@ -22,7 +22,13 @@ import msgspec
 import polars as pl
 
 from tasks.counts import DedupCounter
-from tasks.errors import FilterMismatchError, MalformedRecordsError, PipelineError, ShrinkRefusedError
+from tasks.errors import (
+    FilterMismatchError,
+    MalformedRecordsError,
+    PipelineError,
+    RetriableError,
+    ShrinkRefusedError,
+)
 from tasks.gdpr import event_rows_of
 from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
 from tasks.identity import edges_from_events
@@ -156,10 +162,26 @@ def export_days(
                 stage.abort()
                 raise
 
-        result = client.with_retries(attempt, what, stats)
-        _keep_rejects(destination, result, days, settings)
         counts = _count_source(client, settings)
-        return _commit(destination, result, days, settings, stats, time.monotonic() - started, base, counts)
+        if base is not None:  # an increment that lost its base is exported again by the next run
+            result = client.with_retries(attempt, what, stats)
+            _keep_rejects(destination, result, days, settings)
+            return _commit(
+                destination, result, days, settings, stats, time.monotonic() - started, base, counts
+            )
+
+        def attempt_and_commit() -> list[DayResult]:
+            result = attempt()
+            _keep_rejects(destination, result, days, settings)
+            try:
+                return _commit(
+                    destination, result, days, settings, stats, time.monotonic() - started, None, counts
+                )
+            except RetriableError:  # e.g. another run committed a day first: retried from its version
+                result.stage.abort()
+                raise
+
+        return client.with_retries(attempt_and_commit, what, stats)
 
 
 CountSource = Callable[[list[date], set[str]], dict[date, dict[str, int]]]

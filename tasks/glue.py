@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.errors import FatalError
-from tasks.storage import Storage
+from tasks.storage import Store
 from tasks.warehouse import TABLE_COLUMNS, Partition, checked_identifier, typed_columns
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
@@ -30,7 +30,7 @@ HIVE_TYPES = {"text": "string", "json": "string", "timestamp": "timestamp"}
 class GlueCatalog:
     """The ``Loader`` of a Redshift Spectrum destination: Glue tables and partitions, symlink manifests."""
 
-    def __init__(self, glue: Any, database: str, storage: Storage, state_prefix: str) -> None:
+    def __init__(self, glue: Any, database: str, storage: Store, state_prefix: str) -> None:
         self.glue = glue
         self.database = checked_identifier(database, "Glue database")
         self.storage = storage
@@ -43,25 +43,51 @@ class GlueCatalog:
             raise self._error(exc, "read the Glue database") from exc
         for table in TABLE_COLUMNS:
             try:
-                self.glue.get_table(DatabaseName=self.database, Name=table)
+                found = self.glue.get_table(DatabaseName=self.database, Name=table)["Table"]
             except ClientError as exc:
                 if _code(exc) != "EntityNotFoundException":
                     raise self._error(exc, f"read the Glue table {table}") from exc
                 self._create_table(table)
+                continue
+            location = str(found.get("StorageDescriptor", {}).get("Location", ""))
+            own = self.storage.describe(self._own(table))
+            if not location.rstrip("/").startswith(own.rstrip("/")):
+                raise FatalError(
+                    f"the Glue table {self.database}.{table} is located at {location or 'no location'}, "
+                    f"outside this destination's {own}: nothing was changed; drop that table (aws glue "
+                    f"delete-table --database-name {self.database} --name {table}) or choose another "
+                    "Glue database in the block."
+                )
 
     def load(self, partition: Partition) -> None:
-        folder = (
-            f"{self.state_prefix}{partition.table}/{self._folder(partition)}/{partition.manifest.run_id}/"
-        )
+        own = self._own(partition.table)
+        folder = f"{own}{self._folder(partition)}/{partition.manifest.run_id}/"
         self.storage.put_bytes(folder + "symlink.txt", "".join(f"{uri}\n" for uri in partition.uris).encode())
         location = self.storage.describe(folder)
         try:
             previous = self._switch(partition, location)
         except ClientError as exc:
             raise self._error(exc, f"update {partition.table} {partition.name}") from exc
-        if previous and previous != location:
-            old = previous[len(self.storage.describe("")) :]
+        old = self._own_folder(previous or "", partition)
+        if old is not None and old != folder:
             self.storage.delete(i.key for i in self.storage.list(old))
+
+    def _own(self, table: str) -> str:
+        return f"{self.state_prefix}{table}/"
+
+    def _own_folder(self, location: str, partition: Partition) -> str | None:
+        """The key of a previous location if it is one of our run folders of this partition, else None:
+        a location elsewhere (another team's objects, the destination itself, the table's initial
+        location, which holds the new folder) is never cleaned."""
+        root = self.storage.describe("x")[:-1]
+        if not location.startswith(root):
+            return None
+        key = location[len(root) :].rstrip("/") + "/"
+        parent = f"{self._own(partition.table)}{self._folder(partition)}/"
+        run = key[len(parent) :].rstrip("/")
+        if not key.startswith(parent) or not run or "/" in run or run in (".", ".."):
+            return None
+        return key
 
     def loaded_run(self, table: str, partition: str) -> str | None:
         try:
@@ -124,7 +150,7 @@ class GlueCatalog:
         return str(current["StorageDescriptor"]["Location"])
 
     def _create_table(self, table: str) -> None:
-        location = self.storage.describe(f"{self.state_prefix}{table}/")
+        location = self.storage.describe(self._own(table))
         self.glue.create_table(
             DatabaseName=self.database,
             TableInput=_table_input(table, location, {}, partitioned=table == "mp_master_event"),

@@ -49,6 +49,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # event) and the user's where (None: none); the hourly watermark is not a filter
     event_names: tuple[str, ...] | None = None
     where: str | None = None
+    # how many versions of the partition were committed before this one, plus one: published files
+    # carry the sequence they are meant for (part-<run>-s<sequence>-…), so a commit knows which
+    # unlisted files belong to runs that can no longer win (see tasks.objectstore)
+    sequence: int = 0
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION
 
@@ -82,4 +86,5 @@ def combined(
         # a duplicate may straddle base and increment: the exact count is recomputed when needed
         event_counts=None,
         purged_rows=base.purged_rows,
+        sequence=base.sequence + 1,
     )

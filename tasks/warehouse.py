@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from tasks.errors import FatalError
 from tasks.manifest import Manifest
 from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.storage import Storage
+from tasks.storage import Store
 
 STATE_TABLE = "_mp_manifests"
 # the columns of each table, with a kind each warehouse maps to its own type
@@ -120,7 +120,7 @@ class Loader(Protocol):
 class WarehouseDestination(ObjectStoreDestination):
     """Files committed as for any destination, then each committed partition loaded by ``loader``."""
 
-    def __init__(self, storage: Storage, project_id: int, loader: Loader) -> None:
+    def __init__(self, storage: Store, project_id: int, loader: Loader) -> None:
         super().__init__(storage, project_id)
         self.loader = loader
 

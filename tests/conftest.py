@@ -14,7 +14,7 @@ from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
 from tasks.manifest import fingerprint_hex
 from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStorage
+from tasks.storage import LocalStore
 
 # the local store servers (moto, the GCS emulator, Azurite) as session fixtures shared by every module
 pytest_plugins = [
@@ -76,7 +76,7 @@ def recent_days(count: int, server: SandboxServer, back: int = 1) -> list[date]:
 
 
 def local_destination(root: Path, project_id: int = 1) -> ObjectStoreDestination:
-    return ObjectStoreDestination(LocalStorage(root), project_id)
+    return ObjectStoreDestination(LocalStore(root), project_id)
 
 
 def read_day(root: Path, day: date, project_id: int = 1) -> pl.DataFrame:

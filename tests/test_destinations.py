@@ -84,6 +84,14 @@ elif where == "publish":  # files moved to their final names, manifest not switc
         real(self, staged, folder, run)
         die()
     objectstore.ObjectStoreDestination._publish = publish_then_die
+elif where == "switch":  # files published, killed as the manifest's conditional write starts
+    store = type(block.store())
+    real_put = store.put_bytes
+    def put_then_die(self, key, data, **condition):
+        if "/_state/manifests/" in key:
+            die()
+        return real_put(self, key, data, **condition)
+    store.put_bytes = put_then_die
 elif where == "cleanup":  # manifest switched, the old version not deleted yet
     objectstore.ObjectStoreDestination._remove_unlisted = die
 with MixpanelClient(creds) as client:
@@ -91,7 +99,7 @@ with MixpanelClient(creds) as client:
 """
 
 
-@pytest.mark.parametrize("where", ["upload", "publish", "cleanup"])
+@pytest.mark.parametrize("where", ["upload", "publish", "switch", "cleanup"])
 def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
     sandbox: SandboxServer, store: StoreFactory, where: str
 ) -> None:
@@ -112,6 +120,11 @@ def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
     assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "after")
     manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
     assert day_files(dest, day) == {f.key for f in manifest.files}, "orphans of the killed run were removed"
+    assert not [i for i in dest.storage.list("1/_staging/") if "after" in i.key], "the run left no staging"
+    root = dest.storage.local_path("1")
+    if root is not None:  # a local folder: no empty folder, no lock file, no temporary file left behind
+        empty = [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
+        assert empty == [] and not list(root.parent.rglob("*.lock")) and not list(root.rglob(".tmp-*"))
 
 
 def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
@@ -181,3 +194,35 @@ def test_transient_store_errors_are_retried_and_the_days_land(sandbox: SandboxSe
         want = sandbox.expected(day, day)[day.isoformat()]
         assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "dropped")
         assert day_files(dest, day) == {f.key for f in dest.manifest(EVENTS_TABLE, day.isoformat()).files}
+
+
+def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
+    sandbox: SandboxServer, store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    days = recent_days(1, sandbox)
+    (day,) = days
+    export(sandbox, store(), days, "before")
+    real_commit = ObjectStoreDestination.commit
+    raced: list[str] = []
+
+    def commit_after_a_rival(self, stage, partition, manifest, expected=None):  # type: ignore[no-untyped-def]
+        if manifest.run_id == "loser" and not raced:
+            raced.append(partition)  # another run commits the same day first, from the same base
+            monkeypatch.setattr(ObjectStoreDestination, "commit", real_commit)
+            export(sandbox, store(), days, "winner")
+            monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+        return real_commit(self, stage, partition, manifest, expected)
+
+    monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+    with MixpanelClient(credentials_for(sandbox)) as client:
+        (result,) = export_days(client, store().connect(1), days, ExportSettings(run_id="loser"))
+    monkeypatch.undo()
+    assert raced == [day.isoformat()] and result.retries == 1
+    dest = store().connect(1)
+    want = sandbox.expected(day, day)[day.isoformat()]
+    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "loser")
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert day_files(dest, day) == {f.key for f in manifest.files}, (
+        "nothing of the winner's version or the lost try"
+    )
+    assert dest.storage.list("1/_staging/") == []

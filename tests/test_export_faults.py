@@ -140,7 +140,7 @@ def test_rerunning_a_day_is_idempotent(sandbox: SandboxServer, tmp_path: Path) -
     second = run(sandbox, tmp_path, [day], run_id="two")
     assert (first[0].rows, first[0].fingerprint) == (second[0].rows, second[0].fingerprint)
     day_dir = tmp_path / "1" / "mp_master_event" / day.strftime("%Y/%m/%d")
-    assert [p.name for p in day_dir.iterdir()] == ["part-two-00000.parquet"]
+    assert [p.name for p in day_dir.iterdir()] == ["part-two-s2-00000.parquet"]
 
 
 def test_gzipped_json_lines_on_request(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination
+from tasks.objectstore import ObjectStoreDestination, Stage
 from tasks.tables import read_parquet
 from tasks.write import EVENT_COLUMNS, RollingFiles
 from tests.stores.catalog import StoreFactory
@@ -31,12 +31,15 @@ def frame(n: int, tag: str) -> pl.DataFrame:
     )
 
 
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+def stage_rows(
+    dest: ObjectStoreDestination, scratch: Path, run: str, n: int, frame_rows: int = 2
+) -> tuple[Stage, Manifest]:
+    """A stage of ``n`` rows of run ``run`` in files of at most 4 rows, and its draft manifest."""
     stage = dest.open_stage(TABLE, run)
-    files = RollingFiles(stage.directory(DAY, scratch), max_file_rows=4)
+    files = RollingFiles(stage.directory(DAY, scratch / run), max_file_rows=4)
     rows = frame(n, run)
-    for start in range(0, n, 2):  # frames of 2 rows: a file rolls over once it holds 4
-        files.write(rows.slice(start, 2))
+    for start in range(0, n, frame_rows):  # frames of 2 rows: a file rolls over once it holds 4
+        files.write(rows.slice(start, frame_rows))
     stage.add(DAY, files.close())
     draft = Manifest(
         table=TABLE,
@@ -48,6 +51,11 @@ def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Man
         run_id=run,
         exported_at="x",
     )
+    return stage, draft
+
+
+def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+    stage, draft = stage_rows(dest, scratch, run, n)
     return dest.commit(stage, DAY, draft)
 
 
@@ -82,12 +90,12 @@ def test_recommit_replaces_the_day_whole_and_repair_keeps_rejects(
     commit(dest, tmp_path, "run1", 10)
     commit(dest, tmp_path, "run2", 3)
     assert read(dest)["distinct_id"].to_list() == ["run20", "run21", "run22"]
-    assert day_files(dest) == ["part-run2-00000.parquet"]
+    assert day_files(dest) == ["part-run2-s2-00000.parquet"]
     day = dest.data_prefix(TABLE, DAY)
     dest.storage.put_bytes(f"{day}part-crashed-00000.parquet", b"an orphan of a crashed run")
     dest.storage.put_bytes(f"{day}_rejects/keep.jsonl", b"{}")
     assert dest.repair(TABLE, DAY) == 1
-    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-00000.parquet"]
+    assert day_files(dest) == ["_rejects/keep.jsonl", "part-run2-s2-00000.parquet"]
 
 
 def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
@@ -95,7 +103,7 @@ def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
 ) -> None:
     commit(dest, tmp_path, "run1", 2)
 
-    def crash(self: object, key: str, data: bytes) -> None:
+    def crash(self: object, key: str, data: bytes, **condition: object) -> None:
         raise KeyboardInterrupt("killed before the manifest switch")
 
     monkeypatch.setattr(type(dest.storage), "put_bytes", crash)
@@ -105,8 +113,8 @@ def test_crash_after_publishing_files_keeps_the_old_version_and_repair_cleans(
     assert read(dest)["distinct_id"].to_list() == ["run10", "run11"]
     assert len(day_files(dest)) == 3  # the orphans of run2 sit beside the committed file
     assert dest.repair(TABLE, DAY) == 2
-    assert day_files(dest) == ["part-run1-00000.parquet"]
-    commit(dest, tmp_path, "run3", 1)  # the crashed commit released its lock: the next one goes through
+    assert day_files(dest) == ["part-run1-s1-00000.parquet"]
+    commit(dest, tmp_path, "run3", 1)  # nothing of the crashed commit stands in the way of the next one
     assert read(dest)["distinct_id"].to_list() == ["run30"]
 
 

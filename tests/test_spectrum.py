@@ -10,7 +10,6 @@ import io
 import uuid
 from datetime import date
 
-import boto3
 import duckdb
 import polars as pl
 import pytest
@@ -24,18 +23,12 @@ from tasks.mixpanel_client import MixpanelClient
 from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
 from tasks.warehouse import WarehouseDestination
 from tests.conftest import credentials_for, recent_days
-from tests.stores.s3 import REGION, S3Server, make_s3_destination
+from tests.stores.s3 import S3Server, make_s3_destination
 
 
 def glue_database(server: S3Server) -> str:
     name = f"mixpanel_{uuid.uuid4().hex[:8]}"
-    boto3.client(
-        "glue",
-        endpoint_url=server.moto_url,
-        region_name=REGION,
-        aws_access_key_id=server.access_key_id,
-        aws_secret_access_key=server.secret_access_key,
-    ).create_database(DatabaseInput={"Name": name})
+    server.client("glue").create_database(DatabaseInput={"Name": name})
     return name
 
 
@@ -128,3 +121,79 @@ def test_a_glue_database_name_is_checked() -> None:
         RedshiftSpectrumDestination.model_validate(
             {"s3": {"bucket": {"bucket_name": "b"}}, "glue_database": "x; DROP"}
         )
+
+
+# containment: nothing outside the destination's own _state/spectrum/<table>/ is ever deleted ------------
+
+
+def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
+    client = server.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.mark.parametrize(
+    "where", ["", "team/"]
+)  # the bucket itself (shorter than raw/), another team's folder
+def test_an_existing_glue_table_located_outside_the_destination_is_refused(
+    sandbox: SandboxServer, s3_server: S3Server, block, where: str
+) -> None:
+    destination = block.connect(1)
+    export(sandbox, destination, recent_days(1, sandbox), "first")
+    bucket = block.s3.bucket.bucket_name
+    s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
+    table = s3_server.client("glue").get_table(DatabaseName=block.glue_database, Name="mp_people_data")[
+        "Table"
+    ]
+    table["StorageDescriptor"]["Location"] = f"s3://{bucket}/{where}"
+    table_input = {
+        k: table[k] for k in ("Name", "StorageDescriptor", "PartitionKeys", "TableType", "Parameters")
+    }
+    s3_server.client("glue").update_table(DatabaseName=block.glue_database, TableInput=table_input)
+    before = bucket_objects(s3_server, bucket)
+    with pytest.raises(FatalError) as caught:
+        block.connect(1)
+    message = str(caught.value)
+    assert message.startswith(
+        f"the Glue table {block.glue_database}.mp_people_data is located at s3://{bucket}/"
+    )
+    assert "outside this destination's" in message and "drop that table" in message
+    assert bucket_objects(s3_server, bucket) == before
+
+
+def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
+    sandbox: SandboxServer, s3_server: S3Server, block
+) -> None:
+    destination = block.connect(1)
+    (day,) = days = recent_days(1, sandbox)
+    export(sandbox, destination, days, "first")
+    bucket = block.s3.bucket.bucket_name
+    s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
+    partition = s3_server.client("glue").get_partition(
+        DatabaseName=block.glue_database, TableName="mp_master_event", PartitionValues=[day.isoformat()]
+    )["Partition"]
+    for location in (f"s3://{bucket}/", f"s3://{bucket}/team/", f"s3://{bucket}/raw/"):
+        partition["StorageDescriptor"]["Location"] = location
+        s3_server.client("glue").update_partition(
+            DatabaseName=block.glue_database,
+            TableName="mp_master_event",
+            PartitionValueList=[day.isoformat()],
+            PartitionInput={k: partition[k] for k in ("Values", "StorageDescriptor", "Parameters")},
+        )
+        before = bucket_objects(s3_server, bucket)
+        export(sandbox, destination, days, f"again{len(location)}")
+        after = bucket_objects(s3_server, bucket)
+        removed = set(before) - set(after)
+        assert all(k.startswith("raw/1/mp_master_event/") for k in removed), removed
+        assert after["team/theirs.parquet"] == b"another team's data"
+
+
+def test_the_first_whole_table_load_keeps_its_symlink_manifest(block) -> None:
+    destination = block.connect(1)
+    frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
+    replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "one", "resolved_distinct_id")
+    manifest = destination.manifest(MAPPINGS_TABLE, "all")
+    table = destination.loader.glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
+    location = table["StorageDescriptor"]["Location"]
+    assert location.endswith("/mp_identity_mappings_data/table/one/")
+    assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]

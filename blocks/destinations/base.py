@@ -7,6 +7,7 @@ from abc import abstractmethod
 from prefect.blocks.core import Block
 
 from tasks.objectstore import ObjectStoreDestination
+from tasks.storage import RetryPolicy, Store
 
 
 class DestinationBlock(Block):
@@ -15,3 +16,30 @@ class DestinationBlock(Block):
     @abstractmethod
     def connect(self, project_id: int) -> ObjectStoreDestination:
         """The destination for one Mixpanel project, checked to be writable."""
+
+
+def block_label(block: Block, kind: str, bucket: str) -> str:
+    """How error sentences name a referenced bucket block: by its saved name when it has one."""
+    name = getattr(block, "_block_document_name", None)
+    return f"{kind} block '{name}' (bucket {bucket})" if name else f"the {kind} block for bucket {bucket}"
+
+
+def root_of(*folders: str) -> str:
+    """The destination root inside the bucket: the bucket block's folder, then the prefix."""
+    return "/".join(f.strip("/") for f in folders if f and f.strip("/"))
+
+
+class BucketDestination(DestinationBlock):
+    """A destination made of files in one store: the block's fields build the store, ``connect`` probes it."""
+
+    @abstractmethod
+    def store(self, retry: RetryPolicy | None = None) -> Store:
+        """The store of this block's bucket and folder (no request made yet)."""
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy()
+
+    def connect(self, project_id: int) -> ObjectStoreDestination:
+        store = self.store()
+        store.probe()  # one sentence naming the block, the right and the fix if anything is missing
+        return ObjectStoreDestination(store, project_id)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 from pydantic import Field
 
-from blocks.destinations.base import DestinationBlock
+from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStorage
+from tasks.storage import LocalStore, RetryPolicy
 
 
-class LocalDestination(DestinationBlock):
+class LocalDestination(BucketDestination):
     """A local folder that receives Mixpanel's layout: <path>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel Local Destination"
@@ -36,18 +33,13 @@ destination = LocalDestination.load("BLOCK_NAME")
         "working directory.",
     )
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
+    def store(self, retry: RetryPolicy | None = None) -> LocalStore:
         root = Path(self.path).expanduser()
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / f"_probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"")
-            probe.unlink()
         except OSError as exc:
             raise FatalError(
                 f"cannot write to the destination folder {root.resolve()} ({exc.strerror}): "
                 "choose a writable path in the LocalDestination block."
             ) from exc
-        if not os.access(root, os.W_OK):
-            raise FatalError(f"the destination folder {root.resolve()} is not writable: choose another path.")
-        return ObjectStoreDestination(LocalStorage(root), project_id)
+        return LocalStore(root)

@@ -165,7 +165,6 @@ def make_azure_destination(
         prefix=prefix,
         retry_total=3,
         retry_backoff_seconds=0.01,
-        lock_ttl_seconds=3.0,  # a run killed while holding a lock blocks the next one this long
     )
 
 

