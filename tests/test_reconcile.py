@@ -149,7 +149,7 @@ def test_a_day_without_recorded_counts_is_counted_from_its_files(
 def test_a_lookback_below_one_day_is_refused(sandbox: SandboxServer, tmp_path: Path) -> None:
     from blocks.destinations.local import LocalDestination
 
-    with pytest.raises(Exception, match="lookback_days must be at least 1"):
+    with pytest.raises(Exception, match="lookback_days: Input should be greater than or equal to 1"):
         reconcile(credentials_for(sandbox), [LocalDestination(path=str(tmp_path))], lookback_days=0)
     assert sandbox.stats()["export_requests"] == 0
 
