@@ -26,7 +26,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, SandboxProcess, _auth_header, cpu_plan, pinned
+from bench.harness import ROOT, SandboxProcess, _auth_header, cpu_plan, pinned, run_child
 
 FIRST_DAY = date(2024, 3, 1)  # fixed past days: the sandbox's cache files are generated once
 MIB = 1024  # KiB per MiB
@@ -108,22 +108,12 @@ def expected_rows(sandbox: SandboxProcess, first: date, last: date) -> int:
 
 
 def run_one(job: dict[str, Any], cpu: int, env: dict[str, str], log: Path, scratch: Path) -> dict[str, Any]:
-    result = scratch / "result.json"
-    result.unlink(missing_ok=True)
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.flow_worker", "--job", json.dumps(job), "--result", str(result)],
-            cwd=ROOT,
-            env=env,
-            stdout=err,
-            stderr=err,
-            preexec_fn=pinned(cpu),
-        )
-        _, status, usage = os.wait4(proc.pid, 0)  # this child alone, not the server or the sandbox
-    report: dict[str, Any] = json.loads(result.read_text()) if result.exists() else {}
-    report["exit_code"] = os.waitstatus_to_exitcode(status)
-    report["peak_rss_mib"] = round(usage.ru_maxrss / MIB, 1)
-    return report
+    """One flow run in its own process; its peak RSS alone, not the server's or the sandbox's."""
+    child = run_child(job, cpu, scratch / "result.json", env, log, module="bench.flow_worker")
+    return dict(child.outcome) | {
+        "exit_code": child.exit_code,
+        "peak_rss_mib": round(child.peak_rss_kib / MIB, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

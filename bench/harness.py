@@ -157,12 +157,14 @@ class ChildRun:
     outcome: dict[str, Any]
 
 
-def run_child(job: dict[str, Any], cpu: int, result: Path, env: dict[str, str], log: Path) -> ChildRun:
-    """Run one `bench.workers` job in a fresh interpreter pinned to ``cpu``; its own peak RSS via wait4."""
+def run_child(
+    job: dict[str, Any], cpu: int, result: Path, env: dict[str, str], log: Path, module: str = "bench.workers"
+) -> ChildRun:
+    """Run one job of ``module`` in a fresh interpreter pinned to ``cpu``; its own peak RSS via wait4."""
     result.unlink(missing_ok=True)
     with open(log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.workers", "--job", json.dumps(job), "--result", str(result)],
+            [sys.executable, "-m", module, "--job", json.dumps(job), "--result", str(result)],
             cwd=ROOT,
             env=env,
             stdout=err,
