@@ -42,9 +42,8 @@ PER_HOUR = Limit("mixpanel-export-per-hour", 30, 30 / 3600, "the hourly export b
 PER_SECOND = Limit("mixpanel-export-per-second", 1, 2.0, "the per-second export budget (3/s)")
 IN_FLIGHT = Limit("mixpanel-export-in-flight", 100, 0.0, "a free place among 100 exports in flight")
 LIMITS = (PER_HOUR, PER_SECOND, IN_FLIGHT)
-ASK_SECONDS = (
-    5.0  # a slot not granted within this is a wait worth a log line (an API round trip can take seconds)
-)
+# a slot not granted within this is a wait worth a log line (an API round trip alone can take seconds)
+ASK_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 

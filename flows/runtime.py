@@ -46,7 +46,7 @@ class OneSentencePerRun(logging.Filter):
             if len(self._seen) > _SEEN_LIMIT:
                 self._seen.pop(next(iter(self._seen)))
             if isinstance(exc, PipelineError):
-                sentence = str(exc).removeprefix("skipped: ")
+                sentence = str(exc)
                 if sentence in seen:
                     return False
                 seen.add(sentence)
