@@ -384,6 +384,10 @@ class ObjectStoreDestination:
         self.storage.prune(prefix)
         return len(stale)
 
+    def forget_history(self) -> int:
+        """Remove data kept only for time travel (table formats do; plain files keep none): 0 here."""
+        return 0
+
     def put_rejects(self, table: str, name: str, lines: bytes) -> str:
         key = f"{self.project_prefix}/{table}/_rejects/{name}.jsonl"
         self.storage.put_bytes(key, lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from blocks.destinations.azure import AzureBlobDestination
 from blocks.destinations.bigquery import BigQueryWarehouse
+from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
 from blocks.destinations.local import LocalDestination
@@ -25,6 +26,7 @@ AnyDestination = (
     | RedshiftSpectrumDestination
     | GcsDestination
     | AzureBlobDestination
+    | DeltaLakeDestination
 )
 
 BLOCK_TYPES = (
@@ -38,4 +40,5 @@ BLOCK_TYPES = (
     RedshiftSpectrumDestination,
     GcsDestination,
     AzureBlobDestination,
+    DeltaLakeDestination,
 )

@@ -1,0 +1,218 @@
+"""Open table formats (Delta Lake, Iceberg) as destinations: the committed files, then one format commit.
+
+A table-format destination is a file destination (the staging lake: the same layout, manifests and
+compare-and-swap commits as any bucket) plus a ``TableFormat`` that holds the same partitions as a
+Delta or Iceberg table. Every committed partition is then written into the table in ONE format
+commit: an event day replaces the rows of its ``day`` partition (an overwrite with a predicate on
+that day), an hourly increment is appended, people and identity tables are overwritten whole.
+
+Ordering and crashes: the manifest is switched first, then the table is committed. The format commit
+carries the manifest's sequence number as an application transaction (Delta ``txn`` action / an
+Iceberg table property written in the same commit), so "which version of the day does the table
+hold" is answered atomically with the data. ``repair`` (run by every flow before it touches a
+partition) reloads any partition whose table version differs from its manifest: a crash between the
+two commits, a load that failed, or a slower racing run that loaded an older version last. The
+reload is idempotent (a replace of the day), so the table always converges on the manifest and each
+day in it is always one complete version.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.manifest import Manifest, ManifestFile
+from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage, is_day
+from tasks.purge import event_batches
+from tasks.storage import Store
+from tasks.tables import MAPPINGS_SCHEMA, PEOPLE_SCHEMA
+from tasks.write import EVENTS_SCHEMA, FileFormat
+
+log = logging.getLogger(__name__)
+
+DAY = "day"
+APP_ID = "mixpanel-pipelines"
+# retries of a format commit that lost a race with another writer of the same table
+COMMIT_ATTEMPTS = 6
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """The schema without field metadata (``format: json``), which table formats do not carry."""
+    return pa.schema([pa.field(f.name, f.type) for f in schema])
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    EVENTS_TABLE: _plain(EVENTS_SCHEMA).append(pa.field(DAY, pa.string())),
+    "mp_people_data": _plain(PEOPLE_SCHEMA),
+    "mp_identity_mappings_data": _plain(MAPPINGS_SCHEMA),
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a project's tables live: a root URI and the storage options to reach it."""
+
+    uri: str  # a local folder or s3://bucket/prefix/<project_id>/<format>
+    options: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never printed
+
+    def table(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+
+def commit_metadata(manifest: Manifest) -> dict[str, str]:
+    """What the manifest records about the version, as text: kept in the format commit's metadata."""
+    values: dict[str, object] = {
+        "mp.table": manifest.table,
+        "mp.partition": manifest.partition,
+        "mp.sequence": manifest.sequence,
+        "mp.run_id": manifest.run_id,
+        "mp.flow_run_id": manifest.flow_run_id,
+        "mp.rows": manifest.rows,
+        "mp.fingerprint": manifest.fingerprint,
+        "mp.max_processing_time_ms": manifest.max_processing_time_ms,
+        "mp.source_from_date": manifest.source_from_date,
+        "mp.source_to_date": manifest.source_to_date,
+        "mp.event_names": ",".join(manifest.event_names) if manifest.event_names is not None else None,
+        "mp.where": manifest.where,
+        "mp.increments": manifest.increments,
+        "mp.exported_at": manifest.exported_at,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+class TableFormat(Protocol):
+    """One table format over one project's tables."""
+
+    name: str
+    conflicts: tuple[type[BaseException], ...]  # a commit lost to another writer: retry
+
+    def check(self) -> None:
+        """Fail with one sentence if the tables cannot be written."""
+        ...
+
+    def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        """Replace the partition (a day, or the whole table) with ``data`` in one commit."""
+        ...
+
+    def append(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        """Add ``data`` to the day in one commit; the day then holds ``manifest``'s version."""
+        ...
+
+    def held(self, table: str, partition: str) -> int | None:
+        """The manifest sequence the table holds for the partition (None: never written)."""
+        ...
+
+    def forget(self) -> int:
+        """Physically remove every file no current version references (after a GDPR purge)."""
+        ...
+
+    def upkeep(self) -> dict[str, object]:
+        """Compact small files and remove versions older than the retention."""
+        ...
+
+
+class FormatDestination(ObjectStoreDestination):
+    """Files and manifests as for any destination, and each committed partition in a table format."""
+
+    def __init__(self, storage: Store, project_id: int, table_format: TableFormat) -> None:
+        super().__init__(storage, project_id)
+        self.table_format = table_format
+
+    def commit(
+        self, stage: Stage, partition: str, manifest: Manifest, expected: Manifest | None = None
+    ) -> Manifest:
+        final = super().commit(stage, partition, manifest, expected)
+        self.load(stage.table, partition, final)
+        return final
+
+    def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
+        final = super().append(stage, partition, increment, base)
+        table = stage.table
+        if self.table_format.held(table, partition) != base.sequence:
+            self.load(table, partition, final)  # the table is not at the base: replace the day whole
+            return final
+        added = [f for f in final.files if f not in set(base.files)]
+        try:
+            self.table_format.append(table, partition, final, self._reader(table, partition, final, added))
+        except self.table_format.conflicts:
+            log.info("%s %s: append lost a race, replacing the day", table, partition)
+        self._converge(table, partition)
+        return final
+
+    def repair(self, table: str, partition: str) -> int:
+        removed = super().repair(table, partition)
+        self._converge(table, partition)
+        return removed
+
+    def forget_history(self) -> int:
+        return self.table_format.forget()
+
+    def load(self, table: str, partition: str, manifest: Manifest) -> None:
+        """Write ``manifest``'s version into the table, then make sure the newest manifest is the one held."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                self.table_format.replace(
+                    table, partition, manifest, self._reader(table, partition, manifest, manifest.files)
+                )
+                break
+            except self.table_format.conflicts:
+                # another writer committed the same rows' partition meanwhile: start from the newest manifest
+                log.info("%s %s: format commit lost a race (attempt %d)", table, partition, attempt + 1)
+                newest = self.manifest(table, partition)
+                if newest is None or self.table_format.held(table, partition) == newest.sequence:
+                    return
+                manifest = newest
+        else:
+            raise RuntimeError(f"{table} {partition}: the {self.table_format.name} commit kept losing races")
+        self._converge(table, partition)
+
+    def _converge(self, table: str, partition: str) -> None:
+        """A slower racing run may have loaded an older version last: reload the manifest's."""
+        for _ in range(COMMIT_ATTEMPTS):
+            manifest = self.manifest(table, partition)
+            if manifest is None or self.table_format.held(table, partition) == manifest.sequence:
+                return
+            try:
+                self.table_format.replace(
+                    table, partition, manifest, self._reader(table, partition, manifest, manifest.files)
+                )
+            except self.table_format.conflicts:
+                continue
+
+    def _reader(
+        self,
+        table: str,
+        partition: str,
+        manifest: Manifest,
+        files: tuple[ManifestFile, ...] | list[ManifestFile],
+    ) -> pa.RecordBatchReader:
+        """The rows of ``files`` in the table's schema, one file at a time (memory stays bounded)."""
+        schema = SCHEMAS[table]
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for item in files:
+                data = self._read(item.key)
+                if table == EVENTS_TABLE and is_day(partition):
+                    for frame in event_batches(data, FileFormat(manifest.format)):
+                        rows = frame.to_arrow().select(list(EVENTS_SCHEMA.names))
+                        day = pa.array([partition] * rows.num_rows, pa.string())
+                        yield from rows.append_column(DAY, day).cast(schema).to_batches()
+                else:
+                    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=100_000):
+                        yield from (
+                            pa.Table.from_batches([batch]).select(schema.names).cast(schema).to_batches()
+                        )
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _read(self, key: str) -> bytes:
+        data = self.storage.get_bytes(key)
+        if data is None:
+            raise FileNotFoundError(f"{self.describe(key)} is named by a manifest but missing")
+        return data
