@@ -1,0 +1,262 @@
+"""Delta Lake destination on a local folder and on S3 (moto): sandbox days read back through delta-rs and polars."""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+
+from blocks.destinations.delta import DeltaLakeDestination
+from blocks.destinations.formats import location_of
+from blocks.destinations.local import LocalDestination
+from sandbox import SandboxServer
+from tasks.gdpr import event_rows_of
+from tasks.objectstore import EVENTS_TABLE
+from tasks.tableformat import APP_ID, FormatDestination
+from tests.conftest import recent_days
+from tests.stores.s3 import S3Server, make_s3_destination
+from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Lake:
+    """A Delta destination block, where its tables are, and every file under them (for the GDPR check)."""
+
+    block: DeltaLakeDestination
+    uri: str
+    options: dict[str, str]
+    files: Any  # () -> list of (name, bytes) of every object under the project's delta folder
+
+    def table(self, name: str = EVENTS_TABLE, version: int | None = None) -> DeltaTable:
+        return DeltaTable(f"{self.uri}/{name}", version=version, storage_options=self.options)
+
+    def day(self, day: date) -> pl.DataFrame:
+        """The day through delta-rs (pyarrow) with a partition filter."""
+        rows = self.table().to_pyarrow_table(filters=[("day", "=", day.isoformat())])
+        return pl.from_arrow(rows)  # type: ignore[return-value]
+
+    def scan_day(self, day: date) -> pl.DataFrame:
+        """The same day through polars' own Delta reader."""
+        scan = pl.scan_delta(f"{self.uri}/{EVENTS_TABLE}", storage_options=self.options or None)
+        return scan.filter(pl.col("day") == day.isoformat()).collect()
+
+    def held(self, day: date) -> int | None:
+        return self.table().transaction_version(f"{APP_ID}/{day.isoformat()}")
+
+
+def local_lake(tmp_path: Path) -> Lake:
+    block = DeltaLakeDestination(files=LocalDestination(path=str(tmp_path)))
+    folder = tmp_path / "1" / "delta"
+
+    def files() -> list[tuple[str, bytes]]:
+        return [(str(p), p.read_bytes()) for p in folder.rglob("*") if p.is_file()]
+
+    return Lake(block, str(folder), {}, files)
+
+
+def s3_lake(server: S3Server) -> Lake:
+    files_block = make_s3_destination(server, prefix="lake")
+    block = DeltaLakeDestination(files=files_block)
+    location = location_of(files_block, 1, "delta")
+    bucket = files_block.bucket.bucket_name
+    client = server.client()
+
+    def files() -> list[tuple[str, bytes]]:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/delta/").get("Contents", [])
+        return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
+
+    # readers go straight to moto (the fault proxy is for the pipeline's own requests)
+    return Lake(block, location.uri, location.options | {"AWS_ENDPOINT_URL": server.moto_url}, files)
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
+    yield local_lake(tmp_path) if request.param == "local" else s3_lake(request.getfixturevalue("s3_server"))
+
+
+def assert_day_is_the_sandbox(lake: Lake, sandbox: SandboxServer, day: date) -> None:
+    want = truth(sandbox, day)
+    assert rows_and_fingerprint(lake.day(day)) == want
+    assert rows_and_fingerprint(lake.scan_day(day)) == want
+
+
+def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, lake: Lake) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, lake.block, days, "first")
+    export(sandbox, lake.block, days, "second")
+    destination = lake.block.connect(1)
+    for day in days:
+        assert_day_is_the_sandbox(lake, sandbox, day)
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None and lake.held(day) == manifest.sequence
+    # each replace is one commit carrying the manifest's fields
+    history = lake.table().history()
+    assert [h["operation"] for h in history] == ["WRITE"] * 4
+    newest = {h["mp.partition"]: h for h in reversed(history)}
+    for day in days:
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None
+        commit = newest[day.isoformat()]
+        assert (commit["mp.run_id"], commit["mp.fingerprint"], commit["mp.rows"]) == (
+            manifest.run_id,
+            manifest.fingerprint,
+            str(manifest.rows),
+        )
+        assert commit["mp.max_processing_time_ms"] == str(manifest.max_processing_time_ms)
+    # the first run's version is still there for time travel, and was complete
+    first = pl.from_arrow(lake.table(version=1).to_pyarrow_table(filters=[("day", "=", days[1].isoformat())]))
+    assert rows_and_fingerprint(first) == truth(sandbox, days[1])  # type: ignore[arg-type]
+
+
+def test_properties_are_the_exported_text_and_time_is_utc(sandbox: SandboxServer, tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, lake.block, [day], "types")
+    schema = lake.table().to_pyarrow_table().schema
+    assert schema.field("time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("properties").type == pa.string()
+    frame = lake.day(day)
+    files_frame = pl.read_parquet(list((tmp_path / "1" / "mp_master_event").rglob("*.parquet")))
+    key = ["insert_id", "event_name", "properties"]
+    assert frame.select(key).sort(key).equals(files_frame.select(key).sort(key)), "byte-identical properties"
+
+
+KILLER = """
+import base64, os, pickle, signal, sys
+from tasks import tableformat
+from tasks.export import ExportSettings, export_days
+from tasks.mixpanel_client import MixpanelClient
+
+block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
+real = tableformat.FormatDestination._reader
+def reader_then_die(self, *args):  # delta-rs has started writing the day's files, the log not yet
+    inner = real(self, *args)
+    def batches():
+        for batch in inner:
+            yield batch
+            os.kill(os.getpid(), signal.SIGKILL)
+    return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
+tableformat.FormatDestination._reader = reader_then_die
+with MixpanelClient(credentials) as client:
+    export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
+"""
+
+
+def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_next_run_completes(
+    sandbox: SandboxServer, lake: Lake
+) -> None:
+    from tests.conftest import credentials_for
+
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, lake.block, [day], "before")
+    version = lake.table().version()
+    payload = base64.b64encode(pickle.dumps((lake.block, credentials_for(sandbox), day))).decode()
+    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=180)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+    assert lake.table().version() == version, "no Delta commit happened"
+    assert_day_is_the_sandbox(lake, sandbox, day)  # the previous version, whole
+    assert lake.table().history(1)[0]["mp.run_id"] == "before"
+
+    destination = lake.block.connect(1)
+    destination.repair(EVENTS_TABLE, day.isoformat())  # what every run does first
+    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None and manifest.run_id == "killed"
+    assert lake.held(day) == manifest.sequence and lake.table().history(1)[0]["mp.run_id"] == "killed"
+    export(sandbox, lake.block, [day], "after")
+    assert_day_is_the_sandbox(lake, sandbox, day)
+    assert lake.table().history(1)[0]["mp.run_id"] == "after"
+
+
+def test_two_racing_runs_of_one_day_end_with_one_complete_day(sandbox: SandboxServer, lake: Lake) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, lake.block, days, "seed")
+    errors = race(sandbox, lake.block, days[1], ["racer-a", "racer-b", "racer-c"])
+    assert not errors, errors  # a run that lost the manifest or the Delta race retried from the winner
+    destination = lake.block.connect(1)
+    manifest = destination.manifest(EVENTS_TABLE, days[1].isoformat())
+    assert manifest is not None and manifest.run_id.startswith("racer-")
+    assert lake.held(days[1]) == manifest.sequence
+    for day in days:
+        assert_day_is_the_sandbox(lake, sandbox, day)
+    # two days written at the same time do not conflict: both commits land
+    errors = race(sandbox, lake.block, days[0], ["other-day"]) + race(sandbox, lake.block, days[1], ["again"])
+    assert not errors
+    for day in days:
+        assert_day_is_the_sandbox(lake, sandbox, day)
+
+
+def test_a_purge_leaves_no_row_in_any_readable_version_nor_in_any_file(
+    sandbox: SandboxServer, lake: Lake
+) -> None:
+    from tasks.purge import PurgeScope, purge_destination
+
+    days = recent_days(2, sandbox)
+    export(sandbox, lake.block, days, "first")
+    export(sandbox, lake.block, days, "second")  # an older version of each day to time-travel to
+    frame = lake.day(days[0])
+    user = frame.filter(pl.col("user_id").is_not_null())["distinct_id"][0]
+    cluster = {user}
+    assert frame.filter(event_rows_of(cluster)).height > 0
+    destination = lake.block.connect(1)
+    assert isinstance(destination, FormatDestination)
+    report = purge_destination(destination, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "purge")
+    assert sum(report.events.values()) > 0
+
+    table = lake.table()
+    for day in days:
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None
+        assert rows_and_fingerprint(lake.day(day)) == (manifest.rows, manifest.fingerprint)
+    readable = []
+    for version in range(table.version() + 1):
+        try:
+            rows = pl.from_arrow(lake.table(version=version).to_pyarrow_table())
+        except (OSError, DeltaError):  # its files were removed: no reader can time-travel to it
+            continue
+        readable.append(version)
+        assert rows.filter(event_rows_of(cluster)).height == 0, f"version {version} still holds the user"  # type: ignore[union-attr]
+    assert table.version() in readable
+    for name, data in lake.files():
+        if name.endswith(".parquet"):
+            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
+            assert rows.filter(event_rows_of(cluster)).height == 0, name  # type: ignore[union-attr]
+        else:
+            assert user.encode() not in data, name
+
+
+def test_an_existing_version_is_reloaded_when_the_table_lags_the_manifest(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    lake = local_lake(tmp_path)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, lake.block, [day], "one")
+    destination = lake.block.connect(1)
+    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
+    # the table written by someone else in between (an older run, a manual fix): repair converges
+    older = msgspec.structs.replace(manifest, sequence=manifest.sequence - 1)
+    destination.table_format.replace(
+        EVENTS_TABLE, day.isoformat(), older, destination._reader(EVENTS_TABLE, day.isoformat(), older, ())
+    )
+    assert lake.day(day).height == 0
+    destination.repair(EVENTS_TABLE, day.isoformat())
+    assert_day_is_the_sandbox(lake, sandbox, day)
