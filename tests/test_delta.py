@@ -260,3 +260,31 @@ def test_an_existing_version_is_reloaded_when_the_table_lags_the_manifest(
     assert lake.day(day).height == 0
     destination.repair(EVENTS_TABLE, day.isoformat())
     assert_day_is_the_sandbox(lake, sandbox, day)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    from flows.events import events, events_hourly
+    from tests.conftest import credentials_for
+    from tests.test_hourly import epoch_ms
+
+    lake = local_lake(tmp_path)
+    credentials = credentials_for(sandbox)
+    today = sandbox.cfg.current_day()
+    for cut in (epoch_ms(today, 7.5), epoch_ms(today, 13.5)):
+        sandbox.set_processed_until(cut)
+        events_hourly(credentials, lake.block)
+        want = sandbox.expected(today, today, processed_until_ms=cut)[today.isoformat()]
+        assert rows_and_fingerprint(lake.day(today)) == (want["rows"], want["fingerprint"])
+    modes = [h["operationParameters"]["mode"] for h in lake.table().history() if h["mp.partition"] == str(today)]
+    assert modes == ["Append", "Overwrite"], "the first hour wrote the day, the next one appended to it"
+    manifest = lake.block.connect(1).manifest(EVENTS_TABLE, today.isoformat())
+    assert manifest is not None and manifest.increments == 1 and lake.held(today) == manifest.sequence
+
+    sandbox.set_processed_until(None)
+    events(credentials, lake.block, from_date=today, to_date=today)
+    assert_day_is_the_sandbox(lake, sandbox, today)
+    newest = lake.table().history(1)[0]
+    assert newest["operationParameters"]["mode"] == "Overwrite" and newest["mp.increments"] == "0"
