@@ -278,7 +278,9 @@ def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
         events_hourly(credentials, lake.block)
         want = sandbox.expected(today, today, processed_until_ms=cut)[today.isoformat()]
         assert rows_and_fingerprint(lake.day(today)) == (want["rows"], want["fingerprint"])
-    modes = [h["operationParameters"]["mode"] for h in lake.table().history() if h["mp.partition"] == str(today)]
+    modes = [
+        h["operationParameters"]["mode"] for h in lake.table().history() if h["mp.partition"] == str(today)
+    ]
     assert modes == ["Append", "Overwrite"], "the first hour wrote the day, the next one appended to it"
     manifest = lake.block.connect(1).manifest(EVENTS_TABLE, today.isoformat())
     assert manifest is not None and manifest.increments == 1 and lake.held(today) == manifest.sequence

@@ -10,6 +10,7 @@ from blocks.destinations.bigquery import BigQueryWarehouse
 from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.gcs import GcsDestination
+from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from blocks.destinations.snowflake import SnowflakeWarehouse
@@ -27,6 +28,7 @@ AnyDestination = (
     | GcsDestination
     | AzureBlobDestination
     | DeltaLakeDestination
+    | IcebergDestination
 )
 
 BLOCK_TYPES = (
@@ -41,4 +43,5 @@ BLOCK_TYPES = (
     GcsDestination,
     AzureBlobDestination,
     DeltaLakeDestination,
+    IcebergDestination,
 )

@@ -1,0 +1,112 @@
+"""Apache Iceberg tables beside a file destination (local folder or S3), written by pyiceberg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pyiceberg.catalog import load_catalog
+
+from blocks.destinations.base import DestinationBlock
+from blocks.destinations.formats import FileDestination, location_of
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import DOCS_URL
+from tasks.errors import FatalError
+from tasks.iceberg_format import IcebergFormat, catalog_properties
+from tasks.tableformat import FormatDestination
+from tasks.warehouse import checked_identifier
+
+
+class IcebergDestination(DestinationBlock):
+    """Iceberg tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
+
+    _block_type_name = "Mixpanel Iceberg Destination"
+    _block_type_slug = "mixpanel-iceberg-destination"
+    _documentation_url = DOCS_URL
+    _description = (
+        "Apache Iceberg tables under <root>/<project_id>/iceberg/, registered in a SQL (SQLite), Glue or "
+        "REST catalog: each exported day replaced in one snapshot, hourly increments appended, people "
+        "and identity tables overwritten whole."
+    )
+    _code_example = """
+```python
+from blocks.destinations.iceberg import IcebergDestination
+
+destination = IcebergDestination.load("BLOCK_NAME")
+```
+"""
+
+    files: FileDestination = Field(
+        default_factory=LocalDestination,
+        description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
+        "manifests and the state; the Iceberg tables go under <its root>/<project_id>/iceberg/.",
+    )
+    catalog: Literal["sql", "glue", "rest"] = Field(
+        default="sql",
+        description="sql: an embedded SQLite catalog file (one worker machine); glue: AWS Glue with the S3 "
+        "destination's credentials; rest: an Iceberg REST catalog at catalog_uri.",
+    )
+    catalog_uri: str = Field(
+        default="",
+        description="sql: a SQLAlchemy URL (empty: sqlite:///<local root>/<project_id>/iceberg/catalog.db, or "
+        "data/iceberg-catalog.db on the worker when the files are in a bucket); rest: the catalog's URL.",
+    )
+    catalog_token: SecretStr | None = Field(
+        default=None, description="rest: a bearer token for the REST catalog (optional)."
+    )
+    namespace: str = Field(
+        default="mixpanel", description="The catalog namespace (Glue: database) of the tables."
+    )
+    retention_hours: int = Field(
+        default=168,
+        ge=0,
+        description="How long replaced snapshots stay readable by time travel; the upkeep flow expires "
+        "older ones, a GDPR purge expires the purged rows' snapshots at once.",
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        try:
+            return checked_identifier(value, "Iceberg namespace")
+        except FatalError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _catalog_uri(self, project_id: int) -> str:
+        if self.catalog_uri or self.catalog != "sql":
+            return self.catalog_uri
+        if isinstance(self.files, LocalDestination):
+            path = Path(self.files.path).expanduser().resolve() / str(project_id) / "iceberg" / "catalog.db"
+        else:
+            path = Path("data").resolve() / "iceberg-catalog.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+
+    def connect(self, project_id: int) -> FormatDestination:
+        files = self.files.connect(project_id)
+        location = location_of(self.files, project_id, "iceberg", style="iceberg")
+        options = dict(location.options)
+        if self.catalog == "glue":
+            options |= _glue_options(options)
+        if self.catalog == "rest" and self.catalog_token is not None:
+            options["token"] = self.catalog_token.get_secret_value()
+        properties = catalog_properties(self.catalog, self._catalog_uri(project_id), location.uri, options)
+        catalog = load_catalog(f"mixpanel-{project_id}", **properties)
+        table_format = IcebergFormat(
+            catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours
+        )
+        table_format.check()
+        return FormatDestination(files.storage, project_id, table_format)
+
+
+def _glue_options(s3: dict[str, str]) -> dict[str, str]:
+    """Glue reaches AWS with the S3 destination's credentials and region (and its endpoint, for tests)."""
+    names = {
+        "s3.access-key-id": "glue.access-key-id",
+        "s3.secret-access-key": "glue.secret-access-key",
+        "s3.session-token": "glue.session-token",
+        "s3.region": "glue.region",
+        "s3.endpoint": "glue.endpoint",
+    }
+    return {glue: s3[key] for key, glue in names.items() if key in s3}
