@@ -16,12 +16,13 @@ Layout: the tables ``<namespace>.mp_master_event`` (partitioned by identity ``da
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.expressions import EqualTo
 from pyiceberg.io import FileIO
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -42,7 +43,8 @@ ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: it
 
 class IcebergFormat:
     name = "Iceberg"
-    conflicts: tuple[type[BaseException], ...] = (CommitFailedException,)
+    # a catalog commit refused, or pyiceberg finding files a concurrent snapshot added to the day
+    conflicts: tuple[type[BaseException], ...] = (CommitFailedException, ValidationException)
 
     def __init__(
         self,
@@ -106,7 +108,9 @@ class IcebergFormat:
         found = self._table(table, create=True)
         assert found is not None
         meta = commit_metadata(manifest)
-        with found.transaction() as tx:
+        with warnings.catch_warnings(), found.transaction() as tx:
+            # the first write of a day deletes nothing, which pyiceberg warns about
+            warnings.filterwarnings("ignore", "Delete operation did not match any records")
             if append:
                 tx.append(data.read_all(), snapshot_properties=meta)
             elif table == EVENTS_TABLE and is_day(partition):

@@ -17,6 +17,9 @@ from tasks.iceberg_format import IcebergFormat, catalog_properties
 from tasks.tableformat import FormatDestination
 from tasks.warehouse import checked_identifier
 
+# the SQL catalog keys its rows by this name: readers load_catalog("mixpanel", ...) to see the tables
+CATALOG_NAME = "mixpanel"
+
 
 class IcebergDestination(DestinationBlock):
     """Iceberg tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
@@ -92,7 +95,7 @@ destination = IcebergDestination.load("BLOCK_NAME")
         if self.catalog == "rest" and self.catalog_token is not None:
             options["token"] = self.catalog_token.get_secret_value()
         properties = catalog_properties(self.catalog, self._catalog_uri(project_id), location.uri, options)
-        catalog = load_catalog(f"mixpanel-{project_id}", **properties)
+        catalog = load_catalog(CATALOG_NAME, **properties)
         table_format = IcebergFormat(
             catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours
         )

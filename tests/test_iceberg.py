@@ -1,0 +1,226 @@
+"""Iceberg destination (SQLite catalog) on a local folder and on S3 (moto): days read back via pyiceberg and polars."""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.catalog import load_catalog
+from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
+
+from blocks.destinations.formats import location_of
+from blocks.destinations.iceberg import IcebergDestination
+from blocks.destinations.local import LocalDestination
+from sandbox import SandboxServer
+from tasks.gdpr import event_rows_of
+from tasks.iceberg_format import HELD, catalog_properties
+from tasks.objectstore import EVENTS_TABLE
+from tasks.purge import PurgeScope, purge_destination
+from tests.conftest import credentials_for, recent_days
+from tests.stores.s3 import S3Server, make_s3_destination
+from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Warehouse:
+    """An Iceberg destination block, a reader's own catalog on the same tables, and every file under them."""
+
+    block: IcebergDestination
+    catalog_properties: dict[str, str]
+    files: Callable[[], list[tuple[str, bytes]]]
+    polars_options: dict[str, str] | None = None  # polars reads the data files itself
+
+    def table(self, name: str = EVENTS_TABLE) -> Table:
+        return load_catalog("mixpanel", **self.catalog_properties).load_table(("mixpanel", name))
+
+    def day(self, day: date) -> pl.DataFrame:
+        rows = self.table().scan(row_filter=EqualTo("day", day.isoformat())).to_arrow()
+        return pl.from_arrow(rows)  # type: ignore[return-value]
+
+    def scan_day(self, day: date) -> pl.DataFrame:
+        scan = pl.scan_iceberg(self.table(), storage_options=self.polars_options)
+        return scan.filter(pl.col("day") == day.isoformat()).collect()
+
+    def held(self, day: date) -> int | None:
+        value = self.table().properties.get(f"{HELD}{day.isoformat()}")
+        return None if value is None else int(value)
+
+    def commits(self) -> list[dict[str, str]]:
+        """Each snapshot's summary, oldest first."""
+        return [s.summary.additional_properties for s in self.table().snapshots() if s.summary]  # type: ignore[misc]
+
+
+def local_warehouse(tmp_path: Path) -> Warehouse:
+    block = IcebergDestination(files=LocalDestination(path=str(tmp_path)))
+    folder = tmp_path / "1" / "iceberg"
+    properties = catalog_properties("sql", f"sqlite:///{folder / 'catalog.db'}", str(folder), {})
+
+    def files() -> list[tuple[str, bytes]]:
+        return [(str(p), p.read_bytes()) for p in folder.rglob("*") if p.is_file() and p.name != "catalog.db"]
+
+    return Warehouse(block, properties, files)
+
+
+def s3_warehouse(server: S3Server, tmp_path: Path) -> Warehouse:
+    files_block = make_s3_destination(server, prefix="lake")
+    catalog_uri = f"sqlite:///{tmp_path / 'catalog.db'}"
+    block = IcebergDestination(files=files_block, catalog_uri=catalog_uri)
+    location = location_of(files_block, 1, "iceberg", style="iceberg")
+    # readers go straight to moto (the fault proxy is for the pipeline's own requests)
+    options = location.options | {"s3.endpoint": server.moto_url}
+    properties = catalog_properties("sql", catalog_uri, location.uri, options)
+    bucket, client = files_block.bucket.bucket_name, server.client()
+
+    def files() -> list[tuple[str, bytes]]:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/iceberg/").get("Contents", [])
+        return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
+
+    delta = location_of(files_block, 1, "iceberg")  # the same keys, in object_store's names
+    polars = {k.lower(): v for k, v in delta.options.items()} | {"aws_endpoint_url": server.moto_url}
+    return Warehouse(block, properties, files, polars)
+
+
+@pytest.fixture(params=["local", "s3"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    if request.param == "local":
+        yield local_warehouse(tmp_path)
+    else:
+        yield s3_warehouse(request.getfixturevalue("s3_server"), tmp_path)
+
+
+def assert_day_is_the_sandbox(warehouse: Warehouse, sandbox: SandboxServer, day: date) -> None:
+    want = truth(sandbox, day)
+    assert rows_and_fingerprint(warehouse.day(day)) == want
+    assert rows_and_fingerprint(warehouse.scan_day(day)) == want
+
+
+def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, warehouse: Warehouse) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, warehouse.block, days, "first")
+    export(sandbox, warehouse.block, days, "second")
+    destination = warehouse.block.connect(1)
+    newest = {c["mp.partition"]: c for c in warehouse.commits() if "mp.partition" in c}
+    for day in days:
+        assert_day_is_the_sandbox(warehouse, sandbox, day)
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None and warehouse.held(day) == manifest.sequence
+        commit = newest[day.isoformat()]
+        assert (commit["mp.run_id"], commit["mp.fingerprint"], commit["mp.rows"]) == (
+            manifest.run_id,
+            manifest.fingerprint,
+            str(manifest.rows),
+        )
+    schema = warehouse.table().scan().to_arrow().schema
+    assert schema.field("time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("properties").type in (pa.string(), pa.large_string())
+
+
+def test_properties_are_the_exported_text(sandbox: SandboxServer, tmp_path: Path) -> None:
+    warehouse = local_warehouse(tmp_path)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, warehouse.block, [day], "types")
+    files_frame = pl.read_parquet(list((tmp_path / "1" / "mp_master_event").rglob("*.parquet")))
+    key = ["insert_id", "event_name", "properties"]
+    assert warehouse.day(day).select(key).sort(key).equals(files_frame.select(key).sort(key))
+
+
+KILLER = """
+import base64, os, pickle, signal, sys
+from tasks import tableformat
+from tasks.export import ExportSettings, export_days
+from tasks.mixpanel_client import MixpanelClient
+
+block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
+real = tableformat.FormatDestination._reader
+def reader_then_die(self, *args):  # the commit has started reading the day's rows, nothing committed
+    inner = real(self, *args)
+    def batches():
+        for batch in inner:
+            yield batch
+            os.kill(os.getpid(), signal.SIGKILL)
+    return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
+tableformat.FormatDestination._reader = reader_then_die
+with MixpanelClient(credentials) as client:
+    export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
+"""
+
+
+def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_next_run_completes(
+    sandbox: SandboxServer, warehouse: Warehouse
+) -> None:
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, warehouse.block, [day], "before")
+    snapshot = warehouse.table().current_snapshot()
+    payload = base64.b64encode(pickle.dumps((warehouse.block, credentials_for(sandbox), day))).decode()
+    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=180)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+    assert warehouse.table().current_snapshot() == snapshot, "no Iceberg commit happened"
+    assert_day_is_the_sandbox(warehouse, sandbox, day)
+
+    destination = warehouse.block.connect(1)
+    destination.repair(EVENTS_TABLE, day.isoformat())  # what every run does first
+    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None and manifest.run_id == "killed" and warehouse.held(day) == manifest.sequence
+    export(sandbox, warehouse.block, [day], "after")
+    assert_day_is_the_sandbox(warehouse, sandbox, day)
+    assert warehouse.commits()[-1]["mp.run_id"] == "after"
+
+
+def test_two_racing_runs_of_one_day_end_with_one_complete_day(
+    sandbox: SandboxServer, warehouse: Warehouse
+) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, warehouse.block, days, "seed")
+    errors = race(sandbox, warehouse.block, days[1], ["racer-a", "racer-b", "racer-c"])
+    assert not errors, errors
+    destination = warehouse.block.connect(1)
+    manifest = destination.manifest(EVENTS_TABLE, days[1].isoformat())
+    assert manifest is not None and manifest.run_id.startswith("racer-")
+    assert warehouse.held(days[1]) == manifest.sequence
+    for day in days:
+        assert_day_is_the_sandbox(warehouse, sandbox, day)
+
+
+def test_a_purge_leaves_no_row_in_any_readable_snapshot_nor_in_any_file(
+    sandbox: SandboxServer, warehouse: Warehouse
+) -> None:
+    days = recent_days(2, sandbox)
+    export(sandbox, warehouse.block, days, "first")
+    export(sandbox, warehouse.block, days, "second")
+    frame = warehouse.day(days[0])
+    user = frame.filter(pl.col("user_id").is_not_null())["distinct_id"][0]
+    cluster = {user}
+    destination = warehouse.block.connect(1)
+    report = purge_destination(destination, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "purge")
+    assert sum(report.events.values()) > 0
+
+    table = warehouse.table()
+    for day in days:
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None
+        assert rows_and_fingerprint(warehouse.day(day)) == (manifest.rows, manifest.fingerprint)
+    for snapshot in table.snapshots():  # every snapshot time travel can still reach
+        rows = pl.from_arrow(table.scan(snapshot_id=snapshot.snapshot_id).to_arrow())
+        assert rows.filter(event_rows_of(cluster)).height == 0, snapshot  # type: ignore[union-attr]
+    for name, data in warehouse.files():
+        if name.endswith(".parquet"):
+            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
+            assert rows.filter(event_rows_of(cluster)).height == 0, name  # type: ignore[union-attr]
+        else:
+            assert user.encode() not in data, name
