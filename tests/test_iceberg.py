@@ -224,3 +224,31 @@ def test_a_purge_leaves_no_row_in_any_readable_snapshot_nor_in_any_file(
             assert rows.filter(event_rows_of(cluster)).height == 0, name  # type: ignore[union-attr]
         else:
             assert user.encode() not in data, name
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    from flows.events import events, events_hourly
+    from tests.test_hourly import epoch_ms
+
+    warehouse = local_warehouse(tmp_path)
+    credentials = credentials_for(sandbox)
+    today = sandbox.cfg.current_day()
+    for cut in (epoch_ms(today, 7.5), epoch_ms(today, 13.5)):
+        sandbox.set_processed_until(cut)
+        events_hourly(credentials, warehouse.block)
+        want = sandbox.expected(today, today, processed_until_ms=cut)[today.isoformat()]
+        assert rows_and_fingerprint(warehouse.day(today)) == (want["rows"], want["fingerprint"])
+    ours = [
+        s for s in warehouse.table().snapshots() if s.summary and s.summary.get("mp.partition") == str(today)
+    ]
+    assert ours[-1].summary is not None and ours[-1].summary.operation.value == "append"
+    manifest = warehouse.block.connect(1).manifest(EVENTS_TABLE, today.isoformat())
+    assert manifest is not None and manifest.increments == 1 and warehouse.held(today) == manifest.sequence
+
+    sandbox.set_processed_until(None)
+    events(credentials, warehouse.block, from_date=today, to_date=today)
+    assert_day_is_the_sandbox(warehouse, sandbox, today)
+    assert warehouse.commits()[-1]["mp.increments"] == "0"
