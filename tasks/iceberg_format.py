@@ -20,6 +20,7 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
@@ -38,6 +39,7 @@ from tasks.tableformat import DAY, SCHEMAS, Location, commit_metadata
 log = logging.getLogger(__name__)
 
 HELD = "mp.held."
+COMPACT_MIN_FILES = 4  # a day with this many files (hourly increments) is rewritten by the upkeep
 ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: its files are not orphans
 
 
@@ -137,12 +139,40 @@ class IcebergFormat:
         return sum(self._expire(name, datetime.now(tz=UTC), ORPHAN_GRACE) for name in SCHEMAS)
 
     def upkeep(self) -> dict[str, object]:
-        """Expire snapshots older than the retention and remove the files only they reached."""
+        """Rewrite days of many small files, expire snapshots older than the retention, remove their files."""
+        compacted = self._compact()
         cutoff = datetime.now(tz=UTC) - self.retention
-        return {
+        report: dict[str, object] = {"days_compacted": compacted}
+        return report | {
             name: {"files_removed": self._expire(name, cutoff, max(self.retention, ORPHAN_GRACE))}
             for name in SCHEMAS
         }
+
+    def _compact(self) -> int:
+        """Each day holding ``COMPACT_MIN_FILES`` files or more rewritten as one overwrite of itself.
+
+        The day's manifest version (``mp.held.<day>``) is unchanged: the rows are the same. A pipeline
+        commit of that day in between makes pyiceberg refuse the rewrite (files added under the
+        filter), so a compaction never brings an older version back.
+        """
+        table = self._table(EVENTS_TABLE)
+        if table is None or table.current_snapshot() is None:
+            return 0
+        files = pl.from_arrow(table.inspect.files().select(["partition"]))
+        days = files.unnest("partition").group_by(DAY).len().filter(pl.col("len") >= COMPACT_MIN_FILES)  # type: ignore[union-attr]
+        done = 0
+        for day in sorted(days[DAY].to_list()):
+            rows = table.scan(row_filter=EqualTo(DAY, day)).to_arrow().cast(SCHEMAS[EVENTS_TABLE])
+            try:
+                table.overwrite(
+                    rows, overwrite_filter=EqualTo(DAY, day), snapshot_properties={"mp.compaction": day}
+                )
+                done += 1
+            except self.conflicts:
+                log.info("%s: written by a pipeline run during compaction, left for the next upkeep", day)
+            table = self._table(EVENTS_TABLE)
+            assert table is not None
+        return done
 
     def _expire(self, name: str, older_than: datetime, orphan_age: timedelta) -> int:
         table = self._table(name)

@@ -290,3 +290,33 @@ def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
     assert_day_is_the_sandbox(lake, sandbox, today)
     newest = lake.table().history(1)[0]
     assert newest["operationParameters"]["mode"] == "Overwrite" and newest["mp.increments"] == "0"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_upkeep_compacts_hourly_files_and_removes_versions_past_the_retention(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    from flows.events import events_hourly
+    from flows.upkeep import upkeep
+    from tests.conftest import credentials_for
+    from tests.test_hourly import epoch_ms
+
+    lake = local_lake(tmp_path)
+    lake.block.retention_hours = 0  # keep no old version: everything replaced can go at once
+    credentials = credentials_for(sandbox)
+    today = sandbox.cfg.current_day()
+    for hours in (3.5, 7.5, 11.5, 15.5):
+        sandbox.set_processed_until(epoch_ms(today, hours))
+        events_hourly(credentials, lake.block)
+    want = sandbox.expected(today, today, processed_until_ms=epoch_ms(today, 15.5))[today.isoformat()]
+    held = lake.held(today)
+    assert len([f for f in lake.table().file_uris() if today.isoformat() in f]) == 4
+
+    (row,) = [r for r in upkeep(credentials, [lake.block]) if r["table"] == EVENTS_TABLE]
+    assert row["files_compacted"] >= 4  # type: ignore[operator]
+    assert [f for f in lake.table().file_uris() if today.isoformat() in f] != []
+    assert len([f for f in lake.table().file_uris() if today.isoformat() in f]) == 1
+    assert rows_and_fingerprint(lake.day(today)) == (want["rows"], want["fingerprint"])
+    assert lake.held(today) == held, "compaction keeps the day's version"
+    on_disk = {p.name for p in (tmp_path / "1" / "delta" / EVENTS_TABLE).rglob("*.parquet")}
+    assert on_disk == {u.rsplit("/", 1)[1] for u in lake.table().file_uris()}, "replaced files were removed"

@@ -22,6 +22,7 @@ DEPLOYMENTS = {
     "mixpanel-backfill/backfill",
     "mixpanel-reconcile/reconcile-nightly",
     "mixpanel-gdpr/gdpr-daily",
+    "mixpanel-upkeep/upkeep-daily",
 }
 BLOCKS = {
     "credentials": ("mixpanel-credentials", "mixpanel"),
@@ -41,6 +42,7 @@ def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
     sync = {"credentials": ref["credentials"], "destinations": [ref["local"]]}
     return {
         "reconcile-nightly": sync,
+        "upkeep-daily": sync,
         "gdpr-daily": sync | {"gdpr_credentials": ref["gdpr"]},
     } | {
         name: plain
@@ -82,6 +84,7 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "backfill": [],
         "reconcile-nightly": ["0 2 * * *"],
         "gdpr-daily": ["0 3 * * *"],
+        "upkeep-daily": ["0 4 * * *"],
     }
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}

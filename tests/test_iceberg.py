@@ -252,3 +252,31 @@ def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
     events(credentials, warehouse.block, from_date=today, to_date=today)
     assert_day_is_the_sandbox(warehouse, sandbox, today)
     assert warehouse.commits()[-1]["mp.increments"] == "0"
+
+
+def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    warehouse = local_warehouse(tmp_path)
+    warehouse.block.retention_hours = 0
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, warehouse.block, [day], "one")
+    destination = warehouse.block.connect(1)
+    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
+    for _ in range(3):  # three more files in the day, as hourly increments leave them
+        rows = destination._reader(EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
+        destination.table_format.append(EVENTS_TABLE, day.isoformat(), manifest, rows)
+    before = warehouse.day(day)
+    assert len(warehouse.table().inspect.files()) == 4
+
+    report = destination.table_format.upkeep()
+
+    assert report["days_compacted"] == 1
+    table = warehouse.table()
+    assert len(table.inspect.files()) == 1 and len(table.snapshots()) == 1
+    key = ["insert_id", "properties"]
+    assert warehouse.day(day).select(key).sort(key).equals(before.select(key).sort(key))
+    assert warehouse.held(day) == manifest.sequence
+    data = {p.name for p in (tmp_path / "1" / "iceberg" / EVENTS_TABLE / "data").rglob("*.parquet")}
+    assert data == {Path(f).name for f in table.inspect.files()["file_path"].to_pylist()}

@@ -1,0 +1,49 @@
+"""The upkeep flow: compact table-format files and drop versions older than each block's retention.
+
+Hourly increments leave many small files in Delta and Iceberg tables; this flow rewrites them into
+large ones (Delta ``optimize.compact``) and removes the versions older than the block's
+``retention_hours`` with the files only they reached (Delta ``vacuum`` and log cleanup, Iceberg
+snapshot expiry with orphan-file removal). Plain file destinations keep no old versions: for them it
+only removes stale staging folders of crashed runs. It makes no Mixpanel request.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from blocks.destinations.catalog import AnyDestination
+from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials
+from flows.runtime import prepare_run
+from tasks.tableformat import FormatDestination
+
+
+@flow(name="mixpanel-upkeep", log_prints=True)
+def upkeep(
+    credentials: MixpanelCredentials, destinations: list[AnyDestination] | None = None
+) -> list[dict[str, object]]:
+    """Compact small files and expire old versions of every Delta / Iceberg destination.
+
+    Args:
+        credentials: The Mixpanel project whose tables are kept (its project id names the folder).
+        destinations: The destination blocks to keep: the blocks the deployment lists in prefect.yaml.
+    """
+    prepare_run()
+    logger = get_run_logger()
+    rows: list[dict[str, object]] = []
+    for block in destinations or [LocalDestination()]:
+        target = block.connect(credentials.project_id)
+        stale = target.remove_stale_staging()
+        where = target.describe(str(credentials.project_id))
+        if not isinstance(target, FormatDestination):
+            rows.append({"destination": where, "format": "files", "stale staging removed": stale})
+            continue
+        report = target.table_format.upkeep()
+        logger.info("%s (%s): %s", where, target.table_format.name, report)
+        for table, figures in report.items():
+            rows.append(
+                {"destination": where, "format": target.table_format.name, "table": table} | dict(figures)
+            )  # type: ignore[call-overload]
+    create_table_artifact(rows, key="mixpanel-upkeep", description="Files compacted and versions expired")
+    return rows
