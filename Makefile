@@ -34,8 +34,10 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
+# FORMAT=delta or FORMAT=iceberg writes those tables instead of the DuckDB warehouse
+FORMAT ?= duckdb
 demo: setup
-	$(BIN)/python -m flows.demo
+	FORMAT=$(FORMAT) $(BIN)/python -m flows.demo
 
 sandbox: setup
 	$(BIN)/python -m sandbox --host 127.0.0.1 --port 8765

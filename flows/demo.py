@@ -3,6 +3,9 @@
 Starts the sandbox Mixpanel on loopback, exports the last 7 days, the profiles and the identity
 mappings into DuckDB (data/mixpanel.duckdb, loaded from the Parquet files under ./data), checks every
 day against what the sandbox served, and runs example queries in DuckDB.
+
+`make demo FORMAT=delta` (or `FORMAT=iceberg`) writes Delta Lake tables under data/<project>/delta/
+(Iceberg: data/<project>/iceberg/ with its SQLite catalog) instead, and queries them with polars.
 """
 
 from __future__ import annotations
@@ -15,29 +18,38 @@ from pathlib import Path
 
 import polars as pl
 
+from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
+from blocks.destinations.iceberg import IcebergDestination
+from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
 from tasks.duckdb_loader import DuckDBLoader
 from tasks.export import EVENTS_TABLE
 from tasks.objectstore import ObjectStoreDestination
+from tasks.tableformat import FormatDestination
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
+FORMATS = ("duckdb", "delta", "iceberg")
 DAYS = 7
 EVENTS_PER_DAY = 5000
 
 
 def main() -> int:
+    fmt = os.environ.get("FORMAT") or "duckdb"
+    if fmt not in FORMATS:
+        print(f"FORMAT={fmt} is not one of {', '.join(FORMATS)}")
+        return 2
     server = SandboxServer(ProjectConfig(events_per_day=EVENTS_PER_DAY)).start()
     try:
         print(f"sandbox Mixpanel listening on {server.url}")
-        return run_demo(server)
+        return run_demo(server, fmt)
     finally:
         server.stop()
         print("sandbox stopped")
 
 
-def run_demo(server: SandboxServer) -> int:
+def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     from flows.events import events  # imported late: Prefect prints its banner on import
     from flows.identity import identity
     from flows.people import people
@@ -51,14 +63,23 @@ def run_demo(server: SandboxServer) -> int:
     )
     last = credentials.yesterday()
     first = last - timedelta(days=DAYS - 1)
-    target = DuckDBWarehouse(database=str(DATA_DIR / "mixpanel.duckdb"), files=str(DATA_DIR))
+    duckdb = DuckDBWarehouse(database=str(DATA_DIR / "mixpanel.duckdb"), files=str(DATA_DIR))
+    files = LocalDestination(path=str(DATA_DIR))
+    target = {
+        "duckdb": duckdb,
+        "delta": DeltaLakeDestination(files=files),
+        "iceberg": IcebergDestination(files=files),
+    }[fmt]
     events(credentials, target, from_date=first, to_date=last)
     people(credentials, target)
     identity(credentials, target)
     destination = target.connect(cfg.project_id)
     days = [first + timedelta(days=i) for i in range(DAYS)]
     ok = report(destination, server, days)
-    example_queries(Path(target.database))
+    if isinstance(destination, FormatDestination):
+        format_queries(destination, fmt)
+    else:
+        example_queries(Path(duckdb.database))
     return 0 if ok else 1
 
 
@@ -106,6 +127,34 @@ def example_queries(database: Path) -> None:
         for title, sql in QUERIES.items():
             print(f"\n-- {title}\n{textwrap.dedent(sql).strip()};")
             print(conn.sql(sql).pl())
+
+
+def format_queries(destination: FormatDestination, fmt: str) -> None:
+    """The same questions through polars' own Delta / Iceberg readers (DuckDB needs an extension for them)."""
+    tables = {
+        name: _scan(destination, fmt, name) for name in ("mp_master_event", "mp_identity_mappings_data")
+    }
+    events = tables["mp_master_event"]
+    mappings = tables["mp_identity_mappings_data"]
+    print(f"\nexample queries, with polars on the {destination.table_format.name} tables:")
+    with pl.Config(tbl_hide_dataframe_shape=True):
+        print("\n-- events per day (the partition column)")
+        print(events.group_by("day").agg(pl.len().alias("events")).sort("day").collect())
+        print("\n-- a property straight from the properties JSON")
+        browser = pl.col("properties").str.json_path_match(r"$.$browser").alias("browser")
+        print(events.group_by(browser).len().sort("len", descending=True).head(5).collect())
+        print("\n-- unique users per day, resolved through the identity mappings")
+        users = events.filter(pl.col("distinct_id") != "").join(mappings, on="distinct_id", how="left")
+        resolved = pl.coalesce("resolved_distinct_id", "distinct_id")
+        print(users.group_by("day").agg(resolved.n_unique().alias("users")).sort("day").collect())
+
+
+def _scan(destination: FormatDestination, fmt: str, table: str) -> pl.LazyFrame:
+    os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")  # polars' own planner is a separate package
+    location = destination.table_format.location  # type: ignore[attr-defined]
+    if fmt == "delta":
+        return pl.scan_delta(location.table(table))
+    return pl.scan_iceberg(destination.table_format.catalog.load_table(("mixpanel", table)))  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
