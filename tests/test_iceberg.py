@@ -24,6 +24,7 @@ from pyiceberg.table import Table
 from blocks.destinations.formats import location_of
 from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
+from blocks.destinations.s3 import S3Destination
 from sandbox import SandboxServer
 from tasks.gdpr import event_rows_of
 from tasks.iceberg_format import HELD, catalog_properties
@@ -90,9 +91,13 @@ def s3_warehouse(server: S3Server, tmp_path: Path) -> Warehouse:
         listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/iceberg/").get("Contents", [])
         return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
 
-    delta = location_of(files_block, 1, "iceberg")  # the same keys, in object_store's names
-    polars = {k.lower(): v for k, v in delta.options.items()} | {"aws_endpoint_url": server.moto_url}
-    return Warehouse(block, properties, files, polars)
+    return Warehouse(block, properties, files, polars_options(files_block, server))
+
+
+def polars_options(files_block: S3Destination, server: S3Server) -> dict[str, str]:
+    """The same keys in object_store's names, straight to moto: what polars reads data files with."""
+    delta = location_of(files_block, 1, "iceberg")
+    return {k.lower(): v for k, v in delta.options.items()} | {"aws_endpoint_url": server.moto_url}
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -280,3 +285,30 @@ def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     assert warehouse.held(day) == manifest.sequence
     data = {p.name for p in (tmp_path / "1" / "iceberg" / EVENTS_TABLE / "data").rglob("*.parquet")}
     assert data == {Path(f).name for f in table.inspect.files()["file_path"].to_pylist()}
+
+
+def test_a_glue_catalog_on_moto_holds_the_tables(sandbox: SandboxServer, s3_server: S3Server) -> None:
+    files_block = make_s3_destination(s3_server, prefix="lake")
+    block = IcebergDestination(files=files_block, catalog="glue", namespace="mixpanel")
+    days = recent_days(2, sandbox)
+    export(sandbox, block, days, "first")
+    export(sandbox, block, days, "second")
+    location = location_of(files_block, 1, "iceberg", style="iceberg")
+    options = location.options | {"s3.endpoint": s3_server.moto_url, "glue.endpoint": s3_server.moto_url}
+    options |= {
+        "glue.access-key-id": s3_server.access_key_id,
+        "glue.secret-access-key": s3_server.secret_access_key,
+    }
+    options |= {"glue.region": "us-east-1"}
+    properties = catalog_properties("glue", "", location.uri, options)
+    reader = Warehouse(block, properties, lambda: [], polars_options(files_block, s3_server))
+    glue = s3_server.client("glue").get_table(DatabaseName="mixpanel", Name=EVENTS_TABLE)["Table"]
+    assert glue["Parameters"]["table_type"] == "ICEBERG", "Athena and Spark find it as an Iceberg table"
+    destination = block.connect(1)
+    for day in days:
+        assert_day_is_the_sandbox(reader, sandbox, day)
+        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None and reader.held(day) == manifest.sequence
+    errors = race(sandbox, block, days[1], ["racer-a", "racer-b"])
+    assert not errors, errors
+    assert_day_is_the_sandbox(reader, sandbox, days[1])
