@@ -1,4 +1,5 @@
-"""`python -m bench.destinations`: events/s and peak RSS of one 1M-event day into local, DuckDB and S3 (moto).
+"""`python -m bench.destinations`: events/s and peak RSS of one 1M-event day into local, DuckDB, S3 (moto),
+Delta Lake and Iceberg (both on a local folder; Iceberg with its SQLite catalog).
 
 For DuckDB the export includes loading the day into the database; the load alone (the committed
 Parquet files into the table, in one transaction) is timed again afterwards and reported apart.
@@ -36,6 +37,14 @@ url, target, day = sys.argv[1], json.loads(sys.argv[2]), date.fromisoformat(sys.
 if target["kind"] == "local":
     from blocks.destinations.local import LocalDestination
     block = LocalDestination(path=target["path"])
+elif target["kind"] == "delta":
+    from blocks.destinations.delta import DeltaLakeDestination
+    from blocks.destinations.local import LocalDestination
+    block = DeltaLakeDestination(files=LocalDestination(path=target["path"]))
+elif target["kind"] == "iceberg":
+    from blocks.destinations.iceberg import IcebergDestination
+    from blocks.destinations.local import LocalDestination
+    block = IcebergDestination(files=LocalDestination(path=target["path"]))
 elif target["kind"] == "duckdb":
     from blocks.destinations.duckdb import DuckDBWarehouse
     block = DuckDBWarehouse(database=target["path"] + "/mixpanel.duckdb", files=target["path"])
@@ -108,19 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.destinations", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--only", default="local,duckdb,s3,delta,iceberg", help="comma-separated destinations to run"
+    )
     args = parser.parse_args(argv)
     log = args.out / "destinations.log"
+    only = set(args.only.split(","))
     moto, endpoint = start_moto()
     try:
         with SandboxProcess(args.events, args.out / "cache", DAY, 1, log) as sandbox:
             expected = sandbox.day_data()
-            with tempfile.TemporaryDirectory(prefix="bench-local-") as folder:
-                results = {"local": run_export(sandbox.url, {"kind": "local", "path": folder})}
-            with tempfile.TemporaryDirectory(prefix="bench-duckdb-") as folder:
-                results["duckdb"] = run_export(sandbox.url, {"kind": "duckdb", "path": folder})
-            results["s3 (moto)"] = run_export(
-                sandbox.url, {"kind": "s3", "endpoint": endpoint, "bucket": "bench"}
-            )
+            results: dict[str, dict[str, float]] = {}
+            for kind in ("local", "duckdb", "delta", "iceberg"):
+                if kind in only:
+                    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as folder:
+                        results[kind] = run_export(sandbox.url, {"kind": kind, "path": folder})
+            if "s3" in only:
+                results["s3 (moto)"] = run_export(
+                    sandbox.url, {"kind": "s3", "endpoint": endpoint, "bucket": "bench"}
+                )
     finally:
         moto.terminate()
         moto.wait(timeout=15)
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{name}: exported {r['rows']} rows / {r['fingerprint']}, expected {expected}")
         rate = r["rows"] / r["seconds"]
         print(f"| {name} | {int(r['rows']):,} | {r['seconds']:.1f} | {rate:,.0f} | {r['peak_rss_mib']:.0f} |")
-    if results["duckdb"]["load_seconds"] is not None:
+    if "duckdb" in results and results["duckdb"]["load_seconds"] is not None:
         print(
             f"\nDuckDB load alone (1 day's Parquet into mp_master_event, one transaction): "
             f"{results['duckdb']['load_seconds']:.1f} s"
