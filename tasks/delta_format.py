@@ -23,7 +23,7 @@ import logging
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import Transaction
 
@@ -38,6 +38,9 @@ STATS_COLUMNS = f"{DAY},time"
 # after a purge, files that no log version references are deleted once older than this: a writer
 # that is uploading its files right now is younger, so its coming commit never points at a gap
 ORPHAN_GRACE_HOURS = 1
+# delta-rs buffers a whole row group before writing it (arrow-rs default: 1M rows, a whole day of
+# ~1 KB events in memory); 64k-row groups keep the writer's memory flat, zstd as our own Parquet files
+WRITER = WriterProperties(max_row_group_size=65_536, compression="ZSTD")
 
 
 class DeltaFormat:
@@ -91,6 +94,7 @@ class DeltaFormat:
             configuration=self._configuration(),
             storage_options=self.location.options,
             target_file_size=self.target_file_size,
+            writer_properties=WRITER,
             commit_properties=self._commit(manifest, partition),
         )
 
@@ -102,6 +106,7 @@ class DeltaFormat:
             partition_by=[DAY] if table == EVENTS_TABLE else None,
             configuration=self._configuration(),
             storage_options=self.location.options,
+            writer_properties=WRITER,
             commit_properties=self._commit(manifest, partition),
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,10 +25,10 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import BooleanExpression, EqualTo
 from pyiceberg.io import FileIO
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.transforms import IdentityTransform
 
 from tasks.errors import FatalError
@@ -39,7 +40,9 @@ from tasks.tableformat import DAY, SCHEMAS, Location, commit_metadata
 log = logging.getLogger(__name__)
 
 HELD = "mp.held."
-COMPACT_MIN_FILES = 4  # a day with this many files (hourly increments) is rewritten by the upkeep
+CHUNK_ROWS = 262_144  # rows pyiceberg materialises at once when it writes into the partitioned table
+COMPACT_MIN_FILES = 4  # a day with this many small files (hourly increments) is rewritten by the upkeep
+SMALL_FILE_BYTES = 32 * 1024 * 1024
 ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: its files are not orphans
 
 
@@ -113,14 +116,10 @@ class IcebergFormat:
         with warnings.catch_warnings(), found.transaction() as tx:
             # the first write of a day deletes nothing, which pyiceberg warns about
             warnings.filterwarnings("ignore", "Delete operation did not match any records")
-            if append:
-                tx.append(data.read_all(), snapshot_properties=meta)
-            elif table == EVENTS_TABLE and is_day(partition):
-                # pyiceberg 0.12 streams only into unpartitioned tables: a day is held in memory once
-                rows = data.read_all()
-                tx.overwrite(rows, overwrite_filter=EqualTo(DAY, partition), snapshot_properties=meta)
+            if table == EVENTS_TABLE and (append or is_day(partition)):
+                _write_day(tx, data, None if append else EqualTo(DAY, partition), meta)
             else:
-                tx.overwrite(data, snapshot_properties=meta)
+                tx.overwrite(data, snapshot_properties=meta)  # unpartitioned: pyiceberg streams it
             tx.set_properties({f"{HELD}{partition}": str(manifest.sequence)})
 
     def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
@@ -149,7 +148,7 @@ class IcebergFormat:
         }
 
     def _compact(self) -> int:
-        """Each day holding ``COMPACT_MIN_FILES`` files or more rewritten as one overwrite of itself.
+        """Each day holding ``COMPACT_MIN_FILES`` small files or more rewritten as one overwrite of itself.
 
         The day's manifest version (``mp.held.<day>``) is unchanged: the rows are the same. A pipeline
         commit of that day in between makes pyiceberg refuse the rewrite (files added under the
@@ -158,15 +157,15 @@ class IcebergFormat:
         table = self._table(EVENTS_TABLE)
         if table is None or table.current_snapshot() is None:
             return 0
-        files = pl.from_arrow(table.inspect.files().select(["partition"]))
-        days = files.unnest("partition").group_by(DAY).len().filter(pl.col("len") >= COMPACT_MIN_FILES)  # type: ignore[union-attr]
+        files = pl.from_arrow(table.inspect.files().select(["partition", "file_size_in_bytes"]))
+        small = files.unnest("partition").filter(pl.col("file_size_in_bytes") < SMALL_FILE_BYTES)  # type: ignore[union-attr]
+        days = small.group_by(DAY).len().filter(pl.col("len") >= COMPACT_MIN_FILES)
         done = 0
         for day in sorted(days[DAY].to_list()):
-            rows = table.scan(row_filter=EqualTo(DAY, day)).to_arrow().cast(SCHEMAS[EVENTS_TABLE])
+            rows = table.scan(row_filter=EqualTo(DAY, day)).to_arrow_batch_reader()
             try:
-                table.overwrite(
-                    rows, overwrite_filter=EqualTo(DAY, day), snapshot_properties={"mp.compaction": day}
-                )
+                with table.transaction() as tx:
+                    _write_day(tx, rows, EqualTo(DAY, day), {"mp.compaction": day})
                 done += 1
             except self.conflicts:
                 log.info("%s: written by a pipeline run during compaction, left for the next upkeep", day)
@@ -203,6 +202,39 @@ class IcebergFormat:
                 unreferenced.append(info.key)
         self.store.delete(unreferenced)
         return len(unreferenced)
+
+
+def _chunks(data: pa.RecordBatchReader) -> Iterator[pa.Table]:
+    """``data`` in tables of about ``CHUNK_ROWS`` rows."""
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in data:
+        held.append(batch)
+        rows += batch.num_rows
+        if rows >= CHUNK_ROWS:
+            yield pa.Table.from_batches(held, data.schema)
+            held, rows = [], 0
+    if held:
+        yield pa.Table.from_batches(held, data.schema)
+
+
+def _write_day(
+    tx: Transaction, data: pa.RecordBatchReader, replace: BooleanExpression | None, meta: dict[str, str]
+) -> None:
+    """Replace (``replace``: the day's filter) or extend a day chunk by chunk, in the one transaction.
+
+    pyiceberg 0.12 writes a partitioned table only from a materialised table: chunks bound the
+    memory, and the transaction still commits once (each chunk is a snapshot of the same commit).
+    """
+    first = True
+    for chunk in _chunks(data):
+        if first and replace is not None:
+            tx.overwrite(chunk, overwrite_filter=replace, snapshot_properties=meta)
+        else:
+            tx.append(chunk, snapshot_properties=meta)
+        first = False
+    if first and replace is not None:  # an empty day: its rows go all the same
+        tx.delete(replace, snapshot_properties=meta)
 
 
 def _snapshot_time(table: Table, snapshot_id: int) -> datetime:

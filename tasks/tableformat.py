@@ -27,6 +27,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.errors import ConcurrentCommitError
 from tasks.manifest import Manifest, ManifestFile
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage, is_day
 from tasks.purge import event_batches
@@ -40,6 +41,7 @@ DAY = "day"
 APP_ID = "mixpanel-pipelines"
 # retries of a format commit that lost a race with another writer of the same table
 COMMIT_ATTEMPTS = 6
+BATCH_ROWS = 65_536
 
 
 def _plain(schema: pa.Schema) -> pa.Schema:
@@ -137,7 +139,8 @@ class FormatDestination(ObjectStoreDestination):
         if self.table_format.held(table, partition) != base.sequence:
             self.load(table, partition, final)  # the table is not at the base: replace the day whole
             return final
-        added = [f for f in final.files if f not in set(base.files)]
+        committed = set(base.files)
+        added = [f for f in final.files if f not in committed]
         try:
             self.table_format.append(table, partition, final, self._reader(table, partition, final, added))
         except self.table_format.conflicts:
@@ -169,7 +172,10 @@ class FormatDestination(ObjectStoreDestination):
                     return
                 manifest = newest
         else:
-            raise RuntimeError(f"{table} {partition}: the {self.table_format.name} commit kept losing races")
+            raise ConcurrentCommitError(
+                f"{table} {partition}: the {self.table_format.name} commit lost {COMMIT_ATTEMPTS} races in a row; "
+                "the files are committed and the next run's repair writes the table."
+            )
         self._converge(table, partition)
 
     def _converge(self, table: str, partition: str) -> None:
@@ -195,19 +201,23 @@ class FormatDestination(ObjectStoreDestination):
         """The rows of ``files`` in the table's schema, one file at a time (memory stays bounded)."""
         schema = SCHEMAS[table]
 
+        day = table == EVENTS_TABLE and is_day(partition)
+
+        def shaped(rows: pa.Table) -> Iterator[pa.RecordBatch]:
+            if day:
+                rows = rows.append_column(DAY, pa.array([partition] * rows.num_rows, pa.string()))
+            yield from rows.select(schema.names).cast(schema).to_batches()
+
         def batches() -> Iterator[pa.RecordBatch]:
             for item in files:
-                data = self._read(item.key)
-                if table == EVENTS_TABLE and is_day(partition):
-                    for frame in event_batches(data, FileFormat(manifest.format)):
-                        rows = frame.to_arrow().select(list(EVENTS_SCHEMA.names))
-                        day = pa.array([partition] * rows.num_rows, pa.string())
-                        yield from rows.append_column(DAY, day).cast(schema).to_batches()
-                else:
-                    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=100_000):
-                        yield from (
-                            pa.Table.from_batches([batch]).select(schema.names).cast(schema).to_batches()
-                        )
+                if manifest.format != FileFormat.PARQUET:  # jsonl.gz event files: decoded as purges do
+                    for frame in event_batches(self._read(item.key), FileFormat(manifest.format)):
+                        yield from shaped(frame.to_arrow())
+                    continue
+                local = self.storage.local_path(item.key)  # a local file is read in place, not into memory
+                source = pq.ParquetFile(local if local is not None else io.BytesIO(self._read(item.key)))
+                for batch in source.iter_batches(batch_size=BATCH_ROWS):
+                    yield from shaped(pa.Table.from_batches([batch]))
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
