@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 HELD = "mp.held."
 CHUNK_ROWS = 262_144  # rows pyiceberg materialises at once when it writes into the partitioned table
 COMPACT_MIN_FILES = 4  # a day with this many small files (hourly increments) is rewritten by the upkeep
-SMALL_FILE_BYTES = 32 * 1024 * 1024
+SMALL_FILE_BYTES = 8 * 1024 * 1024  # below a chunk of the daily write: only increments count
 ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: its files are not orphans
 
 
