@@ -312,3 +312,37 @@ def test_a_glue_catalog_on_moto_holds_the_tables(sandbox: SandboxServer, s3_serv
     errors = race(sandbox, block, days[1], ["racer-a", "racer-b"])
     assert not errors, errors
     assert_day_is_the_sandbox(reader, sandbox, days[1])
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_reconcile_replaces_only_the_changed_day_in_delta_and_iceberg(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    import time
+
+    from flows.events import events
+    from flows.reconcile import reconcile
+    from tests.test_delta import local_lake
+
+    warehouse = local_warehouse(tmp_path / "iceberg")
+    lake = local_lake(tmp_path / "delta")
+    credentials = credentials_for(sandbox)
+    days = recent_days(4, sandbox)
+    for block in (warehouse.block, lake.block):
+        events(credentials, block, from_date=days[0], to_date=days[-1])
+    snapshots = len(warehouse.table().snapshots())
+    version = lake.table().version()
+    late_day = days[-2]
+    assert sandbox.add_events(late_day, 25, processed_at_ms=int(time.time() * 1000)) == 25
+
+    rows = reconcile(credentials, [warehouse.block, lake.block], lookback_days=4, settle_hours=0)
+
+    assert {r["day"] for r in rows} == {late_day.isoformat()} and len(rows) == 2
+    for day in days:
+        assert_day_is_the_sandbox(warehouse, sandbox, day)
+        assert rows_and_fingerprint(lake.day(day)) == truth(sandbox, day)
+    assert lake.table().version() == version + 1, "one Delta commit: the changed day"
+    assert warehouse.commits()[-1]["mp.partition"] == late_day.isoformat()
+    assert len(warehouse.table().snapshots()) - snapshots == 2, (
+        "one catalog commit (delete + append snapshots)"
+    )
