@@ -140,7 +140,10 @@ class DeltaFormat:
             if found is None:
                 continue
             metrics = found.optimize.compact(target_size=self.target_file_size)
-            vacuumed = found.vacuum(retention_hours=self.retention_hours, dry_run=False)
+            # the block's retention_hours is the authority (the table property is set at creation only)
+            vacuumed = found.vacuum(
+                retention_hours=self.retention_hours, enforce_retention_duration=False, dry_run=False
+            )
             found.cleanup_metadata()
             report[table] = {
                 "files_compacted": metrics.get("numFilesRemoved", 0),
