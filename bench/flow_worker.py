@@ -73,9 +73,14 @@ def run_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
     from flows.events import events
 
     marks = {"imports_rss_kib": rss_kib()}
+    # saved and passed by reference, as a deployment's run gets them: resolving a reference is where
+    # Prefect imports every installed integration
+    refs = [
+        {"$ref": {"block_document_id": str(block.save(f"bench-{os.getpid()}-{i}", overwrite=True))}}
+        for i, block in enumerate((credentials(job), LocalDestination(path=str(out))))
+    ]
     state = events(
-        credentials(job),
-        LocalDestination(path=str(out)),
+        *refs,
         from_date=date.fromisoformat(job["from_date"]),
         to_date=date.fromisoformat(job["to_date"]),
         days_per_request=job["days_per_request"],
@@ -146,24 +151,8 @@ def run_idle_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return marks | {"rows": 0, "task_seconds": 0.0}
 
 
-def run_flow_local_only(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The same flow run in a process that imports only the local destination block: the destination
-    catalog (whose blocks nest prefect-aws, prefect-gcp, prefect-azure and prefect-snowflake blocks,
-    ~170 MiB of SDKs) is replaced by a one-member stand-in before the flow module is imported. A
-    projection of what a lazily typed destination parameter would weigh, not something users run."""
-    import types
-
-    from blocks.destinations.local import LocalDestination
-
-    stand_in = types.ModuleType("blocks.destinations.catalog")
-    stand_in.AnyDestination = LocalDestination  # type: ignore[attr-defined]
-    sys.modules["blocks.destinations.catalog"] = stand_in
-    return run_flow(job, out)
-
-
 MODES = {
     "flow": run_flow,
-    "flow-local-only": run_flow_local_only,
     "pipeline": run_pipeline,
     "idle-flow": run_idle_flow,
 }

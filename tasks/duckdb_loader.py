@@ -18,8 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from tasks.errors import FatalError
 from tasks.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, manifest_record, typed_columns
@@ -33,6 +32,9 @@ STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
 def _ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in typed_columns(table, TYPES))})"
 
+
+if TYPE_CHECKING:
+    import duckdb
 
 _PROCESS_LOCK = threading.Lock()
 
@@ -51,6 +53,8 @@ class DuckDBLoader:
 
     @contextmanager
     def connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        import duckdb  # ~25 MiB: imported by the runs that load DuckDB, not by every flow with its block
+
         deadline = time.monotonic() + self.lock_wait_seconds
         while True:
             try:
