@@ -59,7 +59,7 @@ def credentials(job: dict[str, Any]) -> Any:
         service_account_username="sandbox-user",
         service_account_secret="sandbox-secret",
         api_base_url=job["url"],
-        identity_mode=job.get("identity_mode", "simplified"),
+        identity_mode=job.get("identity_mode", "simplified").replace("none", "simplified"),
     )
 
 
@@ -105,12 +105,12 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     from tasks.export import ExportSettings, export_days
     from tasks.mixpanel_client import MixpanelClient
     from tasks.objectstore import ObjectStoreDestination
-    from tasks.storage import LocalStorage
+    from tasks.storage import LocalStore
 
     marks = {"imports_rss_kib": rss_kib()}
     first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    destination = ObjectStoreDestination(LocalStorage(out), 1)
+    destination = ObjectStoreDestination(LocalStore(out), 1)
     identity = job.get("identity_mode", "simplified")
     settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
     # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
@@ -126,6 +126,20 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
         import tasks.counts
 
         tasks.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
+    if os.environ.get("BENCH_SPILL_ROWS"):
+        import tasks.counts
+
+        tasks.counts.DedupCounter.__init__.__defaults__ = (None, int(os.environ["BENCH_SPILL_ROWS"]))
+    if os.environ.get("BENCH_CLOSE_EACH"):
+        import tasks.write
+
+        write = tasks.write.RollingFiles.write
+
+        def write_and_close(self: tasks.write.RollingFiles, frame: Any) -> None:
+            write(self, frame)
+            self._close_current()
+
+        tasks.write.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started = time.perf_counter()
     with MixpanelClient(credentials(job)) as client:
         results = export_days(client, destination, days, settings)

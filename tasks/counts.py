@@ -60,6 +60,11 @@ class DedupCounter:
         if self._pending_rows >= self._spill_rows and self._scratch is not None:
             self._spill()
 
+    def spill(self) -> None:
+        """Move the keys held in memory to the scratch folder (a day the stream has moved past)."""
+        if self._pending and self._scratch is not None:
+            self._spill()
+
     def counts(self) -> dict[str, int]:
         totals = Counter(self._plain)
         names = self._codes

@@ -108,6 +108,8 @@ class _Day:
     hash_sum: int = 0
     max_ptime: int | None = None
     excluded: int = 0
+    last_block: int = 0  # the parse block that last brought rows of this day
+    open: bool = False  # holds buffered frames, an open file or keys in memory
 
 
 @dataclass
@@ -119,6 +121,7 @@ class _Attempt:
     rejected: int = 0
     accepted: int = 0  # records decoded, wherever they belong
     label: str = ""  # the request's days, for messages
+    blocks: int = 0  # parse blocks taken so far
 
 
 def processed_after(watermark: int) -> str:
@@ -261,8 +264,28 @@ def _day_files(stage: Stage, partition: str, settings: ExportSettings, scratch: 
     )
 
 
+# Mixpanel promises no order, but serves a multi-day export roughly day after day. A day that brought
+# no row in this many parse blocks (some 32 MiB of other days) is sealed: its frames written, its
+# file finished, its dedup keys spilled to scratch, so a request of 30 days holds one or two days'
+# state in memory, not 30. A late row of a sealed day opens another file of that day.
+IDLE_BLOCKS = 4
+
+
+def _seal_idle(state: _Attempt) -> None:
+    for ordinal, day in state.days.items():
+        if day.open and state.blocks - day.last_block > IDLE_BLOCKS:
+            state.buffer.flush(ordinal)
+            day.files.seal()
+            day.edges.seal()
+            day.counter.spill()
+            day.open = False
+
+
 def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None:
     _reject(state, block.rejects, settings)
+    state.blocks += 1
+    if len(state.days) > 1:
+        _seal_idle(state)
     if block.frame.height == 0:
         return
     state.accepted += block.frame.height
@@ -272,6 +295,7 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
         if day is None:
             _reject(state, _outside(part, int(ordinal)), settings)  # type: ignore[call-overload]
             continue
+        day.last_block, day.open = state.blocks, True
         day.counter.add(part)  # Mixpanel still counts the rows of registered ids
         if settings.excluded_ids:
             kept = part.filter(~event_rows_of(settings.excluded_ids))

@@ -121,6 +121,10 @@ class RollingFiles:
         self._close_current()
         return self.files
 
+    def seal(self) -> None:
+        """Finish the current file (its writer's buffers are freed); the next frame opens another."""
+        self._close_current()
+
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
