@@ -30,6 +30,7 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
