@@ -8,9 +8,10 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 
-DOCS_URL = "https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks"
+# an HttpUrl, as Prefect's own blocks give it: `Block._documentation_url` is typed so
+DOCS_URL = HttpUrl("https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks")
 
 # Mixpanel pins every project to one data centre; the export API lives on a separate host.
 EXPORT_HOSTS = {

@@ -68,7 +68,7 @@ def resolve_range(
 
 @flow(
     name="mixpanel-events",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
     log_prints=True,
 )
 def events(

@@ -48,7 +48,7 @@ def identity(
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
     clusters = mappings["resolved_distinct_id"].n_unique() if mappings.height else 0
-    summary = {
+    summary: dict[str, object] = {
         "days": days,
         "edges": edges.height,
         "mapped ids": manifest.rows,

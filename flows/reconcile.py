@@ -42,7 +42,7 @@ from tasks.reconcile import (
 )
 
 
-@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
 def reconcile(
     credentials: MixpanelCredentials,
     destinations: list[AnyDestination] | None = None,

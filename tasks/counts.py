@@ -15,6 +15,7 @@ keys, whatever the size of the day.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -68,6 +69,7 @@ class DedupCounter:
     def counts(self) -> dict[str, int]:
         totals = Counter(self._plain)
         names = self._codes
+        groups: Iterator[pl.DataFrame]
         if self._spilled:
             self._spill()
             groups = (_read_bucket(self._bucket(b)) for b in range(BUCKETS))
@@ -91,7 +93,7 @@ class DedupCounter:
         keys = pl.concat(self._pending).unique().with_columns((pl.col("key") % BUCKETS).alias("bucket"))
         self._pending, self._pending_rows = [], 0
         for (bucket,), part in keys.partition_by("bucket", as_dict=True).items():
-            _append_bucket(self._bucket(int(bucket)), part)  # type: ignore[call-overload]
+            _append_bucket(self._bucket(int(bucket)), part)
 
 
 def _append_bucket(path: Path, part: pl.DataFrame) -> None:

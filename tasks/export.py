@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import polars as pl
@@ -31,7 +32,7 @@ from tasks.errors import (
 )
 from tasks.gdpr import event_rows_of
 from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
-from tasks.identity import edges_from_events
+from tasks.identity import IdentityMode, edges_from_events
 from tasks.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
 from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
@@ -57,7 +58,7 @@ class ExportSettings:
     events: tuple[str, ...] = ()
     scratch_dir: Path | None = None
     # ID-merge flavour of the project: the day's merge edges are committed with the day (None: none)
-    identity_mode: str | None = None
+    identity_mode: IdentityMode | None = None
     # ids of the GDPR registry (with their identity clusters): their rows are never stored
     excluded_ids: frozenset[str] = frozenset()
     # a line longer than this is a rejected line (tasks.parse)
@@ -291,9 +292,9 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
     state.accepted += block.frame.height
     frame = with_time_columns(block.frame, settings.local_zone)
     for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
-        day = state.days.get(int(ordinal))  # type: ignore[call-overload]
+        day = state.days.get(int(ordinal))
         if day is None:
-            _reject(state, _outside(part, int(ordinal)), settings)  # type: ignore[call-overload]
+            _reject(state, _outside(part, int(ordinal)), settings)
             continue
         day.last_block, day.open = state.blocks, True
         day.counter.add(part)  # Mixpanel still counts the rows of registered ids
@@ -303,13 +304,13 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
             part = kept
         day.rows += part.height
         day.hash_sum += sum(part["_hash"].to_list())
-        ptime = part["_ptime"].max()
+        ptime = cast("int | None", part["_ptime"].max())  # of an Int64 column: an int, or None
         if ptime is not None:
-            day.max_ptime = max(day.max_ptime or 0, int(ptime))  # type: ignore[arg-type]
-        state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))  # type: ignore[call-overload]
+            day.max_ptime = max(day.max_ptime or 0, ptime)
+        state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))
         if settings.identity_mode is not None:
             # a few rows per block at most: written as they come, so memory does not grow with the day
-            day.edges.write(edges_from_events(part, settings.identity_mode))  # type: ignore[arg-type]
+            day.edges.write(edges_from_events(part, settings.identity_mode))
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:
@@ -457,9 +458,9 @@ def _refusals(
         except PipelineError as exc:
             theirs = exc
     for ordinal, (committed, _) in shrinking.items():
-        day = day_of(ordinal)
-        answer = theirs if not isinstance(theirs, dict) else theirs.get(day, {})
-        check = confirm_shrink(day, committed, state.days[ordinal].rows, tallies[ordinal], answer)
+        on = day_of(ordinal)
+        answer = theirs if not isinstance(theirs, dict) else theirs.get(on, {})
+        check = confirm_shrink(on, committed, state.days[ordinal].rows, tallies[ordinal], answer)
         if not check.confirmed:
             refused[ordinal] = check.reason
     return mismatched, refused

@@ -126,7 +126,7 @@ class GcsStore(Store):
             cause = exc.cause
             if cause is None or _status(cause) in TRANSIENT_STATUS or _status(cause) == 0:
                 return Failure.TRANSIENT, _brief(cause)
-            exc = cause  # type: ignore[assignment]
+            exc = cause
         if isinstance(exc, auth.RefreshError) and getattr(exc, "retryable", False):
             return Failure.TRANSIENT, "the token endpoint kept failing"
         if isinstance(exc, auth.GoogleAuthError) and not isinstance(exc, auth.TransportError):

@@ -77,8 +77,8 @@ import polars as pl
 IdentityMode = Literal["simplified", "original", "legacy"]
 
 TIME = pl.Datetime("us", "UTC")
-EDGE_SCHEMA = pl.Schema(
-    {"kind": pl.String, "a": pl.String, "b": pl.String, "time": TIME, "insert_id": pl.String}
+EDGE_SCHEMA = pl.Schema(  # instances, as the Schema keeps them, so the mapping types as one dtype
+    {"kind": pl.String(), "a": pl.String(), "b": pl.String(), "time": TIME, "insert_id": pl.String()}
 )
 MAPPING_SCHEMA = pl.Schema({"distinct_id": pl.String, "resolved_distinct_id": pl.String})
 

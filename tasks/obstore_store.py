@@ -13,12 +13,15 @@ import contextlib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore import exceptions as ob
 
 from tasks.storage import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
+
+if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
+    from obstore.store import RetryConfig
 
 MiB = 1 << 20
 DELETE_BATCH = 1000
@@ -40,7 +43,7 @@ PERMISSION_CODES = {"AccessDenied", "AllAccessDisabled", "AuthorizationPermissio
 THROTTLING_CODES = {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "ServerBusy"}
 
 
-def retry_config(policy: RetryPolicy) -> dict[str, Any]:
+def retry_config(policy: RetryPolicy) -> RetryConfig:
     return {
         "max_retries": policy.max_attempts - 1,
         "backoff": {

@@ -31,7 +31,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import polars as pl
@@ -150,6 +150,7 @@ def build_frame(
 ) -> pl.DataFrame:
     """Columns of the events schema plus helpers: ``_epoch`` (exported time, seconds), ``_ptime``
     (mp_processing_time_ms) and ``_hash`` (row fingerprint share)."""
+    cols: dict[str, list[Any]]
     if lifted and isinstance(lifted[0], Lifted):
         cols = {
             "device_id": [p.device_id for p in lifted],
@@ -160,8 +161,9 @@ def build_frame(
             "ptime": [p.mp_processing_time_ms for p in lifted],
         }
     else:
+        rows = cast("list[tuple[Any, ...]]", lifted)  # one decoder made them all: tuples, as the first is
         keys = ("time", "distinct_id", "insert_id", "device_id", "user_id", "ptime")
-        cols = {k: [row[i] for row in lifted] for i, k in enumerate(keys)}
+        cols = {k: [row[i] for row in rows] for i, k in enumerate(keys)}
     hashes = _row_hashes(names, raws)
     return pl.DataFrame(
         [
@@ -425,7 +427,7 @@ class StreamParser:
             numbered.insert(0, self._carry)
             self._carry = None
         names: list[str] = []
-        props: list[memoryview] = []
+        props: list[Buffer] = []
         values: list[tuple[Any, ...]] = []
         rejects: list[Reject] = []
         rejoined = 0

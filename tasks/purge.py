@@ -89,22 +89,21 @@ def purge_destination(
     destination.remove_stale_staging()
     for day in destination.partitions(EVENTS_TABLE):
         destination.repair(EVENTS_TABLE, day)
-        report.events[day], report.edges[day] = _checked(
-            destination,
-            EVENTS_TABLE,
-            day,
-            scope,
-            lambda ids, d=day: purge_day(destination, d, ids, run_id, flow_run_id),
-        )
+
+        def purge_events(ids: frozenset[str], d: str = day) -> tuple[int, int]:
+            return purge_day(destination, d, ids, run_id, flow_run_id)
+
+        report.events[day], report.edges[day] = _checked(destination, EVENTS_TABLE, day, scope, purge_events)
     for table, columns in (
         (PEOPLE_TABLE, ("distinct_id",)),
         (MAPPINGS_TABLE, ("distinct_id", "resolved_distinct_id")),
     ):
         destination.repair(table, WHOLE)
-        report.tables[table], _ = _checked(
-            destination, table, WHOLE, scope,
-            lambda ids, t=table, c=columns: (_purge_table(destination, t, ids, c, run_id, flow_run_id), 0),
-        )  # fmt: skip
+
+        def purge_rows(ids: frozenset[str], t: str = table, c: tuple[str, ...] = columns) -> tuple[int, int]:
+            return _purge_table(destination, t, ids, c, run_id, flow_run_id), 0
+
+        report.tables[table], _ = _checked(destination, table, WHOLE, scope, purge_rows)
     report.rejects = _purge_rejects(destination, scope)
     return report
 
@@ -235,8 +234,10 @@ def _get(destination: ObjectStoreDestination, key: str) -> bytes:
 
 def event_batches(data: bytes, fmt: FileFormat) -> Iterator[pl.DataFrame]:
     if fmt == FileFormat.PARQUET:
-        for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
-            yield pl.from_arrow(batch)  # type: ignore[misc]
+        for record_batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
+            frame = pl.from_arrow(record_batch)
+            assert isinstance(frame, pl.DataFrame)  # a batch makes a frame; polars types it frame or series
+            yield frame
         return
     decoder = msgspec.json.Decoder(JsonLinesRow)
     with gzip.open(io.BytesIO(data), "rb") as lines:

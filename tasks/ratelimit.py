@@ -183,7 +183,7 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
-def _retry_locked(step: Callable[[], None], deadline_seconds: float = BUSY_TIMEOUT_SECONDS) -> None:
+def _retry_locked(step: Callable[[], object], deadline_seconds: float = BUSY_TIMEOUT_SECONDS) -> None:
     """Run ``step``, again after a short pause while SQLite answers "database is locked"."""
     deadline = time.monotonic() + deadline_seconds
     pause = 0.005

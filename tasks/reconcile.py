@@ -175,7 +175,9 @@ def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> 
         for item in manifest.files:
             data = destination.storage.get_bytes(item.key) or b""
             if manifest.format == FileFormat.PARQUET.value:
-                counter.add(pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS))))  # type: ignore[arg-type]
+                keys = pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS)))
+                assert isinstance(keys, pl.DataFrame)  # a table makes a frame (typed frame or series)
+                counter.add(keys)
             else:
                 for batch in event_batches(data, FileFormat(manifest.format)):
                     counter.add(batch)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
-from typing import NoReturn, TypeVar
+from typing import IO, NoReturn, TypeVar
 
 from tasks.errors import (
     BadCredentialsError,
@@ -224,9 +224,11 @@ class Store(ABC):
             self.delete([key])
             self.prune("_probe/")
 
-    def _expect_refused(self, key: str, what: str, **condition: object) -> None:
+    def _expect_refused(
+        self, key: str, what: str, *, create: bool = False, if_version: str | None = None
+    ) -> None:
         try:
-            self.put_bytes(key, b"must be refused", **condition)  # type: ignore[arg-type]
+            self.put_bytes(key, b"must be refused", create=create, if_version=if_version)
         except PreconditionFailedError:
             return
         raise FatalError(
@@ -341,9 +343,9 @@ class LocalStore(Store):
         if local.resolve() == target:
             return  # the writer wrote it in place (a stage of a local folder)
 
-        def copy(out: object) -> None:
+        def copy(out: IO[bytes]) -> None:
             with local.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[misc]
+                shutil.copyfileobj(src, out, 1 << 20)
 
         os.replace(self._temporary(target.parent, copy), target)
 
@@ -414,7 +416,7 @@ class LocalStore(Store):
         path.parent.mkdir(parents=True, exist_ok=True)
         return self._path(key)  # checked again: a link made meanwhile is refused
 
-    def _temporary(self, folder: Path, write: Callable[[object], object]) -> Path:
+    def _temporary(self, folder: Path, write: Callable[[IO[bytes]], object]) -> Path:
         folder.mkdir(parents=True, exist_ok=True)  # again: another run may have pruned it if empty
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
             try:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import polars as pl
@@ -18,17 +19,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EVENT_COLUMNS = ("device_id", "distinct_id", "event_name", "insert_id", "properties", "time", "user_id")
-EVENTS_SCHEMA = pa.schema(
-    [
-        pa.field("device_id", pa.string()),
-        pa.field("distinct_id", pa.string()),
-        pa.field("event_name", pa.string()),
-        pa.field("insert_id", pa.string()),
-        pa.field("properties", pa.string(), metadata={"format": "json"}),
-        pa.field("time", pa.timestamp("us", tz="UTC")),
-        pa.field("user_id", pa.string()),
-    ]
-)
+_EVENT_FIELDS: list[pa.Field[Any]] = [  # annotated: fields of different value types share no inferred type
+    pa.field("device_id", pa.string()),
+    pa.field("distinct_id", pa.string()),
+    pa.field("event_name", pa.string()),
+    pa.field("insert_id", pa.string()),
+    pa.field("properties", pa.string(), metadata={"format": "json"}),
+    pa.field("time", pa.timestamp("us", tz="UTC")),
+    pa.field("user_id", pa.string()),
+]
+EVENTS_SCHEMA = pa.schema(_EVENT_FIELDS)
 
 
 DICTIONARY_COLUMNS = ["device_id", "distinct_id", "event_name", "user_id"]
@@ -146,7 +146,10 @@ class RollingFiles:
             # unique values (properties, insert_id) gain nothing from dictionary pages, only cost
             dictionary = DICTIONARY_COLUMNS if self.schema is EVENTS_SCHEMA else True
             self._writer = pq.ParquetWriter(
-                self._path, self.schema, compression="zstd", use_dictionary=dictionary
+                self._path,
+                self.schema,
+                compression="zstd",
+                use_dictionary=dictionary,  # type: ignore[arg-type]  # a column list is valid; pyarrow-stubs say bool
             )
         else:
             self._writer = gzip.open(self._path, "wb", compresslevel=6)  # noqa: SIM115 - closed in _close_current
@@ -180,7 +183,7 @@ class PartitionBuffer:
 
     def add(self, key: int, frame: pl.DataFrame) -> None:
         self._frames[key].append(frame)
-        self._bytes[key] += frame.estimated_size()
+        self._bytes[key] += int(frame.estimated_size())  # in bytes, the default unit: an int already
         if sum(self._bytes.values()) >= self.budget_bytes:
             self.flush(max(self._bytes, key=self._bytes.__getitem__))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect_snowflake import SnowflakeConnector
 from pydantic import Field
 
@@ -10,6 +12,9 @@ from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.snowflake_loader import SnowflakeLoader
 from tasks.warehouse import WarehouseDestination
+
+if TYPE_CHECKING:
+    from snowflake.connector import SnowflakeConnection
 
 
 class SnowflakeWarehouse(DestinationBlock):
@@ -47,7 +52,7 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
         loader.check()
         return WarehouseDestination(files.storage, project_id, loader)
 
-    def _connection(self):  # type: ignore[no-untyped-def]
+    def _connection(self) -> SnowflakeConnection:
         """A new DB-API connection per load (the block caches one, which threads must not share)."""
         return self.connector.credentials.get_client(
             database=self.connector.database,
