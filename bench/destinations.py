@@ -29,8 +29,8 @@ import json, resource, sys, time
 from datetime import date
 from pathlib import Path
 from blocks.mixpanel import MixpanelCredentials
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 url, target, day = sys.argv[1], json.loads(sys.argv[2]), date.fromisoformat(sys.argv[3])
 if target["kind"] == "local":

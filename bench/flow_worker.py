@@ -5,7 +5,7 @@
 * ``flow``: the real ``mixpanel-events`` flow (``flows.events.events``) against the sandbox, with the
   Prefect server of ``PREFECT_API_URL``; the export task's events/s come from its task run's times
   as the server recorded them.
-* ``pipeline``: the same request through ``tasks.export.export_days`` alone, on the main thread, no
+* ``pipeline``: the same request through ``tasks.pipeline.export.export_days`` alone, on the main thread, no
   flow run (what ``make bench`` measures, for the breakdown).
 * ``idle-flow``: the flow machinery alone: imports, one flow run with one task that does nothing.
 
@@ -102,10 +102,10 @@ def run_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
 def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     from datetime import date, timedelta
 
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
-    from tasks.objectstore import ObjectStoreDestination
-    from tasks.storage import LocalStore
+    from tasks.lake.commit import ObjectStoreDestination
+    from tasks.lake.store import LocalStore
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
 
     marks = {"imports_rss_kib": rss_kib()}
     first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
@@ -118,28 +118,28 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     if os.environ.get("BENCH_BLOCK_BYTES"):
         settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
     if os.environ.get("BENCH_BUFFER_BYTES"):
-        import tasks.write
+        import tasks.pipeline.write
 
         budget = int(os.environ["BENCH_BUFFER_BYTES"])
-        tasks.write.PartitionBuffer.__init__.__defaults__ = (budget,)
+        tasks.pipeline.write.PartitionBuffer.__init__.__defaults__ = (budget,)
     if os.environ.get("BENCH_NO_COUNTS"):
-        import tasks.counts
+        import tasks.pipeline.counts
 
-        tasks.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
+        tasks.pipeline.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
     if os.environ.get("BENCH_SPILL_ROWS"):
-        import tasks.counts
+        import tasks.pipeline.counts
 
-        tasks.counts.DedupCounter.__init__.__defaults__ = (None, int(os.environ["BENCH_SPILL_ROWS"]))
+        tasks.pipeline.counts.DedupCounter.__init__.__defaults__ = (None, int(os.environ["BENCH_SPILL_ROWS"]))
     if os.environ.get("BENCH_CLOSE_EACH"):
-        import tasks.write
+        import tasks.pipeline.write
 
-        write = tasks.write.RollingFiles.write
+        write = tasks.pipeline.write.RollingFiles.write
 
-        def write_and_close(self: tasks.write.RollingFiles, frame: Any) -> None:
+        def write_and_close(self: tasks.pipeline.write.RollingFiles, frame: Any) -> None:
             write(self, frame)
             self._close_current()
 
-        tasks.write.RollingFiles.write = write_and_close  # type: ignore[method-assign]
+        tasks.pipeline.write.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started = time.perf_counter()
     with MixpanelClient(credentials(job)) as client:
         results = export_days(client, destination, days, settings)

@@ -24,10 +24,10 @@ CHILD = """
 import json, os, resource, sys, time
 from pathlib import Path
 from blocks.mixpanel import MixpanelCredentials
-from tasks.mixpanel_client import MixpanelClient
-from tasks.people import EngageQuery, export_people
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStore
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.people import EngageQuery, export_people
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.store import LocalStore
 
 url, out, page_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 creds = MixpanelCredentials(project_id=1, service_account_username="sandbox-user",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from bench.common import PROJECT_ID, SECRET, USERNAME, Job, Mismatch, Outcome, check_rows
 from blocks.mixpanel import MixpanelCredentials
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStore
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.store import LocalStore
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 
 
 def run(job: Job, out: Path) -> Outcome:

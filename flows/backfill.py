@@ -21,10 +21,10 @@ from flows.events import MAX_WORKERS, check_concurrency, export_range, resolve_r
 from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay
 from flows.runtime import prepare_run, synchronous
 from tasks.errors import PipelineError
-from tasks.export import EVENTS_TABLE
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import days_between, group_days, plan_backfill
-from tasks.resume import is_complete
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.pipeline.export import EVENTS_TABLE
+from tasks.pipeline.plan import days_between, group_days, plan_backfill
+from tasks.pipeline.resume import is_complete
 
 POLL_SECONDS = 2.0
 

@@ -18,9 +18,9 @@ import polars as pl
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
-from tasks.duckdb_loader import DuckDBLoader
-from tasks.export import EVENTS_TABLE
-from tasks.objectstore import ObjectStoreDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.pipeline.export import EVENTS_TABLE
+from tasks.warehouses.duckdb_loader import DuckDBLoader
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
 DAYS = 7

@@ -25,7 +25,12 @@ from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
 from tasks.errors import BadRequestError, PipelineError
-from tasks.gdpr import (
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.tables import MAPPINGS_TABLE, committed_edges, read_table
+from tasks.mixpanel.gdpr_api import GdprClient, batches
+from tasks.sync.identity import resolve
+from tasks.sync.purge import PurgeReport, PurgeScope, purge_destination
+from tasks.sync.registry import (
     ComplianceType,
     Deletion,
     Registry,
@@ -38,11 +43,6 @@ from tasks.gdpr import (
     read_inbox,
     save_registry,
 )
-from tasks.gdpr_client import GdprClient, batches
-from tasks.identity import resolve
-from tasks.objectstore import ObjectStoreDestination
-from tasks.purge import PurgeReport, PurgeScope, purge_destination
-from tasks.tables import MAPPINGS_TABLE, committed_edges, read_table
 
 
 @flow(name="mixpanel-gdpr", log_prints=True)

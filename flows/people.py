@@ -11,9 +11,9 @@ from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.params import AtLeastOne
 from flows.runtime import prepare_run, synchronous
-from tasks.gdpr import load_registry
-from tasks.mixpanel_client import MixpanelClient
-from tasks.people import EngageQuery, export_people
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.people import EngageQuery, export_people
+from tasks.sync.registry import load_registry
 
 
 @flow(name="mixpanel-people", log_prints=True)

@@ -26,13 +26,12 @@ from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import prepare_run
 from tasks.errors import BadRequestError
-from tasks.export import EVENTS_TABLE
-from tasks.gdpr import load_registry
-from tasks.manifest import Manifest
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import days_between
-from tasks.reconcile import (
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import EVENTS_TABLE
+from tasks.pipeline.plan import days_between
+from tasks.sync.reconcile import (
     count_difference,
     late_events,
     mixpanel_counts,
@@ -40,6 +39,7 @@ from tasks.reconcile import (
     recorded_counts,
     settled,
 )
+from tasks.sync.registry import load_registry
 
 
 @flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]

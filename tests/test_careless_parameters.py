@@ -41,7 +41,7 @@ def test_a_negative_duckdb_lock_wait_is_refused(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
     from blocks.destinations.duckdb import DuckDBWarehouse
-    from tasks.duckdb_loader import DuckDBLoader
+    from tasks.warehouses.duckdb_loader import DuckDBLoader
 
     with pytest.raises(FatalError, match=r"lock_wait_seconds must be 0 or more \(got -1\)"):
         DuckDBLoader(tmp_path / "x.duckdb", lock_wait_seconds=-1)
@@ -52,7 +52,7 @@ def test_a_negative_duckdb_lock_wait_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_snowflake_put_path_cannot_end_its_literal() -> None:
-    from tasks.snowflake_loader import put_source
+    from tasks.warehouses.snowflake_loader import put_source
 
     assert put_source("/tmp/mp/part-00000.parquet") == "'file:///tmp/mp/part-00000.parquet'"
     quoted = put_source("/tmp/it's; DROP TABLE x; --\\/f.parquet")
@@ -64,7 +64,7 @@ def test_the_snowflake_put_path_cannot_end_its_literal() -> None:
 
 
 def test_the_gdpr_project_token_never_reaches_the_http_log(caplog: pytest.LogCaptureFixture) -> None:
-    from tasks.gdpr_client import GdprClient
+    from tasks.mixpanel.gdpr_api import GdprClient
 
     token = "project-token-4f2a9c"
     seen: list[str] = []

@@ -19,7 +19,7 @@ from tasks.errors import (
     ServerError,
     TimezoneSettingError,
 )
-from tasks.mixpanel_client import (
+from tasks.mixpanel.client import (
     ExportRequest,
     MixpanelClient,
     RetryStats,
@@ -27,7 +27,7 @@ from tasks.mixpanel_client import (
     classify_response,
     retry_after_seconds,
 )
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.ratelimit import RateBudget, Window
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path)
     """Against the sandbox over HTTP: five 429 answers naming Retry-After: 1, then the data. The waits
     the client computes (recorded, not slept) add up to 5-6 s; the old exponential backoff from
     5 s took 3.8 + 9.8 + 13.4 + 22.1 + 77 = 126 s."""
-    from tasks.export import ExportSettings, export_days
+    from tasks.pipeline.export import ExportSettings, export_days
     from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
 
     server = start_sandbox(max_per_second=None, max_per_hour=None)

@@ -17,11 +17,11 @@ from blocks.destinations.base import DestinationBlock
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.manifest import fingerprint_hex
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.tables import read_parquet
+from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.manifest import fingerprint_hex
+from tasks.lake.tables import read_parquet
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import credentials_for, recent_days
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP
@@ -66,10 +66,10 @@ def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, sto
 KILLER = """
 import base64, os, pickle, signal, sys
 from datetime import date
-from tasks import objectstore
+from tasks.lake import commit as objectstore
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 block, creds, days, where = pickle.loads(base64.b64decode(sys.argv[1]))
 

@@ -9,8 +9,8 @@ import pytest
 
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, MalformedRecordsError, RetriableError
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import (
     assert_day_matches_sandbox,
     credentials_for,

@@ -22,9 +22,9 @@ from flows.identity import identity
 from flows.people import people
 from sandbox import SandboxServer
 from tasks.errors import BadRequestError
-from tasks.gdpr import EDGE_IDS, audit_prefix, event_rows_of, id_hash, id_rows_of, load_registry
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.sync.registry import EDGE_IDS, audit_prefix, event_rows_of, id_hash, id_rows_of, load_registry
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.stores.s3 import S3Server
 from tests.sync_kit import Three, day_frame, edges_frame, three_destinations, whole_table
@@ -186,9 +186,9 @@ def test_ids_for_mixpanel_without_its_tokens_are_refused(sandbox: SandboxServer,
 
 KILLER = """
 import base64, os, pickle, signal, sys
-from tasks import objectstore
-from tasks.gdpr import load_registry, save_registry
-from tasks.purge import PurgeScope, purge_destination
+from tasks.lake import commit as objectstore
+from tasks.sync.registry import load_registry, save_registry
+from tasks.sync.purge import PurgeScope, purge_destination
 
 block, user, cluster = pickle.loads(base64.b64decode(sys.argv[1]))
 dest = block.connect(1)
@@ -251,7 +251,7 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
     import httpx
 
     from tasks.errors import BadCredentialsError
-    from tasks.gdpr_client import GdprClient
+    from tasks.mixpanel.gdpr_api import GdprClient
 
     credentials = credentials_for(sandbox)
     httpx.post(f"{sandbox.url}/_sandbox/gdpr", json={"fail_next": 2}).raise_for_status()
@@ -277,8 +277,8 @@ def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
 ) -> None:
     """An export that began before the id was registered commits after the purge: the next run finds
     the changed day (its version was not checked yet) and purges it; the other days are not read."""
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
 
     kit, days = synced
     credentials = credentials_for(sandbox)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.export import IDLE_BLOCKS, ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import IDLE_BLOCKS, ExportSettings, export_days
 from tests.conftest import fingerprint_of_rows, local_destination, read_day
 from tests.hostile import HostileServer, counts_of, good_lines
 from tests.test_hostile import credentials

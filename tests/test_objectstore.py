@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.tables import read_parquet
-from tasks.write import EVENT_COLUMNS, RollingFiles
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest
+from tasks.lake.tables import read_parquet
+from tasks.pipeline.write import EVENT_COLUMNS, RollingFiles
 from tests.stores.catalog import StoreFactory
 
 TABLE = "mp_master_event"

@@ -17,11 +17,11 @@ import pytest
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
 from tasks.errors import FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.glue import GlueCatalog
-from tasks.mixpanel_client import MixpanelClient
-from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.warehouses.glue import GlueCatalog
+from tasks.warehouses.warehouse import WarehouseDestination
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 

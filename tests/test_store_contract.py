@@ -24,9 +24,9 @@ from tasks.errors import (
     OutsideDestinationError,
     PreconditionFailedError,
 )
-from tasks.manifest import Manifest, ManifestFile
-from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.storage import Store
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest, ManifestFile
+from tasks.lake.store import Store
 from tests.stores.catalog import StoreFactory
 from tests.test_objectstore import DAY, TABLE, read, stage_rows
 

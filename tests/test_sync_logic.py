@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from sandbox.where import parse_where
-from tasks.counts import DedupCounter, dedup_counts
-from tasks.gdpr import Registry, cluster_members, event_rows_of, merged
-from tasks.gdpr_client import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
-from tasks.manifest import Manifest
-from tasks.reconcile import count_difference, day_clause, late_requests, settled
-from tasks.write import FileFormat
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.gdpr_api import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
+from tasks.pipeline.counts import DedupCounter, dedup_counts
+from tasks.pipeline.write import FileFormat
+from tasks.sync.reconcile import count_difference, day_clause, late_requests, settled
+from tasks.sync.registry import Registry, cluster_members, event_rows_of, merged
 
 T = pl.Datetime("us", "UTC")
 
@@ -151,9 +151,9 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     file_format: str, tmp_path: Path, sandbox: object
 ) -> None:
     from sandbox import SandboxServer
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
-    from tasks.purge import purge_day
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
+    from tasks.sync.purge import purge_day
     from tests.conftest import credentials_for, fingerprint_of_rows, local_destination, recent_days
     from tests.sync_kit import day_frame
 

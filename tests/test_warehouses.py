@@ -23,13 +23,13 @@ from blocks.destinations.snowflake import SnowflakeWarehouse
 from flows.identity import identity
 from sandbox import SandboxServer
 from sandbox.data import day_lines
-from tasks.bigquery_loader import BigQueryLoader
-from tasks.duckdb_loader import DuckDBLoader
 from tasks.errors import FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.manifest import fingerprint_hex
-from tasks.mixpanel_client import MixpanelClient
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.manifest import fingerprint_hex
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.warehouses.bigquery_loader import BigQueryLoader
+from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tasks.warehouses.warehouse import WarehouseDestination
 from tests.conftest import credentials_for, recent_days
 from tests.stores.snowflake import unique_name
 from tests.test_identity_flow import expected_simplified

@@ -10,8 +10,8 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.bigquery_loader import BigQueryLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.warehouses.bigquery_loader import BigQueryLoader
+from tasks.warehouses.warehouse import WarehouseDestination
 
 
 class BigQueryWarehouse(DestinationBlock):

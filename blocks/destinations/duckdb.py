@@ -9,8 +9,8 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.duckdb_loader import DuckDBLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tasks.warehouses.warehouse import WarehouseDestination
 
 
 class DuckDBWarehouse(DestinationBlock):

@@ -18,8 +18,8 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
-from tasks.obstore_store import ObstoreStore, retry_config
-from tasks.storage import Owner, RetryPolicy
+from tasks.lake.obstore_store import ObstoreStore, retry_config
+from tasks.lake.store import Owner, RetryPolicy
 
 if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
     from obstore.store import ClientConfig, S3Credential

@@ -10,8 +10,8 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.snowflake_loader import SnowflakeLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.warehouses.snowflake_loader import SnowflakeLoader
+from tasks.warehouses.warehouse import WarehouseDestination
 
 if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection

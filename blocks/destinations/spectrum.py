@@ -8,8 +8,8 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.s3 import S3Destination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError
-from tasks.glue import GlueCatalog
-from tasks.warehouse import WarehouseDestination, checked_identifier
+from tasks.warehouses.glue import GlueCatalog
+from tasks.warehouses.warehouse import WarehouseDestination, checked_identifier
 
 
 class RedshiftSpectrumDestination(DestinationBlock):

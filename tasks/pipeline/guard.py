@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from tasks.errors import PipelineError
-from tasks.manifest import Manifest
+from tasks.lake.manifest import Manifest
 
 # a new version with less than 90% of the committed rows must be confirmed by Mixpanel's count
 SHRINK_TOLERANCE = 0.10

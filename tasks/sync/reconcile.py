@@ -29,16 +29,16 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from tasks.counts import KEY_COLUMNS, DedupCounter
-from tasks.export import processed_after
-from tasks.gdpr import event_rows_of
-from tasks.manifest import Manifest
-from tasks.mixpanel_client import ExportRequest, MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.parse import StreamParser
-from tasks.partition import day_ordinal, with_time_columns
-from tasks.purge import event_batches
-from tasks.write import FileFormat
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.client import ExportRequest, MixpanelClient
+from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
+from tasks.pipeline.export import processed_after
+from tasks.pipeline.parse import StreamParser
+from tasks.pipeline.partition import day_ordinal, with_time_columns
+from tasks.pipeline.write import FileFormat
+from tasks.sync.purge import event_batches
+from tasks.sync.registry import event_rows_of
 
 MAX_WHERE_CHARS = 4000
 NAMES_PER_COUNT_REQUEST = 100

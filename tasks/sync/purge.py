@@ -22,11 +22,9 @@ import msgspec
 import polars as pl
 import pyarrow.parquet as pq
 
-from tasks.gdpr import EDGE_IDS, event_rows_of, id_rows_of
-from tasks.manifest import Manifest, ManifestFile, fingerprint_hex
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
-from tasks.parse import row_hash
-from tasks.tables import (
+from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex
+from tasks.lake.tables import (
     MAPPINGS_SCHEMA,
     MAPPINGS_TABLE,
     PEOPLE_SCHEMA,
@@ -35,7 +33,9 @@ from tasks.tables import (
     read_table,
     replace_table,
 )
-from tasks.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles, WrittenFile
+from tasks.pipeline.parse import row_hash
+from tasks.pipeline.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles, WrittenFile
+from tasks.sync.registry import EDGE_IDS, event_rows_of, id_rows_of
 
 BATCH_ROWS = 100_000
 TIME = pl.Datetime("us", "UTC")

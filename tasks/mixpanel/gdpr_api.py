@@ -24,8 +24,8 @@ from tasks.errors import (
     ServerError,
     redact,
 )
-from tasks.mixpanel_client import error_message, retry_after_seconds, with_retries
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.client import error_message, retry_after_seconds, with_retries
+from tasks.mixpanel.ratelimit import RateBudget, Window
 
 MAX_IDS_PER_REQUEST = 1999
 PATH = "/api/app/data-deletions/v3.0/"

@@ -23,10 +23,10 @@ import msgspec
 import polars as pl
 
 from tasks.errors import RetriableError
-from tasks.gdpr import id_rows_of
-from tasks.mixpanel_client import MixpanelClient, RetryStats
-from tasks.objectstore import ObjectStoreDestination
-from tasks.tables import PEOPLE_SCHEMA, PEOPLE_TABLE, replace_table
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.tables import PEOPLE_SCHEMA, PEOPLE_TABLE, replace_table
+from tasks.mixpanel.client import MixpanelClient, RetryStats
+from tasks.sync.registry import id_rows_of
 
 ENCODER = msgspec.json.Encoder(decimal_format="number")
 BACKENDS = ("yajl2_c", "python")  # yajl's C parser, with the exact pure-python one as a fallback

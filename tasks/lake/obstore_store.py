@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import obstore
 from obstore import exceptions as ob
 
-from tasks.storage import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
+from tasks.lake.store import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
 
 if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
     from obstore.store import RetryConfig

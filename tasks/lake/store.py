@@ -3,7 +3,7 @@
 Keys are ``/``-separated paths relative to the destination root. Every key is checked before use:
 relative, no empty, ``.`` or ``..`` segment, no backslash, so it always lies under the root.
 
-The operations a commit is built from (``tasks.objectstore``):
+The operations a commit is built from (``tasks.lake.commit``):
 
 * ``put_bytes(key, data, create=True)``: write only if the key does not exist (S3 ``If-None-Match: *``,
   GCS ``ifGenerationMatch=0``, Azure ``If-None-Match: *``, a local hard link that fails if the name exists);

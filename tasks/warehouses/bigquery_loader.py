@@ -18,7 +18,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError
-from tasks.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, checked_identifier, typed_columns
+from tasks.warehouses.warehouse import (
+    STATE_TABLE,
+    TABLE_COLUMNS,
+    Partition,
+    checked_identifier,
+    typed_columns,
+)
 
 TYPES = {"text": "STRING", "json": "JSON", "timestamp": "TIMESTAMP"}
 STATE_COLUMNS = [

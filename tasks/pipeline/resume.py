@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from tasks.manifest import Manifest
+from tasks.lake.manifest import Manifest
 
 
 def is_complete(manifest: Manifest | None, day: date, zone: ZoneInfo) -> bool:

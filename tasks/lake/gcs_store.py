@@ -22,7 +22,7 @@ from google.cloud.storage import Bucket, Client
 from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from tasks.storage import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
+from tasks.lake.store import Failure, ObjectInfo, Owner, RetryPolicy, Store, Versioned
 
 MiB = 1 << 20
 CHUNK_SIZE = 8 * MiB  # above this a resumable upload, one chunk in memory at a time

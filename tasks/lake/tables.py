@@ -17,9 +17,9 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from tasks.manifest import Manifest, fingerprint_hex
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.write import RollingFiles
+from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.pipeline.write import RollingFiles
 
 WHOLE = "all"
 PEOPLE_TABLE = "mp_people_data"

@@ -45,13 +45,13 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     event_counts: dict[str, int] | None = None
     # rows removed since the export by GDPR purges (the export's own filtering is not counted)
     purged_rows: int = 0
-    # the run's filter, part of the day's identity (tasks.guard): sorted event names (None: every
+    # the run's filter, part of the day's identity (tasks.pipeline.guard): sorted event names (None: every
     # event) and the user's where (None: none); the hourly watermark is not a filter
     event_names: tuple[str, ...] | None = None
     where: str | None = None
     # how many versions of the partition were committed before this one, plus one: published files
     # carry the sequence they are meant for (part-<run>-s<sequence>-…), so a commit knows which
-    # unlisted files belong to runs that can no longer win (see tasks.objectstore)
+    # unlisted files belong to runs that can no longer win (see tasks.lake.commit)
     sequence: int = 0
     fingerprint_algorithm: str = FINGERPRINT_ALGORITHM
     schema_version: int = SCHEMA_VERSION

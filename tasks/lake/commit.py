@@ -29,7 +29,7 @@ A commit is a compare-and-swap of the manifest, with no lock and no lease:
 A reader that follows the manifest sees the old version or the new one, never a mix; a crash at
 any point leaves a valid manifest, and the next commit (or ``repair``) removes the leftovers.
 
-Containment: every key is relative and checked (``tasks.storage.check_key``); manifests are checked
+Containment: every key is relative and checked (``tasks.lake.store.check_key``); manifests are checked
 on read (a key outside its partition is a ``CorruptManifestError`` and nothing is deleted); partition
 names are real dates or plain table-wide names; deletions happen only under the table's own prefixes.
 """
@@ -53,9 +53,9 @@ from tasks.errors import (
     OutsideDestinationError,
     PreconditionFailedError,
 )
-from tasks.manifest import Manifest, ManifestFile, combined
-from tasks.storage import Store, Versioned, check_key
-from tasks.write import WrittenFile
+from tasks.lake.manifest import Manifest, ManifestFile, combined
+from tasks.lake.store import Store, Versioned, check_key
+from tasks.pipeline.write import WrittenFile
 
 log = logging.getLogger(__name__)
 

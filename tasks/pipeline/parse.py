@@ -20,7 +20,7 @@ decoder, ...) is a rejected line with its number, never a bare exception.
 Duplicate keys: when ``properties`` names one of the lifted keys twice, the lifted column takes the
 **first** occurrence, which is what DuckDB answers for ``properties->>'$.key'`` (other engines
 differ: Snowflake's PARSE_JSON refuses duplicates); the GDPR purge matches a row under every
-occurrence (``tasks.gdpr``).
+occurrence (``tasks.sync.registry``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ Buffer = bytes | memoryview | msgspec.Raw
 
 
 def row_hash(event_name: str, properties: Buffer) -> int:
-    """One row's share of a partition fingerprint (see ``tasks.manifest``)."""
+    """One row's share of a partition fingerprint (see ``tasks.lake.manifest``)."""
     return xxhash.xxh3_64_intdigest(properties, seed=xxhash.xxh3_64_intdigest(event_name.encode()))
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.errors import FatalError
-from tasks.storage import Store
-from tasks.warehouse import TABLE_COLUMNS, Partition, checked_identifier, typed_columns
+from tasks.lake.store import Store
+from tasks.warehouses.warehouse import TABLE_COLUMNS, Partition, checked_identifier, typed_columns
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
 TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"

@@ -18,9 +18,9 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from tasks.errors import FatalError
-from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.storage import Store
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest
+from tasks.lake.store import Store
 
 STATE_TABLE = "_mp_manifests"
 # the columns of each table, with a kind each warehouse maps to its own type

@@ -4,7 +4,7 @@ Stream → parse → split by day → rolling files in a stage → (all went wel
 Any retriable failure throws the whole attempt's stage away and starts the request again, so a
 day is committed only from one complete, clean response. A response in which every line was rejected
 is a failure whatever ``max_rejected_lines`` allows; and a committed day is replaced only under the
-rules of ``tasks.guard`` (no narrower filter unless forced, no marked shrink unless Mixpanel's count
+rules of ``tasks.pipeline.guard`` (no narrower filter unless forced, no marked shrink unless Mixpanel's count
 confirms it or ``allow_shrink``).
 """
 
@@ -22,7 +22,6 @@ from typing import cast
 import msgspec
 import polars as pl
 
-from tasks.counts import DedupCounter
 from tasks.errors import (
     FilterMismatchError,
     MalformedRecordsError,
@@ -30,15 +29,16 @@ from tasks.errors import (
     RetriableError,
     ShrinkRefusedError,
 )
-from tasks.gdpr import event_rows_of
-from tasks.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
-from tasks.identity import IdentityMode, edges_from_events
-from tasks.manifest import Manifest, fingerprint_hex
-from tasks.mixpanel_client import ExportRequest, MixpanelClient, RetryStats
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination, Stage
-from tasks.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
-from tasks.partition import day_of, day_ordinal, with_time_columns
-from tasks.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
+from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats
+from tasks.pipeline.counts import DedupCounter
+from tasks.pipeline.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
+from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
+from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
+from tasks.pipeline.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
+from tasks.sync.identity import IdentityMode, edges_from_events
+from tasks.sync.registry import event_rows_of
 
 MAX_REJECTS_KEPT = 10_000
 
@@ -61,9 +61,9 @@ class ExportSettings:
     identity_mode: IdentityMode | None = None
     # ids of the GDPR registry (with their identity clusters): their rows are never stored
     excluded_ids: frozenset[str] = frozenset()
-    # a line longer than this is a rejected line (tasks.parse)
+    # a line longer than this is a rejected line (tasks.pipeline.parse)
     max_line_bytes: int = MAX_LINE_BYTES
-    # replace a committed day even when the new version is markedly smaller (tasks.guard)
+    # replace a committed day even when the new version is markedly smaller (tasks.pipeline.guard)
     allow_shrink: bool = False
     # replace a committed day even when it was committed with a filter this run's does not cover
     force: bool = False
@@ -197,7 +197,7 @@ def _count_source(client: MixpanelClient, settings: ExportSettings) -> CountSour
         return None
 
     def count(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
-        from tasks.reconcile import mixpanel_counts  # reconcile imports this module
+        from tasks.sync.reconcile import mixpanel_counts  # reconcile imports this module
 
         return {day: dict(c) for day, c in mixpanel_counts(client, days, names).items()}
 
@@ -430,7 +430,7 @@ def _refusals(
     tallies: dict[int, dict[str, int]],
     counts: CountSource | None,
 ) -> tuple[dict[int, str], dict[int, str]]:
-    """The days this export may not replace (tasks.guard): filter mismatches and unconfirmed shrinks,
+    """The days this export may not replace (tasks.pipeline.guard): filter mismatches and unconfirmed shrinks,
     each with its sentence. Every shrinking day of the request is checked with one query request."""
     mismatched: dict[int, str] = {}
     shrinking: dict[int, tuple[Manifest, set[str]]] = {}
@@ -467,6 +467,6 @@ def _refusals(
 
 
 def _committed_counts(destination: ObjectStoreDestination, committed: Manifest) -> dict[str, int]:
-    from tasks.reconcile import recorded_counts  # reconcile imports this module
+    from tasks.sync.reconcile import recorded_counts  # reconcile imports this module
 
     return recorded_counts(destination, committed)

@@ -22,7 +22,7 @@ from typing import Literal
 import msgspec
 import polars as pl
 
-from tasks.objectstore import ObjectStoreDestination
+from tasks.lake.commit import ObjectStoreDestination
 
 ComplianceType = Literal["GDPR", "CCPA"]
 Source = Literal["mixpanel", "user"]
@@ -30,7 +30,7 @@ DEVICE_PREFIX = "$device:"
 # Mixpanel renames a user's events beyond its hot-shard threshold and blanks distinct_id; the
 # original id survives only inside properties
 HOTSHARD_KEY = '"mp_original_distinct_id":'
-EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.identity.EDGE_SCHEMA)
+EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.sync.identity.EDGE_SCHEMA)
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "NOT_FOUND"})
 
 
@@ -145,7 +145,7 @@ def event_rows_of(ids: Collection[str]) -> pl.Expr:
     """True for event rows that belong to one of ``ids``: as distinct_id, user, device or the
     original id of a hot-shard event.
 
-    Duplicate keys: the lifted columns hold the first occurrence of a key (``tasks.parse``), but a
+    Duplicate keys: the lifted columns hold the first occurrence of a key (``tasks.pipeline.parse``), but a
     row belongs to every id any occurrence names, so ``properties`` is also searched for each id as
     the value of ``distinct_id``, ``$user_id``, ``$device_id`` or ``mp_original_distinct_id``
     (compact JSON, as Mixpanel exports it; a nested object naming the id matches too)."""

@@ -31,7 +31,7 @@ from tasks.errors import (
     ServerError,
     TimezoneSettingError,
 )
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.ratelimit import RateBudget, Window
 
 log = logging.getLogger("mixpanel_pipelines")
 T = TypeVar("T")
