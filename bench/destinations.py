@@ -48,7 +48,7 @@ else:
 creds = MixpanelCredentials(project_id=1, service_account_username="sandbox-user",
     service_account_secret="sandbox-secret", api_base_url=url)
 start = time.perf_counter()
-with MixpanelClient(creds) as client:
+with MixpanelClient(creds.api_settings()) as client:
     (result,) = export_days(client, block.connect(1), [day], ExportSettings(run_id="bench"))
 seconds = time.perf_counter() - start
 load_seconds = None

@@ -141,7 +141,7 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
         tasks.pipeline.write.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started = time.perf_counter()
-    with MixpanelClient(credentials(job)) as client:
+    with MixpanelClient(credentials(job).api_settings()) as client:
         results = export_days(client, destination, days, settings)
     return marks | {"rows": sum(r.rows for r in results), "task_seconds": time.perf_counter() - started}
 

@@ -22,7 +22,7 @@ def run(job: Job, out: Path) -> Outcome:
     )
     destination = ObjectStoreDestination(LocalStore(out), PROJECT_ID)
     settings = ExportSettings(run_id="bench", file_format="parquet")
-    with MixpanelClient(credentials) as client:
+    with MixpanelClient(credentials.api_settings()) as client:
         (result,) = export_days(client, destination, [date.fromisoformat(job.day)], settings)
     check_rows(job, result.rows)
     # The fingerprint covers every row's event name and exact properties bytes: same data, not just same count.

@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 
+from tasks.mixpanel.settings import ApiSettings
+
 # an HttpUrl, as Prefect's own blocks give it: `Block._documentation_url` is typed so
 DOCS_URL = HttpUrl("https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks")
 
@@ -181,6 +183,26 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
 
     def query_base_url(self) -> str:
         return (self.api_base_url or QUERY_HOSTS[self.residency]).rstrip("/")
+
+    def api_settings(self) -> ApiSettings:
+        """What the Mixpanel client needs, as plain values."""
+        return ApiSettings(
+            project_id=self.project_id,
+            auth=self.basic_auth(),
+            uses_service_account=self.uses_service_account,
+            export_url=self.export_url(),
+            query_base_url=self.query_base_url(),
+            export_requests_per_second=self.export_requests_per_second,
+            export_requests_per_hour=self.export_requests_per_hour,
+            export_max_concurrent=self.export_max_concurrent,
+            query_requests_per_hour=self.query_requests_per_hour,
+            query_max_concurrent=self.query_max_concurrent,
+            max_attempts=self.max_attempts,
+            retry_backoff_seconds=self.retry_backoff_seconds,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
+            max_inflation_ratio=self.max_inflation_ratio,
+        )
 
     def zone(self) -> ZoneInfo:
         """The zone Mixpanel uses for this project's dates (UTC unless the legacy local mode)."""

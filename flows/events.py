@@ -153,7 +153,7 @@ def export_range(
     )
     progress = Progress(len(days), logger)
     with MixpanelClient(
-        credentials, notify=progress.note, export_gate=lambda: export_slot(progress.note)
+        credentials.api_settings(), notify=progress.note, export_gate=lambda: export_slot(progress.note)
     ) as client:
         results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests, progress)
     failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
@@ -198,7 +198,7 @@ def events_hourly(
     settings = without_registered_ids(settings_for(credentials, file_format, 0, None), target)
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
-    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         for day in days:
             target.repair(EVENTS_TABLE, day.isoformat())
             base = target.manifest(EVENTS_TABLE, day.isoformat())

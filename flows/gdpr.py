@@ -79,7 +79,9 @@ def gdpr(
     mixpanel_error: PipelineError | None = None
     if gdpr_credentials is not None:
         try:
-            with GdprClient(credentials, gdpr_credentials, notify=logger.warning) as client:
+            with GdprClient(
+                credentials.api_settings(), gdpr_credentials.settings(), notify=logger.warning
+            ) as client:
                 _submit(client, targets, registries)
                 _poll(client, targets, registries)
         except PipelineError as exc:  # the purge here does not wait for Mixpanel

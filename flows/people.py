@@ -46,7 +46,7 @@ def people(
         if total:
             update_progress_artifact(progress, min(100.0, 100.0 * done / total))
 
-    with MixpanelClient(credentials, notify=logger.warning) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning) as client:
         result = export_people(
             client,
             target,

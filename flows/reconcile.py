@@ -134,7 +134,7 @@ def _find_changes(
         for t, one in zip(targets, checked, strict=True)
     ]
     filters = [{day: m.event_names for day, m in one.items()} for one in checked]
-    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         late = late_events(client, marks, local_zone, excluded, filters)
         theirs: dict[date, Counter[str]] = {}
         if check_counts:

@@ -76,7 +76,10 @@ def test_the_gdpr_project_token_never_reaches_the_http_log(caplog: pytest.LogCap
     gdpr = MixpanelGdprCredentials(project_token=token, oauth_token="oauth")
     caplog.set_level(logging.DEBUG, logger="httpx")
     with GdprClient(
-        CREDENTIALS, gdpr, transport=httpx.MockTransport(answer), notify=lambda _: None
+        CREDENTIALS.api_settings(),
+        gdpr.settings(),
+        transport=httpx.MockTransport(answer),
+        notify=lambda _: None,
     ) as client:
         assert client.status("task-1") == "SUCCESS"
     assert token in seen[0], "the API still receives the token"

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 
@@ -94,7 +94,7 @@ elif where == "switch":  # files published, killed as the manifest's conditional
     store.put_bytes = put_then_die
 elif where == "cleanup":  # manifest switched, the old version not deleted yet
     objectstore.ObjectStoreDestination._remove_unlisted = die
-with MixpanelClient(creds) as client:
+with MixpanelClient(creds.api_settings()) as client:
     export_days(client, block.connect(1), days, ExportSettings(run_id="killed", identity_mode="simplified"))
 """
 
@@ -137,7 +137,7 @@ def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
     block = make_s3_destination(s3_server)
     dest = block.connect(1)
     inject_s3_errors(s3_server, 503, 8)  # more than botocore's 8 attempts: the first upload fails for good
-    with MixpanelClient(credentials_for(sandbox)) as client:
+    with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
         (result,) = export_days(client, dest, days, ExportSettings(run_id="retried"))
     want = sandbox.expected(day, day)[day.isoformat()]
     assert (result.rows, result.fingerprint, result.retries) == (want["rows"], want["fingerprint"], 1)
@@ -214,7 +214,7 @@ def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
         return real_commit(self, stage, partition, manifest, expected)
 
     monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
-    with MixpanelClient(credentials_for(sandbox)) as client:
+    with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
         (result,) = export_days(client, store().connect(1), days, ExportSettings(run_id="loser"))
     monkeypatch.undo()
     assert raced == [day.isoformat()] and result.retries == 1

@@ -255,7 +255,7 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
 
     credentials = credentials_for(sandbox)
     httpx.post(f"{sandbox.url}/_sandbox/gdpr", json={"fail_next": 2}).raise_for_status()
-    with GdprClient(credentials, tokens(sandbox), notify=lambda _: None) as client:
+    with GdprClient(credentials.api_settings(), tokens(sandbox).settings(), notify=lambda _: None) as client:
         first = client.submit(["a@example.com"], "GDPR")  # two 500s, then the task
         second = client.submit(["b@example.com"], "CCPA")  # right after: paced to 1 request per second
         assert client.status(first) == "PENDING" and client.status(first) == "SUCCESS"
@@ -267,7 +267,10 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
     wrong = MixpanelGdprCredentials(
         project_token=sandbox.cfg.project_token, oauth_token="expired-oauth-token"
     )
-    with GdprClient(credentials, wrong) as client, pytest.raises(BadCredentialsError) as error:
+    with (
+        GdprClient(credentials.api_settings(), wrong.settings()) as client,
+        pytest.raises(BadCredentialsError) as error,
+    ):
         client.submit(["c@example.com"], "GDPR")
     assert "renew it" in str(error.value) and "expired-oauth-token" not in str(error.value)
 
@@ -286,7 +289,7 @@ def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
     gdpr(credentials, [kit.local, kit.s3], distinct_ids=[user], submit_to_mixpanel=False)
     late = [d for d in days if day_frame(kit.connected()[0], d).height][-1]
     for block in (kit.local, kit.s3):  # the export's settings were read before the id was registered
-        with MixpanelClient(credentials) as client:
+        with MixpanelClient(credentials.api_settings()) as client:
             export_days(
                 client, block.connect(1), [late], ExportSettings(run_id="stale", identity_mode="simplified")
             )

@@ -55,7 +55,7 @@ def credentials(server: HostileServer, **overrides: object) -> MixpanelCredentia
 
 
 def run(server: HostileServer, root: Path, run_id: str, days: list[date] | None = None, **settings: object):
-    with MixpanelClient(credentials(server)) as client:
+    with MixpanelClient(credentials(server).api_settings()) as client:
         return export_days(
             client, local_destination(root), days or [DAY], ExportSettings(run_id=run_id, **settings)
         )

@@ -41,7 +41,7 @@ def test_a_day_the_stream_moved_past_is_sealed_and_its_late_rows_still_land(
     ]
     assert 4000 * len(body[40]) > (IDLE_BLOCKS + 2) * READ
     server.serve(b"\n".join(body) + b"\n")
-    with MixpanelClient(credentials(server)) as client:
+    with MixpanelClient(credentials(server).api_settings()) as client:
         results = export_days(
             client, local_destination(tmp_path), DAYS, ExportSettings(run_id="r", block_bytes=BLOCK)
         )
@@ -67,7 +67,7 @@ def test_interleaved_days_are_never_sealed_and_keep_one_file_each(
     lines = [good_lines(day, 1500) for day in DAYS]
     body = [line for row in zip(*lines, strict=True) for line in row]  # every block holds every day
     server.serve(b"\n".join(body) + b"\n")
-    with MixpanelClient(credentials(server)) as client:
+    with MixpanelClient(credentials(server).api_settings()) as client:
         results = export_days(
             client, local_destination(tmp_path), DAYS, ExportSettings(run_id="r", block_bytes=BLOCK)
         )

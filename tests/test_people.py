@@ -23,7 +23,7 @@ def people_sandbox() -> SandboxServer:
 
 
 def run(server: SandboxServer, root: Path, page_size: int = 10, **creds: object):
-    with MixpanelClient(credentials_for(server, **creds)) as client:
+    with MixpanelClient(credentials_for(server, **creds).api_settings()) as client:
         return export_people(
             client, local_destination(root), EngageQuery(page_size=page_size), max_concurrent_pages=8
         )

@@ -40,7 +40,7 @@ def block(s3_server: S3Server) -> RedshiftSpectrumDestination:
 
 
 def export(server: SandboxServer, destination: WarehouseDestination, days: list[date], run: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, destination, days, ExportSettings(run_id=run))
 
 

@@ -161,7 +161,9 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     dest = local_destination(tmp_path)
     (day,) = recent_days(1, sandbox)
     start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-    with MixpanelClient(credentials_for(sandbox)) as client:  # a day in three files: two hourly increments
+    with MixpanelClient(
+        credentials_for(sandbox).api_settings()
+    ) as client:  # a day in three files: two hourly increments
         for hours in (8, 16, None):
             sandbox.set_processed_until(None if hours is None else start + hours * 3_600_000)
             base = dest.manifest("mp_master_event", day.isoformat())

@@ -122,7 +122,7 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 

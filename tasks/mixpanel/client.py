@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import (
     BadCredentialsError,
     BadRequestError,
@@ -32,6 +31,7 @@ from tasks.errors import (
     TimezoneSettingError,
 )
 from tasks.mixpanel.ratelimit import RateBudget, Window
+from tasks.mixpanel.settings import ApiSettings
 
 log = logging.getLogger("mixpanel_pipelines")
 T = TypeVar("T")
@@ -101,7 +101,7 @@ def classify_response(status: int, body: str, retry_after: float | None = None) 
     if status == 401 or (status == 400 and "authenticate" in detail.lower()):
         return BadCredentialsError(
             "Mixpanel rejected the credentials: check the service account username, secret and project_id "
-            "in the MixpanelCredentials block."
+            "in the ApiSettings block."
         )
     if status == 402:
         return PlanError(
@@ -145,7 +145,7 @@ class MixpanelClient:
 
     def __init__(
         self,
-        credentials: MixpanelCredentials,
+        settings: ApiSettings,
         budget: RateBudget | None = None,
         query_budget: RateBudget | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -153,7 +153,7 @@ class MixpanelClient:
         notify: Callable[[str], None] | None = None,
         export_gate: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        self.credentials = credentials
+        self.settings = settings
         self.notify = notify or log.warning
         # held around each export request besides the host's budget: the flows pass the Prefect
         # global concurrency limits here, which hold the budget across workers on many machines
@@ -163,34 +163,32 @@ class MixpanelClient:
         self.answered = threading.Event()
         self.fatal: FatalError | None = None
         self.budget = budget or RateBudget(
-            key=f"export:{credentials.project_id}",
+            key=f"export:{settings.project_id}",
             windows=[
-                Window(credentials.export_requests_per_second, 1.0),
-                Window(credentials.export_requests_per_hour, 3600.0),
+                Window(settings.export_requests_per_second, 1.0),
+                Window(settings.export_requests_per_hour, 3600.0),
             ],
-            max_concurrent=credentials.export_max_concurrent,
+            max_concurrent=settings.export_max_concurrent,
         )
         self.query_budget = query_budget or RateBudget(
-            key=f"query:{credentials.project_id}",
-            windows=[Window(credentials.query_requests_per_hour, 3600.0)],
-            max_concurrent=credentials.query_max_concurrent,
+            key=f"query:{settings.project_id}",
+            windows=[Window(settings.query_requests_per_hour, 3600.0)],
+            max_concurrent=settings.query_max_concurrent,
         )
         self._sleep = sleep
         self._rng = random.Random()
         timeout = httpx.Timeout(
-            connect=credentials.connect_timeout_seconds,
-            read=credentials.read_timeout_seconds,
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
             write=60.0,
             pool=60.0,
         )
-        limits = httpx.Limits(
-            max_connections=credentials.export_max_concurrent + credentials.query_max_concurrent
-        )
+        limits = httpx.Limits(max_connections=settings.export_max_concurrent + settings.query_max_concurrent)
         # headers and a POST body may leave in two writes: TCP_NODELAY keeps Nagle's algorithm from
         # holding the second until the server's delayed ACK (tens of ms per small request)
         nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         self._http = httpx.Client(
-            auth=credentials.basic_auth(),
+            auth=settings.auth,
             timeout=timeout,
             transport=transport or httpx.HTTPTransport(limits=limits, socket_options=nodelay),
             headers={"Accept-Encoding": "gzip", "User-Agent": "mixpanel-pipelines/0.1"},
@@ -207,20 +205,16 @@ class MixpanelClient:
 
     def _project_param(self) -> dict[str, str]:
         # service accounts must name the project; a legacy project secret implies it
-        return (
-            {"project_id": str(self.credentials.project_id)} if self.credentials.uses_service_account else {}
-        )
+        return {"project_id": str(self.settings.project_id)} if self.settings.uses_service_account else {}
 
     def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
         """Open one export request; its decompressed body as byte chunks (export budget held)."""
         params = request.params(None) | self._project_param()
-        return self._stream(
-            self.budget, "GET", self.credentials.export_url(), self.export_gate, params=params
-        )
+        return self._stream(self.budget, "GET", self.settings.export_url, self.export_gate, params=params)
 
     def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
         """Open one Engage (profiles) page request (query-API budget held)."""
-        url = f"{self.credentials.query_base_url()}/api/query/engage"
+        url = f"{self.settings.query_base_url}/api/query/engage"
         return self._stream(
             self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form
         )
@@ -235,7 +229,7 @@ class MixpanelClient:
             "from_date": from_date.isoformat(),
             "to_date": to_date.isoformat(),
         }
-        url = f"{self.credentials.query_base_url()}/api/query/events"
+        url = f"{self.settings.query_base_url}/api/query/events"
 
         def attempt() -> dict[str, dict[str, int]]:
             with self._stream(self.query_budget, "GET", url, nullcontext, params=params) as chunks:
@@ -276,7 +270,7 @@ class MixpanelClient:
                 raise error
             self.answered.set()
             # as the socket delivers: no re-chunking copy
-            yield _guarded(response, self.credentials.max_inflation_ratio)
+            yield _guarded(response, self.settings.max_inflation_ratio)
 
     def _budget_wait(self, seconds: float, reason: str) -> None:
         if seconds >= 1:
@@ -293,7 +287,7 @@ class MixpanelClient:
         return with_retries(
             unit,
             what,
-            self.credentials,
+            self.settings,
             "the previous data is unchanged, run again later or raise max_attempts.",
             notify=self.notify,
             sleep=self._sleep,
@@ -305,18 +299,18 @@ class MixpanelClient:
 def with_retries(
     unit: Callable[[], T],
     what: str,
-    credentials: MixpanelCredentials,
+    settings: ApiSettings,
     when_exhausted: str,
     notify: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     stats: RetryStats | None = None,
 ) -> T:
-    """Run ``unit`` up to ``credentials.max_attempts`` times, pausing with jittered backoff after each
+    """Run ``unit`` up to ``settings.max_attempts`` times, pausing with jittered backoff after each
     ``RetriableError``; the last one is raised with ``when_exhausted`` (what state is left, what to do)."""
     stats = stats if stats is not None else RetryStats()
     rng = rng or random.Random()
-    attempts = credentials.max_attempts
+    attempts = settings.max_attempts
     for attempt in range(1, attempts + 1):
         stats.attempts = attempt
         try:
@@ -326,7 +320,7 @@ def with_retries(
                 raise RetriableError(
                     f"{what} failed {attempts} times, last: {exc}; {when_exhausted}", exc.retry_after
                 ) from exc
-            pause = backoff_seconds(attempt, credentials.retry_backoff_seconds, exc.retry_after, rng)
+            pause = backoff_seconds(attempt, settings.retry_backoff_seconds, exc.retry_after, rng)
             stats.retries += 1
             stats.reasons.append(type(exc).__name__)
             notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")

@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 
-from blocks.gdpr import MixpanelGdprCredentials
-from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import (
     BadCredentialsError,
     BadRequestError,
@@ -26,6 +24,7 @@ from tasks.errors import (
 )
 from tasks.mixpanel.client import error_message, retry_after_seconds, with_retries
 from tasks.mixpanel.ratelimit import RateBudget, Window
+from tasks.mixpanel.settings import ApiSettings, GdprSettings
 
 MAX_IDS_PER_REQUEST = 1999
 PATH = "/api/app/data-deletions/v3.0/"
@@ -87,12 +86,12 @@ def classify(status: int, body: str, retry_after: float | None) -> Exception:
     if status == 401:
         return BadCredentialsError(
             "Mixpanel rejected the GDPR OAuth token: renew it (it is valid for one year) and save it in the "
-            "MixpanelGdprCredentials block."
+            "GdprSettings block."
         )
     if status == 403:
         return BadCredentialsError(
             f"Mixpanel refused the GDPR request ({detail}): check the project token in the "
-            "MixpanelGdprCredentials block."
+            "GdprSettings block."
         )
     if status == 404:
         return BadRequestError(f"Mixpanel does not know this deletion task ({detail}).")
@@ -102,24 +101,24 @@ def classify(status: int, body: str, retry_after: float | None) -> Exception:
 class GdprClient:
     def __init__(
         self,
-        credentials: MixpanelCredentials,
-        gdpr: MixpanelGdprCredentials,
+        settings: ApiSettings,
+        gdpr: GdprSettings,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         notify: Callable[[str], None] = print,
     ) -> None:
-        self.credentials = credentials
+        self.settings = settings
         self.notify = notify
         self._sleep = sleep
-        self._token = gdpr.project_token.get_secret_value()
+        self._token = gdpr.project_token
         hide_tokens_in_http_logs()
         self.budget = RateBudget(
-            key=f"gdpr:{credentials.project_id}", windows=[Window(1, 1.05)], max_concurrent=1
+            key=f"gdpr:{settings.project_id}", windows=[Window(1, 1.05)], max_concurrent=1
         )
         self._http = httpx.Client(
-            base_url=credentials.query_base_url(),
-            timeout=httpx.Timeout(60.0, connect=credentials.connect_timeout_seconds),
-            headers={"Authorization": f"Bearer {gdpr.oauth_token.get_secret_value()}"},
+            base_url=settings.query_base_url,
+            timeout=httpx.Timeout(60.0, connect=settings.connect_timeout_seconds),
+            headers={"Authorization": f"Bearer {gdpr.oauth_token}"},
             transport=transport,
         )
 
@@ -146,7 +145,7 @@ class GdprClient:
         return with_retries(
             lambda: self._once(method, path, **kwargs),
             "Mixpanel's GDPR API",
-            self.credentials,
+            self.settings,
             "the registry keeps the request, the next run tries again.",
             notify=self.notify,
             sleep=self._sleep,
