@@ -118,10 +118,10 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     if os.environ.get("BENCH_BLOCK_BYTES"):
         settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
     if os.environ.get("BENCH_BUFFER_BYTES"):
-        import tasks.pipeline.write
+        import tasks.lake.files
 
         budget = int(os.environ["BENCH_BUFFER_BYTES"])
-        tasks.pipeline.write.PartitionBuffer.__init__.__defaults__ = (budget,)
+        tasks.lake.files.PartitionBuffer.__init__.__defaults__ = (budget,)
     if os.environ.get("BENCH_NO_COUNTS"):
         import tasks.pipeline.counts
 
@@ -131,15 +131,15 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
         tasks.pipeline.counts.DedupCounter.__init__.__defaults__ = (None, int(os.environ["BENCH_SPILL_ROWS"]))
     if os.environ.get("BENCH_CLOSE_EACH"):
-        import tasks.pipeline.write
+        import tasks.lake.files
 
-        write = tasks.pipeline.write.RollingFiles.write
+        write = tasks.lake.files.RollingFiles.write
 
-        def write_and_close(self: tasks.pipeline.write.RollingFiles, frame: Any) -> None:
+        def write_and_close(self: tasks.lake.files.RollingFiles, frame: Any) -> None:
             write(self, frame)
             self._close_current()
 
-        tasks.pipeline.write.RollingFiles.write = write_and_close  # type: ignore[method-assign]
+        tasks.lake.files.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started = time.perf_counter()
     with MixpanelClient(credentials(job).api_settings()) as client:
         results = export_days(client, destination, days, settings)

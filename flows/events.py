@@ -23,12 +23,12 @@ from flows.params import AtLeastOne, AtLeastZero, OptionalDay
 from flows.runtime import Progress, prepare_run
 from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import FileFormat
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
 from tasks.pipeline.guard import Filter, filter_refusal
 from tasks.pipeline.plan import check_range, days_between, group_days
-from tasks.pipeline.write import FileFormat
 from tasks.sync.registry import load_registry
 
 MAX_WORKERS = 16

@@ -28,7 +28,7 @@ from tasks.errors import BadRequestError, PipelineError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.tables import MAPPINGS_TABLE, committed_edges, read_table
 from tasks.mixpanel.gdpr_api import GdprClient, batches
-from tasks.sync.identity import resolve
+from tasks.pipeline.identity import resolve
 from tasks.sync.purge import PurgeReport, PurgeScope, purge_destination
 from tasks.sync.registry import (
     ComplianceType,

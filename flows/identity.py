@@ -19,7 +19,7 @@ from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
 from tasks.lake.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
-from tasks.sync.identity import refused_identifies, resolve
+from tasks.pipeline.identity import refused_identifies, resolve
 
 
 @flow(name="mixpanel-identity", log_prints=True)

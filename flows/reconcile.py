@@ -28,17 +28,11 @@ from flows.runtime import prepare_run
 from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
-from tasks.mixpanel.client import MixpanelClient
+from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.pipeline.export import EVENTS_TABLE
+from tasks.pipeline.guard import recorded_counts
 from tasks.pipeline.plan import days_between
-from tasks.sync.reconcile import (
-    count_difference,
-    late_events,
-    mixpanel_counts,
-    now_utc,
-    recorded_counts,
-    settled,
-)
+from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
 from tasks.sync.registry import load_registry
 
 

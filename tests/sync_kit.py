@@ -18,9 +18,8 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.files import EVENT_COLUMNS, FileFormat, event_batches
 from tasks.lake.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_table
-from tasks.pipeline.write import EVENT_COLUMNS, FileFormat
-from tasks.sync.purge import event_batches
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tests.stores.s3 import S3Server, make_s3_destination
 

@@ -23,9 +23,9 @@ from tasks.errors import (
     TruncatedStreamError,
 )
 from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.exclude import event_rows_of
 from tasks.pipeline.export import ExportSettings, export_days
 from tasks.pipeline.resume import is_complete
-from tasks.sync.registry import event_rows_of
 from tests.conftest import local_destination, read_day
 from tests.hostile import HostileServer, counts_of, epoch, event_line, good_lines, gzip_bomb, in_pieces
 

@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from tasks.sync.identity import EDGE_SCHEMA, MAPPING_SCHEMA, edges_from_events, is_uuid4, resolve, user_counts
+from tasks.pipeline.identity import (
+    EDGE_SCHEMA,
+    MAPPING_SCHEMA,
+    edges_from_events,
+    is_uuid4,
+    resolve,
+    user_counts,
+)
 
 EVENTS_SCHEMA = pl.Schema(
     {

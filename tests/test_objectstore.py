@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.files import EVENT_COLUMNS, RollingFiles
 from tasks.lake.manifest import Manifest
 from tasks.lake.tables import read_parquet
-from tasks.pipeline.write import EVENT_COLUMNS, RollingFiles
 from tests.stores.catalog import StoreFactory
 
 TABLE = "mp_master_event"

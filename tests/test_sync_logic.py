@@ -10,12 +10,13 @@ import polars as pl
 import pytest
 
 from sandbox.where import parse_where
+from tasks.lake.files import FileFormat
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.gdpr_api import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
 from tasks.pipeline.counts import DedupCounter, dedup_counts
-from tasks.pipeline.write import FileFormat
+from tasks.pipeline.exclude import event_rows_of
 from tasks.sync.reconcile import count_difference, day_clause, late_requests, settled
-from tasks.sync.registry import Registry, cluster_members, event_rows_of, merged
+from tasks.sync.registry import Registry, cluster_members, merged
 
 T = pl.Datetime("us", "UTC")
 

@@ -53,9 +53,9 @@ from tasks.errors import (
     OutsideDestinationError,
     PreconditionFailedError,
 )
+from tasks.lake.files import WrittenFile
 from tasks.lake.manifest import Manifest, ManifestFile, combined
 from tasks.lake.store import Store, Versioned, check_key
-from tasks.pipeline.write import WrittenFile
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import xxhash
 
 from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
-from tasks.pipeline.write import RollingFiles
 
 WHOLE = "all"
 PEOPLE_TABLE = "mp_people_data"

@@ -9,7 +9,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -359,3 +360,23 @@ def _guarded(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
                     "unchanged, check the proxy in front of Mixpanel or raise max_inflation_ratio."
                 )
             yield chunk
+
+
+# Mixpanel's counts query takes a list of names: a few requests cover hundreds of names
+NAMES_PER_COUNT_REQUEST = 100
+
+
+def mixpanel_counts(
+    client: MixpanelClient, days: list[date], names: Iterable[str]
+) -> dict[date, Counter[str]]:
+    """Mixpanel's deduplicated count per day and event name, in few query-API requests."""
+    listed = sorted(set(names))
+    out = {day: Counter[str]() for day in days}
+    if not days or not listed:
+        return out
+    for start in range(0, len(listed), NAMES_PER_COUNT_REQUEST):
+        chunk = listed[start : start + NAMES_PER_COUNT_REQUEST]
+        for name, per_day in client.event_counts(min(days), max(days), chunk).items():
+            for day in days:
+                out[day][name] += per_day.get(day.isoformat(), 0)
+    return out

@@ -30,15 +30,15 @@ from tasks.errors import (
     ShrinkRefusedError,
 )
 from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.lake.files import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
-from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats
+from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
 from tasks.pipeline.counts import DedupCounter
-from tasks.pipeline.guard import Filter, confirm_shrink, filter_of, filter_refusal, shrinks
+from tasks.pipeline.exclude import event_rows_of
+from tasks.pipeline.guard import Filter, confirm_shrink, filter_of, filter_refusal, recorded_counts, shrinks
+from tasks.pipeline.identity import IdentityMode, edges_from_events
 from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
-from tasks.pipeline.write import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
-from tasks.sync.identity import IdentityMode, edges_from_events
-from tasks.sync.registry import event_rows_of
 
 MAX_REJECTS_KEPT = 10_000
 
@@ -197,8 +197,6 @@ def _count_source(client: MixpanelClient, settings: ExportSettings) -> CountSour
         return None
 
     def count(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
-        from tasks.sync.reconcile import mixpanel_counts  # reconcile imports this module
-
         return {day: dict(c) for day, c in mixpanel_counts(client, days, names).items()}
 
     return count
@@ -444,7 +442,7 @@ def _refusals(
             mismatched[ordinal] = why
         elif not settings.allow_shrink and shrinks(committed, day.rows):
             names = set(settings.events) or set(tallies[ordinal]) | set(
-                _committed_counts(destination, committed)
+                recorded_counts(destination, committed)
             )
             shrinking[ordinal] = (committed, names)
     refused: dict[int, str] = {}
@@ -464,9 +462,3 @@ def _refusals(
         if not check.confirmed:
             refused[ordinal] = check.reason
     return mismatched, refused
-
-
-def _committed_counts(destination: ObjectStoreDestination, committed: Manifest) -> dict[str, int]:
-    from tasks.sync.reconcile import recorded_counts  # reconcile imports this module
-
-    return recorded_counts(destination, committed)

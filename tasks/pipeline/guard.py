@@ -14,11 +14,20 @@ fewer rows than it holds unless Mixpanel's own count confirms the loss.
 
 from __future__ import annotations
 
+import io
+import tempfile
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
 
 from tasks.errors import PipelineError
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest
+from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
 
 # a new version with less than 90% of the committed rows must be confirmed by Mixpanel's count
 SHRINK_TOLERANCE = 0.10
@@ -104,3 +113,21 @@ def confirm_shrink(
         f"{head}, and Mixpanel counts {sum(theirs.get(n, 0) for n in keys)} events that day where this "
         f"export counted {sum(ours.values())}; {tail}",
     )
+
+
+def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> dict[str, int]:
+    """The manifest's deduplicated counts; older manifests and hourly increments: from the files."""
+    if manifest.event_counts is not None:
+        return manifest.event_counts
+    with tempfile.TemporaryDirectory(prefix="mp-counts-") as scratch:
+        counter = DedupCounter(Path(scratch))
+        for item in manifest.files:
+            data = destination.storage.get_bytes(item.key) or b""
+            if manifest.format == FileFormat.PARQUET.value:
+                keys = pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS)))
+                assert isinstance(keys, pl.DataFrame)  # a table makes a frame (typed frame or series)
+                counter.add(keys)
+            else:
+                for batch in event_batches(data, FileFormat(manifest.format)):
+                    counter.add(batch)
+        return counter.counts()

@@ -26,7 +26,7 @@ from tasks.errors import RetriableError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.tables import PEOPLE_SCHEMA, PEOPLE_TABLE, replace_table
 from tasks.mixpanel.client import MixpanelClient, RetryStats
-from tasks.sync.registry import id_rows_of
+from tasks.pipeline.exclude import id_rows_of
 
 ENCODER = msgspec.json.Encoder(decimal_format="number")
 BACKENDS = ("yajl2_c", "python")  # yajl's C parser, with the exact pure-python one as a fallback

@@ -11,18 +11,17 @@ swapped whole. Warehouses reload each partition committed here in one transactio
 
 from __future__ import annotations
 
-import gzip
 import io
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import polars as pl
-import pyarrow.parquet as pq
 
 from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex
 from tasks.lake.tables import (
     MAPPINGS_SCHEMA,
@@ -33,12 +32,9 @@ from tasks.lake.tables import (
     read_table,
     replace_table,
 )
+from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.pipeline.parse import row_hash
-from tasks.pipeline.write import EVENT_COLUMNS, FileFormat, JsonLinesRow, RollingFiles, WrittenFile
-from tasks.sync.registry import EDGE_IDS, event_rows_of, id_rows_of
-
-BATCH_ROWS = 100_000
-TIME = pl.Datetime("us", "UTC")
+from tasks.sync.registry import EDGE_IDS
 
 
 @dataclass
@@ -230,43 +226,6 @@ def _get(destination: ObjectStoreDestination, key: str) -> bytes:
     if data is None:
         raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
     return data
-
-
-def event_batches(data: bytes, fmt: FileFormat) -> Iterator[pl.DataFrame]:
-    if fmt == FileFormat.PARQUET:
-        for record_batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
-            frame = pl.from_arrow(record_batch)
-            assert isinstance(frame, pl.DataFrame)  # a batch makes a frame; polars types it frame or series
-            yield frame
-        return
-    decoder = msgspec.json.Decoder(JsonLinesRow)
-    with gzip.open(io.BytesIO(data), "rb") as lines:
-        batch: list[JsonLinesRow] = []
-        for line in lines:
-            batch.append(decoder.decode(line))
-            if len(batch) >= BATCH_ROWS:
-                yield _json_frame(batch)
-                batch = []
-        if batch:
-            yield _json_frame(batch)
-
-
-def _json_frame(rows: list[JsonLinesRow]) -> pl.DataFrame:
-    frame = pl.DataFrame(
-        {
-            "device_id": [r.device_id for r in rows],
-            "distinct_id": [r.distinct_id for r in rows],
-            "event_name": [r.event_name for r in rows],
-            "insert_id": [r.insert_id for r in rows],
-            "properties": [bytes(r.properties).decode() for r in rows],
-            "time": [r.time for r in rows],
-            "user_id": [r.user_id for r in rows],
-        },
-        schema={c: pl.String for c in EVENT_COLUMNS},
-    )
-    return frame.with_columns(
-        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC").cast(TIME)
-    )
 
 
 def _purge_table(

@@ -18,30 +18,21 @@ re-exported with the same filter.
 
 from __future__ import annotations
 
-import io
-import tempfile
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
-from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import ExportRequest, MixpanelClient
-from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
+from tasks.pipeline.exclude import event_rows_of
 from tasks.pipeline.export import processed_after
 from tasks.pipeline.parse import StreamParser
 from tasks.pipeline.partition import day_ordinal, with_time_columns
-from tasks.pipeline.write import FileFormat
-from tasks.sync.purge import event_batches
-from tasks.sync.registry import event_rows_of
 
 MAX_WHERE_CHARS = 4000
-NAMES_PER_COUNT_REQUEST = 100
 
 
 @dataclass(frozen=True)
@@ -142,46 +133,12 @@ def _count_late(
                 count[day] += 1
 
 
-def mixpanel_counts(
-    client: MixpanelClient, days: list[date], names: Iterable[str]
-) -> dict[date, Counter[str]]:
-    """Mixpanel's deduplicated count per day and event name, in few query-API requests."""
-    listed = sorted(set(names))
-    out = {day: Counter[str]() for day in days}
-    if not days or not listed:
-        return out
-    for start in range(0, len(listed), NAMES_PER_COUNT_REQUEST):
-        chunk = listed[start : start + NAMES_PER_COUNT_REQUEST]
-        for name, per_day in client.event_counts(min(days), max(days), chunk).items():
-            for day in days:
-                out[day][name] += per_day.get(day.isoformat(), 0)
-    return out
-
-
 def count_difference(ours: dict[str, int], theirs: Counter[str]) -> tuple[int, int] | None:
     """(Mixpanel's total, ours) when any event name's count differs, else None."""
     names = set(ours) | {n for n, c in theirs.items() if c}
     if all(ours.get(n, 0) == theirs.get(n, 0) for n in names):
         return None
     return sum(theirs[n] for n in names), sum(ours.values())
-
-
-def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> dict[str, int]:
-    """The manifest's deduplicated counts; older manifests and hourly increments: from the files."""
-    if manifest.event_counts is not None:
-        return manifest.event_counts
-    with tempfile.TemporaryDirectory(prefix="mp-counts-") as scratch:
-        counter = DedupCounter(Path(scratch))
-        for item in manifest.files:
-            data = destination.storage.get_bytes(item.key) or b""
-            if manifest.format == FileFormat.PARQUET.value:
-                keys = pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS)))
-                assert isinstance(keys, pl.DataFrame)  # a table makes a frame (typed frame or series)
-                counter.add(keys)
-            else:
-                for batch in event_batches(data, FileFormat(manifest.format)):
-                    counter.add(batch)
-        return counter.counts()
 
 
 def now_utc() -> datetime:

@@ -1,4 +1,4 @@
-"""The GDPR deletion registry, kept with the data, and which rows belong to a registered id.
+"""The GDPR deletion registry, kept with the data.
 
 Mixpanel's own deletions never reach exported copies, so every destination keeps a registry at
 ``<project_id>/_state/gdpr/registry.json``: the ids whose data must not exist here, how they got
@@ -14,7 +14,6 @@ suppression list); audit records hold only their SHA-256.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Literal
@@ -26,11 +25,7 @@ from tasks.lake.commit import ObjectStoreDestination
 
 ComplianceType = Literal["GDPR", "CCPA"]
 Source = Literal["mixpanel", "user"]
-DEVICE_PREFIX = "$device:"
-# Mixpanel renames a user's events beyond its hot-shard threshold and blanks distinct_id; the
-# original id survives only inside properties
-HOTSHARD_KEY = '"mp_original_distinct_id":'
-EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.sync.identity.EDGE_SCHEMA)
+EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.pipeline.identity.EDGE_SCHEMA)
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "NOT_FOUND"})
 
 
@@ -134,43 +129,6 @@ def read_inbox(destination: ObjectStoreDestination) -> tuple[list[str], list[str
         text = (destination.storage.get_bytes(key) or b"").decode("utf-8-sig")
         ids += [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [i for i in ids if i], keys
-
-
-def device_ids(ids: Collection[str]) -> list[str]:
-    """``$device:<id>`` (Simplified ID Merge's anonymous ids) name the device ``<id>``."""
-    return [i.removeprefix(DEVICE_PREFIX) for i in ids]
-
-
-def event_rows_of(ids: Collection[str]) -> pl.Expr:
-    """True for event rows that belong to one of ``ids``: as distinct_id, user, device or the
-    original id of a hot-shard event.
-
-    Duplicate keys: the lifted columns hold the first occurrence of a key (``tasks.pipeline.parse``), but a
-    row belongs to every id any occurrence names, so ``properties`` is also searched for each id as
-    the value of ``distinct_id``, ``$user_id``, ``$device_id`` or ``mp_original_distinct_id``
-    (compact JSON, as Mixpanel exports it; a nested object naming the id matches too)."""
-    listed = list(ids)
-    needles = [HOTSHARD_KEY + json.dumps(i, ensure_ascii=False) for i in listed]
-    for key, values in (
-        ('"distinct_id":', listed),
-        ('"$user_id":', listed),
-        ('"$device_id":', device_ids(listed)),
-    ):
-        needles += [key + json.dumps(v, ensure_ascii=False) for v in values]
-    return (
-        pl.col("distinct_id").is_in(listed).fill_null(False)
-        | pl.col("user_id").is_in(listed).fill_null(False)
-        | pl.col("device_id").is_in(device_ids(listed)).fill_null(False)
-        | pl.col("properties").str.contains_any(needles).fill_null(False)
-    )
-
-
-def id_rows_of(ids: Collection[str], columns: tuple[str, ...]) -> pl.Expr:
-    listed = list(ids)
-    expr = pl.lit(False)
-    for column in columns:
-        expr = expr | pl.col(column).is_in(listed).fill_null(False)
-    return expr
 
 
 def cluster_members(ids: Collection[str], mappings: pl.DataFrame) -> dict[str, tuple[str, ...]]:

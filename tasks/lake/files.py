@@ -7,7 +7,8 @@ at most one frame whatever the size of the day.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -197,3 +198,47 @@ class PartitionBuffer:
     def flush_all(self) -> None:
         for key in self.writers:
             self.flush(key)
+
+
+# reading committed files back (purge, recount) ------------------------------------------------------
+
+BATCH_ROWS = 100_000
+TIME = pl.Datetime("us", "UTC")
+
+
+def event_batches(data: bytes, fmt: FileFormat) -> Iterator[pl.DataFrame]:
+    """The rows of one committed events file, in frames of at most ``BATCH_ROWS``."""
+    if fmt == FileFormat.PARQUET:
+        for record_batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
+            frame = pl.from_arrow(record_batch)
+            assert isinstance(frame, pl.DataFrame)  # a batch makes a frame; polars types it frame or series
+            yield frame
+        return
+    decoder = msgspec.json.Decoder(JsonLinesRow)
+    with gzip.open(io.BytesIO(data), "rb") as lines:
+        batch: list[JsonLinesRow] = []
+        for line in lines:
+            batch.append(decoder.decode(line))
+            if len(batch) >= BATCH_ROWS:
+                yield _json_frame(batch)
+                batch = []
+        if batch:
+            yield _json_frame(batch)
+
+
+def _json_frame(rows: list[JsonLinesRow]) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "device_id": [r.device_id for r in rows],
+            "distinct_id": [r.distinct_id for r in rows],
+            "event_name": [r.event_name for r in rows],
+            "insert_id": [r.insert_id for r in rows],
+            "properties": [bytes(r.properties).decode() for r in rows],
+            "time": [r.time for r in rows],
+            "user_id": [r.user_id for r in rows],
+        },
+        schema={c: pl.String for c in EVENT_COLUMNS},
+    )
+    return frame.with_columns(
+        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC").cast(TIME)
+    )
