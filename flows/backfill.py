@@ -17,14 +17,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from flows.events import MAX_WORKERS, check_concurrency, export_range, resolve_range, settings_for
-from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay
+from flows.exporting import MAX_WORKERS, export_range, resolve_range, settings_for
+from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay, check_concurrency
 from flows.runtime import prepare_run, synchronous
 from tasks.errors import PipelineError
 from tasks.lake.commit import ObjectStoreDestination
-from tasks.pipeline.export import EVENTS_TABLE
 from tasks.pipeline.plan import days_between, group_days, plan_backfill
 from tasks.pipeline.resume import is_complete
+from tasks.schema import EVENTS_TABLE
 
 POLL_SECONDS = 2.0
 
@@ -77,7 +77,7 @@ def backfill(
         end,
         todo,
         days_per_request,
-        credentials.export_requests_per_hour,
+        credentials.tuning.export_requests_per_hour,
         days_per_run if fan_out else 0,
     )
     logger.info(

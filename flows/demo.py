@@ -19,7 +19,7 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
 from tasks.lake.commit import ObjectStoreDestination
-from tasks.pipeline.export import EVENTS_TABLE
+from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))

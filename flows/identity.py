@@ -18,8 +18,9 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
-from tasks.lake.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
+from tasks.lake.tables import committed_edges, replace_table
 from tasks.pipeline.identity import refused_identifies, resolve
+from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE, empty_mappings
 
 
 @flow(name="mixpanel-identity", log_prints=True)
@@ -66,4 +67,4 @@ def identity(
 
 
 def _empty() -> pl.DataFrame:
-    return pl.DataFrame(schema={"distinct_id": pl.String, "resolved_distinct_id": pl.String})
+    return empty_mappings()

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
-from flows.events import MAX_WORKERS, export_range, settings_for
+from flows.exporting import MAX_WORKERS, export_range, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import prepare_run
@@ -29,9 +29,9 @@ from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
-from tasks.pipeline.export import EVENTS_TABLE
 from tasks.pipeline.guard import recorded_counts
 from tasks.pipeline.plan import days_between
+from tasks.schema import EVENTS_TABLE
 from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
 from tasks.sync.registry import load_registry
 

@@ -31,7 +31,7 @@ def test_a_negative_max_concurrent_requests_is_refused_with_a_sentence() -> None
 
 
 def test_a_negative_max_rejected_lines_is_refused() -> None:
-    from flows.events import settings_for
+    from flows.exporting import settings_for
 
     with pytest.raises(BadRequestError, match="max_rejected_lines must be 0 or more"):
         settings_for(CREDENTIALS, "parquet", -1, None)

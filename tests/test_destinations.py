@@ -17,11 +17,12 @@ from blocks.destinations.base import DestinationBlock
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import fingerprint_hex
 from tasks.lake.tables import read_parquet
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
+from tasks.schema import EVENTS_TABLE
 from tests.conftest import credentials_for, recent_days
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP

@@ -22,9 +22,9 @@ from flows.identity import identity
 from flows.people import people
 from sandbox import SandboxServer
 from tasks.errors import BadRequestError
-from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
-from tasks.lake.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.lake.commit import ObjectStoreDestination
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
+from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
 from tasks.sync.registry import EDGE_IDS, audit_prefix, id_hash, load_registry
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.stores.s3 import S3Server

@@ -8,9 +8,10 @@ import polars as pl
 import pytest
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
-from tasks.lake.files import EVENT_COLUMNS, RollingFiles
+from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest
 from tasks.lake.tables import read_parquet
+from tasks.schema import EVENT_COLUMNS
 from tests.stores.catalog import StoreFactory
 
 TABLE = "mp_master_event"

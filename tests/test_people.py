@@ -9,9 +9,10 @@ import pytest
 
 from sandbox import SandboxServer, profile_lines
 from tasks.errors import PlanError, RetriableError
-from tasks.lake.tables import PEOPLE_TABLE, read_table
+from tasks.lake.tables import read_table
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.people import EngageQuery, export_people
+from tasks.schema import PEOPLE_TABLE
 from tests.conftest import credentials_for, local_destination, start_sandbox
 
 

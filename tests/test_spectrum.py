@@ -17,9 +17,10 @@ import pytest
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
 from tasks.errors import FatalError
-from tasks.lake.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
+from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
+from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE
 from tasks.warehouses.glue import GlueCatalog
 from tasks.warehouses.warehouse import WarehouseDestination
 from tests.conftest import credentials_for, recent_days

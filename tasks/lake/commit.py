@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 import msgspec
@@ -56,23 +55,13 @@ from tasks.errors import (
 from tasks.lake.files import WrittenFile
 from tasks.lake.manifest import Manifest, ManifestFile, combined
 from tasks.lake.store import Store, Versioned, check_key
+from tasks.schema import EVENTS_TABLE, is_day
 
 log = logging.getLogger(__name__)
 
 STALE_STAGING_SECONDS = 24 * 3600.0
-EVENTS_TABLE = "mp_master_event"
 WHOLE_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # a whole-table partition: "all"
 TAGGED = re.compile(r"^part-[^/]*?-s(\d+)-[^/]*$")
-
-
-def is_day(partition: str) -> bool:
-    """A real ISO date ``YYYY-MM-DD`` (not merely ten characters with dashes)."""
-    if len(partition) != 10 or partition[4] != "-" or partition[7] != "-":
-        return False
-    try:
-        return date.fromisoformat(partition).isoformat() == partition
-    except ValueError:
-        return False
 
 
 def check_partition(partition: str) -> str:

@@ -12,25 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-EVENT_COLUMNS = ("device_id", "distinct_id", "event_name", "insert_id", "properties", "time", "user_id")
-_EVENT_FIELDS: list[pa.Field[Any]] = [  # annotated: fields of different value types share no inferred type
-    pa.field("device_id", pa.string()),
-    pa.field("distinct_id", pa.string()),
-    pa.field("event_name", pa.string()),
-    pa.field("insert_id", pa.string()),
-    pa.field("properties", pa.string(), metadata={"format": "json"}),
-    pa.field("time", pa.timestamp("us", tz="UTC")),
-    pa.field("user_id", pa.string()),
-]
-EVENTS_SCHEMA = pa.schema(_EVENT_FIELDS)
-
+from tasks.schema import EVENT_COLUMNS, EVENTS_SCHEMA
 
 DICTIONARY_COLUMNS = ["device_id", "distinct_id", "event_name", "user_id"]
 

@@ -17,19 +17,12 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination
+from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.schema import EVENTS_TABLE
 
 WHOLE = "all"
-PEOPLE_TABLE = "mp_people_data"
-MAPPINGS_TABLE = "mp_identity_mappings_data"
-PEOPLE_SCHEMA = pa.schema(
-    [pa.field("distinct_id", pa.string()), pa.field("properties", pa.string(), metadata={"format": "json"})]
-)
-MAPPINGS_SCHEMA = pa.schema(
-    [pa.field("distinct_id", pa.string()), pa.field("resolved_distinct_id", pa.string())]
-)
 
 
 def keyed_fingerprint(keys: list[str], values: list[str]) -> int:

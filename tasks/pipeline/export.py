@@ -29,8 +29,8 @@ from tasks.errors import (
     RetriableError,
     ShrinkRefusedError,
 )
-from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
-from tasks.lake.files import EVENT_COLUMNS, FileFormat, PartitionBuffer, RollingFiles
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.files import FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
 from tasks.pipeline.counts import DedupCounter
@@ -39,6 +39,7 @@ from tasks.pipeline.guard import Filter, confirm_shrink, filter_of, filter_refus
 from tasks.pipeline.identity import IdentityMode, edges_from_events
 from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
+from tasks.schema import EVENT_COLUMNS, EVENTS_TABLE
 
 MAX_REJECTS_KEPT = 10_000
 

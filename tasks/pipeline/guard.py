@@ -28,6 +28,7 @@ from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest
 from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
+from tasks.schema import EVENTS_TABLE
 
 # a new version with less than 90% of the committed rows must be confirmed by Mixpanel's count
 SHRINK_TOLERANCE = 0.10
@@ -131,3 +132,14 @@ def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> 
                 for batch in event_batches(data, FileFormat(manifest.format)):
                     counter.add(batch)
         return counter.counts()
+
+
+def filter_conflicts(target: ObjectStoreDestination, days: list[date], run_filter: Filter) -> dict[date, str]:
+    """Days committed with a filter ``run_filter`` does not cover, each with the sentence saying so."""
+    out = {}
+    for day in days:
+        committed = target.manifest(EVENTS_TABLE, day.isoformat())
+        why = None if committed is None else filter_refusal(day.isoformat(), committed, run_filter)
+        if why is not None:
+            out[day] = why
+    return out

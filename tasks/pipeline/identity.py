@@ -74,13 +74,14 @@ from typing import Any, Literal
 import msgspec
 import polars as pl
 
+from tasks.schema import MAPPINGS_FRAME_SCHEMA
+
 IdentityMode = Literal["simplified", "original", "legacy"]
 
 TIME = pl.Datetime("us", "UTC")
 EDGE_SCHEMA = pl.Schema(  # instances, as the Schema keeps them, so the mapping types as one dtype
     {"kind": pl.String(), "a": pl.String(), "b": pl.String(), "time": TIME, "insert_id": pl.String()}
 )
-MAPPING_SCHEMA = pl.Schema({"distinct_id": pl.String, "resolved_distinct_id": pl.String})
 
 KINDS = ("device_user", "identify", "alias", "merge")
 KIND_ORDER = {kind: rank for rank, kind in enumerate(KINDS)}
@@ -462,7 +463,7 @@ def _mappings(ids: pl.Series, roots: pl.Series, label: pl.Series) -> pl.DataFram
     return (
         pl.DataFrame({"distinct_id": ids, "resolved_distinct_id": resolved, "root": roots})
         .filter(pl.len().over("root") > 1)  # singletons are not mapped
-        .select(MAPPING_SCHEMA.names())
+        .select(MAPPINGS_FRAME_SCHEMA.names())
         .sort(["resolved_distinct_id", "distinct_id"])
     )
 

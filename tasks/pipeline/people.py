@@ -24,9 +24,10 @@ import polars as pl
 
 from tasks.errors import RetriableError
 from tasks.lake.commit import ObjectStoreDestination
-from tasks.lake.tables import PEOPLE_SCHEMA, PEOPLE_TABLE, replace_table
+from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient, RetryStats
 from tasks.pipeline.exclude import id_rows_of
+from tasks.schema import PEOPLE_SCHEMA, PEOPLE_TABLE
 
 ENCODER = msgspec.json.Encoder(decimal_format="number")
 BACKENDS = ("yajl2_c", "python")  # yajl's C parser, with the exact pure-python one as a fallback

@@ -20,20 +20,13 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
-from tasks.lake.commit import EVENTS_TABLE, ObjectStoreDestination, Stage
+from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex
-from tasks.lake.tables import (
-    MAPPINGS_SCHEMA,
-    MAPPINGS_TABLE,
-    PEOPLE_SCHEMA,
-    PEOPLE_TABLE,
-    WHOLE,
-    read_table,
-    replace_table,
-)
+from tasks.lake.tables import WHOLE, read_table, replace_table
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.pipeline.parse import row_hash
+from tasks.schema import EVENTS_TABLE, MAPPINGS_SCHEMA, MAPPINGS_TABLE, PEOPLE_SCHEMA, PEOPLE_TABLE
 from tasks.sync.registry import EDGE_IDS
 
 

@@ -18,13 +18,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError
-from tasks.warehouses.warehouse import (
-    STATE_TABLE,
-    TABLE_COLUMNS,
-    Partition,
-    checked_identifier,
-    typed_columns,
-)
+from tasks.schema import EVENTS_TABLE, TABLE_COLUMNS, typed_columns
+from tasks.warehouses.warehouse import STATE_TABLE, Partition, checked_identifier
 
 TYPES = {"text": "STRING", "json": "JSON", "timestamp": "TIMESTAMP"}
 STATE_COLUMNS = [
@@ -86,7 +81,7 @@ class BigQueryLoader:
 
     def _ensure(self, table: str) -> None:
         spec = bigquery.Table(self._ref(f"{self.dataset}.{table}"), schema=_schema(table))
-        if table == "mp_master_event":
+        if table == EVENTS_TABLE:
             spec.time_partitioning = bigquery.TimePartitioning(
                 type_=bigquery.TimePartitioningType.DAY, field="time"
             )

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.errors import FatalError
-from tasks.warehouses.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, manifest_record, typed_columns
+from tasks.schema import TABLE_COLUMNS, typed_columns
+from tasks.warehouses.warehouse import STATE_TABLE, Partition, manifest_record
 
 TYPES = {"text": "VARCHAR", "json": "JSON", "timestamp": "TIMESTAMPTZ"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (

@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 
 from tasks.errors import FatalError
 from tasks.lake.store import Store
-from tasks.warehouses.warehouse import TABLE_COLUMNS, Partition, checked_identifier, typed_columns
+from tasks.schema import EVENTS_TABLE, TABLE_COLUMNS, is_day, typed_columns
+from tasks.warehouses.warehouse import Partition, checked_identifier
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
 TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
@@ -91,7 +92,7 @@ class GlueCatalog:
 
     def loaded_run(self, table: str, partition: str) -> str | None:
         try:
-            if partition_is_day(partition):
+            if is_day(partition):
                 found = self.glue.get_partition(
                     DatabaseName=self.database, TableName=table, PartitionValues=[partition]
                 )["Partition"]
@@ -153,7 +154,7 @@ class GlueCatalog:
         location = self.storage.describe(self._own(table))
         self.glue.create_table(
             DatabaseName=self.database,
-            TableInput=_table_input(table, location, {}, partitioned=table == "mp_master_event"),
+            TableInput=_table_input(table, location, {}, partitioned=table == EVENTS_TABLE),
         )
 
     def _error(self, exc: ClientError, action: str) -> FatalError:
@@ -170,10 +171,6 @@ class GlueCatalog:
                 "CreatePartition and UpdatePartition."
             )
         return FatalError(f"Glue failed to {action} in database {self.database} ({code}).")
-
-
-def partition_is_day(name: str) -> bool:
-    return len(name) == 10 and name[4] == "-"
 
 
 def _code(exc: ClientError) -> str:

@@ -14,7 +14,8 @@ from contextlib import closing, contextmanager
 from typing import Any
 
 from tasks.errors import FatalError
-from tasks.warehouses.warehouse import STATE_TABLE, TABLE_COLUMNS, Partition, manifest_record, typed_columns
+from tasks.schema import TABLE_COLUMNS, typed_columns
+from tasks.warehouses.warehouse import STATE_TABLE, Partition, manifest_record
 
 TYPES = {"text": "STRING", "json": "VARIANT", "timestamp": "TIMESTAMP_TZ"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (table_name STRING, partition STRING, run_id STRING,

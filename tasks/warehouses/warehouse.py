@@ -21,27 +21,9 @@ from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
+from tasks.schema import is_day
 
 STATE_TABLE = "_mp_manifests"
-# the columns of each table, with a kind each warehouse maps to its own type
-TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "mp_master_event": [
-        ("device_id", "text"),
-        ("distinct_id", "text"),
-        ("event_name", "text"),
-        ("insert_id", "text"),
-        ("properties", "json"),
-        ("time", "timestamp"),
-        ("user_id", "text"),
-    ],
-    "mp_people_data": [("distinct_id", "text"), ("properties", "json")],
-    "mp_identity_mappings_data": [("distinct_id", "text"), ("resolved_distinct_id", "text")],
-}
-
-
-def typed_columns(table: str, types: dict[str, str]) -> list[tuple[str, str]]:
-    """``table``'s columns with the warehouse's type for each kind (text, json, timestamp)."""
-    return [(name, types[kind]) for name, kind in TABLE_COLUMNS[table]]
 
 
 def manifest_record(partition: Partition) -> tuple[object, ...]:
@@ -91,7 +73,7 @@ class Partition:
 
     @property
     def is_day(self) -> bool:
-        return len(self.name) == 10 and self.name[4] == "-"
+        return is_day(self.name)
 
     def time_range(self) -> tuple[datetime, datetime]:
         """The day's instants in UTC: the day is Mixpanel's calendar day in the manifest's timezone."""
