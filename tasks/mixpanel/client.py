@@ -102,7 +102,7 @@ def classify_response(status: int, body: str, retry_after: float | None = None) 
     if status == 401 or (status == 400 and "authenticate" in detail.lower()):
         return BadCredentialsError(
             "Mixpanel rejected the credentials: check the service account username, secret and project_id "
-            "in the ApiSettings block."
+            "in the MixpanelCredentials block."
         )
     if status == 402:
         return PlanError(

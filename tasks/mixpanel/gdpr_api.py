@@ -86,12 +86,12 @@ def classify(status: int, body: str, retry_after: float | None) -> Exception:
     if status == 401:
         return BadCredentialsError(
             "Mixpanel rejected the GDPR OAuth token: renew it (it is valid for one year) and save it in the "
-            "GdprSettings block."
+            "MixpanelGdprCredentials block."
         )
     if status == 403:
         return BadCredentialsError(
             f"Mixpanel refused the GDPR request ({detail}): check the project token in the "
-            "GdprSettings block."
+            "MixpanelGdprCredentials block."
         )
     if status == 404:
         return BadRequestError(f"Mixpanel does not know this deletion task ({detail}).")
