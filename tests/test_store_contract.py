@@ -87,6 +87,16 @@ def test_put_get_list_copy_move_delete(block: BucketDestination, outside: Store,
     assert_outside_untouched(outside)
 
 
+def test_download_copies_an_object_to_a_local_file(block: BucketDestination, tmp_path: Path) -> None:
+    s = block.connect(7).storage
+    body = os.urandom(3 << 20)  # several chunks of a streamed download
+    s.put_bytes("d/big.bin", body)
+    s.download("d/big.bin", tmp_path / "got.bin")
+    assert (tmp_path / "got.bin").read_bytes() == body
+    with pytest.raises(FatalError, match="does not exist"):
+        s.download("d/missing.bin", tmp_path / "missing.bin")
+
+
 def test_create_if_absent_and_a_stale_compare_and_swap_are_refused(block: BucketDestination) -> None:
     s = block.store()
     v1 = s.put_bytes("m.json", b"v1", create=True)

@@ -10,11 +10,10 @@ four clouds' SDKs. The local folder and DuckDB need no extra.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any, Union
 
 from blocks.destinations.duckdb import DuckDBWarehouse
+from blocks.destinations.files import blocks_of
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
@@ -31,28 +30,7 @@ OPTIONAL = (
 )
 
 
-def _installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is missing
-        return False
-
-
-def installed_destinations() -> tuple[type[Any], ...]:
-    """The optional destination blocks whose integration is installed."""
-    return tuple(
-        getattr(importlib.import_module(module), name)
-        for module, name, package, _ in OPTIONAL
-        if _installed(package)
-    )
-
-
-def missing_extras() -> list[str]:
-    """The extras not installed, for messages (`pip install 'mixpanel-pipelines[s3]'`)."""
-    return sorted({extra for _, _, package, extra in OPTIONAL if not _installed(package)})
-
-
-DESTINATIONS: tuple[type[Any], ...] = (LocalDestination, DuckDBWarehouse, *installed_destinations())
+DESTINATIONS: tuple[type[Any], ...] = (LocalDestination, DuckDBWarehouse, *blocks_of(OPTIONAL))
 
 if TYPE_CHECKING:
     from blocks.destinations.azure import AzureBlobDestination

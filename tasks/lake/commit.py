@@ -39,10 +39,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -157,12 +158,42 @@ class Stage:
         storage.prune(self.prefix)
 
 
-class ObjectStoreDestination:
-    """The destination interface over any ``Store``."""
+class CommitHook(Protocol):
+    """Work that follows each commit of the lake: loading a warehouse, writing a table format.
 
-    def __init__(self, storage: Store, project_id: int) -> None:
+    It runs once the manifest has switched (the files are the truth); if it fails, the commit stands
+    and ``repaired`` (called by every run's ``repair`` of the partition) finishes it.
+    """
+
+    def committed(
+        self,
+        lake: ObjectStoreDestination,
+        table: str,
+        partition: str,
+        manifest: Manifest,
+        base: Manifest | None,
+    ) -> None:
+        """``manifest`` was committed; ``base``: the manifest an hourly increment was added to."""
+        ...
+
+    def repaired(
+        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
+    ) -> None:
+        """Bring the hook's copy of the partition up to ``manifest`` if an earlier run did not."""
+        ...
+
+
+class ObjectStoreDestination:
+    """The destination interface over any ``Store``, with the hooks that follow its commits."""
+
+    def __init__(self, storage: Store, project_id: int, hooks: Sequence[CommitHook] = ()) -> None:
         self.storage = storage
         self.project_prefix = str(project_id)
+        self.hooks = tuple(hooks)
+
+    def with_hooks(self, *hooks: CommitHook) -> ObjectStoreDestination:
+        """The same files with ``hooks`` after every commit (a warehouse or a table format)."""
+        return ObjectStoreDestination(self.storage, int(self.project_prefix), (*self.hooks, *hooks))
 
     def data_prefix(self, table: str, partition: str) -> str:
         sub = partition_dir(table, partition)
@@ -248,7 +279,10 @@ class ObjectStoreDestination:
                 manifest, files=extended[0], identity_edges=extended[1], sequence=sequence
             )
 
-        return self._switch(stage, partition, version, base, manifest.run_id, build)
+        final = self._switch(stage, partition, version, base, manifest.run_id, build)
+        for hook in self.hooks:
+            hook.committed(self, stage.table, partition, final, None)
+        return final
 
     def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
         """Add the staged files to the committed ones of ``partition`` (an hourly increment).
@@ -259,9 +293,12 @@ class ObjectStoreDestination:
         started, version = stage.base(partition)
         if started != base:
             self._lost(stage, partition, started, "nothing was added; the next run exports it again")
-        return self._switch(
+        final = self._switch(
             stage, partition, version, base, increment.run_id, lambda f, e, _: combined(base, increment, f, e)
         )
+        for hook in self.hooks:
+            hook.committed(self, stage.table, partition, final, base)
+        return final
 
     def _switch(
         self,
@@ -314,6 +351,16 @@ class ObjectStoreDestination:
     # cleaning -----------------------------------------------------------------------------------
 
     def repair(self, table: str, partition: str) -> int:
+        """Remove files of ``partition`` that its manifest does not name, and let every hook finish
+        what a crashed run left undone; returns how many files were removed."""
+        removed = self._repair_files(table, partition)
+        if self.hooks:
+            manifest = self.manifest(table, partition)
+            for hook in self.hooks:
+                hook.repaired(self, table, partition, manifest)
+        return removed
+
+    def _repair_files(self, table: str, partition: str) -> int:
         """Remove files of ``partition`` that its manifest does not name; returns how many.
 
         Files of a run still working on the partition may sit there too: the manifest is first

@@ -70,6 +70,11 @@ class GcsStore(Store):
             return None
         return Versioned(data, str(blob.generation))
 
+    def _download(self, key: str, local: Path) -> None:
+        self.bucket.blob(self._name(key), chunk_size=CHUNK_SIZE).download_to_filename(
+            str(local), retry=self.policy
+        )
+
     def _list(self, folder: str) -> list[ObjectInfo]:
         name = self._name(folder) if folder else (f"{self.root}/" if self.root else None)
         cut = len(self.root) + 1 if self.root else 0

@@ -84,6 +84,11 @@ class ObstoreStore(Store):
             return None
         return Versioned(data, str(got.meta["e_tag"]))
 
+    def _download(self, key: str, local: Path) -> None:
+        with local.open("wb") as out:
+            for chunk in obstore.get(self.store, key).stream(min_chunk_size=8 * MiB):
+                out.write(chunk)
+
     def _list(self, folder: str) -> list[ObjectInfo]:
         return [
             ObjectInfo(item["path"], int(item["size"]), item["last_modified"].timestamp())

@@ -148,6 +148,13 @@ class Store(ABC):
     @abstractmethod
     def _get(self, key: str) -> Versioned | None: ...
 
+    def _download(self, key: str, local: Path) -> None:
+        """Copy ``key`` to the file ``local``; backends stream it (this default holds it in memory)."""
+        found = self._get(key)
+        if found is None:
+            raise FileNotFoundError(key)
+        local.write_bytes(found.data)
+
     @abstractmethod
     def _list(self, folder: str) -> list[ObjectInfo]: ...
 
@@ -177,6 +184,19 @@ class Store(ABC):
 
     def get(self, key: str) -> Versioned | None:
         return self._call("read", key, lambda: self._get(check_key(key)))
+
+    def download(self, key: str, local: Path) -> None:
+        """Copy the object ``key`` to the local file ``local`` (a warehouse loading from a bucket)."""
+
+        def fetch() -> bool:
+            try:
+                self._download(check_key(key), local)
+            except FileNotFoundError:  # no such object (obstore's NotFoundError is one too)
+                return False
+            return True
+
+        if not self._call("read", key, fetch):
+            raise FatalError(f"{self.describe(key)} does not exist, so it cannot be read: re-run the unit.")
 
     def get_bytes(self, key: str) -> bytes | None:
         found = self.get(key)
@@ -358,6 +378,12 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return Versioned(data, hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+    def _download(self, key: str, local: Path) -> None:
+        path = self._path(key)
+        if path.is_symlink():
+            raise FileNotFoundError(key)
+        shutil.copyfile(path, local)
 
     def _list(self, folder: str) -> list[ObjectInfo]:
         base = self.root / folder if folder else self.root

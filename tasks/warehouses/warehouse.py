@@ -10,7 +10,10 @@ were committed is detected and redone by the next ``repair`` of the partition.
 
 from __future__ import annotations
 
+import functools
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from tasks.errors import FatalError
-from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
 from tasks.schema import is_day
@@ -62,14 +65,17 @@ class Partition:
     manifest: Manifest
     uris: list[str]  # the committed files, as the store names them (s3://…, or a local path)
     paths: list[Path] | None  # the same files on local disk; None when the store is remote
+    fetch: Callable[[], list[Path]] | None = None  # copies remote files to local scratch
 
     def local_paths(self) -> list[Path]:
-        if self.paths is None:
+        """The files on local disk: where they are, or copied from the bucket for this load."""
+        if self.paths is not None:
+            return self.paths
+        if self.fetch is None:
             raise FatalError(
-                f"the files of {self.table} {self.name} are not on local disk: this warehouse loads from a "
-                "local folder."
+                f"the files of {self.table} {self.name} are not on local disk and cannot be fetched."
             )
-        return self.paths
+        return self.fetch()
 
     @property
     def is_day(self) -> bool:
@@ -99,34 +105,44 @@ class Loader(Protocol):
         ...
 
 
-class WarehouseDestination(ObjectStoreDestination):
-    """Files committed as for any destination, then each committed partition loaded by ``loader``."""
+class WarehouseHook:
+    """Each committed partition loaded into the warehouse by ``loader`` (a hook of the lake's
+    commits); ``repair`` reloads a partition whose last load did not finish."""
 
-    def __init__(self, storage: Store, project_id: int, loader: Loader) -> None:
-        super().__init__(storage, project_id)
+    def __init__(self, loader: Loader) -> None:
         self.loader = loader
 
-    def commit(
-        self, stage: Stage, partition: str, manifest: Manifest, expected: Manifest | None = None
-    ) -> Manifest:
-        final = super().commit(stage, partition, manifest, expected)
-        self._load(stage.table, partition, final)
-        return final
+    def committed(
+        self,
+        lake: ObjectStoreDestination,
+        table: str,
+        partition: str,
+        manifest: Manifest,
+        base: Manifest | None,
+    ) -> None:
+        self._load(lake, table, partition, manifest)
 
-    def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
-        final = super().append(stage, partition, increment, base)
-        self._load(stage.table, partition, final)
-        return final
-
-    def repair(self, table: str, partition: str) -> int:
-        removed = super().repair(table, partition)
-        manifest = self.manifest(table, partition)
+    def repaired(
+        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
+    ) -> None:
         if manifest is not None and self.loader.loaded_run(table, partition) != manifest.run_id:
-            self._load(table, partition, manifest)  # the files were committed, the load was not
-        return removed
+            self._load(lake, table, partition, manifest)  # the files were committed, the load was not
 
-    def _load(self, table: str, partition: str, manifest: Manifest) -> None:
+    def _load(self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest) -> None:
         keys = [item.key for item in manifest.files]
-        paths = [self.storage.local_path(key) for key in keys]
+        paths = [lake.storage.local_path(key) for key in keys]
         local = None if any(p is None for p in paths) else [p for p in paths if p is not None]
-        self.loader.load(Partition(table, partition, manifest, [self.describe(k) for k in keys], local))
+        uris = [lake.describe(k) for k in keys]
+        with tempfile.TemporaryDirectory(prefix="mp-load-") as scratch:
+            # files in a bucket are fetched to local scratch only if the loader asks for local files
+            fetch = functools.cache(lambda: _download(lake.storage, keys, Path(scratch)))
+            self.loader.load(Partition(table, partition, manifest, uris, local, fetch))
+
+
+def _download(storage: Store, keys: list[str], folder: Path) -> list[Path]:
+    paths = []
+    for index, key in enumerate(keys):
+        path = folder / f"{index:05d}-{key.rsplit('/', 1)[-1]}"
+        storage.download(key, path)
+        paths.append(path)
+    return paths
