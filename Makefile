@@ -23,13 +23,27 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+# the destinations' integrations to install (pyproject's extras): `all`, or some of
+# `s3 gcs bigquery azure snowflake delta iceberg`, e.g. `make setup EXTRAS="s3"`; none: `EXTRAS=` (local folder, DuckDB)
+EXTRAS ?= all
+EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
+EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))
+
+$(VENV)/.synced: pyproject.toml uv.lock $(EXTRAS_STAMP) | $(UV)
+	$(UV) sync --frozen --python $(PYTHON) $(EXTRA_FLAGS)
 	touch $@
+
+# a stamp per choice of extras: choosing others syncs again
+$(EXTRAS_STAMP):
+	@mkdir -p $(TOOLS)
+	@rm -f $(TOOLS)/.extras-*
+	@touch $@
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/pytest

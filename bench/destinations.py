@@ -30,8 +30,8 @@ import json, resource, sys, time
 from datetime import date
 from pathlib import Path
 from blocks.mixpanel import MixpanelCredentials
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 url, target, day = sys.argv[1], json.loads(sys.argv[2]), date.fromisoformat(sys.argv[3])
 if target["kind"] == "local":
@@ -57,7 +57,7 @@ else:
 creds = MixpanelCredentials(project_id=1, service_account_username="sandbox-user",
     service_account_secret="sandbox-secret", api_base_url=url)
 start = time.perf_counter()
-with MixpanelClient(creds) as client:
+with MixpanelClient(creds.api_settings()) as client:
     (result,) = export_days(client, block.connect(1), [day], ExportSettings(run_id="bench"))
 seconds = time.perf_counter() - start
 load_seconds = None

@@ -107,9 +107,43 @@ def expected_rows(sandbox: SandboxProcess, first: date, last: date) -> int:
         return sum(int(day["rows"]) for day in json.load(response).values())
 
 
-def run_one(job: dict[str, Any], cpu: int, env: dict[str, str], log: Path, scratch: Path) -> dict[str, Any]:
+def environment(extras: str, out: Path, log: Path) -> str:
+    """The Python of an environment holding the locked dependencies with ``extras`` (`all`: this one).
+
+    A worker carries the integrations its extras install, and Prefect imports every installed one
+    the first time a run resolves a block: so the flow is measured as a user who installed what
+    their destination needs runs it (`make setup EXTRAS=...`).
+    """
+    if extras == "all":
+        return sys.executable
+    chosen = [e for e in extras.split("+") if e and e != "none"]
+    venv = out / f"venv-{extras}"
+    flags = [arg for extra in chosen for arg in ("--extra", extra)]
+    with open(log, "ab") as err:
+        subprocess.run(
+            [
+                str(ROOT / ".tools" / "bin" / "uv"),
+                "sync",
+                "--frozen",
+                "--no-dev",
+                "--python",
+                sys.executable,
+                *flags,
+            ],
+            cwd=ROOT,
+            env=os.environ | {"UV_PROJECT_ENVIRONMENT": str(venv)},
+            stdout=err,
+            stderr=err,
+            check=True,
+        )
+    return str(venv / "bin" / "python")
+
+
+def run_one(
+    job: dict[str, Any], cpu: int, env: dict[str, str], log: Path, scratch: Path, python: str
+) -> dict[str, Any]:
     """One flow run in its own process; its peak RSS alone, not the server's or the sandbox's."""
-    child = run_child(job, cpu, scratch / "result.json", env, log, module="bench.flow_worker")
+    child = run_child(job, cpu, scratch / "result.json", env, log, module="bench.flow_worker", python=python)
     return dict(child.outcome) | {
         "exit_code": child.exit_code,
         "peak_rss_mib": round(child.peak_rss_kib / MIB, 1),
@@ -123,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="flow", help="flow, pipeline, idle-flow (comma-separated)")
     parser.add_argument("--identity-mode", default="simplified", help="simplified, original or none")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--extras",
+        default="none",
+        help="the extras installed where the flow runs: none (local folder), s3, s3+snowflake, ..., all",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument(
         "--env", action="append", default=[], help="K=V for the measured process (experiments)"
@@ -136,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     client_cpu, server_cpu = cpu_plan()
     last_day = FIRST_DAY + timedelta(days=max(spans) - 1)
     rows: list[dict[str, Any]] = []
+    python = environment(args.extras, args.out, log)
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         scratch = Path(tmp)
         needs_server = any(mode != "pipeline" for mode in modes)
@@ -171,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                             "identity_mode": args.identity_mode,
                             "workdir": str(workdir),
                         }
-                        report = run_one(job, client_cpu, env, log, scratch)
+                        report = run_one(job, client_cpu, env, log, scratch, python)
                         shutil.rmtree(workdir, ignore_errors=True)
                         if report["exit_code"] != 0 or "error" in report:
                             print(
@@ -185,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{mode}: {report['rows']} rows, the sandbox served {want}", file=sys.stderr
                             )
                             return 1
-                        report |= {"mode": mode, "days_per_request": span, "events": want}
+                        report |= {
+                            "mode": mode,
+                            "extras": args.extras,
+                            "days_per_request": span,
+                            "events": want,
+                        }
                         rows.append(report)
                         print(summary_line(report), flush=True)
     (args.out / "flow.json").write_text(
@@ -207,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 def summary_line(r: dict[str, Any]) -> str:
     rate = r["events"] / r["task_seconds"] if r.get("task_seconds") else 0
     return (
-        f"{r['mode']:<10} {r['days_per_request']} day(s) {r['events']:>9,} events: peak RSS {r['peak_rss_mib']} MiB "
+        f"{r['mode']:<10} [{r['extras']}] {r['days_per_request']} day(s) {r['events']:>9,} events: peak RSS {r['peak_rss_mib']} MiB "
         f"(imports {r.get('imports_rss_kib', 0) / MIB:.0f}), export {r.get('task_seconds', 0):.1f} s = {rate:,.0f} events/s, "
         f"peak at {r['sampled_peak_at']} s of {r['seconds']:.1f} s"
     )
@@ -217,13 +262,13 @@ def table(rows: list[dict[str, Any]], per_day: int) -> str:
     lines = [
         f"{per_day:,} events per day; peak RSS of the measured process alone (wait4)",
         "",
-        "| run | days per request | events | peak RSS MiB | RSS after imports MiB | export task s | events/s | run s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | extras | days per request | events | peak RSS MiB | RSS after imports MiB | export task s | events/s | run s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         rate = f"{r['events'] / r['task_seconds']:,.0f}" if r.get("task_seconds") else "-"
         lines.append(
-            f"| {r['mode']} | {r['days_per_request']} | {r['events']:,} | {r['peak_rss_mib']:.0f} | "
+            f"| {r['mode']} | {r['extras']} | {r['days_per_request']} | {r['events']:,} | {r['peak_rss_mib']:.0f} | "
             f"{r.get('imports_rss_kib', 0) / MIB:.0f} | {r.get('task_seconds', 0):.1f} | {rate} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)

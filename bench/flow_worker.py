@@ -5,7 +5,7 @@
 * ``flow``: the real ``mixpanel-events`` flow (``flows.events.events``) against the sandbox, with the
   Prefect server of ``PREFECT_API_URL``; the export task's events/s come from its task run's times
   as the server recorded them.
-* ``pipeline``: the same request through ``tasks.export.export_days`` alone, on the main thread, no
+* ``pipeline``: the same request through ``tasks.pipeline.export.export_days`` alone, on the main thread, no
   flow run (what ``make bench`` measures, for the breakdown).
 * ``idle-flow``: the flow machinery alone: imports, one flow run with one task that does nothing.
 
@@ -59,7 +59,7 @@ def credentials(job: dict[str, Any]) -> Any:
         service_account_username="sandbox-user",
         service_account_secret="sandbox-secret",
         api_base_url=job["url"],
-        identity_mode=job.get("identity_mode", "simplified"),
+        identity_mode=job.get("identity_mode", "simplified").replace("none", "simplified"),
     )
 
 
@@ -73,9 +73,14 @@ def run_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
     from flows.events import events
 
     marks = {"imports_rss_kib": rss_kib()}
+    # saved and passed by reference, as a deployment's run gets them: resolving a reference is where
+    # Prefect imports every installed integration
+    refs = [
+        {"$ref": {"block_document_id": str(block.save(f"bench-{os.getpid()}-{i}", overwrite=True))}}
+        for i, block in enumerate((credentials(job), LocalDestination(path=str(out))))
+    ]
     state = events(
-        credentials(job),
-        LocalDestination(path=str(out)),
+        *refs,
         from_date=date.fromisoformat(job["from_date"]),
         to_date=date.fromisoformat(job["to_date"]),
         days_per_request=job["days_per_request"],
@@ -97,15 +102,15 @@ def run_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
 def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     from datetime import date, timedelta
 
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
-    from tasks.objectstore import ObjectStoreDestination
-    from tasks.storage import LocalStorage
+    from tasks.lake.commit import ObjectStoreDestination
+    from tasks.lake.store import LocalStore
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
 
     marks = {"imports_rss_kib": rss_kib()}
     first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    destination = ObjectStoreDestination(LocalStorage(out), 1)
+    destination = ObjectStoreDestination(LocalStore(out), 1)
     identity = job.get("identity_mode", "simplified")
     settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
     # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
@@ -113,16 +118,30 @@ def run_pipeline(job: dict[str, Any], out: Path) -> dict[str, Any]:
     if os.environ.get("BENCH_BLOCK_BYTES"):
         settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
     if os.environ.get("BENCH_BUFFER_BYTES"):
-        import tasks.write
+        import tasks.lake.files
 
         budget = int(os.environ["BENCH_BUFFER_BYTES"])
-        tasks.write.PartitionBuffer.__init__.__defaults__ = (budget,)
+        tasks.lake.files.PartitionBuffer.__init__.__defaults__ = (budget,)
     if os.environ.get("BENCH_NO_COUNTS"):
-        import tasks.counts
+        import tasks.pipeline.counts
 
-        tasks.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
+        tasks.pipeline.counts.DedupCounter.add = lambda self, frame: None  # type: ignore[method-assign]
+    if os.environ.get("BENCH_SPILL_ROWS"):
+        import tasks.pipeline.counts
+
+        tasks.pipeline.counts.DedupCounter.__init__.__defaults__ = (None, int(os.environ["BENCH_SPILL_ROWS"]))
+    if os.environ.get("BENCH_CLOSE_EACH"):
+        import tasks.lake.files
+
+        write = tasks.lake.files.RollingFiles.write
+
+        def write_and_close(self: tasks.lake.files.RollingFiles, frame: Any) -> None:
+            write(self, frame)
+            self._close_current()
+
+        tasks.lake.files.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started = time.perf_counter()
-    with MixpanelClient(credentials(job)) as client:
+    with MixpanelClient(credentials(job).api_settings()) as client:
         results = export_days(client, destination, days, settings)
     return marks | {"rows": sum(r.rows for r in results), "task_seconds": time.perf_counter() - started}
 
@@ -146,24 +165,8 @@ def run_idle_flow(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return marks | {"rows": 0, "task_seconds": 0.0}
 
 
-def run_flow_local_only(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The same flow run in a process that imports only the local destination block: the destination
-    catalog (whose blocks nest prefect-aws, prefect-gcp, prefect-azure and prefect-snowflake blocks,
-    ~170 MiB of SDKs) is replaced by a one-member stand-in before the flow module is imported. A
-    projection of what a lazily typed destination parameter would weigh, not something users run."""
-    import types
-
-    from blocks.destinations.local import LocalDestination
-
-    stand_in = types.ModuleType("blocks.destinations.catalog")
-    stand_in.AnyDestination = LocalDestination  # type: ignore[attr-defined]
-    sys.modules["blocks.destinations.catalog"] = stand_in
-    return run_flow(job, out)
-
-
 MODES = {
     "flow": run_flow,
-    "flow-local-only": run_flow_local_only,
     "pipeline": run_pipeline,
     "idle-flow": run_idle_flow,
 }

@@ -158,13 +158,19 @@ class ChildRun:
 
 
 def run_child(
-    job: dict[str, Any], cpu: int, result: Path, env: dict[str, str], log: Path, module: str = "bench.workers"
+    job: dict[str, Any],
+    cpu: int,
+    result: Path,
+    env: dict[str, str],
+    log: Path,
+    module: str = "bench.workers",
+    python: str = sys.executable,
 ) -> ChildRun:
     """Run one job of ``module`` in a fresh interpreter pinned to ``cpu``; its own peak RSS via wait4."""
     result.unlink(missing_ok=True)
     with open(log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--job", json.dumps(job), "--result", str(result)],
+            [python, "-m", module, "--job", json.dumps(job), "--result", str(result)],
             cwd=ROOT,
             env=env,
             stdout=err,

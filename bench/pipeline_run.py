@@ -7,10 +7,10 @@ from pathlib import Path
 
 from bench.common import PROJECT_ID, SECRET, USERNAME, Job, Mismatch, Outcome, check_rows
 from blocks.mixpanel import MixpanelCredentials
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStore
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.store import LocalStore
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 
 
 def run(job: Job, out: Path) -> Outcome:
@@ -22,7 +22,7 @@ def run(job: Job, out: Path) -> Outcome:
     )
     destination = ObjectStoreDestination(LocalStore(out), PROJECT_ID)
     settings = ExportSettings(run_id="bench", file_format="parquet")
-    with MixpanelClient(credentials) as client:
+    with MixpanelClient(credentials.api_settings()) as client:
         (result,) = export_days(client, destination, [date.fromisoformat(job.day)], settings)
     check_rows(job, result.rows)
     # The fingerprint covers every row's event name and exact properties bytes: same data, not just same count.

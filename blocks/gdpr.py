@@ -6,6 +6,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from blocks.mixpanel import DOCS_URL
+from tasks.mixpanel.settings import GdprSettings
 
 
 class MixpanelGdprCredentials(Block):
@@ -32,3 +33,7 @@ gdpr = MixpanelGdprCredentials.load("BLOCK_NAME")
         default=...,
         description="GDPR OAuth token (Personal Settings > Data & Privacy); Mixpanel makes it valid for one year.",
     )
+
+    def settings(self) -> GdprSettings:
+        """The tokens as the GDPR client takes them."""
+        return GdprSettings(self.project_token.get_secret_value(), self.oauth_token.get_secret_value())

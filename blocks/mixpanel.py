@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 
-DOCS_URL = "https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks"
+from tasks.mixpanel.settings import ApiSettings
+
+# an HttpUrl, as Prefect's own blocks give it: `Block._documentation_url` is typed so
+DOCS_URL = HttpUrl("https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks")
 
 # Mixpanel pins every project to one data centre; the export API lives on a separate host.
 EXPORT_HOSTS = {
@@ -30,6 +33,61 @@ class TimeMode(StrEnum):
 
     UTC = "utc"
     LOCAL = "local"
+
+
+class MixpanelTuning(BaseModel):
+    """How hard and how fast the pipeline may use Mixpanel's APIs, and what it refuses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a TCP/TLS connection to Mixpanel."
+    )
+    read_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds to wait for the next bytes of a response; large exports take minutes "
+        "before the first byte.",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Attempts per unit of work before the unit fails."
+    )
+    retry_backoff_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="First pause between attempts when Mixpanel names no wait; it doubles each attempt "
+        "(with jitter), capped at 5 minutes. A 429 or 5xx with Retry-After waits what it says (plus a "
+        "little jitter).",
+    )
+    export_requests_per_second: int = Field(
+        default=3, ge=1, description="Export API budget per second for this project (Mixpanel: 3)."
+    )
+    export_requests_per_hour: int = Field(
+        default=60, ge=1, description="Export API budget per hour for this project (Mixpanel: 60)."
+    )
+    export_max_concurrent: int = Field(
+        default=100, ge=1, description="Export requests in flight at once for this project (Mixpanel: 100)."
+    )
+
+    query_requests_per_hour: int = Field(
+        default=60, ge=1, description="Query API (Engage) budget per hour for this project (Mixpanel: 60)."
+    )
+    query_max_concurrent: int = Field(
+        default=5, ge=1, description="Query API (Engage) requests in flight at once (Mixpanel: 5)."
+    )
+    max_line_bytes: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        description="Longest export line accepted, in bytes (default 16 MiB; Mixpanel refuses events above "
+        "1 MB at ingestion). A longer line is a rejected line, counted against max_rejected_lines.",
+    )
+    max_inflation_ratio: float = Field(
+        default=100.0,
+        ge=10,
+        description="Largest ratio of decompressed to received bytes of a gzipped answer, checked once "
+        "64 MiB have been decompressed; beyond it the answer is treated as a decompression bomb "
+        "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times.",
+    )
 
 
 class MixpanelCredentials(Block):
@@ -93,54 +151,25 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
         description="The project's ID management: simplified (Simplified ID Merge, the default for new "
         "projects), original (Original ID Merge) or legacy (aliases only).",
     )
-    connect_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Seconds to wait for a TCP/TLS connection to Mixpanel."
-    )
-    read_timeout_seconds: float = Field(
-        default=900.0,
-        gt=0,
-        description="Seconds to wait for the next bytes of a response; large exports take minutes "
-        "before the first byte.",
-    )
-    max_attempts: int = Field(
-        default=8, ge=1, le=50, description="Attempts per unit of work before the unit fails."
-    )
-    retry_backoff_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        description="First pause between attempts when Mixpanel names no wait; it doubles each attempt "
-        "(with jitter), capped at 5 minutes. A 429 or 5xx with Retry-After waits what it says (plus a "
-        "little jitter).",
-    )
-    export_requests_per_second: int = Field(
-        default=3, ge=1, description="Export API budget per second for this project (Mixpanel: 3)."
-    )
-    export_requests_per_hour: int = Field(
-        default=60, ge=1, description="Export API budget per hour for this project (Mixpanel: 60)."
-    )
-    export_max_concurrent: int = Field(
-        default=100, ge=1, description="Export requests in flight at once for this project (Mixpanel: 100)."
+    tuning: MixpanelTuning = Field(
+        default_factory=MixpanelTuning,
+        description="Timeouts, retries, API budgets and safety limits; the defaults suit most projects.",
     )
 
-    query_requests_per_hour: int = Field(
-        default=60, ge=1, description="Query API (Engage) budget per hour for this project (Mixpanel: 60)."
-    )
-    query_max_concurrent: int = Field(
-        default=5, ge=1, description="Query API (Engage) requests in flight at once (Mixpanel: 5)."
-    )
-    max_line_bytes: int = Field(
-        default=16 << 20,
-        ge=1 << 20,
-        description="Longest export line accepted, in bytes (default 16 MiB; Mixpanel refuses events above "
-        "1 MB at ingestion). A longer line is a rejected line, counted against max_rejected_lines.",
-    )
-    max_inflation_ratio: float = Field(
-        default=100.0,
-        ge=10,
-        description="Largest ratio of decompressed to received bytes of a gzipped answer, checked once "
-        "64 MiB have been decompressed; beyond it the answer is treated as a decompression bomb "
-        "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times.",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _tuning_from_flat_fields(cls, data: Any) -> Any:
+        """Blocks saved before the tuning section existed (and callers passing tuning values as
+        plain keywords) keep working: top-level tuning keys move into ``tuning``."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in MixpanelTuning.model_fields if k in data}
+        if not flat:
+            return data
+        nested = data.get("tuning")
+        current = nested.model_dump() if isinstance(nested, MixpanelTuning) else dict(nested or {})
+        rest = {k: v for k, v in data.items() if k not in flat}
+        return rest | {"tuning": flat | current}
 
     @field_validator("project_timezone")
     @classmethod
@@ -180,6 +209,26 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
 
     def query_base_url(self) -> str:
         return (self.api_base_url or QUERY_HOSTS[self.residency]).rstrip("/")
+
+    def api_settings(self) -> ApiSettings:
+        """What the Mixpanel client needs, as plain values."""
+        return ApiSettings(
+            project_id=self.project_id,
+            auth=self.basic_auth(),
+            uses_service_account=self.uses_service_account,
+            export_url=self.export_url(),
+            query_base_url=self.query_base_url(),
+            export_requests_per_second=self.tuning.export_requests_per_second,
+            export_requests_per_hour=self.tuning.export_requests_per_hour,
+            export_max_concurrent=self.tuning.export_max_concurrent,
+            query_requests_per_hour=self.tuning.query_requests_per_hour,
+            query_max_concurrent=self.tuning.query_max_concurrent,
+            max_attempts=self.tuning.max_attempts,
+            retry_backoff_seconds=self.tuning.retry_backoff_seconds,
+            connect_timeout_seconds=self.tuning.connect_timeout_seconds,
+            read_timeout_seconds=self.tuning.read_timeout_seconds,
+            max_inflation_ratio=self.tuning.max_inflation_ratio,
+        )
 
     def zone(self) -> ZoneInfo:
         """The zone Mixpanel uses for this project's dates (UTC unless the legacy local mode)."""

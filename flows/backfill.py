@@ -10,7 +10,6 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,21 +17,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from flows.events import MAX_WORKERS, check_concurrency, export_range, resolve_range, settings_for
-from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay
-from flows.runtime import prepare_run
+from flows.exporting import MAX_WORKERS, export_range, resolve_range, settings_for
+from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay, check_concurrency
+from flows.runtime import prepare_run, synchronous
 from tasks.errors import PipelineError
-from tasks.export import EVENTS_TABLE
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import days_between, group_days, plan_backfill
-from tasks.resume import is_complete
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.pipeline.plan import days_between, group_days, plan_backfill
+from tasks.pipeline.resume import is_complete
+from tasks.schema import EVENTS_TABLE
 
 POLL_SECONDS = 2.0
 
 
 @flow(
     name="mixpanel-backfill",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
     log_prints=True,
 )
 def backfill(
@@ -78,7 +77,7 @@ def backfill(
         end,
         todo,
         days_per_request,
-        credentials.export_requests_per_hour,
+        credentials.tuning.export_requests_per_hour,
         days_per_run if fan_out else 0,
     )
     logger.info(
@@ -130,7 +129,7 @@ def _fan_out(
     """One child flow run of this deployment per chunk; waits for all, with progress on this run."""
     logger = get_run_logger()
     total = sum(map(len, chunks))
-    progress = create_progress_artifact(0.0, description=f"Days done of {total}")
+    progress = synchronous(create_progress_artifact(0.0, description=f"Days done of {total}"))
     children: dict[UUID, list[date]] = {}
     for chunk in chunks:
         parameters = {
@@ -144,11 +143,13 @@ def _fan_out(
             "allow_shrink": allow_shrink,
         }
         # credentials and destination: the deployment's own (block references), never copied here
-        child: FlowRun = run_deployment(  # type: ignore[assignment]
-            UUID(str(deployment.id)),
-            parameters=parameters,
-            timeout=0,
-            flow_run_name=f"backfill {chunk[0]}..{chunk[-1]}",
+        child = synchronous(
+            run_deployment(
+                UUID(str(deployment.id)),
+                parameters=parameters,
+                timeout=0,
+                flow_run_name=f"backfill {chunk[0]}..{chunk[-1]}",
+            )
         )
         children[child.id] = chunk
     logger.info("started %d child run(s) for %d day(s)", len(children), total)

@@ -15,19 +15,19 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from blocks.destinations.delta import DeltaLakeDestination
+from blocks.destinations.base import DestinationBlock
 from blocks.destinations.duckdb import DuckDBWarehouse
-from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
-from tasks.duckdb_loader import DuckDBLoader
-from tasks.export import EVENTS_TABLE
-from tasks.objectstore import ObjectStoreDestination
-from tasks.tableformat import FormatDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.schema import EVENTS_TABLE
+from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tasks.warehouses.tableformat import TableFormatHook, format_hook
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
 FORMATS = ("duckdb", "delta", "iceberg")
@@ -64,20 +64,16 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     last = credentials.yesterday()
     first = last - timedelta(days=DAYS - 1)
     duckdb = DuckDBWarehouse(database=str(DATA_DIR / "mixpanel.duckdb"), files=str(DATA_DIR))
-    files = LocalDestination(path=str(DATA_DIR))
-    target = {
-        "duckdb": duckdb,
-        "delta": DeltaLakeDestination(files=files),
-        "iceberg": IcebergDestination(files=files),
-    }[fmt]
+    target: Any = duckdb if fmt == "duckdb" else format_block(fmt, LocalDestination(path=str(DATA_DIR)))
     events(credentials, target, from_date=first, to_date=last)
     people(credentials, target)
     identity(credentials, target)
     destination = target.connect(cfg.project_id)
     days = [first + timedelta(days=i) for i in range(DAYS)]
     ok = report(destination, server, days)
-    if isinstance(destination, FormatDestination):
-        format_queries(destination, fmt)
+    hook = format_hook(destination)
+    if hook is not None:
+        format_queries(hook, fmt)
     else:
         example_queries(Path(duckdb.database))
     return 0 if ok else 1
@@ -129,14 +125,23 @@ def example_queries(database: Path) -> None:
             print(conn.sql(sql).pl())
 
 
-def format_queries(destination: FormatDestination, fmt: str) -> None:
+def format_block(fmt: str, files: LocalDestination) -> DestinationBlock:
+    """The Delta or Iceberg block on ``files`` (imported here: each needs its extra installed)."""
+    if fmt == "delta":
+        from blocks.destinations.delta import DeltaLakeDestination
+
+        return DeltaLakeDestination(files=files)
+    from blocks.destinations.iceberg import IcebergDestination
+
+    return IcebergDestination(files=files)
+
+
+def format_queries(hook: TableFormatHook, fmt: str) -> None:
     """The same questions through polars' own Delta / Iceberg readers (DuckDB needs an extension for them)."""
-    tables = {
-        name: _scan(destination, fmt, name) for name in ("mp_master_event", "mp_identity_mappings_data")
-    }
+    tables = {name: _scan(hook, fmt, name) for name in ("mp_master_event", "mp_identity_mappings_data")}
     events = tables["mp_master_event"]
     mappings = tables["mp_identity_mappings_data"]
-    print(f"\nexample queries, with polars on the {destination.table_format.name} tables:")
+    print(f"\nexample queries, with polars on the {hook.table_format.name} tables:")
     with pl.Config(tbl_hide_dataframe_shape=True):
         print("\n-- events per day (the partition column)")
         print(events.group_by("day").agg(pl.len().alias("events")).sort("day").collect())
@@ -149,12 +154,12 @@ def format_queries(destination: FormatDestination, fmt: str) -> None:
         print(users.group_by("day").agg(resolved.n_unique().alias("users")).sort("day").collect())
 
 
-def _scan(destination: FormatDestination, fmt: str, table: str) -> pl.LazyFrame:
+def _scan(hook: TableFormatHook, fmt: str, table: str) -> pl.LazyFrame:
     os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")  # polars' own planner is a separate package
-    location = destination.table_format.location  # type: ignore[attr-defined]
+    location = hook.table_format.location  # type: ignore[attr-defined]
     if fmt == "delta":
         return pl.scan_delta(location.table(table))
-    return pl.scan_iceberg(destination.table_format.catalog.load_table(("mixpanel", table)))  # type: ignore[attr-defined]
+    return pl.scan_iceberg(hook.table_format.catalog.load_table(("mixpanel", table)))  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

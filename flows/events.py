@@ -2,73 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-import uuid
-from datetime import date
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
-from blocks.mixpanel import MixpanelCredentials, TimeMode
+from blocks.mixpanel import MixpanelCredentials
+from flows.exporting import (
+    MAX_WORKERS,
+    export_days_task,
+    export_range,
+    resolve_range,
+    settings_for,
+    summarize,
+    without_registered_ids,
+)
 from flows.limits import export_slot
-from flows.params import AtLeastOne, AtLeastZero, OptionalDay
-from flows.runtime import Progress, prepare_run
-from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
-from tasks.export import EVENTS_TABLE, DayResult, ExportSettings, export_days
-from tasks.gdpr import load_registry
-from tasks.guard import Filter, filter_refusal
-from tasks.manifest import Manifest
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import check_range, days_between, group_days
-from tasks.write import FileFormat
-
-MAX_WORKERS = 16
-
-
-@task(name="export-days", cache_policy=NO_CACHE, task_run_name="export {label}")
-def export_days_task(
-    client: MixpanelClient,
-    destination: ObjectStoreDestination,
-    days: list[date],
-    settings: ExportSettings,
-    label: str,
-    gate: threading.Semaphore,
-    base: Manifest | None = None,
-) -> list[DayResult]:
-    """One export request: its days are committed together or left as they were."""
-    with gate:
-        if client.fatal is not None:  # the run already failed and said why: skip quietly
-            return []
-        results = export_days(client, destination, days, settings, base)
-    logger = get_run_logger()
-    for r in results:
-        logger.info("%s: %d rows in %d file(s), fingerprint %s", r.day, r.rows, r.files, r.fingerprint)
-    return results
-
-
-def resolve_range(
-    credentials: MixpanelCredentials, from_date: date | None, to_date: date | None
-) -> tuple[date, date]:
-    """Defaults: yesterday in the project's calendar; a lone ``from_date`` runs up to yesterday."""
-    yesterday = credentials.yesterday()
-    start = from_date or to_date or yesterday
-    end = to_date or max(yesterday, start)
-    check_range(start, end, credentials.today())
-    return start, end
+from flows.params import AtLeastOne, AtLeastZero, OptionalDay, check_concurrency
+from flows.runtime import prepare_run
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import DayResult
+from tasks.pipeline.plan import days_between
+from tasks.schema import EVENTS_TABLE
 
 
 @flow(
     name="mixpanel-events",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
     log_prints=True,
 )
 def events(
@@ -118,60 +81,6 @@ def events(
     )
 
 
-def export_range(
-    credentials: MixpanelCredentials,
-    target: ObjectStoreDestination,
-    days: list[date],
-    settings: ExportSettings,
-    days_per_request: int,
-    max_concurrent_requests: int,
-) -> list[dict[str, object]]:
-    """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
-    logger = get_run_logger()
-    check_concurrency(max_concurrent_requests)
-    target.remove_stale_staging()
-    for day in days:
-        target.repair(EVENTS_TABLE, day.isoformat())
-    # a day committed with a filter this run does not cover is refused before any request
-    refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
-    for why in refused.values():
-        logger.error(why)
-    days = [d for d in days if d not in refused]
-    if not days:
-        error = FilterMismatchError("; ".join(refused.values()) + ".")
-        _summarize([], {str(d): error for d in refused}, len(refused))
-        raise error
-    groups = group_days(days, days_per_request)
-    settings = without_registered_ids(settings, target)
-    logger.info(
-        "exporting %d day(s) %s..%s in %d request(s) to %s",
-        len(days),
-        days[0],
-        days[-1],
-        len(groups),
-        target.describe(str(credentials.project_id)),
-    )
-    progress = Progress(len(days), logger)
-    with MixpanelClient(
-        credentials, notify=progress.note, export_gate=lambda: export_slot(progress.note)
-    ) as client:
-        results, failures = _run_groups(client, target, groups, settings, max_concurrent_requests, progress)
-    failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
-    _summarize(results, failures, len(days) + len(refused))
-    if failures:
-        # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
-        first = client.fatal or next(iter(failures.values()))
-        raise (
-            first
-            if len(failures) == len(groups) + len(refused)
-            else PipelineError(
-                f"{len(failures)} of {len(groups) + len(refused)} request(s) failed ({', '.join(failures)}); the other days were "
-                f"committed. First error: {first}"
-            )
-        )
-    return [r.as_row() for r in results]
-
-
 @flow(name="mixpanel-events-hourly", log_prints=True)
 def events_hourly(
     credentials: MixpanelCredentials,
@@ -198,7 +107,7 @@ def events_hourly(
     settings = without_registered_ids(settings_for(credentials, file_format, 0, None), target)
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
-    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         for day in days:
             target.repair(EVENTS_TABLE, day.isoformat())
             base = target.manifest(EVENTS_TABLE, day.isoformat())
@@ -209,102 +118,5 @@ def events_hourly(
             mark = "none (whole day)" if base is None else base.max_processing_time_ms
             logger.info("%s: adding events processed after watermark %s", day, mark)
             results += export_days_task(client, target, [day], settings, str(day), gate, base)
-    _summarize(results, {}, len(days))
+    summarize(results, {}, len(days))
     return [r.as_row() for r in results]
-
-
-def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestination) -> ExportSettings:
-    """Exports leave out the ids of the destination's GDPR registry, so deleted users never return."""
-    return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
-
-
-def check_concurrency(max_concurrent_requests: int) -> None:
-    if max_concurrent_requests < 1:
-        raise BadRequestError(
-            f"max_concurrent_requests must be at least 1 (got {max_concurrent_requests}): it is how many export "
-            "requests this run keeps in flight at once."
-        )
-
-
-def filter_conflicts(target: ObjectStoreDestination, days: list[date], run_filter: Filter) -> dict[date, str]:
-    """Days committed with a filter ``run_filter`` does not cover, each with the sentence saying so."""
-    out = {}
-    for day in days:
-        committed = target.manifest(EVENTS_TABLE, day.isoformat())
-        why = None if committed is None else filter_refusal(day.isoformat(), committed, run_filter)
-        if why is not None:
-            out[day] = why
-    return out
-
-
-def settings_for(
-    credentials: MixpanelCredentials,
-    file_format: str,
-    max_rejected_lines: int,
-    event_names: list[str] | None,
-    allow_shrink: bool = False,
-    force: bool = False,
-) -> ExportSettings:
-    local = credentials.time_mode == TimeMode.LOCAL
-    if max_rejected_lines < 0:
-        raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
-    return ExportSettings(
-        run_id=uuid.uuid4().hex[:12],
-        file_format=FileFormat(file_format),
-        max_rejected_lines=max_rejected_lines,
-        local_zone=credentials.project_timezone if local else None,
-        time_mode=credentials.time_mode.value,
-        timezone=credentials.project_timezone if local else "UTC",
-        flow_run_id=str(flow_run.id) if flow_run.id else None,
-        events=tuple(event_names or ()),
-        identity_mode=credentials.identity_mode,
-        max_line_bytes=credentials.max_line_bytes,
-        allow_shrink=allow_shrink,
-        force=force,
-        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
-        counts_comparable=local or credentials.project_timezone == "UTC",
-    )
-
-
-def _run_groups(
-    client: MixpanelClient,
-    target: ObjectStoreDestination,
-    groups: list[list[date]],
-    settings: ExportSettings,
-    max_concurrent: int,
-    progress: Progress,
-) -> tuple[list[DayResult], dict[str, Exception]]:
-    gate = threading.Semaphore(max_concurrent)
-
-    def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
-        label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])
-        return export_days_task.submit(client, target, group, settings, label, gate)
-
-    first = submit(groups[0])
-    client.wait_for_first_answer(lambda: first.state.is_final())
-    futures = [first] + [submit(g) for g in groups[1:]]
-    labels = {f: f"{g[0]}..{g[-1]}" for f, g in zip(futures, groups, strict=True)}
-    results: list[DayResult] = []
-    failures: dict[str, Exception] = {}
-    for future in as_completed(futures):
-        try:
-            done_days = future.result()
-        except Exception as exc:
-            failures[labels[future]] = exc
-            continue
-        if done_days:
-            results.extend(done_days)
-            progress.add(len(done_days))
-        elif client.fatal is not None:  # skipped after a fatal answer to another request
-            failures[labels[future]] = client.fatal
-    return sorted(results, key=lambda r: r.day), failures
-
-
-def _summarize(results: list[DayResult], failures: dict[str, Exception], total_days: int) -> None:
-    rows = [r.as_row() for r in results]
-    rows += [{"day": label, "rows": None, "error": str(exc)} for label, exc in failures.items()]
-    create_table_artifact(
-        key="mixpanel-events-summary",
-        table=rows,
-        description=f"{len(results)} of {total_days} day(s) committed",
-    )

@@ -18,8 +18,9 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
-from tasks.identity import refused_identifies, resolve
-from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, committed_edges, replace_table
+from tasks.lake.tables import committed_edges, replace_table
+from tasks.pipeline.identity import refused_identifies, resolve
+from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE, empty_mappings
 
 
 @flow(name="mixpanel-identity", log_prints=True)
@@ -48,7 +49,7 @@ def identity(
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
     clusters = mappings["resolved_distinct_id"].n_unique() if mappings.height else 0
-    summary = {
+    summary: dict[str, object] = {
         "days": days,
         "edges": edges.height,
         "mapped ids": manifest.rows,
@@ -66,4 +67,4 @@ def identity(
 
 
 def _empty() -> pl.DataFrame:
-    return pl.DataFrame(schema={"distinct_id": pl.String, "resolved_distinct_id": pl.String})
+    return empty_mappings()

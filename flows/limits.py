@@ -1,6 +1,6 @@
 """Mixpanel's export rate limits as Prefect global concurrency limits, held across every worker.
 
-Each host already keeps Mixpanel's budget in a shared SQLite file (tasks/ratelimit.py); these limits,
+Each host already keeps Mixpanel's budget in a shared SQLite file (tasks/mixpanel/ratelimit.py); these limits,
 kept by the Prefect server, hold it across hosts when a backfill fans out over many workers.
 Prefect's rate limits are token buckets (a burst of ``limit``, refilled at ``slot_decay_per_second``):
 at most ``limit + decay * T`` requests in any window of T seconds, so each bucket gets half of

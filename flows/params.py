@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import Field, WithJsonSchema
 
+from tasks.errors import BadRequestError
+
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _DATE_SCHEMA = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
 
@@ -21,3 +23,11 @@ OptionalDay = Annotated[date | None, WithJsonSchema(_DATE_SCHEMA)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 AtLeastZero = Annotated[int, Field(ge=0)]
 NonNegativeHours = Annotated[float, Field(ge=0)]
+
+
+def check_concurrency(max_concurrent_requests: int) -> None:
+    if max_concurrent_requests < 1:
+        raise BadRequestError(
+            f"max_concurrent_requests must be at least 1 (got {max_concurrent_requests}): it is how many export "
+            "requests this run keeps in flight at once."
+        )

@@ -10,10 +10,10 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.params import AtLeastOne
-from flows.runtime import prepare_run
-from tasks.gdpr import load_registry
-from tasks.mixpanel_client import MixpanelClient
-from tasks.people import EngageQuery, export_people
+from flows.runtime import prepare_run, synchronous
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.people import EngageQuery, export_people
+from tasks.sync.registry import load_registry
 
 
 @flow(name="mixpanel-people", log_prints=True)
@@ -40,13 +40,13 @@ def people(
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
     query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))
-    progress = create_progress_artifact(0.0, description="Engage pages fetched")
+    progress = synchronous(create_progress_artifact(0.0, description="Engage pages fetched"))
 
     def report(done: int, total: int | None) -> None:
         if total:
             update_progress_artifact(progress, min(100.0, 100.0 * done / total))
 
-    with MixpanelClient(credentials, notify=logger.warning) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning) as client:
         result = export_people(
             client,
             target,
@@ -57,7 +57,12 @@ def people(
             excluded_ids=load_registry(target).excluded_ids(),
         )
     update_progress_artifact(progress, 100.0)
-    summary = {"profiles": result.rows, "pages": result.pages, "files": result.files, "bytes": result.bytes}
+    summary: dict[str, object] = {
+        "profiles": result.rows,
+        "pages": result.pages,
+        "files": result.files,
+        "bytes": result.bytes,
+    }
     logger.info("mp_people_data replaced: %s", summary)
     create_table_artifact(key="mixpanel-people-summary", table=[summary], description="People export")
     return summary

@@ -21,28 +21,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
-from flows.events import MAX_WORKERS, export_range, settings_for
+from flows.exporting import MAX_WORKERS, export_range, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import prepare_run
 from tasks.errors import BadRequestError
-from tasks.export import EVENTS_TABLE
-from tasks.gdpr import load_registry
-from tasks.manifest import Manifest
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import days_between
-from tasks.reconcile import (
-    count_difference,
-    late_events,
-    mixpanel_counts,
-    now_utc,
-    recorded_counts,
-    settled,
-)
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
+from tasks.pipeline.guard import recorded_counts
+from tasks.pipeline.plan import days_between
+from tasks.schema import EVENTS_TABLE
+from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
+from tasks.sync.registry import load_registry
 
 
-@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
 def reconcile(
     credentials: MixpanelCredentials,
     destinations: list[AnyDestination] | None = None,
@@ -134,7 +128,7 @@ def _find_changes(
         for t, one in zip(targets, checked, strict=True)
     ]
     filters = [{day: m.event_names for day, m in one.items()} for one in checked]
-    with MixpanelClient(credentials, notify=logger.warning, export_gate=export_slot) as client:
+    with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         late = late_events(client, marks, local_zone, excluded, filters)
         theirs: dict[date, Counter[str]] = {}
         if check_counts:

@@ -18,6 +18,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -28,6 +30,9 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 ORPHAN_CHECK_SECONDS = 5.0
 ORPHAN_GRACE_SECONDS = 60.0  # after SIGTERM, how long the engine may take to report the crash
 _SEEN_LIMIT = 1000  # flow runs remembered per process (a worker-run process has one)
+
+T = TypeVar("T")
+RunLogger = logging.Logger | logging.LoggerAdapter[logging.Logger]  # what get_run_logger returns
 
 
 class OneSentencePerRun(logging.Filter):
@@ -70,7 +75,7 @@ def prepare_run() -> None:
         watch_parent(os.getppid(), get_run_logger())
 
 
-def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> threading.Thread:
+def watch_parent(parent: int, logger: RunLogger) -> threading.Thread:
     """Stop this process as crashed once ``parent`` (the worker) is no longer its parent."""
 
     def watch() -> None:
@@ -95,15 +100,24 @@ def watch_parent(parent: int, logger: logging.LoggerAdapter[logging.Logger]) -> 
     return thread
 
 
+def synchronous(result: T | Coroutine[Any, Any, T]) -> T:
+    """The value of a Prefect call typed value-or-coroutine (``async_dispatch``: ``run_deployment``,
+    ``create_progress_artifact``): Prefect picks by the run context, so in a synchronous flow, the value."""
+    if isinstance(result, Coroutine):
+        result.close()
+        raise TypeError("a Prefect call made inside an event loop returned a coroutine, not its value")
+    return result
+
+
 class Progress:
     """A run's progress artifact: the share of days committed, and the last wait on the rate budget."""
 
-    def __init__(self, total_days: int, logger: logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(self, total_days: int, logger: RunLogger) -> None:
         self.total = max(total_days, 1)
         self.done = 0
         self.last_wait = ""
         self.logger = logger
-        self.id = create_progress_artifact(0.0, description=self.describe())
+        self.id = synchronous(create_progress_artifact(0.0, description=self.describe()))
 
     def add(self, days: int) -> None:
         self.done += days

@@ -16,7 +16,7 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import prepare_run
-from tasks.tableformat import FormatDestination
+from tasks.warehouses.tableformat import format_hook
 
 
 @flow(name="mixpanel-upkeep", log_prints=True)
@@ -36,14 +36,14 @@ def upkeep(
         target = block.connect(credentials.project_id)
         stale = target.remove_stale_staging()
         where = target.describe(str(credentials.project_id))
-        if not isinstance(target, FormatDestination):
+        hook = format_hook(target)
+        if hook is None:
             rows.append({"destination": where, "format": "files", "stale staging removed": stale})
             continue
-        report = target.table_format.upkeep()
-        logger.info("%s (%s): %s", where, target.table_format.name, report)
+        report = hook.table_format.upkeep()
+        logger.info("%s (%s): %s", where, hook.table_format.name, report)
         for table, figures in report.items():
-            rows.append(
-                {"destination": where, "format": target.table_format.name, "table": table} | dict(figures)
-            )  # type: ignore[call-overload]
+            row: dict[str, object] = {"destination": where, "format": hook.table_format.name, "table": table}
+            rows.append(row | (figures if isinstance(figures, dict) else {"value": figures}))
     create_table_artifact(rows, key="mixpanel-upkeep", description="Files compacted and versions expired")
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO
+from io import BufferedIOBase
 
 
 class Dropped(Exception):
@@ -14,7 +14,7 @@ class Dropped(Exception):
 class ChunkedBody:
     def __init__(
         self,
-        wfile: BinaryIO,
+        wfile: BufferedIOBase,  # a request handler's wfile
         *,
         gzip: bool,
         drop_after: int | None = None,

@@ -12,9 +12,9 @@ import xxhash
 
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
-from tasks.manifest import fingerprint_hex
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import LocalStore
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.manifest import fingerprint_hex
+from tasks.lake.store import LocalStore
 
 # the local store servers (moto, the GCS emulator, Azurite) as session fixtures shared by every module
 pytest_plugins = [

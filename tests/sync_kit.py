@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
-from tasks.duckdb_loader import DuckDBLoader
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.purge import event_batches
-from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE, read_table
-from tasks.write import EVENT_COLUMNS, FileFormat
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import FileFormat, event_batches
+from tasks.lake.tables import read_table
+from tasks.schema import EVENT_COLUMNS, EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tests.stores.s3 import S3Server, make_s3_destination
 
 

@@ -9,13 +9,13 @@ import polars as pl
 
 from blocks.destinations.base import DestinationBlock
 from sandbox import SandboxServer
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import credentials_for, fingerprint_of_rows
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 

@@ -12,7 +12,7 @@ from flows.backfill import backfill
 from flows.events import events_hourly
 from sandbox import SandboxServer
 from sandbox.config import ProjectConfig
-from tasks.plan import InvalidDateRangeError, days_between
+from tasks.pipeline.plan import InvalidDateRangeError, days_between
 from tests.conftest import (
     assert_day_matches_sandbox,
     credentials_for,

@@ -10,6 +10,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.local import LocalDestination
+from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
 from tasks.errors import FatalError
 
 
@@ -25,3 +26,52 @@ def test_an_unwritable_destination_folder_fails_with_the_path(tmp_path: Path) ->
     blocker.write_text("not a folder")
     with pytest.raises(FatalError, match="cannot write to the destination folder"):
         LocalDestination(path=str(blocker / "sub")).connect(1)
+
+
+FLAT_FIELDS = {  # a MixpanelCredentials document as blocks were saved before the tuning section
+    "project_id": 7,
+    "service_account_username": "sa",
+    "service_account_secret": "s3cret",
+    "residency": "EU",
+    "max_attempts": 3,
+    "read_timeout_seconds": 42.0,
+    "export_requests_per_hour": 30,
+    "max_line_bytes": 2 << 20,
+}
+
+
+def test_a_credentials_block_saved_with_flat_tuning_fields_still_loads(prefect_server: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    MixpanelCredentials.register_type_and_schema()
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug(MixpanelCredentials.get_block_type_slug())
+        schema = client.get_most_recent_block_schema_for_block_type(block_type.id)
+        assert schema is not None
+        client.create_block_document(
+            BlockDocumentCreate(
+                name="saved-flat",
+                data=FLAT_FIELDS,
+                block_schema_id=schema.id,
+                block_type_id=block_type.id,
+            )
+        )
+    loaded = MixpanelCredentials.load("saved-flat")
+    assert (loaded.project_id, loaded.residency) == (7, "EU")
+    assert loaded.tuning == MixpanelTuning(
+        max_attempts=3, read_timeout_seconds=42.0, export_requests_per_hour=30, max_line_bytes=2 << 20
+    )
+    settings = loaded.api_settings()
+    assert (settings.max_attempts, settings.read_timeout_seconds) == (3, 42.0)
+    assert "s3cret" not in repr(settings), "secrets stay out of the settings' repr"
+
+
+def test_the_credentials_form_puts_tuning_in_its_own_section() -> None:
+    schema = MixpanelCredentials.model_json_schema()
+    required_by_user = {"project_id", "service_account_username", "service_account_secret", "residency"}
+    assert required_by_user <= set(schema["properties"])
+    assert "max_attempts" not in schema["properties"]
+    tuning = schema["definitions" if "definitions" in schema else "$defs"]["MixpanelTuning"]
+    assert {"max_attempts", "read_timeout_seconds", "export_requests_per_hour"} <= set(tuning["properties"])
+    assert all(field.get("description") for field in tuning["properties"].values())

@@ -31,7 +31,7 @@ def test_a_negative_max_concurrent_requests_is_refused_with_a_sentence() -> None
 
 
 def test_a_negative_max_rejected_lines_is_refused() -> None:
-    from flows.events import settings_for
+    from flows.exporting import settings_for
 
     with pytest.raises(BadRequestError, match="max_rejected_lines must be 0 or more"):
         settings_for(CREDENTIALS, "parquet", -1, None)
@@ -41,7 +41,7 @@ def test_a_negative_duckdb_lock_wait_is_refused(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
     from blocks.destinations.duckdb import DuckDBWarehouse
-    from tasks.duckdb_loader import DuckDBLoader
+    from tasks.warehouses.duckdb_loader import DuckDBLoader
 
     with pytest.raises(FatalError, match=r"lock_wait_seconds must be 0 or more \(got -1\)"):
         DuckDBLoader(tmp_path / "x.duckdb", lock_wait_seconds=-1)
@@ -52,7 +52,7 @@ def test_a_negative_duckdb_lock_wait_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_snowflake_put_path_cannot_end_its_literal() -> None:
-    from tasks.snowflake_loader import put_source
+    from tasks.warehouses.snowflake_loader import put_source
 
     assert put_source("/tmp/mp/part-00000.parquet") == "'file:///tmp/mp/part-00000.parquet'"
     quoted = put_source("/tmp/it's; DROP TABLE x; --\\/f.parquet")
@@ -64,7 +64,7 @@ def test_the_snowflake_put_path_cannot_end_its_literal() -> None:
 
 
 def test_the_gdpr_project_token_never_reaches_the_http_log(caplog: pytest.LogCaptureFixture) -> None:
-    from tasks.gdpr_client import GdprClient
+    from tasks.mixpanel.gdpr_api import GdprClient
 
     token = "project-token-4f2a9c"
     seen: list[str] = []
@@ -76,7 +76,10 @@ def test_the_gdpr_project_token_never_reaches_the_http_log(caplog: pytest.LogCap
     gdpr = MixpanelGdprCredentials(project_token=token, oauth_token="oauth")
     caplog.set_level(logging.DEBUG, logger="httpx")
     with GdprClient(
-        CREDENTIALS, gdpr, transport=httpx.MockTransport(answer), notify=lambda _: None
+        CREDENTIALS.api_settings(),
+        gdpr.settings(),
+        transport=httpx.MockTransport(answer),
+        notify=lambda _: None,
     ) as client:
         assert client.status("task-1") == "SUCCESS"
     assert token in seen[0], "the API still receives the token"

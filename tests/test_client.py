@@ -19,7 +19,7 @@ from tasks.errors import (
     ServerError,
     TimezoneSettingError,
 )
-from tasks.mixpanel_client import (
+from tasks.mixpanel.client import (
     ExportRequest,
     MixpanelClient,
     RetryStats,
@@ -27,7 +27,7 @@ from tasks.mixpanel_client import (
     classify_response,
     retry_after_seconds,
 )
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.ratelimit import RateBudget, Window
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path)
     """Against the sandbox over HTTP: five 429 answers naming Retry-After: 1, then the data. The waits
     the client computes (recorded, not slept) add up to 5-6 s; the old exponential backoff from
     5 s took 3.8 + 9.8 + 13.4 + 22.1 + 77 = 126 s."""
-    from tasks.export import ExportSettings, export_days
+    from tasks.pipeline.export import ExportSettings, export_days
     from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
 
     server = start_sandbox(max_per_second=None, max_per_hour=None)
@@ -124,7 +124,7 @@ def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path)
         slept: list[float] = []
         creds = credentials_for(server, retry_backoff_seconds=5.0, max_attempts=8)
         budget = RateBudget("t", [Window(100, 1.0)], 10, tmp_path / "b.db")
-        with MixpanelClient(creds, budget=budget, sleep=slept.append) as client:
+        with MixpanelClient(creds.api_settings(), budget=budget, sleep=slept.append) as client:
             (result,) = export_days(
                 client, local_destination(tmp_path), recent_days(1, server), ExportSettings(run_id="r")
             )
@@ -139,7 +139,9 @@ def test_answers_that_name_no_wait_keep_the_exponential_backoff(tmp_path) -> Non
     slept: list[float] = []
     budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
     client = MixpanelClient(
-        credentials(max_attempts=6, retry_backoff_seconds=5.0), budget=budget, sleep=slept.append
+        credentials(max_attempts=6, retry_backoff_seconds=5.0).api_settings(),
+        budget=budget,
+        sleep=slept.append,
     )
 
     def unit() -> None:
@@ -165,7 +167,7 @@ def credentials(**overrides: object) -> MixpanelCredentials:
 def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_path) -> None:
     slept: list[float] = []
     budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
-    client = MixpanelClient(credentials(), budget=budget, sleep=slept.append)
+    client = MixpanelClient(credentials().api_settings(), budget=budget, sleep=slept.append)
     calls = []
 
     def unit() -> None:
@@ -179,7 +181,9 @@ def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_
 
 
 def test_fatal_errors_are_not_retried(tmp_path) -> None:
-    client = MixpanelClient(credentials(), budget=RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db"))
+    client = MixpanelClient(
+        credentials().api_settings(), budget=RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
+    )
     calls = []
 
     def unit() -> None:

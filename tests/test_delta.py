@@ -26,9 +26,9 @@ from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from sandbox import SandboxServer
-from tasks.gdpr import event_rows_of
-from tasks.objectstore import EVENTS_TABLE
-from tasks.tableformat import APP_ID, FormatDestination
+from tasks.pipeline.exclude import event_rows_of
+from tasks.schema import EVENTS_TABLE
+from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
@@ -141,21 +141,21 @@ def test_properties_are_the_exported_text_and_time_is_utc(sandbox: SandboxServer
 
 KILLER = """
 import base64, os, pickle, signal, sys
-from tasks import tableformat
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.warehouses import tableformat
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
-real = tableformat.FormatDestination._reader
-def reader_then_die(self, *args):  # delta-rs has started writing the day's files, the log not yet
-    inner = real(self, *args)
+real = tableformat.reader
+def reader_then_die(*args):  # delta-rs has started writing the day's files, the log not yet
+    inner = real(*args)
     def batches():
         for batch in inner:
             yield batch
             os.kill(os.getpid(), signal.SIGKILL)
     return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
-tableformat.FormatDestination._reader = reader_then_die
-with MixpanelClient(credentials) as client:
+tableformat.reader = reader_then_die
+with MixpanelClient(credentials.api_settings()) as client:
     export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
 """
 
@@ -207,7 +207,7 @@ def test_two_racing_runs_of_one_day_end_with_one_complete_day(sandbox: SandboxSe
 def test_a_purge_leaves_no_row_in_any_readable_version_nor_in_any_file(
     sandbox: SandboxServer, lake: Lake
 ) -> None:
-    from tasks.purge import PurgeScope, purge_destination
+    from tasks.sync.purge import PurgeScope, purge_destination
 
     days = recent_days(2, sandbox)
     export(sandbox, lake.block, days, "first")
@@ -217,7 +217,7 @@ def test_a_purge_leaves_no_row_in_any_readable_version_nor_in_any_file(
     cluster = {user}
     assert frame.filter(event_rows_of(cluster)).height > 0
     destination = lake.block.connect(1)
-    assert isinstance(destination, FormatDestination)
+    assert isinstance(format_hook(destination), TableFormatHook)
     report = purge_destination(destination, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "purge")
     assert sum(report.events.values()) > 0
 
@@ -254,8 +254,10 @@ def test_an_existing_version_is_reloaded_when_the_table_lags_the_manifest(
     assert manifest is not None
     # the table written by someone else in between (an older run, a manual fix): repair converges
     older = msgspec.structs.replace(manifest, sequence=manifest.sequence - 1)
-    destination.table_format.replace(
-        EVENTS_TABLE, day.isoformat(), older, destination._reader(EVENTS_TABLE, day.isoformat(), older, ())
+    hook = format_hook(destination)
+    assert hook is not None
+    hook.table_format.replace(
+        EVENTS_TABLE, day.isoformat(), older, reader(destination, EVENTS_TABLE, day.isoformat(), older, ())
     )
     assert lake.day(day).height == 0
     destination.repair(EVENTS_TABLE, day.isoformat())
@@ -330,7 +332,7 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_version(
     from flows.gdpr import gdpr
     from flows.identity import identity
     from flows.people import people
-    from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+    from tasks.schema import MAPPINGS_TABLE, PEOPLE_TABLE
     from tests.conftest import credentials_for
     from tests.test_gdpr import merged_user, tokens
 

@@ -17,11 +17,12 @@ from blocks.destinations.base import DestinationBlock
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.manifest import fingerprint_hex
-from tasks.mixpanel_client import MixpanelClient
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.tables import read_parquet
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.manifest import fingerprint_hex
+from tasks.lake.tables import read_parquet
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.schema import EVENTS_TABLE
 from tests.conftest import credentials_for, recent_days
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 
@@ -66,10 +67,10 @@ def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, sto
 KILLER = """
 import base64, os, pickle, signal, sys
 from datetime import date
-from tasks import objectstore
+from tasks.lake import commit as objectstore
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 block, creds, days, where = pickle.loads(base64.b64decode(sys.argv[1]))
 
@@ -94,7 +95,7 @@ elif where == "switch":  # files published, killed as the manifest's conditional
     store.put_bytes = put_then_die
 elif where == "cleanup":  # manifest switched, the old version not deleted yet
     objectstore.ObjectStoreDestination._remove_unlisted = die
-with MixpanelClient(creds) as client:
+with MixpanelClient(creds.api_settings()) as client:
     export_days(client, block.connect(1), days, ExportSettings(run_id="killed", identity_mode="simplified"))
 """
 
@@ -137,7 +138,7 @@ def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
     block = make_s3_destination(s3_server)
     dest = block.connect(1)
     inject_s3_errors(s3_server, 503, 8)  # more than botocore's 8 attempts: the first upload fails for good
-    with MixpanelClient(credentials_for(sandbox)) as client:
+    with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
         (result,) = export_days(client, dest, days, ExportSettings(run_id="retried"))
     want = sandbox.expected(day, day)[day.isoformat()]
     assert (result.rows, result.fingerprint, result.retries) == (want["rows"], want["fingerprint"], 1)
@@ -214,7 +215,7 @@ def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
         return real_commit(self, stage, partition, manifest, expected)
 
     monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
-    with MixpanelClient(credentials_for(sandbox)) as client:
+    with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
         (result,) = export_days(client, store().connect(1), days, ExportSettings(run_id="loser"))
     monkeypatch.undo()
     assert raced == [day.isoformat()] and result.retries == 1

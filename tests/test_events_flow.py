@@ -13,8 +13,8 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.objectstore import ObjectStoreDestination
-from tasks.plan import InvalidDateRangeError
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.pipeline.plan import InvalidDateRangeError
 from tests.conftest import (
     assert_day_matches_sandbox,
     credentials_for,
@@ -166,7 +166,7 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
 
 
 def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_server) -> None:
-    from tasks.tables import read_parquet
+    from tasks.lake.tables import read_parquet
     from tests.stores.s3 import make_s3_destination
 
     (day,) = recent_days(1, sandbox)

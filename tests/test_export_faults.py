@@ -9,8 +9,8 @@ import pytest
 
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, MalformedRecordsError, RetriableError
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import (
     assert_day_matches_sandbox,
     credentials_for,
@@ -22,7 +22,7 @@ from tests.conftest import (
 
 
 def run(server: SandboxServer, root: Path, days, run_id: str = "r1", **settings):
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         return export_days(client, local_destination(root), days, ExportSettings(run_id=run_id, **settings))
 
 
@@ -127,7 +127,7 @@ def test_retries_give_up_after_max_attempts_and_leave_the_old_data(
 
 def test_bad_credentials_fail_once_with_a_clear_message(sandbox: SandboxServer, tmp_path: Path) -> None:
     creds = credentials_for(sandbox, service_account_secret="wrong-secret-123")
-    with MixpanelClient(creds) as client, pytest.raises(BadCredentialsError) as info:
+    with MixpanelClient(creds.api_settings()) as client, pytest.raises(BadCredentialsError) as info:
         export_days(client, local_destination(tmp_path), recent_days(1, sandbox), ExportSettings(run_id="x"))
     assert "check the service account username, secret and project_id" in str(info.value)
     assert "wrong-secret-123" not in str(info.value)

@@ -22,9 +22,10 @@ from flows.identity import identity
 from flows.people import people
 from sandbox import SandboxServer
 from tasks.errors import BadRequestError
-from tasks.gdpr import EDGE_IDS, audit_prefix, event_rows_of, id_hash, id_rows_of, load_registry
-from tasks.objectstore import EVENTS_TABLE, ObjectStoreDestination
-from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.pipeline.exclude import event_rows_of, id_rows_of
+from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
+from tasks.sync.registry import EDGE_IDS, audit_prefix, id_hash, load_registry
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.stores.s3 import S3Server
 from tests.sync_kit import Three, day_frame, edges_frame, three_destinations, whole_table
@@ -186,9 +187,9 @@ def test_ids_for_mixpanel_without_its_tokens_are_refused(sandbox: SandboxServer,
 
 KILLER = """
 import base64, os, pickle, signal, sys
-from tasks import objectstore
-from tasks.gdpr import load_registry, save_registry
-from tasks.purge import PurgeScope, purge_destination
+from tasks.lake import commit as objectstore
+from tasks.sync.registry import load_registry, save_registry
+from tasks.sync.purge import PurgeScope, purge_destination
 
 block, user, cluster = pickle.loads(base64.b64decode(sys.argv[1]))
 dest = block.connect(1)
@@ -251,11 +252,11 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
     import httpx
 
     from tasks.errors import BadCredentialsError
-    from tasks.gdpr_client import GdprClient
+    from tasks.mixpanel.gdpr_api import GdprClient
 
     credentials = credentials_for(sandbox)
     httpx.post(f"{sandbox.url}/_sandbox/gdpr", json={"fail_next": 2}).raise_for_status()
-    with GdprClient(credentials, tokens(sandbox), notify=lambda _: None) as client:
+    with GdprClient(credentials.api_settings(), tokens(sandbox).settings(), notify=lambda _: None) as client:
         first = client.submit(["a@example.com"], "GDPR")  # two 500s, then the task
         second = client.submit(["b@example.com"], "CCPA")  # right after: paced to 1 request per second
         assert client.status(first) == "PENDING" and client.status(first) == "SUCCESS"
@@ -267,7 +268,10 @@ def test_the_gdpr_client_paces_retries_and_names_a_bad_token(sandbox: SandboxSer
     wrong = MixpanelGdprCredentials(
         project_token=sandbox.cfg.project_token, oauth_token="expired-oauth-token"
     )
-    with GdprClient(credentials, wrong) as client, pytest.raises(BadCredentialsError) as error:
+    with (
+        GdprClient(credentials.api_settings(), wrong.settings()) as client,
+        pytest.raises(BadCredentialsError) as error,
+    ):
         client.submit(["c@example.com"], "GDPR")
     assert "renew it" in str(error.value) and "expired-oauth-token" not in str(error.value)
 
@@ -277,8 +281,8 @@ def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
 ) -> None:
     """An export that began before the id was registered commits after the purge: the next run finds
     the changed day (its version was not checked yet) and purges it; the other days are not read."""
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
 
     kit, days = synced
     credentials = credentials_for(sandbox)
@@ -286,7 +290,7 @@ def test_rows_an_earlier_export_brings_back_are_purged_by_the_next_run(
     gdpr(credentials, [kit.local, kit.s3], distinct_ids=[user], submit_to_mixpanel=False)
     late = [d for d in days if day_frame(kit.connected()[0], d).height][-1]
     for block in (kit.local, kit.s3):  # the export's settings were read before the id was registered
-        with MixpanelClient(credentials) as client:
+        with MixpanelClient(credentials.api_settings()) as client:
             export_days(
                 client, block.connect(1), [late], ExportSettings(run_id="stale", identity_mode="simplified")
             )

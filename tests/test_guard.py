@@ -1,4 +1,4 @@
-"""The replacement rules of tasks.guard: which filter covers which, what counts as a shrink, and how
+"""The replacement rules of tasks.pipeline.guard: which filter covers which, what counts as a shrink, and how
 reconciliation compares a filtered day."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.guard import covers, describe, filter_of, shrinks
-from tasks.manifest import Manifest
+from tasks.lake.manifest import Manifest
+from tasks.pipeline.guard import covers, describe, filter_of, shrinks
 
 
 def manifest(rows: int, event_names: tuple[str, ...] | None = None) -> Manifest:
@@ -60,7 +60,7 @@ def test_what_counts_as_a_shrink(committed: int | None, rows: int, shrink: bool)
 
 
 def test_reconcile_counts_late_events_of_a_filtered_day_for_its_filter_only() -> None:
-    from tasks.reconcile import _count_late
+    from tasks.sync.reconcile import _count_late
 
     day = date(2024, 1, 2)
     start = (day - date(1970, 1, 1)).days * 86400
@@ -80,7 +80,7 @@ def test_reconcile_counts_late_events_of_a_filtered_day_for_its_filter_only() ->
 def test_a_filtered_day_is_never_complete_for_the_backfill(tmp_path: Path) -> None:
     from zoneinfo import ZoneInfo
 
-    from tasks.resume import is_complete
+    from tasks.pipeline.resume import is_complete
 
     utc = ZoneInfo("UTC")
     assert is_complete(manifest(10), date(2024, 1, 2), utc)

@@ -22,10 +22,10 @@ from tasks.errors import (
     ShrinkRefusedError,
     TruncatedStreamError,
 )
-from tasks.export import ExportSettings, export_days
-from tasks.gdpr import event_rows_of
-from tasks.mixpanel_client import MixpanelClient
-from tasks.resume import is_complete
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.exclude import event_rows_of
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.pipeline.resume import is_complete
 from tests.conftest import local_destination, read_day
 from tests.hostile import HostileServer, counts_of, epoch, event_line, good_lines, gzip_bomb, in_pieces
 
@@ -55,7 +55,7 @@ def credentials(server: HostileServer, **overrides: object) -> MixpanelCredentia
 
 
 def run(server: HostileServer, root: Path, run_id: str, days: list[date] | None = None, **settings: object):
-    with MixpanelClient(credentials(server)) as client:
+    with MixpanelClient(credentials(server).api_settings()) as client:
         return export_days(
             client, local_destination(root), days or [DAY], ExportSettings(run_id=run_id, **settings)
         )
@@ -296,7 +296,7 @@ def test_duplicate_keys_one_rule_for_columns_engines_and_the_purge(
     assert rows.filter(event_rows_of({"other"})).height == 2
     assert rows.filter(event_rows_of({"nobody"})).height == 0
     # end to end: purging the id a row names second removes it, though its lifted column says "other"
-    from tasks.purge import purge_day
+    from tasks.sync.purge import purge_day
 
     assert purge_day(local_destination(tmp_path), DAY.isoformat(), {"victim"}, "purge") == (2, 0)
     assert read_day(tmp_path, DAY).height == 0

@@ -26,10 +26,11 @@ from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from sandbox import SandboxServer
-from tasks.gdpr import event_rows_of
-from tasks.iceberg_format import HELD, catalog_properties
-from tasks.objectstore import EVENTS_TABLE
-from tasks.purge import PurgeScope, purge_destination
+from tasks.pipeline.exclude import event_rows_of
+from tasks.schema import EVENTS_TABLE
+from tasks.sync.purge import PurgeScope, purge_destination
+from tasks.warehouses.iceberg_format import HELD, catalog_properties
+from tasks.warehouses.tableformat import format_hook, reader
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
@@ -146,21 +147,21 @@ def test_properties_are_the_exported_text(sandbox: SandboxServer, tmp_path: Path
 
 KILLER = """
 import base64, os, pickle, signal, sys
-from tasks import tableformat
-from tasks.export import ExportSettings, export_days
-from tasks.mixpanel_client import MixpanelClient
+from tasks.warehouses import tableformat
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
 
 block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
-real = tableformat.FormatDestination._reader
-def reader_then_die(self, *args):  # the commit has started reading the day's rows, nothing committed
-    inner = real(self, *args)
+real = tableformat.reader
+def reader_then_die(*args):  # the commit has started reading the day's rows, nothing committed
+    inner = real(*args)
     def batches():
         for batch in inner:
             yield batch
             os.kill(os.getpid(), signal.SIGKILL)
     return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
-tableformat.FormatDestination._reader = reader_then_die
-with MixpanelClient(credentials) as client:
+tableformat.reader = reader_then_die
+with MixpanelClient(credentials.api_settings()) as client:
     export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
 """
 
@@ -268,14 +269,15 @@ def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     export(sandbox, warehouse.block, [day], "one")
     destination = warehouse.block.connect(1)
     manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
-    assert manifest is not None
+    hook = format_hook(destination)
+    assert manifest is not None and hook is not None
     for _ in range(3):  # three more files in the day, as hourly increments leave them
-        rows = destination._reader(EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
-        destination.table_format.append(EVENTS_TABLE, day.isoformat(), manifest, rows)
+        rows = reader(destination, EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
+        hook.table_format.append(EVENTS_TABLE, day.isoformat(), manifest, rows)
     before = warehouse.day(day)
     assert len(warehouse.table().inspect.files()) == 4
 
-    report = destination.table_format.upkeep()
+    report = hook.table_format.upkeep()
 
     assert report["days_compacted"] == 1
     table = warehouse.table()
@@ -356,7 +358,7 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_snapshot(
     from flows.gdpr import gdpr
     from flows.identity import identity
     from flows.people import people
-    from tasks.tables import MAPPINGS_TABLE, PEOPLE_TABLE
+    from tasks.schema import MAPPINGS_TABLE, PEOPLE_TABLE
     from tests.test_gdpr import merged_user, tokens
 
     warehouse = local_warehouse(tmp_path)

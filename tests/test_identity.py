@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from tasks.identity import EDGE_SCHEMA, MAPPING_SCHEMA, edges_from_events, is_uuid4, resolve, user_counts
+from tasks.pipeline.identity import EDGE_SCHEMA, edges_from_events, is_uuid4, resolve, user_counts
+from tasks.schema import MAPPINGS_FRAME_SCHEMA
 
 EVENTS_SCHEMA = pl.Schema(
     {
@@ -62,7 +63,7 @@ def edges(*rows: tuple[object, ...]) -> pl.DataFrame:
 
 
 def rows(frame: pl.DataFrame) -> list[tuple[object, ...]]:
-    if frame.columns != MAPPING_SCHEMA.names():
+    if frame.columns != MAPPINGS_FRAME_SCHEMA.names():
         return frame.rows()
     named = [(NAMES.get(d, d), NAMES.get(r, r)) for d, r in frame.rows()]
     return sorted(named, key=lambda row: (row[1], row[0]))
@@ -211,7 +212,7 @@ def test_simplified_device_then_login() -> None:
         ("d1", "u1", "Login", "i2", "{}", ts(1, 10), "u1"),
     )
     mapping = resolve(edges_from_events(frame, "simplified"), "simplified")
-    assert mapping.schema == MAPPING_SCHEMA
+    assert mapping.schema == MAPPINGS_FRAME_SCHEMA
     assert rows(mapping) == [("$device:d1", "u1"), ("u1", "u1")]
 
 
@@ -492,7 +493,7 @@ def test_determinism_under_row_shuffles() -> None:
 def test_resolve_of_no_edges_is_empty() -> None:
     for mode in ("simplified", "original", "legacy"):
         out = resolve(edges(), mode)
-        assert out.schema == MAPPING_SCHEMA
+        assert out.schema == MAPPINGS_FRAME_SCHEMA
         assert out.height == 0
 
 
@@ -548,7 +549,7 @@ def test_user_counts_naive_vs_resolved_through_a_left_join() -> None:
             ("$device:d3", "u2"),
             ("u2", "u2"),
         ],
-        schema=MAPPING_SCHEMA,
+        schema=MAPPINGS_FRAME_SCHEMA,
         orient="row",
     )
     # naive: $device:d1, u1, $device:d2, $device:d3, u2, $device:d9; resolved: u1, u2, $device:d9.

@@ -12,7 +12,8 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from flows.identity import identity
 from sandbox import SandboxServer, day_lines
-from tasks.tables import MAPPINGS_TABLE, read_table
+from tasks.lake.tables import read_table
+from tasks.schema import MAPPINGS_TABLE
 from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

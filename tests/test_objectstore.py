@@ -7,10 +7,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.manifest import Manifest
-from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.tables import read_parquet
-from tasks.write import EVENT_COLUMNS, RollingFiles
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.files import RollingFiles
+from tasks.lake.manifest import Manifest
+from tasks.lake.tables import read_parquet
+from tasks.schema import EVENT_COLUMNS
 from tests.stores.catalog import StoreFactory
 
 TABLE = "mp_master_event"

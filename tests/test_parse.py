@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tasks.errors import NotJsonLinesError, TruncatedStreamError
-from tasks.parse import StreamParser, row_hash
+from tasks.pipeline.parse import StreamParser, row_hash
 
 TRICKY_PROPS = (
     b'{"time":1700000000,"distinct_id":"u1","z":1,"a":2,"big":123456789012345678901234567890,'

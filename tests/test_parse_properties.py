@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.errors import TruncatedStreamError
-from tasks.manifest import fingerprint_hex
-from tasks.parse import StreamParser
+from tasks.lake.manifest import fingerprint_hex
+from tasks.pipeline.parse import StreamParser
 
 JSON_VALUES = st.recursive(
     st.none()

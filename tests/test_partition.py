@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 import polars as pl
 import pytest
 
-from tasks.partition import day_of, with_time_columns
+from tasks.pipeline.partition import day_of, with_time_columns
 
 LA = "America/Los_Angeles"
 

@@ -9,9 +9,10 @@ import pytest
 
 from sandbox import SandboxServer, profile_lines
 from tasks.errors import PlanError, RetriableError
-from tasks.mixpanel_client import MixpanelClient
-from tasks.people import EngageQuery, export_people
-from tasks.tables import PEOPLE_TABLE, read_table
+from tasks.lake.tables import read_table
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.people import EngageQuery, export_people
+from tasks.schema import PEOPLE_TABLE
 from tests.conftest import credentials_for, local_destination, start_sandbox
 
 
@@ -23,7 +24,7 @@ def people_sandbox() -> SandboxServer:
 
 
 def run(server: SandboxServer, root: Path, page_size: int = 10, **creds: object):
-    with MixpanelClient(credentials_for(server, **creds)) as client:
+    with MixpanelClient(credentials_for(server, **creds).api_settings()) as client:
         return export_people(
             client, local_destination(root), EngageQuery(page_size=page_size), max_concurrent_pages=8
         )

@@ -4,7 +4,7 @@ from datetime import date
 
 import pytest
 
-from tasks.plan import (
+from tasks.pipeline.plan import (
     InvalidDateRangeError,
     check_range,
     days_between,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.ratelimit import RateBudget, Window
 
 
 def recorded_starts(db: Path) -> list[float]:
@@ -74,7 +74,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from typing import Any
-from tasks.ratelimit import RateBudget, Window
+from tasks.mixpanel.ratelimit import RateBudget, Window
 budget = RateBudget("shared", [Window(2, 1.0), Window(1000, 3600.0)], 10, Path(sys.argv[1]))
 for _ in range(3):
     with budget.slot():
@@ -102,7 +102,7 @@ def test_two_processes_share_one_budget(tmp_path: Path) -> None:
 
 def test_a_dead_holder_does_not_keep_its_slot(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
-    holder = "from tasks.ratelimit import *; import os; b = RateBudget('p', [Window(100, 1.0)], 1, __import__('pathlib').Path(%r)); b.slot().__enter__(); os._exit(0)"
+    holder = "from tasks.mixpanel.ratelimit import *; import os; b = RateBudget('p', [Window(100, 1.0)], 1, __import__('pathlib').Path(%r)); b.slot().__enter__(); os._exit(0)"
     subprocess.run([sys.executable, "-c", holder % str(db)], check=True, cwd=Path(__file__).parents[1])
     budget = RateBudget("p", [Window(100, 1.0)], 1, db)
     started = time.monotonic()

@@ -11,7 +11,7 @@ import pytest
 from flows.events import events
 from flows.reconcile import reconcile
 from sandbox import SandboxServer
-from tasks.manifest import Manifest
+from tasks.lake.manifest import Manifest
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.stores.s3 import S3Server
 from tests.sync_kit import Three, day_frame, day_range_utc, three_destinations

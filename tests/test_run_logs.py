@@ -26,7 +26,7 @@ from flows import limits
 from flows.events import events
 from flows.runtime import OneSentencePerRun
 from tasks.errors import BadCredentialsError
-from tasks.ratelimit import RateBudget, Window, state_dir
+from tasks.mixpanel.ratelimit import RateBudget, Window, state_dir
 from tests.conftest import credentials_for, recent_days
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

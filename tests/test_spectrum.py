@@ -17,11 +17,13 @@ import pytest
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
 from tasks.errors import FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.glue import GlueCatalog
-from tasks.mixpanel_client import MixpanelClient
-from tasks.tables import MAPPINGS_SCHEMA, MAPPINGS_TABLE, replace_table
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.tables import replace_table
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE
+from tasks.warehouses.glue import GlueCatalog
+from tasks.warehouses.warehouse import WarehouseHook
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 
@@ -39,12 +41,19 @@ def block(s3_server: S3Server) -> RedshiftSpectrumDestination:
     )
 
 
-def export(server: SandboxServer, destination: WarehouseDestination, days: list[date], run: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+def catalog_of(destination: ObjectStoreDestination) -> GlueCatalog:
+    """The Glue catalog the destination's commits keep in step."""
+    (hook,) = destination.hooks
+    assert isinstance(hook, WarehouseHook) and isinstance(hook.loader, GlueCatalog)
+    return hook.loader
+
+
+def export(server: SandboxServer, destination: ObjectStoreDestination, days: list[date], run: str) -> None:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, destination, days, ExportSettings(run_id=run))
 
 
-def symlinked(destination: WarehouseDestination, location: str) -> list[str]:
+def symlinked(destination: ObjectStoreDestination, location: str) -> list[str]:
     prefix = destination.describe("")
     body = destination.storage.get_bytes(location[len(prefix) :] + "symlink.txt")
     assert body is not None, f"no symlink manifest at {location}"
@@ -53,7 +62,7 @@ def symlinked(destination: WarehouseDestination, location: str) -> list[str]:
 
 def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, block) -> None:
     destination = block.connect(1)
-    catalog = destination.loader
+    catalog = catalog_of(destination)
     assert isinstance(catalog, GlueCatalog)
     days = recent_days(3, sandbox)
     export(sandbox, destination, days, "first")
@@ -78,7 +87,7 @@ def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxS
     destination = block.connect(1)
     days = recent_days(2, sandbox)
     export(sandbox, destination, days, "sql")
-    locations = destination.loader.partitions("mp_master_event")
+    locations = catalog_of(destination).partitions("mp_master_event")
     prefix = destination.describe("")
     frames = []
     for day, location in locations.items():
@@ -103,7 +112,9 @@ def test_whole_tables_switch_their_location(block) -> None:
     for run in ("one", "two"):
         replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], run, "resolved_distinct_id")
     manifest = destination.manifest(MAPPINGS_TABLE, "all")
-    table = destination.loader.glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
+    table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
+        "Table"
+    ]
     location = table["StorageDescriptor"]["Location"]
     assert location.endswith("/mp_identity_mappings_data/table/two/")
     assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]
@@ -193,7 +204,9 @@ def test_the_first_whole_table_load_keeps_its_symlink_manifest(block) -> None:
     frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
     replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "one", "resolved_distinct_id")
     manifest = destination.manifest(MAPPINGS_TABLE, "all")
-    table = destination.loader.glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
+    table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
+        "Table"
+    ]
     location = table["StorageDescriptor"]["Location"]
     assert location.endswith("/mp_identity_mappings_data/table/one/")
     assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]

@@ -24,9 +24,9 @@ from tasks.errors import (
     OutsideDestinationError,
     PreconditionFailedError,
 )
-from tasks.manifest import Manifest, ManifestFile
-from tasks.objectstore import ObjectStoreDestination, Stage
-from tasks.storage import Store
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.manifest import Manifest, ManifestFile
+from tasks.lake.store import Store
 from tests.stores.catalog import StoreFactory
 from tests.test_objectstore import DAY, TABLE, read, stage_rows
 
@@ -85,6 +85,16 @@ def test_put_get_list_copy_move_delete(block: BucketDestination, outside: Store,
     assert [i.key for i in s.list("a")] == ["a/bc", "a/c/copied"]
     assert s.list("_probe/") == [], "connect leaves no probe behind"
     assert_outside_untouched(outside)
+
+
+def test_download_copies_an_object_to_a_local_file(block: BucketDestination, tmp_path: Path) -> None:
+    s = block.connect(7).storage
+    body = os.urandom(3 << 20)  # several chunks of a streamed download
+    s.put_bytes("d/big.bin", body)
+    s.download("d/big.bin", tmp_path / "got.bin")
+    assert (tmp_path / "got.bin").read_bytes() == body
+    with pytest.raises(FatalError, match="does not exist"):
+        s.download("d/missing.bin", tmp_path / "missing.bin")
 
 
 def test_create_if_absent_and_a_stale_compare_and_swap_are_refused(block: BucketDestination) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from blocks.destinations.gcs import GcsDestination
 from tasks.errors import PermissionDeniedError, ServerError
-from tasks.gcs_store import GcsStore
-from tasks.storage import RetryPolicy
+from tasks.lake.gcs_store import GcsStore
+from tasks.lake.store import RetryPolicy
 from tests.stores.gcs import CLIENT_EMAIL, GcsServer, inject_gcs_errors, make_gcs_destination
 
 MiB = 1 << 20

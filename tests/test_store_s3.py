@@ -11,7 +11,7 @@ import pytest
 
 from blocks.destinations.s3 import S3Destination
 from tasks.errors import PermissionDeniedError, ServerError
-from tasks.storage import RetryPolicy
+from tasks.lake.store import RetryPolicy
 from tests.stores.s3 import S3Server, inject_s3_errors, make_s3_destination
 
 MiB = 1 << 20

@@ -10,12 +10,13 @@ import polars as pl
 import pytest
 
 from sandbox.where import parse_where
-from tasks.counts import DedupCounter, dedup_counts
-from tasks.gdpr import Registry, cluster_members, event_rows_of, merged
-from tasks.gdpr_client import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
-from tasks.manifest import Manifest
-from tasks.reconcile import count_difference, day_clause, late_requests, settled
-from tasks.write import FileFormat
+from tasks.lake.files import FileFormat
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.gdpr_api import MAX_IDS_PER_REQUEST, batches, status_of, task_id_of
+from tasks.pipeline.counts import DedupCounter, dedup_counts
+from tasks.pipeline.exclude import event_rows_of
+from tasks.sync.reconcile import count_difference, day_clause, late_requests, settled
+from tasks.sync.registry import Registry, cluster_members, merged
 
 T = pl.Datetime("us", "UTC")
 
@@ -151,9 +152,9 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     file_format: str, tmp_path: Path, sandbox: object
 ) -> None:
     from sandbox import SandboxServer
-    from tasks.export import ExportSettings, export_days
-    from tasks.mixpanel_client import MixpanelClient
-    from tasks.purge import purge_day
+    from tasks.mixpanel.client import MixpanelClient
+    from tasks.pipeline.export import ExportSettings, export_days
+    from tasks.sync.purge import purge_day
     from tests.conftest import credentials_for, fingerprint_of_rows, local_destination, recent_days
     from tests.sync_kit import day_frame
 
@@ -161,7 +162,9 @@ def test_a_purge_rewrites_only_the_files_holding_the_ids(
     dest = local_destination(tmp_path)
     (day,) = recent_days(1, sandbox)
     start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-    with MixpanelClient(credentials_for(sandbox)) as client:  # a day in three files: two hourly increments
+    with MixpanelClient(
+        credentials_for(sandbox).api_settings()
+    ) as client:  # a day in three files: two hourly increments
         for hours in (8, 16, None):
             sandbox.set_processed_until(None if hours is None else start + hours * 3_600_000)
             base = dest.manifest("mp_master_event", day.isoformat())

@@ -19,18 +19,20 @@ from prefect_gcp import GcpCredentials
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.bigquery import BigQueryWarehouse
 from blocks.destinations.duckdb import DuckDBWarehouse
+from blocks.destinations.local import LocalDestination
 from blocks.destinations.snowflake import SnowflakeWarehouse
 from flows.identity import identity
 from sandbox import SandboxServer
 from sandbox.data import day_lines
-from tasks.bigquery_loader import BigQueryLoader
-from tasks.duckdb_loader import DuckDBLoader
 from tasks.errors import FatalError
-from tasks.export import ExportSettings, export_days
-from tasks.manifest import fingerprint_hex
-from tasks.mixpanel_client import MixpanelClient
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.manifest import fingerprint_hex
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.warehouses.bigquery_loader import BigQueryLoader
+from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tasks.warehouses.warehouse import WarehouseHook
 from tests.conftest import credentials_for, recent_days
+from tests.stores.s3 import make_s3_destination
 from tests.stores.snowflake import unique_name
 from tests.test_identity_flow import expected_simplified
 
@@ -122,7 +124,7 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
-    with MixpanelClient(credentials_for(server)) as client:
+    with MixpanelClient(credentials_for(server).api_settings()) as client:
         export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 
@@ -208,7 +210,9 @@ def test_a_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "before")
     want = sandbox_day(sandbox, day, warehouse.exact_json)
-    loader_type = type(warehouse.block.connect(1).loader)
+    (hook,) = warehouse.block.connect(1).hooks
+    assert isinstance(hook, WarehouseHook)
+    loader_type = type(hook.loader)
 
     def lost(*args: Any) -> None:  # the day's rows are deleted and inserted, then the connection drops
         raise RuntimeError("the warehouse went away in the middle of the load")
@@ -221,10 +225,33 @@ def test_a_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
     assert warehouse.query("SELECT run_id FROM _mp_manifests", []) == [("before",)]
 
     destination = warehouse.block.connect(1)
-    assert isinstance(destination, WarehouseDestination)
+    assert any(isinstance(hook, WarehouseHook) for hook in destination.hooks)
     destination.repair("mp_master_event", day.isoformat())  # the files hold "broken": load them
     assert day_rows(warehouse, day) == want
     assert warehouse.query("SELECT run_id FROM _mp_manifests", []) == [("broken",)]
+
+
+@pytest.mark.parametrize("name", list(WAREHOUSES))
+def test_a_warehouse_stages_from_a_bucket(
+    name: str, sandbox: SandboxServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``files`` takes any file destination: the days are committed to S3 and loaded from there, as
+    Mixpanel's own pipeline stages in a bucket; nothing is written to a local files folder."""
+    warehouse = WAREHOUSES[name](tmp_path, request)
+    bucket = make_s3_destination(request.getfixturevalue("s3_server"))
+    block = warehouse.block.model_copy(update={"files": bucket})
+    days = recent_days(2, sandbox)
+    export(sandbox, block, days, "from-s3")
+    for day in days:
+        assert day_rows(warehouse, day) == sandbox_day(sandbox, day, warehouse.exact_json)
+    lake = bucket.connect(1)
+    assert {d.isoformat() for d in days} <= set(lake.partitions("mp_master_event")), "committed in the bucket"
+    assert not (tmp_path / "files").exists()
+
+
+def test_a_warehouse_saved_with_a_folder_path_still_loads() -> None:
+    block = DuckDBWarehouse.model_validate({"database": "wh.duckdb", "files": "/srv/mixpanel"})
+    assert isinstance(block.files, LocalDestination) and block.files.path == "/srv/mixpanel"
 
 
 def test_a_missing_bigquery_dataset_fails_at_connect_in_one_sentence(request: pytest.FixtureRequest) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from tasks.write import PartitionBuffer, RollingFiles
+from tasks.lake.files import PartitionBuffer, RollingFiles
 from tests.test_objectstore import frame
 
 

@@ -8,7 +8,7 @@ account URL with a service principal or the worker's default Azure identity; the
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from obstore.store import AzureStore
@@ -18,8 +18,11 @@ from pydantic import Field, field_validator
 from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
-from tasks.obstore_store import ObstoreStore, retry_config
-from tasks.storage import Owner, RetryPolicy
+from tasks.lake.obstore_store import ObstoreStore, retry_config
+from tasks.lake.store import Owner, RetryPolicy
+
+if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
+    from obstore.store import ClientConfig
 
 CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -81,13 +84,13 @@ destination = AzureBlobDestination.load("BLOCK_NAME")
         block = f"block '{saved}'" if saved else "the AzureBlobStorageCredentials block"
         config, endpoint, fix = _config(self.credentials, block)
         retry = retry or self.retry_policy()
-        client = {"allow_http": True} if endpoint.startswith("http:") else {}
+        client: ClientConfig = {"allow_http": True} if endpoint.startswith("http:") else {}
         root = self.prefix.strip("/")
         store = AzureStore(
             self.container,
             prefix=root or None,
-            client_options=client,  # type: ignore[arg-type]
-            retry_config=retry_config(retry),  # type: ignore[arg-type]
+            client_options=client,
+            retry_config=retry_config(retry),
             **config,
         )
         owner = Owner(

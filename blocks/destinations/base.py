@@ -6,8 +6,8 @@ from abc import abstractmethod
 
 from prefect.blocks.core import Block
 
-from tasks.objectstore import ObjectStoreDestination
-from tasks.storage import RetryPolicy, Store
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.store import RetryPolicy, Store
 
 
 class DestinationBlock(Block):

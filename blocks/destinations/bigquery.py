@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from prefect_gcp import GcpCredentials
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.local import LocalDestination
+from blocks.destinations.files import FileDestination, files_field, folder_or_destination
 from blocks.mixpanel import DOCS_URL
-from tasks.bigquery_loader import BigQueryLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.bigquery_loader import BigQueryLoader
+from tasks.warehouses.warehouse import WarehouseHook
 
 
 class BigQueryWarehouse(DestinationBlock):
@@ -37,20 +40,23 @@ warehouse = BigQueryWarehouse.load("BLOCK_NAME")
     )
     dataset: str = Field(default=..., description="The dataset (created beforehand) that holds the tables.")
     location: str = Field(default="US", description="The dataset's location, where the jobs run.")
-    files: str = Field(
-        default="data",
-        description="Local folder of the committed Parquet files and manifests the tables are loaded from.",
-    )
+    files: FileDestination = files_field("the tables are loaded from")
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _folder_path(cls, value: Any) -> Any:
+        return folder_or_destination(value)
+
     api_endpoint: str | None = Field(
         default=None,
         description="Another BigQuery API endpoint (a private endpoint or an emulator); empty for Google's.",
     )
 
-    def connect(self, project_id: int) -> WarehouseDestination:
-        files = LocalDestination(path=self.files).connect(project_id)
+    def connect(self, project_id: int) -> ObjectStoreDestination:
+        files = self.files.connect(project_id)
         loader = BigQueryLoader(self._client(), self.dataset)
         loader.check()
-        return WarehouseDestination(files.storage, project_id, loader)
+        return files.with_hooks(WarehouseHook(loader))
 
     def _client(self) -> bigquery.Client:
         if self.api_endpoint is None:

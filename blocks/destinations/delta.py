@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.formats import FileDestination, location_of
+from blocks.destinations.files import FileDestination, folder_or_destination
+from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.delta_format import DeltaFormat
-from tasks.tableformat import FormatDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.delta_format import DeltaFormat
+from tasks.warehouses.tableformat import TableFormatHook
 
 
 class DeltaLakeDestination(DestinationBlock):
@@ -32,7 +36,7 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
 """
 
     files: FileDestination = Field(
-        default_factory=LocalDestination,
+        default_factory=lambda: LocalDestination(path="data"),
         description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
         "manifests and the state; the Delta tables go under <its root>/<project_id>/delta/.",
     )
@@ -46,10 +50,15 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
         default=128, gt=0, description="Size of the files written and compacted by the upkeep flow."
     )
 
-    def connect(self, project_id: int) -> FormatDestination:
+    @field_validator("files", mode="before")
+    @classmethod
+    def _folder_path(cls, value: Any) -> Any:
+        return folder_or_destination(value)
+
+    def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
         table_format = DeltaFormat(
             location_of(self.files, project_id, "delta"), self.retention_hours, self.target_file_mb
         )
         table_format.check()
-        return FormatDestination(files.storage, project_id, table_format)
+        return files.with_hooks(TableFormatHook(table_format))

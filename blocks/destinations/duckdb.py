@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.local import LocalDestination
+from blocks.destinations.files import FileDestination, files_field, folder_or_destination
 from blocks.mixpanel import DOCS_URL
-from tasks.duckdb_loader import DuckDBLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tasks.warehouses.warehouse import WarehouseHook
 
 
 class DuckDBWarehouse(DestinationBlock):
@@ -36,11 +38,13 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
         description="Path of the DuckDB database file (created if missing); relative to the worker's "
         "working directory.",
     )
-    files: str = Field(
-        default="data",
-        description="Folder of the committed Parquet files and manifests the database is loaded from "
-        "(Mixpanel's layout, as a LocalDestination).",
-    )
+    files: FileDestination = files_field("the database is loaded from")
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _folder_path(cls, value: Any) -> Any:
+        return folder_or_destination(value)
+
     lock_wait_seconds: float = Field(
         default=600.0,
         ge=0,
@@ -54,8 +58,8 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
         "default is 80% of the machine's RAM.",
     )
 
-    def connect(self, project_id: int) -> WarehouseDestination:
-        files = LocalDestination(path=self.files).connect(project_id)
+    def connect(self, project_id: int) -> ObjectStoreDestination:
+        files = self.files.connect(project_id)
         loader = DuckDBLoader(Path(self.database).expanduser(), self.lock_wait_seconds, self.memory_limit_mb)
         loader.check()
-        return WarehouseDestination(files.storage, project_id, loader)
+        return files.with_hooks(WarehouseHook(loader))

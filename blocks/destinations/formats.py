@@ -7,20 +7,23 @@ keys, refreshed by boto3 at connect time); they are never logged (``Location`` h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from blocks.destinations.base import root_of
 from blocks.destinations.local import LocalDestination
-from blocks.destinations.s3 import S3Destination
-from tasks.errors import BadCredentialsError
-from tasks.tableformat import Location
-
-FileDestination = LocalDestination | S3Destination
+from tasks.errors import BadCredentialsError, FatalError
+from tasks.warehouses.tableformat import Location
 
 
-def location_of(files: FileDestination, project_id: int, folder: str, style: str = "delta") -> Location:
+def location_of(files: Any, project_id: int, folder: str, style: str = "delta") -> Location:
     """``<root>/<project_id>/<folder>`` and the options ``style`` ("delta" or "iceberg") reads."""
     if isinstance(files, LocalDestination):
         return Location(str(Path(files.path).expanduser().resolve() / str(project_id) / folder))
+    if type(files).__name__ != "S3Destination":  # the s3 extra may not be installed: no import
+        raise FatalError(
+            f"table formats are written on a local folder or S3 so far, not on a {type(files).__name__}: "
+            "choose a LocalDestination or an S3Destination as the block's files."
+        )
     credentials = files.bucket.credentials
     session = credentials.get_boto3_session()
     found = session.get_credentials()

@@ -14,8 +14,8 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
-from tasks.gcs_store import GcsStore
-from tasks.storage import Owner, RetryPolicy
+from tasks.lake.gcs_store import GcsStore
+from tasks.lake.store import Owner, RetryPolicy
 
 RIGHTS = {
     "write": "storage.objects.create",

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pyiceberg.catalog import load_catalog
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.formats import FileDestination, location_of
+from blocks.destinations.files import FileDestination, folder_or_destination
+from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError
-from tasks.iceberg_format import IcebergFormat, catalog_properties
-from tasks.tableformat import FormatDestination
-from tasks.warehouse import checked_identifier
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.iceberg_format import IcebergFormat, catalog_properties
+from tasks.warehouses.tableformat import TableFormatHook
+from tasks.warehouses.warehouse import checked_identifier
 
 # the SQL catalog keys its rows by this name: readers load_catalog("mixpanel", ...) to see the tables
 CATALOG_NAME = "mixpanel"
@@ -41,7 +43,7 @@ destination = IcebergDestination.load("BLOCK_NAME")
 """
 
     files: FileDestination = Field(
-        default_factory=LocalDestination,
+        default_factory=lambda: LocalDestination(path="data"),
         description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
         "manifests and the state; the Iceberg tables go under <its root>/<project_id>/iceberg/.",
     )
@@ -86,7 +88,12 @@ destination = IcebergDestination.load("BLOCK_NAME")
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
 
-    def connect(self, project_id: int) -> FormatDestination:
+    @field_validator("files", mode="before")
+    @classmethod
+    def _folder_path(cls, value: Any) -> Any:
+        return folder_or_destination(value)
+
+    def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
         location = location_of(self.files, project_id, "iceberg", style="iceberg")
         options = dict(location.options)
@@ -100,7 +107,7 @@ destination = IcebergDestination.load("BLOCK_NAME")
             catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours
         )
         table_format.check()
-        return FormatDestination(files.storage, project_id, table_format)
+        return files.with_hooks(TableFormatHook(table_format))
 
 
 def _glue_options(s3: dict[str, str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError
-from tasks.storage import LocalStore, RetryPolicy
+from tasks.lake.store import LocalStore, RetryPolicy
 
 
 class LocalDestination(BucketDestination):

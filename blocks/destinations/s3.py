@@ -9,7 +9,7 @@ need conditional writes (``If-None-Match: *`` and ``If-Match``): S3 has them sin
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obstore.store import S3Store
 from prefect_aws import S3Bucket
@@ -18,8 +18,11 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
-from tasks.obstore_store import ObstoreStore, retry_config
-from tasks.storage import Owner, RetryPolicy
+from tasks.lake.obstore_store import ObstoreStore, retry_config
+from tasks.lake.store import Owner, RetryPolicy
+
+if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
+    from obstore.store import ClientConfig, S3Credential
 
 RIGHTS = {
     "write": "s3:PutObject",
@@ -74,7 +77,7 @@ destination = S3Destination.load("BLOCK_NAME")
         if params.endpoint_url:
             options["endpoint"] = params.endpoint_url
             options["virtual_hosted_style_request"] = False
-        client: dict[str, Any] = (
+        client: ClientConfig = (
             {"allow_http": True} if str(params.endpoint_url or "").startswith("http:") else {}
         )
         if params.verify is False:
@@ -82,7 +85,7 @@ destination = S3Destination.load("BLOCK_NAME")
         root = root_of(self.bucket.bucket_folder, self.prefix)
         retry = retry or self.retry_policy()
 
-        def provider() -> dict[str, Any]:  # boto3 refreshes temporary credentials; obstore asks again
+        def provider() -> S3Credential:  # boto3 refreshes temporary credentials; obstore asks again
             frozen = found.get_frozen_credentials()
             expires = datetime.now(tz=UTC) + timedelta(minutes=5)
             return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
@@ -92,9 +95,9 @@ destination = S3Destination.load("BLOCK_NAME")
             bucket,
             prefix=root or None,
             region=credentials.region_name or session.region_name or "us-east-1",
-            credential_provider=provider,  # type: ignore[arg-type]
-            client_options=client,  # type: ignore[arg-type]
-            retry_config=retry_config(retry),  # type: ignore[arg-type]
+            credential_provider=provider,
+            client_options=client,
+            retry_config=retry_config(retry),
             **options,
         )
         owner = Owner(

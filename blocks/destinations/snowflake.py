@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from prefect_snowflake import SnowflakeConnector
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.local import LocalDestination
+from blocks.destinations.files import FileDestination, files_field, folder_or_destination
 from blocks.mixpanel import DOCS_URL
-from tasks.snowflake_loader import SnowflakeLoader
-from tasks.warehouse import WarehouseDestination
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.snowflake_loader import SnowflakeLoader
+from tasks.warehouses.warehouse import WarehouseHook
+
+if TYPE_CHECKING:
+    from snowflake.connector import SnowflakeConnection
 
 
 class SnowflakeWarehouse(DestinationBlock):
@@ -35,19 +41,21 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
         description="The prefect-snowflake SnowflakeConnector block: credentials, warehouse, database "
         "and schema (which must exist; the tables are created on the first run).",
     )
-    files: str = Field(
-        default="data",
-        description="Local folder of the committed Parquet files and manifests the tables are loaded from.",
-    )
+    files: FileDestination = files_field("the tables are loaded from")
 
-    def connect(self, project_id: int) -> WarehouseDestination:
-        files = LocalDestination(path=self.files).connect(project_id)
+    @field_validator("files", mode="before")
+    @classmethod
+    def _folder_path(cls, value: Any) -> Any:
+        return folder_or_destination(value)
+
+    def connect(self, project_id: int) -> ObjectStoreDestination:
+        files = self.files.connect(project_id)
         where = f"{self.connector.database}.{self.connector.schema_}"
         loader = SnowflakeLoader(self._connection, where)
         loader.check()
-        return WarehouseDestination(files.storage, project_id, loader)
+        return files.with_hooks(WarehouseHook(loader))
 
-    def _connection(self):  # type: ignore[no-untyped-def]
+    def _connection(self) -> SnowflakeConnection:
         """A new DB-API connection per load (the block caches one, which threads must not share)."""
         return self.connector.credentials.get_client(
             database=self.connector.database,

@@ -8,8 +8,9 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.s3 import S3Destination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError
-from tasks.glue import GlueCatalog
-from tasks.warehouse import WarehouseDestination, checked_identifier
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.warehouses.glue import GlueCatalog
+from tasks.warehouses.warehouse import WarehouseHook, checked_identifier
 
 
 class RedshiftSpectrumDestination(DestinationBlock):
@@ -48,9 +49,9 @@ destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
         except FatalError as exc:
             raise ValueError(str(exc)) from None
 
-    def connect(self, project_id: int) -> WarehouseDestination:
+    def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.s3.connect(project_id)
         glue = self.s3.bucket.credentials.get_client("glue")
         catalog = GlueCatalog(glue, self.glue_database, files.storage, f"{project_id}/_state/spectrum/")
         catalog.check()
-        return WarehouseDestination(files.storage, project_id, catalog)
+        return files.with_hooks(WarehouseHook(catalog))

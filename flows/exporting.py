@@ -1,0 +1,201 @@
+"""Exporting days as tasks of a flow: what the events, backfill and reconcile flows share.
+
+A flow parses its parameters and picks its days; `export_range` repairs and checks those days,
+groups them into export requests, runs the requests as Prefect tasks (at most
+``max_concurrent_requests`` in flight), reports progress and a summary artifact, and raises one
+error that says which requests failed. The export itself is `tasks.pipeline.export.export_days`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from datetime import date
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+
+from blocks.mixpanel import MixpanelCredentials, TimeMode
+from flows.limits import export_slot
+from flows.params import check_concurrency
+from flows.runtime import Progress
+from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import FileFormat
+from tasks.lake.manifest import Manifest
+from tasks.mixpanel.client import MixpanelClient
+from tasks.pipeline.export import DayResult, ExportSettings, export_days
+from tasks.pipeline.guard import filter_conflicts
+from tasks.pipeline.plan import check_range, group_days
+from tasks.schema import EVENTS_TABLE
+from tasks.sync.registry import load_registry
+
+MAX_WORKERS = 16
+
+
+@task(name="export-days", cache_policy=NO_CACHE, task_run_name="export {label}")
+def export_days_task(
+    client: MixpanelClient,
+    destination: ObjectStoreDestination,
+    days: list[date],
+    settings: ExportSettings,
+    label: str,
+    gate: threading.Semaphore,
+    base: Manifest | None = None,
+) -> list[DayResult]:
+    """One export request: its days are committed together or left as they were."""
+    with gate:
+        if client.fatal is not None:  # the run already failed and said why: skip quietly
+            return []
+        results = export_days(client, destination, days, settings, base)
+    logger = get_run_logger()
+    for r in results:
+        logger.info("%s: %d rows in %d file(s), fingerprint %s", r.day, r.rows, r.files, r.fingerprint)
+    return results
+
+
+def resolve_range(
+    credentials: MixpanelCredentials, from_date: date | None, to_date: date | None
+) -> tuple[date, date]:
+    """Defaults: yesterday in the project's calendar; a lone ``from_date`` runs up to yesterday."""
+    yesterday = credentials.yesterday()
+    start = from_date or to_date or yesterday
+    end = to_date or max(yesterday, start)
+    check_range(start, end, credentials.today())
+    return start, end
+
+
+def export_range(
+    credentials: MixpanelCredentials,
+    target: ObjectStoreDestination,
+    days: list[date],
+    settings: ExportSettings,
+    days_per_request: int,
+    max_concurrent_requests: int,
+) -> list[dict[str, object]]:
+    """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
+    logger = get_run_logger()
+    check_concurrency(max_concurrent_requests)
+    target.remove_stale_staging()
+    for day in days:
+        target.repair(EVENTS_TABLE, day.isoformat())
+    # a day committed with a filter this run does not cover is refused before any request
+    refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
+    for why in refused.values():
+        logger.error(why)
+    days = [d for d in days if d not in refused]
+    if not days:
+        error = FilterMismatchError("; ".join(refused.values()) + ".")
+        summarize([], {str(d): error for d in refused}, len(refused))
+        raise error
+    groups = group_days(days, days_per_request)
+    settings = without_registered_ids(settings, target)
+    logger.info(
+        "exporting %d day(s) %s..%s in %d request(s) to %s",
+        len(days),
+        days[0],
+        days[-1],
+        len(groups),
+        target.describe(str(credentials.project_id)),
+    )
+    progress = Progress(len(days), logger)
+    with MixpanelClient(
+        credentials.api_settings(), notify=progress.note, export_gate=lambda: export_slot(progress.note)
+    ) as client:
+        results, failures = run_groups(client, target, groups, settings, max_concurrent_requests, progress)
+    failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
+    summarize(results, failures, len(days) + len(refused))
+    if failures:
+        # a fatal answer (bad credentials, no plan) stopped the run: that is the error to show
+        first = client.fatal or next(iter(failures.values()))
+        raise (
+            first
+            if len(failures) == len(groups) + len(refused)
+            else PipelineError(
+                f"{len(failures)} of {len(groups) + len(refused)} request(s) failed ({', '.join(failures)}); the other days were "
+                f"committed. First error: {first}"
+            )
+        )
+    return [r.as_row() for r in results]
+
+
+def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestination) -> ExportSettings:
+    """Exports leave out the ids of the destination's GDPR registry, so deleted users never return."""
+    return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
+
+
+def settings_for(
+    credentials: MixpanelCredentials,
+    file_format: str,
+    max_rejected_lines: int,
+    event_names: list[str] | None,
+    allow_shrink: bool = False,
+    force: bool = False,
+) -> ExportSettings:
+    local = credentials.time_mode == TimeMode.LOCAL
+    if max_rejected_lines < 0:
+        raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
+    return ExportSettings(
+        run_id=uuid.uuid4().hex[:12],
+        file_format=FileFormat(file_format),
+        max_rejected_lines=max_rejected_lines,
+        local_zone=credentials.project_timezone if local else None,
+        time_mode=credentials.time_mode.value,
+        timezone=credentials.project_timezone if local else "UTC",
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        events=tuple(event_names or ()),
+        identity_mode=credentials.identity_mode,
+        max_line_bytes=credentials.tuning.max_line_bytes,
+        allow_shrink=allow_shrink,
+        force=force,
+        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
+        counts_comparable=local or credentials.project_timezone == "UTC",
+    )
+
+
+def run_groups(
+    client: MixpanelClient,
+    target: ObjectStoreDestination,
+    groups: list[list[date]],
+    settings: ExportSettings,
+    max_concurrent: int,
+    progress: Progress,
+) -> tuple[list[DayResult], dict[str, Exception]]:
+    gate = threading.Semaphore(max_concurrent)
+
+    def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
+        label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])
+        return export_days_task.submit(client, target, group, settings, label, gate)
+
+    first = submit(groups[0])
+    client.wait_for_first_answer(lambda: first.state.is_final())
+    futures = [first] + [submit(g) for g in groups[1:]]
+    labels = {f: f"{g[0]}..{g[-1]}" for f, g in zip(futures, groups, strict=True)}
+    results: list[DayResult] = []
+    failures: dict[str, Exception] = {}
+    for future in as_completed(futures):
+        try:
+            done_days = future.result()
+        except Exception as exc:
+            failures[labels[future]] = exc
+            continue
+        if done_days:
+            results.extend(done_days)
+            progress.add(len(done_days))
+        elif client.fatal is not None:  # skipped after a fatal answer to another request
+            failures[labels[future]] = client.fatal
+    return sorted(results, key=lambda r: r.day), failures
+
+
+def summarize(results: list[DayResult], failures: dict[str, Exception], total_days: int) -> None:
+    rows = [r.as_row() for r in results]
+    rows += [{"day": label, "rows": None, "error": str(exc)} for label, exc in failures.items()]
+    create_table_artifact(
+        key="mixpanel-events-summary",
+        table=rows,
+        description=f"{len(results)} of {total_days} day(s) committed",
+    )

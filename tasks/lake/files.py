@@ -1,0 +1,232 @@
+"""Frames to files of bounded size: Parquet (zstd) by default, gzipped JSON lines on request.
+
+A partition's rows go to a rolling sequence of files; one frame is one row group, so memory holds
+at most one frame whatever the size of the day.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import msgspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.schema import EVENT_COLUMNS, EVENTS_SCHEMA
+
+DICTIONARY_COLUMNS = ["device_id", "distinct_id", "event_name", "user_id"]
+
+
+class FileFormat(StrEnum):
+    PARQUET = "parquet"
+    JSONL_GZ = "jsonl.gz"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    rows: int
+    bytes: int
+
+
+class JsonLinesRow(msgspec.Struct, array_like=False, omit_defaults=False):
+    device_id: str | None
+    distinct_id: str | None
+    event_name: str
+    insert_id: str | None
+    properties: msgspec.Raw
+    time: str
+    user_id: str | None
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _jsonl_bytes(frame: pl.DataFrame) -> bytes:
+    """Mixpanel's own pipeline files: one object per line, ``properties`` as a JSON object."""
+    times = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_list()
+    rows = [
+        JsonLinesRow(d, di, e, i, msgspec.Raw(p.encode()), t, u)
+        for d, di, e, i, p, t, u in zip(
+            frame["device_id"].to_list(),
+            frame["distinct_id"].to_list(),
+            frame["event_name"].to_list(),
+            frame["insert_id"].to_list(),
+            frame["properties"].to_list(),
+            times,
+            frame["user_id"].to_list(),
+            strict=True,
+        )
+    ]
+    return _ENCODER.encode_lines(rows)
+
+
+class RollingFiles:
+    """Writes one partition's frames into ``part-NNNNN`` files in ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        fmt: FileFormat = FileFormat.PARQUET,
+        max_file_rows: int = 1_000_000,
+        max_file_bytes: int = 256 << 20,
+        schema: pa.Schema | None = EVENTS_SCHEMA,
+        on_close: Callable[[WrittenFile], None] | None = None,
+    ) -> None:
+        """``schema=None`` takes the schema of the first frame (small state tables); ``on_close`` is
+        called with each finished file, while the next one is being written (uploads start early)."""
+        self.on_close = on_close
+        self.directory = directory
+        self.schema = schema
+        self.fmt = FileFormat(fmt)
+        self.max_file_rows = max_file_rows
+        self.max_file_bytes = max_file_bytes
+        self.files: list[WrittenFile] = []
+        self._writer: pq.ParquetWriter | gzip.GzipFile | None = None
+        self._path: Path | None = None
+        self._rows = 0
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        if self._writer is None:
+            self._open(frame)
+        if isinstance(self._writer, pq.ParquetWriter):
+            self._writer.write_table(self._arrow(frame), row_group_size=max(frame.height, 1))
+        else:
+            assert self._writer is not None
+            self._writer.write(_jsonl_bytes(frame))
+        self._rows += frame.height
+        if self._rows >= self.max_file_rows or self._size() >= self.max_file_bytes:
+            self._close_current()
+
+    def close(self) -> list[WrittenFile]:
+        self._close_current()
+        return self.files
+
+    def seal(self) -> None:
+        """Finish the current file (its writer's buffers are freed); the next frame opens another."""
+        self._close_current()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _arrow(self, frame: pl.DataFrame) -> pa.Table:
+        if self.schema is EVENTS_SCHEMA:
+            return frame.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA)
+        table = frame.to_arrow()
+        return table.cast(self.schema) if self.schema is not None else table
+
+    def _open(self, frame: pl.DataFrame) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._path = self.directory / f"part-{len(self.files):05d}.{self.fmt.value}"
+        self._rows = 0
+        if self.fmt == FileFormat.PARQUET:
+            if self.schema is None:
+                self.schema = self._arrow(frame.head(0)).schema
+            # unique values (properties, insert_id) gain nothing from dictionary pages, only cost
+            dictionary = DICTIONARY_COLUMNS if self.schema is EVENTS_SCHEMA else True
+            self._writer = pq.ParquetWriter(
+                self._path,
+                self.schema,
+                compression="zstd",
+                use_dictionary=dictionary,  # type: ignore[arg-type]  # a column list is valid; pyarrow-stubs say bool
+            )
+        else:
+            self._writer = gzip.open(self._path, "wb", compresslevel=6)  # noqa: SIM115 - closed in _close_current
+
+    def _size(self) -> int:
+        assert self._path is not None
+        return self._path.stat().st_size
+
+    def _close_current(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        assert self._path is not None
+        written = WrittenFile(self._path, self._rows, self._path.stat().st_size)
+        self.files.append(written)
+        self._writer = None
+        if self.on_close is not None:
+            self.on_close(written)
+
+
+class PartitionBuffer:
+    """Holds frames per partition and writes the largest partition's frames as one row group when
+    the shared byte budget is reached: row groups stay large even when a multi-day response
+    interleaves its days, and memory is bounded by ``budget_bytes`` whatever the days' sizes."""
+
+    def __init__(self, writers: dict[int, RollingFiles], budget_bytes: int = 32 << 20) -> None:
+        self.writers = writers
+        self.budget_bytes = budget_bytes
+        self._frames: dict[int, list[pl.DataFrame]] = {key: [] for key in writers}
+        self._bytes: dict[int, int] = dict.fromkeys(writers, 0)
+
+    def add(self, key: int, frame: pl.DataFrame) -> None:
+        self._frames[key].append(frame)
+        self._bytes[key] += int(frame.estimated_size())  # in bytes, the default unit: an int already
+        if sum(self._bytes.values()) >= self.budget_bytes:
+            self.flush(max(self._bytes, key=self._bytes.__getitem__))
+
+    def flush(self, key: int) -> None:
+        frames = self._frames[key]
+        if frames:
+            self.writers[key].write(pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0])
+        self._frames[key] = []
+        self._bytes[key] = 0
+
+    def flush_all(self) -> None:
+        for key in self.writers:
+            self.flush(key)
+
+
+# reading committed files back (purge, recount) ------------------------------------------------------
+
+BATCH_ROWS = 100_000
+TIME = pl.Datetime("us", "UTC")
+
+
+def event_batches(data: bytes, fmt: FileFormat) -> Iterator[pl.DataFrame]:
+    """The rows of one committed events file, in frames of at most ``BATCH_ROWS``."""
+    if fmt == FileFormat.PARQUET:
+        for record_batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS):
+            frame = pl.from_arrow(record_batch)
+            assert isinstance(frame, pl.DataFrame)  # a batch makes a frame; polars types it frame or series
+            yield frame
+        return
+    decoder = msgspec.json.Decoder(JsonLinesRow)
+    with gzip.open(io.BytesIO(data), "rb") as lines:
+        batch: list[JsonLinesRow] = []
+        for line in lines:
+            batch.append(decoder.decode(line))
+            if len(batch) >= BATCH_ROWS:
+                yield _json_frame(batch)
+                batch = []
+        if batch:
+            yield _json_frame(batch)
+
+
+def _json_frame(rows: list[JsonLinesRow]) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "device_id": [r.device_id for r in rows],
+            "distinct_id": [r.distinct_id for r in rows],
+            "event_name": [r.event_name for r in rows],
+            "insert_id": [r.insert_id for r in rows],
+            "properties": [bytes(r.properties).decode() for r in rows],
+            "time": [r.time for r in rows],
+            "user_id": [r.user_id for r in rows],
+        },
+        schema={c: pl.String for c in EVENT_COLUMNS},
+    )
+    return frame.with_columns(
+        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC").cast(TIME)
+    )

@@ -1,0 +1,98 @@
+"""Whole-table replacement (people, identity mappings) and reading the day-level identity edges.
+
+Both tables are small beside the events and are replaced whole on every run, like Mixpanel does:
+one partition named ``all`` per table, committed through the same protocol as an event day, so a
+reader sees the old table or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import xxhash
+
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import RollingFiles
+from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.schema import EVENTS_TABLE
+
+WHOLE = "all"
+
+
+def keyed_fingerprint(keys: list[str], values: list[str]) -> int:
+    """Sum of ``xxh3_64(value, seed=xxh3_64(key))``: the events fingerprint with the row key as seed."""
+    digest = xxhash.xxh3_64_intdigest
+    return sum(digest(v.encode(), seed=digest(k.encode())) for k, v in zip(keys, values, strict=True))
+
+
+def replace_table(
+    destination: ObjectStoreDestination,
+    table: str,
+    schema: pa.Schema,
+    frames: Iterable[pl.DataFrame],
+    run_id: str,
+    value_column: str,
+    flow_run_id: str | None = None,
+) -> Manifest:
+    """Stage every frame, then swap the whole table in one commit; on any error nothing changes."""
+    stage = destination.open_stage(table, run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mp-table-") as scratch:
+            files = RollingFiles(stage.directory(WHOLE, Path(scratch)), schema=schema)
+            rows = total = 0
+            for frame in frames:
+                files.write(frame)
+                rows += frame.height
+                total += keyed_fingerprint(frame["distinct_id"].to_list(), frame[value_column].to_list())
+            stage.add(WHOLE, files.close())
+            manifest = Manifest(
+                table=table,
+                partition=WHOLE,
+                files=(),
+                rows=rows,
+                fingerprint=fingerprint_hex(total),
+                format="parquet",
+                run_id=run_id,
+                flow_run_id=flow_run_id,
+                exported_at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            )
+            final = destination.commit(stage, WHOLE, manifest)
+    except BaseException:
+        stage.abort()
+        raise
+    stage.abort()  # drops the emptied staging folder
+    return final
+
+
+def read_table(destination: ObjectStoreDestination, table: str) -> pl.DataFrame | None:
+    manifest = destination.manifest(table, WHOLE)
+    if manifest is None:
+        return None
+    return read_parquet(destination, [f.key for f in manifest.files])
+
+
+def read_parquet(destination: ObjectStoreDestination, keys: list[str]) -> pl.DataFrame:
+    frames = []
+    for key in keys:
+        data = destination.storage.get_bytes(key)
+        if data is None:
+            raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
+        frames.append(pl.read_parquet(io.BytesIO(data)))
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+
+
+def committed_edges(destination: ObjectStoreDestination) -> tuple[pl.DataFrame, int]:
+    """All identity edges of the committed event days, and how many days they came from."""
+    keys: list[str] = []
+    days = destination.partitions(EVENTS_TABLE)
+    for day in days:
+        manifest = destination.manifest(EVENTS_TABLE, day)
+        if manifest is not None:
+            keys.extend(f.key for f in manifest.identity_edges)
+    return read_parquet(destination, keys), len(days)

@@ -1,0 +1,382 @@
+"""HTTP access to Mixpanel's export API: streamed bodies, error classification, whole-unit retries."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from tasks.errors import (
+    BadCredentialsError,
+    BadRequestError,
+    ConnectionDroppedError,
+    FatalError,
+    InflatedBodyError,
+    PermissionDeniedError,
+    PlanError,
+    RateLimitedError,
+    RetriableError,
+    ServerError,
+    TimezoneSettingError,
+)
+from tasks.mixpanel.ratelimit import RateBudget, Window
+from tasks.mixpanel.settings import ApiSettings
+
+log = logging.getLogger("mixpanel_pipelines")
+T = TypeVar("T")
+MAX_BACKOFF_SECONDS = 300.0
+RETRY_AFTER_JITTER = 0.2  # fraction of the server's named wait added at most, as jitter
+MAX_RETRY_AFTER_JITTER_SECONDS = 5.0
+# a gzipped answer may inflate this much before its ratio is checked (small answers compress well)
+INFLATION_FLOOR_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One call of the Raw Event Export API (both dates inclusive, in the project's calendar)."""
+
+    from_date: date
+    to_date: date
+    events: tuple[str, ...] = ()
+    where: str | None = None
+
+    def params(self, project_id: int | None) -> dict[str, str]:
+        params = {"from_date": self.from_date.isoformat(), "to_date": self.to_date.isoformat()}
+        if project_id is not None:
+            params["project_id"] = str(project_id)
+        if self.events:
+            params["event"] = json.dumps(list(self.events))
+        if self.where:
+            params["where"] = self.where
+        return params
+
+
+def error_message(body: str) -> str:
+    """Mixpanel error bodies are JSON ``{"error": ...}`` or plain text; keep the first 300 chars."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.strip()[:300]
+    if isinstance(parsed, dict) and "error" in parsed:
+        return str(parsed["error"])[:300]
+    return body.strip()[:300]
+
+
+def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """The server's ``Retry-After``: delay-seconds or an HTTP date (RFC 9110); None if absent or unreadable."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def classify_response(status: int, body: str, retry_after: float | None = None) -> Exception:
+    """Map a non-200 export answer to the error tree, with a one-sentence cause and fix."""
+    detail = error_message(body)
+    if status == 429:
+        return RateLimitedError(f"Mixpanel rate-limited the export ({detail}); retrying.", retry_after)
+    if status >= 500:
+        return ServerError(f"Mixpanel answered {status} ({detail}); retrying.", retry_after)
+    if status == 401 or (status == 400 and "authenticate" in detail.lower()):
+        return BadCredentialsError(
+            "Mixpanel rejected the credentials: check the service account username, secret and project_id "
+            "in the MixpanelCredentials block."
+        )
+    if status == 402:
+        return PlanError(
+            "Mixpanel answered 402 Payment Required: this project's plan has no access to this API; "
+            "upgrade the plan or ask Mixpanel support to enable it."
+        )
+    if status == 403:
+        return PermissionDeniedError(
+            f"Mixpanel answered 403 ({detail}): give the service account a role on this project "
+            "(Organization Settings > Service Accounts)."
+        )
+    if status == 400 and "later than today" in detail.lower():
+        return TimezoneSettingError(
+            f"Mixpanel refused the dates ({detail}): check the project timezone setting (time_mode and "
+            "project_timezone in the MixpanelCredentials block must match the project's settings)."
+        )
+    return BadRequestError(f"Mixpanel answered {status} ({detail}): fix the request parameters.")
+
+
+@dataclass
+class RetryStats:
+    attempts: int = 0
+    retries: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def backoff_seconds(attempt: int, base: float, retry_after: float | None, rng: random.Random) -> float:
+    """The pause before attempt ``attempt + 1``. When the server named its wait (``Retry-After``),
+    that wait plus a little jitter (up to 20 % of it, at least 0.2 s and at most 5 s, so concurrent
+    requests do not all come back in the same instant); otherwise exponential backoff with jitter
+    (``base`` doubling per attempt, capped at ``MAX_BACKOFF_SECONDS``)."""
+    if retry_after is not None:
+        spread = min(RETRY_AFTER_JITTER * max(retry_after, 1.0), MAX_RETRY_AFTER_JITTER_SECONDS)
+        return retry_after + rng.uniform(0.0, spread)
+    ceiling = min(base * (2 ** (attempt - 1)), MAX_BACKOFF_SECONDS)
+    return rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+
+
+class MixpanelClient:
+    """Export client for one project: one shared rate budget, one retry policy."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        budget: RateBudget | None = None,
+        query_budget: RateBudget | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        notify: Callable[[str], None] | None = None,
+        export_gate: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.notify = notify or log.warning
+        # held around each export request besides the host's budget: the flows pass the Prefect
+        # global concurrency limits here, which hold the budget across workers on many machines
+        self.export_gate = export_gate or nullcontext
+        # Set on the first HTTP answer of any request: callers fanning out wait for it, so bad
+        # credentials cost one request and one clear error, not one per concurrent unit.
+        self.answered = threading.Event()
+        self.fatal: FatalError | None = None
+        self.budget = budget or RateBudget(
+            key=f"export:{settings.project_id}",
+            windows=[
+                Window(settings.export_requests_per_second, 1.0),
+                Window(settings.export_requests_per_hour, 3600.0),
+            ],
+            max_concurrent=settings.export_max_concurrent,
+        )
+        self.query_budget = query_budget or RateBudget(
+            key=f"query:{settings.project_id}",
+            windows=[Window(settings.query_requests_per_hour, 3600.0)],
+            max_concurrent=settings.query_max_concurrent,
+        )
+        self._sleep = sleep
+        self._rng = random.Random()
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
+            write=60.0,
+            pool=60.0,
+        )
+        limits = httpx.Limits(max_connections=settings.export_max_concurrent + settings.query_max_concurrent)
+        # headers and a POST body may leave in two writes: TCP_NODELAY keeps Nagle's algorithm from
+        # holding the second until the server's delayed ACK (tens of ms per small request)
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        self._http = httpx.Client(
+            auth=settings.auth,
+            timeout=timeout,
+            transport=transport or httpx.HTTPTransport(limits=limits, socket_options=nodelay),
+            headers={"Accept-Encoding": "gzip", "User-Agent": "mixpanel-pipelines/0.1"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MixpanelClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _project_param(self) -> dict[str, str]:
+        # service accounts must name the project; a legacy project secret implies it
+        return {"project_id": str(self.settings.project_id)} if self.settings.uses_service_account else {}
+
+    def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
+        """Open one export request; its decompressed body as byte chunks (export budget held)."""
+        params = request.params(None) | self._project_param()
+        return self._stream(self.budget, "GET", self.settings.export_url, self.export_gate, params=params)
+
+    def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
+        """Open one Engage (profiles) page request (query-API budget held)."""
+        url = f"{self.settings.query_base_url}/api/query/engage"
+        return self._stream(
+            self.query_budget, "POST", url, nullcontext, params=self._project_param(), data=form
+        )
+
+    def event_counts(self, from_date: date, to_date: date, names: list[str]) -> dict[str, dict[str, int]]:
+        """Mixpanel's per-day counts of ``names`` (query API, deduplicated, project calendar):
+        ``{name: {"YYYY-MM-DD": count}}``, one request, retried whole."""
+        params = self._project_param() | {
+            "event": json.dumps(names),
+            "type": "general",
+            "unit": "day",
+            "from_date": from_date.isoformat(),
+            "to_date": to_date.isoformat(),
+        }
+        url = f"{self.settings.query_base_url}/api/query/events"
+
+        def attempt() -> dict[str, dict[str, int]]:
+            with self._stream(self.query_budget, "GET", url, nullcontext, params=params) as chunks:
+                body = b"".join(chunks)
+            try:
+                values = json.loads(body)["data"]["values"]
+                return {str(n): {str(d): int(c) for d, c in days.items()} for n, days in values.items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ServerError(
+                    f"Mixpanel's event counts answer was not understood ({exc}); retrying."
+                ) from exc
+
+        return self.with_retries(attempt, f"event counts {from_date}..{to_date}")
+
+    @contextmanager
+    def _stream(
+        self,
+        budget: RateBudget,
+        method: str,
+        url: str,
+        gate: Callable[[], AbstractContextManager[object]],
+        **kwargs: Any,
+    ) -> Iterator[Iterator[bytes]]:
+        """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
+        classified error. The request holds ``gate`` and one slot of ``budget`` while it streams."""
+        with (
+            gate(),
+            budget.slot(on_wait=self._budget_wait),
+            _transport_errors(),
+            self._http.stream(method, url, **kwargs) as response,
+        ):
+            if response.status_code != 200:
+                body = response.read().decode("utf-8", "replace")
+                error = classify_response(response.status_code, body, retry_after_seconds(response.headers))
+                if isinstance(error, FatalError):
+                    self.fatal = error
+                self.answered.set()
+                raise error
+            self.answered.set()
+            # as the socket delivers: no re-chunking copy
+            yield _guarded(response, self.settings.max_inflation_ratio)
+
+    def _budget_wait(self, seconds: float, reason: str) -> None:
+        if seconds >= 1:
+            self.notify(f"waiting {seconds:.0f} s for this host's Mixpanel budget: {reason}")
+
+    def wait_for_first_answer(self, done: Callable[[], bool], poll_seconds: float = 0.2) -> None:
+        """Block until some request got an HTTP answer or ``done()`` says the first unit ended."""
+        while not self.answered.wait(poll_seconds):
+            if done():
+                return
+
+    def with_retries(self, unit: Callable[[], T], what: str, stats: RetryStats | None = None) -> T:
+        """Run ``unit`` until it succeeds, retrying the whole unit on ``RetriableError``."""
+        return with_retries(
+            unit,
+            what,
+            self.settings,
+            "the previous data is unchanged, run again later or raise max_attempts.",
+            notify=self.notify,
+            sleep=self._sleep,
+            rng=self._rng,
+            stats=stats,
+        )
+
+
+def with_retries(
+    unit: Callable[[], T],
+    what: str,
+    settings: ApiSettings,
+    when_exhausted: str,
+    notify: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    stats: RetryStats | None = None,
+) -> T:
+    """Run ``unit`` up to ``settings.max_attempts`` times, pausing with jittered backoff after each
+    ``RetriableError``; the last one is raised with ``when_exhausted`` (what state is left, what to do)."""
+    stats = stats if stats is not None else RetryStats()
+    rng = rng or random.Random()
+    attempts = settings.max_attempts
+    for attempt in range(1, attempts + 1):
+        stats.attempts = attempt
+        try:
+            return unit()
+        except RetriableError as exc:
+            if attempt == attempts:
+                raise RetriableError(
+                    f"{what} failed {attempts} times, last: {exc}; {when_exhausted}", exc.retry_after
+                ) from exc
+            pause = backoff_seconds(attempt, settings.retry_backoff_seconds, exc.retry_after, rng)
+            stats.retries += 1
+            stats.reasons.append(type(exc).__name__)
+            notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")
+            sleep(pause)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _transport_errors() -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ConnectionDroppedError(
+            f"Mixpanel did not answer in time ({type(exc).__name__}); retrying."
+        ) from exc
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        raise ConnectionDroppedError(
+            f"the connection to Mixpanel broke ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _guarded(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
+    """The decompressed body; a gzip body inflating beyond ``max_ratio`` times the bytes received
+    (once ``INFLATION_FLOOR_BYTES`` are out) is a decompression bomb: fatal, never retried."""
+    inflated = 0
+    with _transport_errors():
+        for chunk in response.iter_bytes():
+            inflated += len(chunk)
+            if inflated > INFLATION_FLOOR_BYTES and inflated > max_ratio * max(
+                response.num_bytes_downloaded, 1
+            ):
+                raise InflatedBodyError(
+                    f"Mixpanel's answer inflated to more than {inflated >> 20} MiB from "
+                    f"{response.num_bytes_downloaded:,} bytes received (more than max_inflation_ratio="
+                    f"{max_ratio:g}): treated as a decompression bomb and not retried; the previous data is "
+                    "unchanged, check the proxy in front of Mixpanel or raise max_inflation_ratio."
+                )
+            yield chunk
+
+
+# Mixpanel's counts query takes a list of names: a few requests cover hundreds of names
+NAMES_PER_COUNT_REQUEST = 100
+
+
+def mixpanel_counts(
+    client: MixpanelClient, days: list[date], names: Iterable[str]
+) -> dict[date, Counter[str]]:
+    """Mixpanel's deduplicated count per day and event name, in few query-API requests."""
+    listed = sorted(set(names))
+    out = {day: Counter[str]() for day in days}
+    if not days or not listed:
+        return out
+    for start in range(0, len(listed), NAMES_PER_COUNT_REQUEST):
+        chunk = listed[start : start + NAMES_PER_COUNT_REQUEST]
+        for name, per_day in client.event_counts(min(days), max(days), chunk).items():
+            for day in days:
+                out[day][name] += per_day.get(day.isoformat(), 0)
+    return out

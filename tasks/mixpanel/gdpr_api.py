@@ -1,0 +1,168 @@
+"""Mixpanel's GDPR data-deletion API: submit deletions, read a task's status.
+
+The API wants the project *token* as a query parameter and a separate OAuth token as Bearer (not
+the export's service account); it takes at most 1999 ids per request and 1 request per second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tasks.errors import (
+    BadCredentialsError,
+    BadRequestError,
+    ConnectionDroppedError,
+    RateLimitedError,
+    ServerError,
+    redact,
+)
+from tasks.mixpanel.client import error_message, retry_after_seconds, with_retries
+from tasks.mixpanel.ratelimit import RateBudget, Window
+from tasks.mixpanel.settings import ApiSettings, GdprSettings
+
+MAX_IDS_PER_REQUEST = 1999
+PATH = "/api/app/data-deletions/v3.0/"
+
+
+class RedactSecrets(logging.Filter):
+    """httpx logs every request URL at INFO, and the GDPR API takes the project token in the URL
+    (``?token=``; the API documents no other place for it): the token is masked in those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_REDACT = RedactSecrets()
+
+
+def hide_tokens_in_http_logs() -> None:
+    """Install the filter on httpx's loggers (once; idempotent)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+
+
+def batches(ids: list[str], size: int = MAX_IDS_PER_REQUEST) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def task_id_of(payload: Any) -> str:
+    """``results.task_id``; some API versions answer a list of task objects with ``tracking_id``."""
+    results = payload.get("results") if isinstance(payload, dict) else None
+    if isinstance(results, dict) and results.get("task_id"):
+        return str(results["task_id"])
+    tasks = results if isinstance(results, list) else payload if isinstance(payload, list) else []
+    for item in tasks:
+        if isinstance(item, dict) and (item.get("tracking_id") or item.get("task_id")):
+            return str(item.get("tracking_id") or item.get("task_id"))
+    raise ServerError("Mixpanel's GDPR answer carried no task id; retrying.")
+
+
+def status_of(payload: Any) -> str:
+    results = payload.get("results") if isinstance(payload, dict) else None
+    status = results.get("status") if isinstance(results, dict) else None
+    return str(status or "UNKNOWN").upper()
+
+
+def classify(status: int, body: str, retry_after: float | None) -> Exception:
+    detail = error_message(body)
+    if status == 429:
+        return RateLimitedError(
+            f"Mixpanel rate-limited the GDPR API ({detail}); retrying.", retry_after or 1.0
+        )
+    if status >= 500:
+        return ServerError(f"Mixpanel's GDPR API answered {status} ({detail}); retrying.", retry_after)
+    if status == 401:
+        return BadCredentialsError(
+            "Mixpanel rejected the GDPR OAuth token: renew it (it is valid for one year) and save it in the "
+            "MixpanelGdprCredentials block."
+        )
+    if status == 403:
+        return BadCredentialsError(
+            f"Mixpanel refused the GDPR request ({detail}): check the project token in the "
+            "MixpanelGdprCredentials block."
+        )
+    if status == 404:
+        return BadRequestError(f"Mixpanel does not know this deletion task ({detail}).")
+    return BadRequestError(f"Mixpanel's GDPR API answered {status} ({detail}): fix the request.")
+
+
+class GdprClient:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        gdpr: GdprSettings,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        notify: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.notify = notify
+        self._sleep = sleep
+        self._token = gdpr.project_token
+        hide_tokens_in_http_logs()
+        self.budget = RateBudget(
+            key=f"gdpr:{settings.project_id}", windows=[Window(1, 1.05)], max_concurrent=1
+        )
+        self._http = httpx.Client(
+            base_url=settings.query_base_url,
+            timeout=httpx.Timeout(60.0, connect=settings.connect_timeout_seconds),
+            headers={"Authorization": f"Bearer {gdpr.oauth_token}"},
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GdprClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, ids: list[str], compliance_type: str) -> str:
+        """One deletion request (≤ 1999 ids); Mixpanel's task id."""
+        if not 0 < len(ids) <= MAX_IDS_PER_REQUEST:
+            raise BadRequestError(f"a GDPR request takes 1 to {MAX_IDS_PER_REQUEST} ids, not {len(ids)}")
+        body = {"distinct_ids": ids, "compliance_type": compliance_type}
+        return task_id_of(self._call("POST", PATH, json=body))
+
+    def status(self, task_id: str) -> str:
+        return status_of(self._call("GET", f"{PATH}{task_id}"))
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return with_retries(
+            lambda: self._once(method, path, **kwargs),
+            "Mixpanel's GDPR API",
+            self.settings,
+            "the registry keeps the request, the next run tries again.",
+            notify=self.notify,
+            sleep=self._sleep,
+        )
+
+    def _once(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self.budget.slot():
+            try:
+                response = self._http.request(method, path, params={"token": self._token}, **kwargs)
+            except httpx.TransportError as exc:
+                raise ConnectionDroppedError(
+                    f"the connection to Mixpanel broke ({type(exc).__name__})."
+                ) from exc
+        if response.status_code != 200:
+            error = classify(response.status_code, response.text, retry_after_seconds(response.headers))
+            raise error
+        try:
+            return response.json()
+        except json.JSONDecodeError as exc:
+            raise ServerError("Mixpanel's GDPR API answered something that is not JSON; retrying.") from exc

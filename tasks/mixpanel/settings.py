@@ -1,0 +1,37 @@
+"""What the Mixpanel clients need of a project: plain values the Prefect blocks hand over.
+
+`blocks.mixpanel.MixpanelCredentials.api_settings()` and `blocks.gdpr.MixpanelGdprCredentials.settings()`
+build them, so nothing under `tasks/` imports a block (or Prefect) to talk to Mixpanel. Secrets are
+kept out of `repr`, so a settings object in a log or a traceback shows none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    project_id: int
+    # HTTP Basic auth: (service account username, secret), or (legacy project secret, "")
+    auth: tuple[str, str] = field(repr=False)
+    # a service account must name the project in every request; a legacy secret implies it
+    uses_service_account: bool = True
+    export_url: str = "https://data.mixpanel.com/api/2.0/export"
+    query_base_url: str = "https://mixpanel.com"
+    export_requests_per_second: int = 3
+    export_requests_per_hour: int = 60
+    export_max_concurrent: int = 100
+    query_requests_per_hour: int = 60
+    query_max_concurrent: int = 5
+    max_attempts: int = 8
+    retry_backoff_seconds: float = 5.0
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 900.0
+    max_inflation_ratio: float = 100.0
+
+
+@dataclass(frozen=True)
+class GdprSettings:
+    project_token: str = field(repr=False)  # goes in the URL: the API documents no other place
+    oauth_token: str = field(repr=False)  # the Bearer token of the GDPR API, valid for one year

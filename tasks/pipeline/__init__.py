@@ -1,0 +1,1 @@
+"""The export pipeline: plan the requests, parse the stream, partition, write, commit; people."""

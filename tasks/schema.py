@@ -1,0 +1,77 @@
+"""The output tables, once: their names, columns and types, and what a day partition is.
+
+Names and columns are Mixpanel's Json Pipelines schema, identical in every destination; each
+warehouse maps the kinds (text, json, timestamp) to its own types. ``properties`` is always the
+JSON text Mixpanel sent, byte for byte; ``time`` the event's UTC instant.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+EVENTS_TABLE = "mp_master_event"
+PEOPLE_TABLE = "mp_people_data"
+MAPPINGS_TABLE = "mp_identity_mappings_data"
+
+# the columns of each table, with a kind each warehouse maps to its own type
+TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    EVENTS_TABLE: [
+        ("device_id", "text"),
+        ("distinct_id", "text"),
+        ("event_name", "text"),
+        ("insert_id", "text"),
+        ("properties", "json"),
+        ("time", "timestamp"),
+        ("user_id", "text"),
+    ],
+    PEOPLE_TABLE: [("distinct_id", "text"), ("properties", "json")],
+    MAPPINGS_TABLE: [("distinct_id", "text"), ("resolved_distinct_id", "text")],
+}
+EVENT_COLUMNS = tuple(name for name, _ in TABLE_COLUMNS[EVENTS_TABLE])
+
+_ARROW_TYPES: dict[str, Any] = {
+    "text": pa.string(),
+    "json": pa.string(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    """The Parquet schema of ``table``; JSON columns carry ``{"format": "json"}`` metadata."""
+    return pa.schema(
+        [
+            pa.field(name, _ARROW_TYPES[kind], metadata={"format": "json"} if kind == "json" else None)
+            for name, kind in TABLE_COLUMNS[table]
+        ]
+    )
+
+
+EVENTS_SCHEMA = arrow_schema(EVENTS_TABLE)
+PEOPLE_SCHEMA = arrow_schema(PEOPLE_TABLE)
+MAPPINGS_SCHEMA = arrow_schema(MAPPINGS_TABLE)
+# the mappings as a polars frame (identity resolution, GDPR clusters)
+MAPPINGS_FRAME_SCHEMA = pl.Schema({"distinct_id": pl.String, "resolved_distinct_id": pl.String})
+
+
+def typed_columns(table: str, types: dict[str, str]) -> list[tuple[str, str]]:
+    """``table``'s columns with the warehouse's type for each kind (text, json, timestamp)."""
+    return [(name, types[kind]) for name, kind in TABLE_COLUMNS[table]]
+
+
+def empty_mappings() -> pl.DataFrame:
+    return pl.DataFrame(schema=MAPPINGS_FRAME_SCHEMA)
+
+
+def is_day(partition: str) -> bool:
+    """A real ISO date ``YYYY-MM-DD`` (not merely ten characters with dashes): a day partition of
+    ``mp_master_event``; the whole tables have one partition, ``all``."""
+    if len(partition) != 10 or partition[4] != "-" or partition[7] != "-":
+        return False
+    try:
+        return date.fromisoformat(partition).isoformat() == partition
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Keeping in sync: identity mappings, reconciliation, the GDPR registry and purge."""

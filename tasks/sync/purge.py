@@ -1,0 +1,264 @@
+"""Remove every row of a set of ids from one destination, partition by partition.
+
+Each event day is checked file by file; a file holding none of the ids stays committed as it is, a
+file holding some is rewritten without them, and the day's new manifest (files kept + rewritten,
+rows and fingerprint reduced by exactly the rows removed) is committed through the destination's
+commit protocol only if the day is still the version that was read. So every partition is either
+purged or untouched, whatever happens; a day without any of the ids is not rewritten at all. The
+identity edges of the day go the same way, in the same commit. People and identity tables are
+swapped whole. Warehouses reload each partition committed here in one transaction.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import polars as pl
+
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
+from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex
+from tasks.lake.tables import WHOLE, read_table, replace_table
+from tasks.pipeline.exclude import event_rows_of, id_rows_of
+from tasks.pipeline.parse import row_hash
+from tasks.schema import EVENTS_TABLE, MAPPINGS_SCHEMA, MAPPINGS_TABLE, PEOPLE_SCHEMA, PEOPLE_TABLE
+from tasks.sync.registry import EDGE_IDS
+
+
+@dataclass
+class PurgeReport:
+    """Rows removed: per event day, and per whole table."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    edges: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+    rejects: int = 0
+
+    def rows_removed(self) -> dict[str, object]:
+        return {
+            EVENTS_TABLE: {day: n for day, n in sorted(self.events.items()) if n},
+            "identity_edges": {day: n for day, n in sorted(self.edges.items()) if n},
+            **self.tables,
+            "rejected_lines": self.rejects,
+        }
+
+
+@dataclass
+class PurgeScope:
+    """Which ids each partition is checked for.
+
+    New ids everywhere; every registered id where the partition changed since it was last checked
+    (an export that began before an id was registered may commit after the purge). ``checked``
+    maps ``<table>/<partition>`` to the run id of the version last checked against every id; it is
+    kept in the registry and updated as partitions are checked.
+    """
+
+    new_ids: frozenset[str]
+    all_ids: frozenset[str]
+    checked: dict[str, str]
+
+    def ids_for(self, key: str, version: str) -> frozenset[str]:
+        return self.new_ids if self.checked.get(key) == version else self.all_ids
+
+
+def purge_destination(
+    destination: ObjectStoreDestination, scope: PurgeScope, run_id: str, flow_run_id: str | None = None
+) -> PurgeReport:
+    """Remove the scope's ids from every table of ``destination``; each partition purged or untouched."""
+    report = PurgeReport()
+    if not scope.all_ids:
+        return report
+    # leftovers of crashed runs may hold the ids too: orphan files, stale staging, a warehouse load
+    # that did not happen (``repair`` reloads it, so the warehouse holds what the manifest names)
+    destination.remove_stale_staging()
+    for day in destination.partitions(EVENTS_TABLE):
+        destination.repair(EVENTS_TABLE, day)
+
+        def purge_events(ids: frozenset[str], d: str = day) -> tuple[int, int]:
+            return purge_day(destination, d, ids, run_id, flow_run_id)
+
+        report.events[day], report.edges[day] = _checked(destination, EVENTS_TABLE, day, scope, purge_events)
+    for table, columns in (
+        (PEOPLE_TABLE, ("distinct_id",)),
+        (MAPPINGS_TABLE, ("distinct_id", "resolved_distinct_id")),
+    ):
+        destination.repair(table, WHOLE)
+
+        def purge_rows(ids: frozenset[str], t: str = table, c: tuple[str, ...] = columns) -> tuple[int, int]:
+            return _purge_table(destination, t, ids, c, run_id, flow_run_id), 0
+
+        report.tables[table], _ = _checked(destination, table, WHOLE, scope, purge_rows)
+    report.rejects = _purge_rejects(destination, scope)
+    # table formats keep replaced versions for time travel: a deleted user must not survive there
+    # (run on every purge, so a purge that crashed after its commits is completed by the next one)
+    destination.forget_history()
+    return report
+
+
+def _checked(
+    destination: ObjectStoreDestination,
+    table: str,
+    partition: str,
+    scope: PurgeScope,
+    purge: Callable[[frozenset[str]], tuple[int, int]],
+) -> tuple[int, int]:
+    """Purge one partition of the ids it must be checked for, then record the version checked."""
+    key = f"{table}/{partition}"
+    manifest = destination.manifest(table, partition)
+    if manifest is None:
+        return 0, 0
+    ids = scope.ids_for(key, manifest.run_id)
+    removed = purge(ids) if ids else (0, 0)
+    after = destination.manifest(table, partition)
+    if after is not None:
+        scope.checked[key] = after.run_id
+    return removed
+
+
+def purge_day(
+    destination: ObjectStoreDestination,
+    day: str,
+    ids: Collection[str],
+    run_id: str,
+    flow_run_id: str | None = None,
+) -> tuple[int, int]:
+    """(event rows, edge rows) removed from ``day``; (0, 0) leaves the day untouched."""
+    base = destination.manifest(EVENTS_TABLE, day)
+    if base is None:
+        return 0, 0
+    stage = destination.open_stage(EVENTS_TABLE, f"{run_id}-purge-{day.replace('-', '')}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="mp-purge-") as scratch:
+            folder = stage.directory(day, Path(scratch))
+            kept, removed, removed_hash = _rewrite_events(destination, stage, day, base, ids, folder)
+            kept_edges, removed_edges = _rewrite_edges(destination, stage, day, base, ids, folder / "edges")
+            if removed == 0 and removed_edges == 0:
+                return 0, 0
+            manifest = msgspec.structs.replace(
+                base,
+                files=kept,
+                identity_edges=kept_edges,
+                rows=base.rows - removed,
+                fingerprint=fingerprint_hex(int(base.fingerprint, 16) - removed_hash),
+                run_id=run_id,
+                flow_run_id=flow_run_id,
+                purged_rows=base.purged_rows + removed,
+            )
+            destination.commit(stage, day, manifest, expected=base)
+    finally:
+        stage.abort()  # drops what is left in staging (all of it, if the commit did not happen)
+    return removed, removed_edges
+
+
+def _rewrite_events(
+    destination: ObjectStoreDestination,
+    stage: Stage,
+    day: str,
+    base: Manifest,
+    ids: Collection[str],
+    folder: Path,
+) -> tuple[tuple[ManifestFile, ...], int, int]:
+    """Files kept as they are, rows removed, and the fingerprint share of the removed rows."""
+    kept: list[ManifestFile] = []
+    removed = removed_hash = 0
+    fmt = FileFormat(base.format)
+    for index, item in enumerate(base.files):
+        data = _get(destination, item.key)
+        if not any(batch.filter(event_rows_of(ids)).height for batch in event_batches(data, fmt)):
+            kept.append(item)
+            continue
+        files = RollingFiles(
+            folder / f"f{index:05d}", fmt, max_file_rows=max(item.rows, 1), max_file_bytes=1 << 62
+        )
+        for batch in event_batches(data, fmt):
+            gone = batch.filter(event_rows_of(ids))
+            removed += gone.height
+            removed_hash += sum(map(row_hash, gone["event_name"], (p.encode() for p in gone["properties"])))
+            files.write(batch.filter(~event_rows_of(ids)))
+        stage.add(day, _renamed(files.close(), index))
+    return tuple(kept), removed, removed_hash
+
+
+def _rewrite_edges(
+    destination: ObjectStoreDestination,
+    stage: Stage,
+    day: str,
+    base: Manifest,
+    ids: Collection[str],
+    folder: Path,
+) -> tuple[tuple[ManifestFile, ...], int]:
+    kept: list[ManifestFile] = []
+    removed = 0
+    for index, item in enumerate(base.identity_edges):
+        edges = pl.read_parquet(io.BytesIO(_get(destination, item.key)))
+        gone = edges.filter(id_rows_of(ids, EDGE_IDS)).height
+        if gone == 0:
+            kept.append(item)
+            continue
+        removed += gone
+        files = RollingFiles(folder / f"f{index:05d}", schema=None)
+        files.write(edges.filter(~id_rows_of(ids, EDGE_IDS)))
+        stage.add(day, _renamed(files.close(), index), edges=True)
+    return tuple(kept), removed
+
+
+def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
+    """Rewritten files get names unique within the day (``part-pNNNNN-…``), beside the kept ones."""
+    out = []
+    for item in written:
+        target = item.path.parent.parent / item.path.name.replace("part-", f"part-p{index:05d}-", 1)
+        item.path.rename(target)
+        out.append(WrittenFile(target, item.rows, item.bytes))
+    return out
+
+
+def _get(destination: ObjectStoreDestination, key: str) -> bytes:
+    data = destination.storage.get_bytes(key)
+    if data is None:
+        raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
+    return data
+
+
+def _purge_table(
+    destination: ObjectStoreDestination,
+    table: str,
+    ids: Collection[str],
+    columns: tuple[str, ...],
+    run_id: str,
+    flow_run_id: str | None,
+) -> int:
+    rows = read_table(destination, table)
+    if rows is None or rows.height == 0:
+        return 0
+    gone = rows.filter(id_rows_of(ids, columns)).height
+    if gone:
+        schema, value = (
+            (PEOPLE_SCHEMA, "properties") if table == PEOPLE_TABLE else (MAPPINGS_SCHEMA, columns[1])
+        )
+        replace_table(
+            destination, table, schema, [rows.filter(~id_rows_of(ids, columns))], run_id, value, flow_run_id
+        )
+    return gone
+
+
+def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:
+    """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
+    removed = 0
+    for info in destination.storage.list(f"{destination.project_prefix}/{EVENTS_TABLE}/_rejects/"):
+        key = f"_rejects/{info.key.rsplit('/', 1)[-1]}"
+        ids = scope.ids_for(key, "scrubbed")
+        scope.checked[key] = "scrubbed"
+        if not ids:
+            continue
+        needles = [i.encode() for i in ids] + [msgspec.json.encode(i)[1:-1] for i in ids]
+        lines = (destination.storage.get_bytes(info.key) or b"").splitlines(keepends=True)
+        kept = [line for line in lines if not any(n in line for n in needles)]
+        if len(kept) != len(lines):
+            removed += len(lines) - len(kept)
+            destination.storage.put_bytes(info.key, b"".join(kept))
+    return removed

@@ -1,0 +1,149 @@
+"""The GDPR deletion registry, kept with the data.
+
+Mixpanel's own deletions never reach exported copies, so every destination keeps a registry at
+``<project_id>/_state/gdpr/registry.json``: the ids whose data must not exist here, how they got
+there (submitted to Mixpanel's GDPR API by this pipeline, or supplied by the user: a flow parameter
+or a file dropped in ``<project_id>/_state/gdpr/inbox/``), Mixpanel's task status, the identity
+cluster the id was expanded to, and when this destination was purged of it. Every export reads it
+and leaves the registered ids out, so a backfill never brings a deleted user back.
+
+The registry must hold the raw ids (it is the list exports filter on, like Mixpanel's own
+suppression list); audit records hold only their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+import polars as pl
+
+from tasks.lake.commit import ObjectStoreDestination
+
+ComplianceType = Literal["GDPR", "CCPA"]
+Source = Literal["mixpanel", "user"]
+EDGE_IDS = ("a", "b")  # the two ids of an identity edge (tasks.pipeline.identity.EDGE_SCHEMA)
+FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "NOT_FOUND"})
+
+
+class Deletion(msgspec.Struct, kw_only=True):
+    distinct_id: str
+    source: Source
+    compliance_type: ComplianceType = "GDPR"
+    registered_at: str
+    task_id: str | None = None  # Mixpanel's deletion task, once submitted
+    status: str | None = None  # Mixpanel's last reported task status
+    checked_at: str | None = None
+    cluster: tuple[str, ...] = ()  # every id of the identity cluster, as found at purge time
+    purged_at: str | None = None  # when this destination was last purged of the cluster
+
+    @property
+    def submitted(self) -> bool:
+        return self.source != "mixpanel" or self.task_id is not None
+
+    @property
+    def polling(self) -> bool:
+        return self.task_id is not None and self.status not in FINAL_STATUSES
+
+
+class Registry(msgspec.Struct):
+    deletions: dict[str, Deletion] = {}
+    # "<table>/<partition>" -> run id of the version last checked against every registered id
+    checked: dict[str, str] = {}
+
+    def excluded_ids(self) -> frozenset[str]:
+        """Every id whose rows must not be stored: the registered ids and their clusters."""
+        return frozenset(i for d in self.deletions.values() for i in (d.distinct_id, *d.cluster) if i)
+
+    def register(self, ids: Iterable[str], source: Source, compliance_type: ComplianceType) -> list[str]:
+        """Add ids not registered yet; returns the new ones."""
+        added = []
+        for distinct_id in dict.fromkeys(i.strip() for i in ids):
+            if distinct_id and distinct_id not in self.deletions:
+                self.deletions[distinct_id] = Deletion(
+                    distinct_id=distinct_id,
+                    source=source,
+                    compliance_type=compliance_type,
+                    registered_at=now_iso(),
+                )
+                added.append(distinct_id)
+        return added
+
+    def pending_purge(self) -> list[Deletion]:
+        return [d for d in self.deletions.values() if d.purged_at is None]
+
+
+def now_iso() -> str:
+    return datetime.now(tz=UTC).isoformat(timespec="seconds")
+
+
+def merged(registries: list[Registry], own: Registry) -> Registry:
+    """``own`` plus what the other destinations' registries know (ids, tasks, statuses, clusters).
+
+    Purge times stay per destination: each destination is purged on its own.
+    """
+    out = Registry({k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked))
+    for other in registries:
+        for key, theirs in other.deletions.items():
+            mine = out.deletions.get(key)
+            if mine is None:
+                out.deletions[key] = msgspec.structs.replace(theirs, purged_at=None, cluster=())
+                mine = out.deletions[key]
+            if mine.task_id is None and theirs.task_id is not None:
+                mine.task_id, mine.status, mine.checked_at = theirs.task_id, theirs.status, theirs.checked_at
+            elif theirs.task_id == mine.task_id and (theirs.checked_at or "") > (mine.checked_at or ""):
+                mine.status, mine.checked_at = theirs.status, theirs.checked_at
+    return out
+
+
+def registry_key(destination: ObjectStoreDestination) -> str:
+    return f"{destination.project_prefix}/_state/gdpr/registry.json"
+
+
+def inbox_prefix(destination: ObjectStoreDestination) -> str:
+    return f"{destination.project_prefix}/_state/gdpr/inbox/"
+
+
+def audit_prefix(destination: ObjectStoreDestination) -> str:
+    return f"{destination.project_prefix}/_state/gdpr/audit/"
+
+
+def load_registry(destination: ObjectStoreDestination) -> Registry:
+    data = destination.storage.get_bytes(registry_key(destination))
+    return msgspec.json.decode(data, type=Registry) if data else Registry({})
+
+
+def save_registry(destination: ObjectStoreDestination, registry: Registry) -> None:
+    body = msgspec.json.format(msgspec.json.encode(registry), indent=2)
+    destination.storage.put_bytes(registry_key(destination), body)
+
+
+def read_inbox(destination: ObjectStoreDestination) -> tuple[list[str], list[str]]:
+    """Ids in the inbox files (one per line; ``#`` starts a comment) and the files' keys."""
+    keys = [i.key for i in destination.storage.list(inbox_prefix(destination))]
+    ids: list[str] = []
+    for key in keys:
+        text = (destination.storage.get_bytes(key) or b"").decode("utf-8-sig")
+        ids += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [i for i in ids if i], keys
+
+
+def cluster_members(ids: Collection[str], mappings: pl.DataFrame) -> dict[str, tuple[str, ...]]:
+    """Each id with every id of its identity cluster (itself included), from the mappings."""
+    out: dict[str, tuple[str, ...]] = {}
+    if mappings.height == 0:
+        return {i: (i,) for i in ids}
+    for distinct_id in ids:
+        roots = mappings.filter(
+            (pl.col("distinct_id") == distinct_id) | (pl.col("resolved_distinct_id") == distinct_id)
+        )["resolved_distinct_id"].unique()
+        members = mappings.filter(pl.col("resolved_distinct_id").is_in(roots.to_list()))["distinct_id"]
+        out[distinct_id] = tuple(sorted({distinct_id, *roots.to_list(), *members.to_list()}))
+    return out
+
+
+def id_hash(distinct_id: str) -> str:
+    return hashlib.sha256(distinct_id.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""Warehouses loaded from the committed files: DuckDB, Snowflake, BigQuery, Glue (Spectrum)."""

@@ -1,0 +1,274 @@
+"""Apache Iceberg tables through pyiceberg, behind a SQL (SQLite), Glue or REST catalog.
+
+Layout: the tables ``<namespace>.mp_master_event`` (partitioned by identity ``day``),
+``mp_people_data`` and ``mp_identity_mappings_data``, each at ``<root>/<project_id>/iceberg/<table>``.
+
+* a day is replaced by one transaction: ``overwrite(rows, overwrite_filter=day == '…')`` plus the
+  table property ``mp.held.<partition> = <manifest sequence>``, committed to the catalog together
+  (the SQL catalog swaps the metadata pointer with a conditional ``UPDATE``, Glue with its version
+  check, REST with its requirements): a racing writer gets ``CommitFailedException`` and is retried
+  by ``FormatDestination`` from the newest manifest. An hourly increment is one ``append``.
+* every snapshot's summary carries the manifest's fields (``mp.run_id``, ``mp.fingerprint``, …).
+* column metrics are off (``write.metadata.metrics.default=none``): manifests never hold an id as
+  a lower/upper bound, so after a purge only data files can hold a deleted user, and those go.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.expressions import BooleanExpression, EqualTo
+from pyiceberg.io import FileIO
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.table import Table, Transaction
+from pyiceberg.transforms import IdentityTransform
+
+from tasks.errors import FatalError
+from tasks.lake.manifest import Manifest
+from tasks.lake.store import Store
+from tasks.schema import EVENTS_TABLE, is_day
+from tasks.warehouses.tableformat import DAY, SCHEMAS, Location, commit_metadata
+
+log = logging.getLogger(__name__)
+
+HELD = "mp.held."
+CHUNK_ROWS = 262_144  # rows pyiceberg materialises at once when it writes into the partitioned table
+COMPACT_MIN_FILES = 4  # a day with this many small files (hourly increments) is rewritten by the upkeep
+SMALL_FILE_BYTES = 8 * 1024 * 1024  # below a chunk of the daily write: only increments count
+ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: its files are not orphans
+
+
+class IcebergFormat:
+    name = "Iceberg"
+    # a catalog commit refused, or pyiceberg finding files a concurrent snapshot added to the day
+    conflicts: tuple[type[BaseException], ...] = (CommitFailedException, ValidationException)
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        namespace: str,
+        location: Location,
+        store: Store,
+        prefix: str,
+        retention_hours: int,
+    ) -> None:
+        self.catalog = catalog
+        self.namespace = namespace
+        self.location = location
+        self.store = store  # the same root as ``location``: orphan files are listed and deleted through it
+        self.prefix = prefix.rstrip("/") + "/"  # ``<project_id>/iceberg/``, relative to the store
+        self.retention = timedelta(hours=retention_hours)
+
+    def _properties(self) -> dict[str, str]:
+        return {
+            "write.metadata.metrics.default": "none",
+            "write.metadata.delete-after-commit.enabled": "true",
+            "write.metadata.previous-versions-max": "10",
+            "history.expire.max-snapshot-age-ms": str(int(self.retention.total_seconds() * 1000)),
+        }
+
+    def _table(self, name: str, create: bool = False) -> Table | None:
+        identifier = (self.namespace, name)
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            if not create:
+                return None
+        schema = Catalog._convert_schema_if_needed(SCHEMAS[name])  # field ids assigned, as create does
+        spec = PartitionSpec()
+        if name == EVENTS_TABLE:
+            day_id = schema.find_field(DAY).field_id
+            spec = PartitionSpec(PartitionField(day_id, 1000, IdentityTransform(), DAY))
+        return self.catalog.create_table_if_not_exists(
+            identifier,
+            schema,
+            location=self.location.table(name),
+            partition_spec=spec,
+            properties=self._properties(),
+        )
+
+    def check(self) -> None:
+        try:
+            self.catalog.create_namespace_if_not_exists(self.namespace)
+            for name in SCHEMAS:
+                self._table(name, create=True)
+        except (OSError, ValueError) as exc:
+            raise FatalError(
+                f"cannot create the Iceberg tables in namespace {self.namespace} at {self.location.uri} "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): check the catalog "
+                "settings and the file destination's rights."
+            ) from exc
+
+    def _write(
+        self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader, append: bool
+    ) -> None:
+        found = self._table(table, create=True)
+        assert found is not None
+        meta = commit_metadata(manifest)
+        with warnings.catch_warnings(), found.transaction() as tx:
+            # the first write of a day deletes nothing, which pyiceberg warns about
+            warnings.filterwarnings("ignore", "Delete operation did not match any records")
+            if table == EVENTS_TABLE and (append or is_day(partition)):
+                _write_day(tx, data, None if append else day_is(partition), meta)
+            else:
+                tx.overwrite(data, snapshot_properties=meta)  # unpartitioned: pyiceberg streams it
+            tx.set_properties({f"{HELD}{partition}": str(manifest.sequence)})
+
+    def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        self._write(table, partition, manifest, data, append=False)
+
+    def append(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        self._write(table, partition, manifest, data, append=True)
+
+    def held(self, table: str, partition: str) -> int | None:
+        found = self._table(table)
+        value = None if found is None else found.properties.get(f"{HELD}{partition}")
+        return None if value is None else int(value)
+
+    def forget(self) -> int:
+        """Expire every snapshot but the current one, then delete every file it no longer reaches."""
+        return sum(self._expire(name, datetime.now(tz=UTC), ORPHAN_GRACE) for name in SCHEMAS)
+
+    def upkeep(self) -> dict[str, object]:
+        """Rewrite days of many small files, expire snapshots older than the retention, remove their files."""
+        compacted = self._compact()
+        cutoff = datetime.now(tz=UTC) - self.retention
+        report: dict[str, object] = {"days_compacted": compacted}
+        return report | {
+            name: {"files_removed": self._expire(name, cutoff, max(self.retention, ORPHAN_GRACE))}
+            for name in SCHEMAS
+        }
+
+    def _compact(self) -> int:
+        """Each day holding ``COMPACT_MIN_FILES`` small files or more rewritten as one overwrite of itself.
+
+        The day's manifest version (``mp.held.<day>``) is unchanged: the rows are the same. A pipeline
+        commit of that day in between makes pyiceberg refuse the rewrite (files added under the
+        filter), so a compaction never brings an older version back.
+        """
+        table = self._table(EVENTS_TABLE)
+        if table is None or table.current_snapshot() is None:
+            return 0
+        files = pl.from_arrow(table.inspect.files().select(["partition", "file_size_in_bytes"]))
+        small = files.unnest("partition").filter(pl.col("file_size_in_bytes") < SMALL_FILE_BYTES)  # type: ignore[union-attr]
+        days = small.group_by(DAY).len().filter(pl.col("len") >= COMPACT_MIN_FILES)
+        done = 0
+        for day in sorted(days[DAY].to_list()):
+            rows = table.scan(row_filter=day_is(day)).to_arrow_batch_reader()
+            try:
+                with table.transaction() as tx:
+                    _write_day(tx, rows, day_is(day), {"mp.compaction": day})
+                done += 1
+            except self.conflicts:
+                log.info("%s: written by a pipeline run during compaction, left for the next upkeep", day)
+            table = self._table(EVENTS_TABLE)
+            assert table is not None
+        return done
+
+    def _expire(self, name: str, older_than: datetime, orphan_age: timedelta) -> int:
+        table = self._table(name)
+        if table is None:
+            return 0
+        before = _reachable(table.io, table)
+        current = table.current_snapshot()
+        doomed = [
+            s.snapshot_id
+            for s in table.snapshots()
+            if current is None or s.snapshot_id != current.snapshot_id
+        ]
+        doomed = [s for s in doomed if _snapshot_time(table, s) < older_than]
+        if doomed:
+            table.maintenance.expire_snapshots().by_ids(doomed).commit()
+            table = self._table(name)
+            assert table is not None
+        after = _reachable(table.io, table) | {table.metadata_location}
+        folder = f"{self.prefix}{name}/"
+        young = datetime.now(tz=UTC) - orphan_age
+        unreferenced = []
+        for info in self.store.list(folder):
+            uri = f"{self.location.uri.rstrip('/')}/{info.key[len(self.prefix) :]}"
+            if _normal(uri) in after:
+                continue
+            # files of expired snapshots go now; other strays only once no writer can still commit them
+            if _normal(uri) in before or datetime.fromtimestamp(info.modified, tz=UTC) < young:
+                unreferenced.append(info.key)
+        self.store.delete(unreferenced)
+        return len(unreferenced)
+
+
+def day_is(day: str) -> BooleanExpression:
+    """``day = 'YYYY-MM-DD'``: pyiceberg's pydantic model types its constructor apart from its real one."""
+    return EqualTo(DAY, day)  # type: ignore[call-arg]
+
+
+def _chunks(data: pa.RecordBatchReader) -> Iterator[pa.Table]:
+    """``data`` in tables of about ``CHUNK_ROWS`` rows."""
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in data:
+        held.append(batch)
+        rows += batch.num_rows
+        if rows >= CHUNK_ROWS:
+            yield pa.Table.from_batches(held, data.schema)
+            held, rows = [], 0
+    if held:
+        yield pa.Table.from_batches(held, data.schema)
+
+
+def _write_day(
+    tx: Transaction, data: pa.RecordBatchReader, replace: BooleanExpression | None, meta: dict[str, str]
+) -> None:
+    """Replace (``replace``: the day's filter) or extend a day chunk by chunk, in the one transaction.
+
+    pyiceberg 0.12 writes a partitioned table only from a materialised table: chunks bound the
+    memory, and the transaction still commits once (each chunk is a snapshot of the same commit).
+    """
+    first = True
+    for chunk in _chunks(data):
+        if first and replace is not None:
+            tx.overwrite(chunk, overwrite_filter=replace, snapshot_properties=meta)
+        else:
+            tx.append(chunk, snapshot_properties=meta)
+        first = False
+    if first and replace is not None:  # an empty day: its rows go all the same
+        tx.delete(replace, snapshot_properties=meta)
+
+
+def _snapshot_time(table: Table, snapshot_id: int) -> datetime:
+    snapshot = table.snapshot_by_id(snapshot_id)
+    assert snapshot is not None
+    return datetime.fromtimestamp(snapshot.timestamp_ms / 1000, tz=UTC)
+
+
+def _normal(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def _reachable(io: FileIO, table: Table) -> set[str]:
+    """Every manifest list, manifest and data file the table's snapshots reach, as normalised URIs."""
+    found: set[str] = set()
+    for snapshot in table.snapshots():
+        found.add(_normal(snapshot.manifest_list))
+        for manifest in snapshot.manifests(io):
+            found.add(_normal(manifest.manifest_path))
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
+                found.add(_normal(entry.data_file.file_path))
+    return found
+
+
+def catalog_properties(kind: str, uri: str, warehouse: str, options: dict[str, str]) -> dict[str, Any]:
+    """The pyiceberg catalog properties of a ``sql`` (SQLite file), ``glue`` or ``rest`` catalog."""
+    base: dict[str, Any] = {"type": kind, "warehouse": warehouse, **options}
+    if kind == "sql":
+        return base | {"uri": uri, "init_catalog_tables": "true"}
+    if kind == "rest":
+        return base | {"uri": uri}
+    return base

@@ -1,0 +1,240 @@
+"""Open table formats (Delta Lake, Iceberg) as destinations: the committed files, then one format commit.
+
+A table-format destination is a file destination (the staging lake: the same layout, manifests and
+compare-and-swap commits as any bucket) with a ``TableFormatHook``: a commit hook of the lake that
+holds the same partitions in a Delta or Iceberg table. Every committed partition is then written into the table in ONE format
+commit: an event day replaces the rows of its ``day`` partition (an overwrite with a predicate on
+that day), an hourly increment is appended, people and identity tables are overwritten whole.
+
+Ordering and crashes: the manifest is switched first, then the table is committed. The format commit
+carries the manifest's sequence number as an application transaction (Delta ``txn`` action / an
+Iceberg table property written in the same commit), so "which version of the day does the table
+hold" is answered atomically with the data. ``repair`` (run by every flow before it touches a
+partition) reloads any partition whose table version differs from its manifest: a crash between the
+two commits, a load that failed, or a slower racing run that loaded an older version last. The
+reload is idempotent (a replace of the day), so the table always converges on the manifest and each
+day in it is always one complete version.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.errors import ConcurrentCommitError
+from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.files import FileFormat, event_batches
+from tasks.lake.manifest import Manifest, ManifestFile
+from tasks.schema import (
+    EVENTS_SCHEMA,
+    EVENTS_TABLE,
+    MAPPINGS_SCHEMA,
+    MAPPINGS_TABLE,
+    PEOPLE_SCHEMA,
+    PEOPLE_TABLE,
+    is_day,
+)
+
+log = logging.getLogger(__name__)
+
+DAY = "day"
+APP_ID = "mixpanel-pipelines"
+# retries of a format commit that lost a race with another writer of the same table
+COMMIT_ATTEMPTS = 6
+# delta-rs keeps several input batches in flight: small batches keep its memory low (measured: 1M
+# ~1.1 KB rows peak at ~880 MiB with 64k-row batches, ~255 MiB with 8k-row ones)
+BATCH_ROWS = 8_192
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """The schema without field metadata (``format: json``), which table formats do not carry."""
+    return pa.schema([pa.field(f.name, f.type) for f in schema])
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    EVENTS_TABLE: _plain(EVENTS_SCHEMA).append(pa.field(DAY, pa.string())),
+    PEOPLE_TABLE: _plain(PEOPLE_SCHEMA),
+    MAPPINGS_TABLE: _plain(MAPPINGS_SCHEMA),
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a project's tables live: a root URI and the storage options to reach it."""
+
+    uri: str  # a local folder or s3://bucket/prefix/<project_id>/<format>
+    options: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never printed
+
+    def table(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+
+def commit_metadata(manifest: Manifest) -> dict[str, str]:
+    """What the manifest records about the version, as text: kept in the format commit's metadata."""
+    values: dict[str, object] = {
+        "mp.table": manifest.table,
+        "mp.partition": manifest.partition,
+        "mp.sequence": manifest.sequence,
+        "mp.run_id": manifest.run_id,
+        "mp.flow_run_id": manifest.flow_run_id,
+        "mp.rows": manifest.rows,
+        "mp.fingerprint": manifest.fingerprint,
+        "mp.max_processing_time_ms": manifest.max_processing_time_ms,
+        "mp.source_from_date": manifest.source_from_date,
+        "mp.source_to_date": manifest.source_to_date,
+        "mp.event_names": ",".join(manifest.event_names) if manifest.event_names is not None else None,
+        "mp.where": manifest.where,
+        "mp.increments": manifest.increments,
+        "mp.exported_at": manifest.exported_at,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+class TableFormat(Protocol):
+    """One table format over one project's tables."""
+
+    name: str
+    conflicts: tuple[type[BaseException], ...]  # a commit lost to another writer: retry
+
+    def check(self) -> None:
+        """Fail with one sentence if the tables cannot be written."""
+        ...
+
+    def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        """Replace the partition (a day, or the whole table) with ``data`` in one commit."""
+        ...
+
+    def append(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
+        """Add ``data`` to the day in one commit; the day then holds ``manifest``'s version."""
+        ...
+
+    def held(self, table: str, partition: str) -> int | None:
+        """The manifest sequence the table holds for the partition (None: never written)."""
+        ...
+
+    def forget(self) -> int:
+        """Physically remove every file no current version references (after a GDPR purge)."""
+        ...
+
+    def upkeep(self) -> dict[str, object]:
+        """Compact small files and remove versions older than the retention."""
+        ...
+
+
+class TableFormatHook:
+    """A commit hook of the lake: each committed partition written into ``table_format`` in one commit."""
+
+    def __init__(self, table_format: TableFormat) -> None:
+        self.table_format = table_format
+
+    def committed(
+        self,
+        lake: ObjectStoreDestination,
+        table: str,
+        partition: str,
+        manifest: Manifest,
+        base: Manifest | None,
+    ) -> None:
+        if base is None or self.table_format.held(table, partition) != base.sequence:
+            self.load(lake, table, partition, manifest)  # a replace, or the table is not at the base
+            return
+        committed = set(base.files)
+        added = [f for f in manifest.files if f not in committed]  # an hourly increment: append its files
+        try:
+            self.table_format.append(
+                table, partition, manifest, reader(lake, table, partition, manifest, added)
+            )
+        except self.table_format.conflicts:
+            log.info("%s %s: append lost a race, replacing the day", table, partition)
+        self._converge(lake, table, partition)
+
+    def repaired(
+        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
+    ) -> None:
+        self._converge(lake, table, partition)
+
+    def forget(self) -> int:
+        return self.table_format.forget()
+
+    def load(self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest) -> None:
+        """Write ``manifest``'s version into the table, then make sure the newest manifest is the one held."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                self.table_format.replace(
+                    table, partition, manifest, reader(lake, table, partition, manifest, manifest.files)
+                )
+                break
+            except self.table_format.conflicts:
+                # another writer committed the same rows' partition meanwhile: start from the newest manifest
+                log.info("%s %s: format commit lost a race (attempt %d)", table, partition, attempt + 1)
+                newest = lake.manifest(table, partition)
+                if newest is None or self.table_format.held(table, partition) == newest.sequence:
+                    return
+                manifest = newest
+        else:
+            raise ConcurrentCommitError(
+                f"{table} {partition}: the {self.table_format.name} commit lost {COMMIT_ATTEMPTS} races in a row; "
+                "the files are committed and the next run's repair writes the table."
+            )
+        self._converge(lake, table, partition)
+
+    def _converge(self, lake: ObjectStoreDestination, table: str, partition: str) -> None:
+        """A slower racing run may have loaded an older version last: reload the manifest's."""
+        for _ in range(COMMIT_ATTEMPTS):
+            manifest = lake.manifest(table, partition)
+            if manifest is None or self.table_format.held(table, partition) == manifest.sequence:
+                return
+            try:
+                self.table_format.replace(
+                    table, partition, manifest, reader(lake, table, partition, manifest, manifest.files)
+                )
+            except self.table_format.conflicts:
+                continue
+
+
+def format_hook(lake: ObjectStoreDestination) -> TableFormatHook | None:
+    """The table-format hook of a destination, if it has one."""
+    return next((h for h in lake.hooks if isinstance(h, TableFormatHook)), None)
+
+
+def reader(
+    lake: ObjectStoreDestination,
+    table: str,
+    partition: str,
+    manifest: Manifest,
+    files: Sequence[ManifestFile],
+) -> pa.RecordBatchReader:
+    """The rows of ``files`` in the table's schema, one file at a time (memory stays bounded)."""
+    schema = SCHEMAS[table]
+    day = table == EVENTS_TABLE and is_day(partition)
+
+    def shaped(rows: pa.Table) -> Iterator[pa.RecordBatch]:
+        if day:
+            rows = rows.append_column(DAY, pa.array([partition] * rows.num_rows, pa.string()))
+        yield from rows.select(schema.names).cast(schema).to_batches()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for item in files:
+            if manifest.format != FileFormat.PARQUET:  # jsonl.gz event files: decoded as purges do
+                for frame in event_batches(_read(lake, item.key), FileFormat(manifest.format)):
+                    yield from shaped(frame.to_arrow())
+                continue
+            local = lake.storage.local_path(item.key)  # a local file is read in place, not into memory
+            source = pq.ParquetFile(local if local is not None else io.BytesIO(_read(lake, item.key)))
+            for batch in source.iter_batches(batch_size=BATCH_ROWS):
+                yield from shaped(pa.Table.from_batches([batch]))
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _read(lake: ObjectStoreDestination, key: str) -> bytes:
+    data = lake.storage.get_bytes(key)
+    if data is None:
+        raise FileNotFoundError(f"{lake.describe(key)} is named by a manifest but missing")
+    return data
