@@ -61,3 +61,7 @@ else:
     AnyDestination = Union[DESTINATIONS]  # noqa: UP007  (a union built at run time)
 
 BLOCK_TYPES = (MixpanelCredentials, MixpanelGdprCredentials, *DESTINATIONS)
+
+# `prefect block register -m blocks.destinations.catalog` registers the Block classes that are
+# attributes of this module: the installed optional ones are loaded by name, so bind them here
+globals().update({cls.__name__: cls for cls in DESTINATIONS})
