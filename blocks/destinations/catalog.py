@@ -55,3 +55,9 @@ else:
     AnyDestination = Union[DESTINATIONS]  # noqa: UP007  (a union built at run time)
 
 BLOCK_TYPES = (MixpanelCredentials, MixpanelGdprCredentials, *DESTINATIONS)
+
+# `prefect block register -m blocks.destinations.catalog` registers the Block classes it finds as
+# attributes of this module: name the installed optional ones here too
+for _block in DESTINATIONS:
+    globals().setdefault(_block.__name__, _block)
+del _block
