@@ -62,6 +62,8 @@ else:
 
 BLOCK_TYPES = (MixpanelCredentials, MixpanelGdprCredentials, *DESTINATIONS)
 
-# `prefect block register -m blocks.destinations.catalog` registers the Block classes that are
-# attributes of this module: the installed optional ones are loaded by name, so bind them here
-globals().update({cls.__name__: cls for cls in DESTINATIONS})
+# `prefect block register -m blocks.destinations.catalog` registers the Block classes it finds as
+# attributes of this module: name the installed optional ones here too
+for _block in DESTINATIONS:
+    globals().setdefault(_block.__name__, _block)
+del _block
