@@ -206,7 +206,7 @@ class IcebergFormat:
 
 def day_is(day: str) -> BooleanExpression:
     """``day = 'YYYY-MM-DD'``: pyiceberg's pydantic model types its constructor apart from its real one."""
-    return EqualTo(DAY, day)  # type: ignore[call-arg,misc]
+    return EqualTo(DAY, day)  # type: ignore[call-arg]
 
 
 def _chunks(data: pa.RecordBatchReader) -> Iterator[pa.Table]:
