@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 from prefect.blocks.core import Block
+from pydantic import AfterValidator
 
+from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.store import RetryPolicy, Store
+from tasks.warehouses.warehouse import checked_identifier
+
+
+def plain_name(what: str) -> Any:
+    """A field validator: ``what`` goes into SQL or catalog calls, so only plain identifiers pass."""
+
+    def check(value: str) -> str:
+        try:
+            return checked_identifier(value, what)
+        except FatalError as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(check)
 
 
 class DestinationBlock(Block):

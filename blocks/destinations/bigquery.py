@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from prefect_gcp import GcpCredentials
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.files import FileDestination, files_field, folder_or_destination
+from blocks.destinations.files import FileDestination, files_field
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.bigquery_loader import BigQueryLoader
@@ -41,11 +39,6 @@ warehouse = BigQueryWarehouse.load("BLOCK_NAME")
     dataset: str = Field(default=..., description="The dataset (created beforehand) that holds the tables.")
     location: str = Field(default="US", description="The dataset's location, where the jobs run.")
     files: FileDestination = files_field("the tables are loaded from")
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _folder_path(cls, value: Any) -> Any:
-        return folder_or_destination(value)
 
     api_endpoint: str | None = Field(
         default=None,

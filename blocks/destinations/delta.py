@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.files import FileDestination, folder_or_destination
+from blocks.destinations.files import FileDestination
 from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
@@ -49,11 +47,6 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
     target_file_mb: int = Field(
         default=128, gt=0, description="Size of the files written and compacted by the upkeep flow."
     )
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _folder_path(cls, value: Any) -> Any:
-        return folder_or_destination(value)
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)

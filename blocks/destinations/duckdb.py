@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.files import FileDestination, files_field, folder_or_destination
+from blocks.destinations.files import FileDestination, files_field
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.duckdb_loader import DuckDBLoader
@@ -39,11 +38,6 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
         "working directory.",
     )
     files: FileDestination = files_field("the database is loaded from")
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _folder_path(cls, value: Any) -> Any:
-        return folder_or_destination(value)
 
     lock_wait_seconds: float = Field(
         default=600.0,

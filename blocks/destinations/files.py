@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from blocks.destinations.local import LocalDestination
 
@@ -47,12 +47,13 @@ if TYPE_CHECKING:
 
     FileDestination = LocalDestination | S3Destination | GcsDestination | AzureBlobDestination
 else:
-    FileDestination = Union[FILE_DESTINATIONS]  # noqa: UP007  (a union built at run time)
 
+    def _folder_or_destination(value: Any) -> Any:
+        """A plain path (what a saved block may hold) is a local folder."""
+        return LocalDestination(path=value) if isinstance(value, str) else value
 
-def folder_or_destination(value: Any) -> Any:
-    """A plain path (what a saved block may hold) is a local folder."""
-    return LocalDestination(path=value) if isinstance(value, str) else value
+    # a union built at run time; a plain path validates as a local folder
+    FileDestination = Annotated[Union[FILE_DESTINATIONS], BeforeValidator(_folder_or_destination)]  # noqa: UP007
 
 
 def files_field(what: str) -> Any:

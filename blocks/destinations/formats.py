@@ -14,6 +14,18 @@ from blocks.destinations.local import LocalDestination
 from tasks.errors import BadCredentialsError, FatalError
 from tasks.warehouses.tableformat import Location
 
+# the storage options each library reads: key id, secret, region, session token, endpoint
+OPTION_KEYS = {
+    "iceberg": ("s3.access-key-id", "s3.secret-access-key", "s3.region", "s3.session-token", "s3.endpoint"),
+    "delta": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+    ),
+}
+
 
 def location_of(files: Any, project_id: int, folder: str, style: str = "delta") -> Location:
     """``<root>/<project_id>/<folder>`` and the options ``style`` ("delta" or "iceberg") reads."""
@@ -37,19 +49,8 @@ def location_of(files: Any, project_id: int, folder: str, style: str = "delta") 
     endpoint = credentials.aws_client_parameters.endpoint_url
     root = root_of(files.bucket.bucket_folder, files.prefix, str(project_id), folder)
     uri = f"s3://{files.bucket.bucket_name}/{root}"
-    if style == "iceberg":
-        options = {"s3.access-key-id": frozen.access_key, "s3.secret-access-key": frozen.secret_key,
-                   "s3.region": region}  # fmt: skip
-        if frozen.token:
-            options["s3.session-token"] = frozen.token
-        if endpoint:
-            options["s3.endpoint"] = str(endpoint)
-        return Location(uri, options)
-    options = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
-               "AWS_REGION": region}  # fmt: skip
-    if frozen.token:
-        options["AWS_SESSION_TOKEN"] = frozen.token
-    if endpoint:
-        options["AWS_ENDPOINT_URL"] = str(endpoint)
+    values = (frozen.access_key, frozen.secret_key, region, frozen.token, endpoint and str(endpoint))
+    options = {key: value for key, value in zip(OPTION_KEYS[style], values, strict=True) if value}
+    if style == "delta" and endpoint:
         options["AWS_ALLOW_HTTP"] = "true" if str(endpoint).startswith("http:") else "false"
     return Location(uri, options)

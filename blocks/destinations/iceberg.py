@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pyiceberg.catalog import load_catalog
 
-from blocks.destinations.base import DestinationBlock
-from blocks.destinations.files import FileDestination, folder_or_destination
+from blocks.destinations.base import DestinationBlock, plain_name
+from blocks.destinations.files import FileDestination
 from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.iceberg_format import IcebergFormat, catalog_properties
 from tasks.warehouses.tableformat import TableFormatHook
-from tasks.warehouses.warehouse import checked_identifier
 
 # the SQL catalog keys its rows by this name: readers load_catalog("mixpanel", ...) to see the tables
 CATALOG_NAME = "mixpanel"
@@ -60,7 +58,7 @@ destination = IcebergDestination.load("BLOCK_NAME")
     catalog_token: SecretStr | None = Field(
         default=None, description="rest: a bearer token for the REST catalog (optional)."
     )
-    namespace: str = Field(
+    namespace: Annotated[str, plain_name("Iceberg namespace")] = Field(
         default="mixpanel", description="The catalog namespace (Glue: database) of the tables."
     )
     retention_hours: int = Field(
@@ -69,14 +67,6 @@ destination = IcebergDestination.load("BLOCK_NAME")
         description="How long replaced snapshots stay readable by time travel; the upkeep flow expires "
         "older ones, a GDPR purge expires the purged rows' snapshots at once.",
     )
-
-    @field_validator("namespace")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        try:
-            return checked_identifier(value, "Iceberg namespace")
-        except FatalError as exc:
-            raise ValueError(str(exc)) from None
 
     def _catalog_uri(self, project_id: int) -> str:
         if self.catalog_uri or self.catalog != "sql":
@@ -87,11 +77,6 @@ destination = IcebergDestination.load("BLOCK_NAME")
             path = Path("data").resolve() / "iceberg-catalog.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _folder_path(cls, value: Any) -> Any:
-        return folder_or_destination(value)
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prefect_snowflake import SnowflakeConnector
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
-from blocks.destinations.files import FileDestination, files_field, folder_or_destination
+from blocks.destinations.files import FileDestination, files_field
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.snowflake_loader import SnowflakeLoader
@@ -42,11 +42,6 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
         "and schema (which must exist; the tables are created on the first run).",
     )
     files: FileDestination = files_field("the tables are loaded from")
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _folder_path(cls, value: Any) -> Any:
-        return folder_or_destination(value)
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)

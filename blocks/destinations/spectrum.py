@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Annotated
 
-from blocks.destinations.base import DestinationBlock
+from pydantic import Field
+
+from blocks.destinations.base import DestinationBlock, plain_name
 from blocks.destinations.s3 import S3Destination
 from blocks.mixpanel import DOCS_URL
-from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.glue import GlueCatalog
-from tasks.warehouses.warehouse import WarehouseHook, checked_identifier
+from tasks.warehouses.warehouse import WarehouseHook
 
 
 class RedshiftSpectrumDestination(DestinationBlock):
@@ -35,19 +36,11 @@ destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
         default=...,
         description="Where the files go (its AwsCredentials also reach Glue, in the same region).",
     )
-    glue_database: str = Field(
+    glue_database: Annotated[str, plain_name("Glue database")] = Field(
         default=...,
         description="The Glue database holding the external tables (created beforehand; the tables are "
         "created in it on the first run).",
     )
-
-    @field_validator("glue_database")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        try:
-            return checked_identifier(value, "Glue database")
-        except FatalError as exc:
-            raise ValueError(str(exc)) from None
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.s3.connect(project_id)

@@ -158,6 +158,15 @@ class Stage:
         storage.prune(self.prefix)
 
 
+@dataclass(frozen=True)
+class At:
+    """One partition of one table of the lake: what a commit hook is told about."""
+
+    lake: ObjectStoreDestination
+    table: str
+    partition: str
+
+
 class CommitHook(Protocol):
     """Work that follows each commit of the lake: loading a warehouse, writing a table format.
 
@@ -165,20 +174,11 @@ class CommitHook(Protocol):
     and ``repaired`` (called by every run's ``repair`` of the partition) finishes it.
     """
 
-    def committed(
-        self,
-        lake: ObjectStoreDestination,
-        table: str,
-        partition: str,
-        manifest: Manifest,
-        base: Manifest | None,
-    ) -> None:
+    def committed(self, at: At, manifest: Manifest, base: Manifest | None) -> None:
         """``manifest`` was committed; ``base``: the manifest an hourly increment was added to."""
         ...
 
-    def repaired(
-        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
-    ) -> None:
+    def repaired(self, at: At, manifest: Manifest | None) -> None:
         """Bring the hook's copy of the partition up to ``manifest`` if an earlier run did not."""
         ...
 
@@ -290,7 +290,7 @@ class ObjectStoreDestination:
 
         final = self._switch(stage, partition, version, base, manifest.run_id, build)
         for hook in self.hooks:
-            hook.committed(self, stage.table, partition, final, None)
+            hook.committed(At(self, stage.table, partition), final, None)
         return final
 
     def append(self, stage: Stage, partition: str, increment: Manifest, base: Manifest) -> Manifest:
@@ -306,7 +306,7 @@ class ObjectStoreDestination:
             stage, partition, version, base, increment.run_id, lambda f, e, _: combined(base, increment, f, e)
         )
         for hook in self.hooks:
-            hook.committed(self, stage.table, partition, final, base)
+            hook.committed(At(self, stage.table, partition), final, base)
         return final
 
     def _switch(
@@ -366,7 +366,7 @@ class ObjectStoreDestination:
         if self.hooks:
             manifest = self.manifest(table, partition)
             for hook in self.hooks:
-                hook.repaired(self, table, partition, manifest)
+                hook.repaired(At(self, table, partition), manifest)
         return removed
 
     def _repair_files(self, table: str, partition: str) -> int:

@@ -19,7 +19,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pyarrow as pa
@@ -206,7 +206,8 @@ class IcebergFormat:
 
 def day_is(day: str) -> BooleanExpression:
     """``day = 'YYYY-MM-DD'``: pyiceberg's pydantic model types its constructor apart from its real one."""
-    return EqualTo(DAY, day)  # type: ignore[call-arg]
+    equal_to: Any = EqualTo  # its pydantic model types the constructor as (term, literal) keywords only
+    return cast(BooleanExpression, equal_to(DAY, day))
 
 
 def _chunks(data: pa.RecordBatchReader) -> Iterator[pa.Table]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.errors import ConcurrentCommitError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import At, ObjectStoreDestination
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.schema import (
@@ -133,14 +133,8 @@ class TableFormatHook:
     def __init__(self, table_format: TableFormat) -> None:
         self.table_format = table_format
 
-    def committed(
-        self,
-        lake: ObjectStoreDestination,
-        table: str,
-        partition: str,
-        manifest: Manifest,
-        base: Manifest | None,
-    ) -> None:
+    def committed(self, at: At, manifest: Manifest, base: Manifest | None) -> None:
+        lake, table, partition = at.lake, at.table, at.partition
         if base is None or self.table_format.held(table, partition) != base.sequence:
             self.load(lake, table, partition, manifest)  # a replace, or the table is not at the base
             return
@@ -154,10 +148,8 @@ class TableFormatHook:
             log.info("%s %s: append lost a race, replacing the day", table, partition)
         self._converge(lake, table, partition)
 
-    def repaired(
-        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
-    ) -> None:
-        self._converge(lake, table, partition)
+    def repaired(self, at: At, manifest: Manifest | None) -> None:
+        self._converge(at.lake, at.table, at.partition)
 
     def forget(self) -> int:
         return self.table_format.forget()

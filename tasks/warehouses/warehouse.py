@@ -21,7 +21,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from tasks.errors import FatalError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import At, ObjectStoreDestination
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
 from tasks.schema import is_day
@@ -112,21 +112,14 @@ class WarehouseHook:
     def __init__(self, loader: Loader) -> None:
         self.loader = loader
 
-    def committed(
-        self,
-        lake: ObjectStoreDestination,
-        table: str,
-        partition: str,
-        manifest: Manifest,
-        base: Manifest | None,
-    ) -> None:
-        self._load(lake, table, partition, manifest)
+    def committed(self, at: At, manifest: Manifest, base: Manifest | None) -> None:
+        self._load(at.lake, at.table, at.partition, manifest)
 
-    def repaired(
-        self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest | None
-    ) -> None:
-        if manifest is not None and self.loader.loaded_run(table, partition) != manifest.run_id:
-            self._load(lake, table, partition, manifest)  # the files were committed, the load was not
+    def repaired(self, at: At, manifest: Manifest | None) -> None:
+        if manifest is not None and self.loader.loaded_run(at.table, at.partition) != manifest.run_id:
+            self._load(
+                at.lake, at.table, at.partition, manifest
+            )  # the files were committed, the load was not
 
     def _load(self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest) -> None:
         keys = [item.key for item in manifest.files]
