@@ -48,10 +48,27 @@ def start_sandbox(**overrides: object) -> SandboxServer:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    server = start_sandbox()
+def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    """A fresh sandbox for one test; ``@pytest.mark.sandbox(**overrides)`` changes its ProjectConfig."""
+    marker = request.node.get_closest_marker("sandbox")
+    server = start_sandbox(**(marker.kwargs if marker else {}))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    """One sandbox for a whole module, made from the module's own ``config()`` (see ``sb``)."""
+    with SandboxServer(request.module.config()).start() as server:
+        yield server
+
+
+@pytest.fixture
+def sb(module_sandbox: SandboxServer) -> SandboxServer:
+    """The module's sandbox as new: counters, faults, added events, deletions and GDPR tasks cleared."""
+    module_sandbox.reset()
+    module_sandbox.clear_changes()
+    return module_sandbox
 
 
 def credentials_for(server: SandboxServer, **overrides: object) -> MixpanelCredentials:
