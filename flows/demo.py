@@ -12,15 +12,18 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.mixpanel import MixpanelCredentials
-from sandbox import ProjectConfig, SandboxServer
 from tasks.duckdb_loader import DuckDBLoader
 from tasks.export import EVENTS_TABLE
 from tasks.objectstore import ObjectStoreDestination
+
+if TYPE_CHECKING:
+    from sandbox import SandboxServer
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
 DAYS = 7
@@ -28,6 +31,11 @@ EVENTS_PER_DAY = 5000
 
 
 def main() -> int:
+    try:  # the sandbox is part of a checkout, not of the installed package (which carries flows, blocks, tasks)
+        from sandbox import ProjectConfig, SandboxServer
+    except ModuleNotFoundError:
+        print("the demo runs from a checkout of the repository: `make demo` there", file=sys.stderr)
+        return 2
     server = SandboxServer(ProjectConfig(events_per_day=EVENTS_PER_DAY)).start()
     try:
         print(f"sandbox Mixpanel listening on {server.url}")
