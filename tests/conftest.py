@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -26,6 +27,40 @@ pytest_plugins = [
     "tests.stores.bigquery",
     "tests.cluster",
 ]
+
+
+# A server that takes long to start and is shared by a session runs on one pytest-xdist worker with every
+# test that uses it (`make test` passes `--dist loadgroup`): it starts once, and the README's fixed ports
+# are never taken twice. The groups are modules (xdist's own `xdist_group` marks do not group under
+# pytest 9.2: xdist 3.8 renames nodes through an attribute pytest no longer reads); xdist hands out the
+# largest groups first, so these long chains start at once.
+XDIST_GROUPS = {
+    "tests/test_deployments.py": "prefect-cluster",
+    "tests/test_ui.py": "prefect-cluster",
+    "tests/test_readme_ops.py": "readme-ops",
+}
+GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        for fixture, group in GROUPED_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and XDIST_GROUPS.get(module) != group:
+                raise pytest.UsageError(f"{module} uses `{fixture}`: add it to XDIST_GROUPS as {group!r}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return XDIST_GROUPS.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(autouse=True)
