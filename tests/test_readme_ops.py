@@ -263,7 +263,7 @@ def _wait_for_heartbeats(stack: Stack, runs: list[str], seconds: float = 120) ->
             resource=EventResourceFilter(id=sorted(wanted)),
         )
         with stack.client() as client:
-            seen = {event.resource.id for event in client.read_events(filter=only, limit=200).events}
+            seen = {event.resource.id for event in client.read_events(filter=only, limit=50).events}
         if wanted <= seen:
             return
         time.sleep(0.5)
