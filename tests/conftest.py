@@ -34,19 +34,30 @@ pytest_plugins = [
 # are never taken twice. The groups are modules (xdist's own `xdist_group` marks do not group under
 # pytest 9.2: xdist 3.8 renames nodes through an attribute pytest no longer reads); xdist hands out the
 # largest groups first, so these long chains start at once.
+# The BigQuery emulator (DuckDB and its spatial extension) is the heaviest of the store servers to start:
+# its tests, and the `[bigquery]` cases of the warehouse tests, share one too.
 XDIST_GROUPS = {
     "tests/test_deployments.py": "prefect-cluster",
     "tests/test_ui.py": "prefect-cluster",
     "tests/test_readme_ops.py": "readme-ops",
+    "tests/test_bigquery_emulator.py": "bigquery",
 }
 GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 
 
+def xdist_group(nodeid: str) -> str | None:
+    """The group a test runs in (None: any worker)."""
+    module = nodeid.split("::", 1)[0]
+    if module == "tests/test_warehouses.py" and "[bigquery" in nodeid:
+        return "bigquery"
+    return XDIST_GROUPS.get(module)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
         for fixture, group in GROUPED_FIXTURES.items():
-            if fixture in getattr(item, "fixturenames", ()) and XDIST_GROUPS.get(module) != group:
+            if fixture in getattr(item, "fixturenames", ()) and xdist_group(item.nodeid) != group:
+                module = item.nodeid.split("::", 1)[0]
                 raise pytest.UsageError(f"{module} uses `{fixture}`: add it to XDIST_GROUPS as {group!r}")
 
 
@@ -58,7 +69,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ModuleGroups(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return XDIST_GROUPS.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+            return xdist_group(nodeid) or super()._split_scope(nodeid)
 
     return ModuleGroups(config, log)
 
