@@ -14,6 +14,7 @@ import subprocess
 PORTS_FROM = 20000
 SLICE = 500
 _handed_out: set[int] = set()
+_random = random.Random()  # its own: Hypothesis watches the global one during its tests
 
 
 def _slice() -> range:
@@ -40,7 +41,7 @@ def free_port() -> int:
     fails to bind and its fixture starts it again on another port.
     """
     ports = _slice()
-    offset = random.randrange(len(ports))
+    offset = _random.randrange(len(ports))
     for i in range(len(ports)):
         port = ports[(offset + i) % len(ports)]
         if port not in _handed_out and _bindable(port):
