@@ -45,8 +45,13 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# pytest-xdist: most tests wait on loopback servers and subprocesses, so 4 workers beat 2 on the 2-core CI
+# machine; `--dist loadgroup` keeps the tests of one long-starting server on one worker (XDIST_GROUPS in
+# tests/conftest.py). `make test PYTEST_ARGS=` runs the suite in one process.
+PYTEST_ARGS ?= -n 4 --dist loadgroup --durations=10
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # FORMAT=delta or FORMAT=iceberg writes those tables instead of the DuckDB warehouse
 FORMAT ?= duckdb

@@ -15,7 +15,7 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -23,11 +23,13 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from sandbox import ProjectConfig, SandboxServer
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tasks.warehouses.tableformat import TableFormatHook, format_hook
+
+if TYPE_CHECKING:
+    from sandbox import SandboxServer
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
 FORMATS = ("duckdb", "delta", "iceberg")
@@ -39,6 +41,11 @@ def main() -> int:
     fmt = os.environ.get("FORMAT") or "duckdb"
     if fmt not in FORMATS:
         print(f"FORMAT={fmt} is not one of {', '.join(FORMATS)}")
+        return 2
+    try:  # the sandbox is part of a checkout, not of the installed package (which carries flows, blocks, tasks)
+        from sandbox import ProjectConfig, SandboxServer
+    except ModuleNotFoundError:
+        print("the demo runs from a checkout of the repository: `make demo` there", file=sys.stderr)
         return 2
     server = SandboxServer(ProjectConfig(events_per_day=EVENTS_PER_DAY)).start()
     try:

@@ -31,11 +31,13 @@ from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 from flows.limits import ensure_limits
-from sandbox.config import ProjectConfig
 
 
 def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
     """Save the blocks the deployments name, unless blocks of those names exist: never overwrites."""
+    # the sandbox comes with a checkout (`make deploy`), not with the installed package: imported only here
+    from sandbox.config import ProjectConfig
+
     cfg = ProjectConfig()
     saved = []
     if not _exists(MixpanelCredentials, "mixpanel"):

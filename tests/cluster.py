@@ -131,6 +131,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert deploy.returncode == 0, (
             f"make deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
         )
+        _pause_schedules(cluster)  # before any worker polls: a test crossing hh:30 got an hourly run
         for index in range(2):
             with (logs / f"worker-{index}.log").open("wb") as out:
                 cluster.workers.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -28,6 +29,53 @@ pytest_plugins = [
 ]
 
 
+# A server that takes long to start and is shared by a session runs on one pytest-xdist worker with every
+# test that uses it (`make test` passes `--dist loadgroup`): it starts once, and the README's fixed ports
+# are never taken twice. The groups are modules (xdist's own `xdist_group` marks do not group under
+# pytest 9.2: xdist 3.8 renames nodes through an attribute pytest no longer reads); xdist hands out the
+# largest groups first, so these long chains start at once.
+# The BigQuery emulator (DuckDB and its spatial extension) is the heaviest of the store servers to start:
+# its tests, and the `[bigquery]` cases of the warehouse tests, share one too.
+XDIST_GROUPS = {
+    "tests/test_deployments.py": "prefect-cluster",
+    "tests/test_ui.py": "prefect-cluster",
+    "tests/test_readme_ops.py": "readme-ops",
+    "tests/test_bigquery_emulator.py": "bigquery",
+}
+GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The group a test runs in (None: any worker)."""
+    module = nodeid.split("::", 1)[0]
+    if module == "tests/test_warehouses.py" and "[bigquery" in nodeid:
+        return "bigquery"
+    return XDIST_GROUPS.get(module)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in GROUPED_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and xdist_group(item.nodeid) != group:
+                module = item.nodeid.split("::", 1)[0]
+                raise pytest.UsageError(f"{module} uses `{fixture}`: add it to XDIST_GROUPS as {group!r}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The groups for `--dist loadgroup`, and for a bare `-n N` too (`load`), which would otherwise start
+    the cluster once per worker and the README drill twice on its fixed ports."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or super()._split_scope(nodeid)
+
+    return ModuleGroups(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own rate-budget database, so budgets never leak between tests."""
@@ -48,10 +96,27 @@ def start_sandbox(**overrides: object) -> SandboxServer:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    server = start_sandbox()
+def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    """A fresh sandbox for one test; ``@pytest.mark.sandbox(**overrides)`` changes its ProjectConfig."""
+    marker = request.node.get_closest_marker("sandbox")
+    server = start_sandbox(**(marker.kwargs if marker else {}))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    """One sandbox for a whole module, made from the module's own ``config()`` (see ``sb``)."""
+    with SandboxServer(request.module.config()).start() as server:
+        yield server
+
+
+@pytest.fixture
+def sb(module_sandbox: SandboxServer) -> SandboxServer:
+    """The module's sandbox as new: counters, faults, added events, deletions and GDPR tasks cleared."""
+    module_sandbox.reset()
+    module_sandbox.clear_changes()
+    return module_sandbox
 
 
 def credentials_for(server: SandboxServer, **overrides: object) -> MixpanelCredentials:

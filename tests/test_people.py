@@ -15,12 +15,8 @@ from tasks.pipeline.people import EngageQuery, export_people
 from tasks.schema import PEOPLE_TABLE
 from tests.conftest import credentials_for, local_destination, start_sandbox
 
-
-@pytest.fixture
-def people_sandbox() -> SandboxServer:
-    server = start_sandbox(profiles=137, query_max_concurrent=3)
-    yield server
-    server.stop()
+# the ``sandbox`` fixture of tests/conftest.py, with this project's profiles
+pytestmark = pytest.mark.sandbox(profiles=137, query_max_concurrent=3)
 
 
 def run(server: SandboxServer, root: Path, page_size: int = 10, **creds: object):
@@ -38,33 +34,33 @@ def stored(root: Path) -> dict[str, dict]:
 
 
 def test_every_profile_exactly_once_across_pages_and_json_equal(
-    people_sandbox: SandboxServer, tmp_path: Path
+    sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    result = run(people_sandbox, tmp_path, page_size=10, query_max_concurrent=3)
-    served = {d: json.loads(p) for d, p in profile_lines(people_sandbox.cfg, 0, 137)}
+    result = run(sandbox, tmp_path, page_size=10, query_max_concurrent=3)
+    served = {d: json.loads(p) for d, p in profile_lines(sandbox.cfg, 0, 137)}
     assert result.rows == 137 and result.pages == 14
     assert stored(tmp_path) == served
-    stats = people_sandbox.stats()
+    stats = sandbox.stats()
     assert stats["engage_rate_limited"] == 0
     assert stats["engage_max_concurrent"] <= 3
 
 
-def test_big_integers_floats_and_unicode_survive(people_sandbox: SandboxServer, tmp_path: Path) -> None:
-    run(people_sandbox, tmp_path, page_size=50, query_max_concurrent=3)
+def test_big_integers_floats_and_unicode_survive(sandbox: SandboxServer, tmp_path: Path) -> None:
+    run(sandbox, tmp_path, page_size=50, query_max_concurrent=3)
     table = read_table(local_destination(tmp_path), PEOPLE_TABLE)
     raw = "\n".join(table["properties"].to_list())
-    served = "\n".join(p.decode() for _, p in profile_lines(people_sandbox.cfg, 0, 137))
+    served = "\n".join(p.decode() for _, p in profile_lines(sandbox.cfg, 0, 137))
     for token in ("1180591620717411303424", "-9223372036854775808", "1.0000000000000002", "Zürich", "東京"):
         assert token in served, f"the sandbox no longer serves {token}"
         assert token in raw, token
 
 
-def test_a_failed_page_leaves_the_previous_table(people_sandbox: SandboxServer, tmp_path: Path) -> None:
-    run(people_sandbox, tmp_path, page_size=10, query_max_concurrent=3)
+def test_a_failed_page_leaves_the_previous_table(sandbox: SandboxServer, tmp_path: Path) -> None:
+    run(sandbox, tmp_path, page_size=10, query_max_concurrent=3)
     before = read_table(local_destination(tmp_path), PEOPLE_TABLE)
-    people_sandbox.add_faults([{"kind": "status", "code": 500, "endpoint": "engage", "page": 4, "times": 50}])
+    sandbox.add_faults([{"kind": "status", "code": 500, "endpoint": "engage", "page": 4, "times": 50}])
     with pytest.raises(RetriableError, match="Engage page 4 failed"):
-        run(people_sandbox, tmp_path, page_size=10, query_max_concurrent=3, max_attempts=3)
+        run(sandbox, tmp_path, page_size=10, query_max_concurrent=3, max_attempts=3)
     assert read_table(local_destination(tmp_path), PEOPLE_TABLE).equals(before)
     assert not [p for p in tmp_path.glob("1/_staging/**/*") if p.is_file()]
 

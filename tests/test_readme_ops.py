@@ -57,6 +57,7 @@ class Stack:
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    pending_run: str | None = None  # the crash drill's run left Pending, made once `make deploy` is done
 
     def start(self, command: str, name: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as out:
@@ -181,6 +182,9 @@ def test_the_readme_operations_path_runs_as_written(stack: Stack) -> None:
     deploy = stack.run("make deploy", timeout=900)
     assert deploy.returncode == 0, f"make deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
     assert "Recursive variable" not in deploy.stderr
+    # for the crash drill below: Prefect marks it Crashed 180 s after it went Pending, a wait that runs
+    # beside the rest of this test instead of after it (the automation exists once `make deploy` is done)
+    stack.pending_run = _a_run_left_pending(stack)
     stack.start("make worker", "worker")
 
     run = readme_block("run")
@@ -246,6 +250,26 @@ def _states(stack: Stack, ids: list[str]) -> dict[str, str]:
         return {run: client.read_flow_run(run).state.type.value for run in ids}
 
 
+def _wait_for_heartbeats(stack: Stack, runs: list[str], seconds: float = 120) -> None:
+    """Until the server has stored a heartbeat event of each run."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = {f"prefect.flow-run.{run}" for run in runs}
+    seen: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        only = EventFilter(  # made anew each time: its time window ends when it is made
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=sorted(wanted)),
+        )
+        with stack.client() as client:
+            seen = {event.resource.id for event in client.read_events(filter=only, limit=50).events}
+        if wanted <= seen:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no heartbeat within {seconds:.0f} s from {sorted(wanted - seen)}:\n{stack.log('worker')}")
+
+
 def _a_run_left_pending(stack: Stack) -> str:
     """A flow run whose process died while starting: Pending, never Running, no heartbeat."""
     from prefect import flow
@@ -277,7 +301,8 @@ def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once
     assert started.returncode == 0, started.stdout + started.stderr
     parent = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)  # type: ignore[union-attr]
 
-    stuck = _a_run_left_pending(stack)
+    stuck = stack.pending_run
+    assert stuck is not None, "the operations path above did not get as far as `make deploy`"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         pids = _flow_run_pids(stack)
@@ -286,8 +311,8 @@ def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once
         time.sleep(1)
     else:
         pytest.fail(f"the backfill did not fan out into two running children:\n{stack.log('worker')}")
-    time.sleep(5)  # the first heartbeats are out
     children = sorted(run for run in pids if run != parent)
+    _wait_for_heartbeats(stack, [parent, *children])  # Crashed is "no heartbeat for 90 s after one"
     orphan = children[1]
     os.kill(_worker_pid(stack), signal.SIGKILL)
     for run in (parent, children[0]):
@@ -304,7 +329,7 @@ def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once
     runs = [parent, *children, stuck]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and set(_states(stack, runs).values()) != {"CRASHED"}:
-        time.sleep(5)
+        time.sleep(1)
     assert _states(stack, runs) == dict.fromkeys(runs, "CRASHED")
 
     httpx.post(f"{SANDBOX}/_sandbox/reset")  # no more stalls

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -30,19 +29,8 @@ HTTP = httpx.Client(timeout=30)
 
 
 def config(**overrides: Any) -> ProjectConfig:
+    """This module's project; ``config()`` is also the shared sandbox behind ``sb`` (tests/conftest.py)."""
     return ProjectConfig(**{"today": TODAY, **UNLIMITED, **overrides})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(config()).start() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    return server
 
 
 def export(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -27,19 +26,8 @@ _DECODER = json.JSONDecoder()
 
 
 def config(**overrides: Any) -> ProjectConfig:
+    """This module's project; ``config()`` is also the shared sandbox behind ``sb`` (tests/conftest.py)."""
     return ProjectConfig(**{"today": TODAY, "anonymous_profiles": 6, **UNLIMITED, **overrides})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(config()).start() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    return server
 
 
 def engage(sb: SandboxServer, path: str = PATHS[0], auth: Any = AUTH, **form: Any) -> httpx.Response:

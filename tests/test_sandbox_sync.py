@@ -6,13 +6,11 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from sandbox import ProjectConfig, SandboxServer, fingerprint
 from sandbox.changes import Changes
@@ -38,20 +36,8 @@ _INSERT_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
 def config(**overrides: Any) -> ProjectConfig:
+    """This module's project; ``config()`` is also the shared sandbox behind ``sb`` (tests/conftest.py)."""
     return ProjectConfig(**{"today": TODAY, "events_per_day": 2000, "seed": 5, **UNLIMITED, **overrides})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(config()).start() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    server.clear_changes()
-    return server
 
 
 def export(sb: SandboxServer, day: date = DAY, last: date | None = None, **params: Any) -> list[bytes]:
