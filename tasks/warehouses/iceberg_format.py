@@ -233,6 +233,8 @@ def _data_files(
     ``ROW_GROUP_BYTES`` are written as they come, and a file is closed once it holds
     ``write.target-file-size-bytes`` of Arrow data (pyiceberg's measure, so the files are the size
     pyiceberg would write). ``day``: every row's ``day``, the file's partition (None: unpartitioned).
+    It calls pyiceberg internals (``_to_requested_schema``, ``_check_pyarrow_schema_compatible``, the
+    ``write_file`` steps): check them when upgrading pyiceberg past the 0.12.0 that uv.lock pins.
     """
     metadata = tx.table_metadata
     table_schema = metadata.schema()
