@@ -3,7 +3,8 @@
 Layout: the tables ``<namespace>.mp_master_event`` (partitioned by identity ``day``),
 ``mp_people_data`` and ``mp_identity_mappings_data``, each at ``<root>/<project_id>/iceberg/<table>``.
 
-* a day is replaced by one transaction: ``overwrite(rows, overwrite_filter=day == '…')`` plus the
+* a day is replaced by one transaction: a delete of ``day == '…'`` and an append of the day's new
+  data files (as ``overwrite`` does, but the files are written streaming: ``_data_files``) plus the
   table property ``mp.held.<partition> = <manifest sequence>``, committed to the catalog together
   (the SQL catalog swaps the metadata pointer with a conditional ``UPDATE``, Glue with its version
   check, REST with its requirements): a racing writer gets ``CommitFailedException`` and is retried
@@ -15,7 +16,9 @@ Layout: the tables ``<namespace>.mp_master_event`` (partitioned by identity ``da
 
 from __future__ import annotations
 
+import itertools
 import logging
+import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,13 +26,22 @@ from typing import Any, cast
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
-from pyiceberg.expressions import BooleanExpression, EqualTo
-from pyiceberg.io import FileIO
-from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.table import Table, Transaction
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
+from pyiceberg.io import FileIO, OutputFile
+from pyiceberg.io.fileformat import FileFormatFactory, FileFormatWriter
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _to_requested_schema, pyarrow_to_schema
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
+from pyiceberg.schema import sanitize_column_names
+from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, Table, TableProperties, Transaction
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.transforms import IdentityTransform
+from pyiceberg.typedef import Record
+from pyiceberg.utils.config import Config
+from pyiceberg.utils.properties import property_as_int
 
 from tasks.errors import FatalError
 from tasks.lake.manifest import Manifest
@@ -40,7 +52,8 @@ from tasks.warehouses.tableformat import DAY, SCHEMAS, Location, commit_metadata
 log = logging.getLogger(__name__)
 
 HELD = "mp.held."
-CHUNK_ROWS = 262_144  # rows pyiceberg materialises at once when it writes into the partitioned table
+# Arrow bytes of a row group of the data files: what a write holds in memory (with its encoding)
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 COMPACT_MIN_FILES = 4  # a day with this many small files (hourly increments) is rewritten by the upkeep
 SMALL_FILE_BYTES = 8 * 1024 * 1024  # below a chunk of the daily write: only increments count
 ORPHAN_GRACE = timedelta(hours=1)  # a writer uploading right now is younger: its files are not orphans
@@ -117,9 +130,9 @@ class IcebergFormat:
             # the first write of a day deletes nothing, which pyiceberg warns about
             warnings.filterwarnings("ignore", "Delete operation did not match any records")
             if table == EVENTS_TABLE and (append or is_day(partition)):
-                _write_day(tx, data, None if append else day_is(partition), meta)
-            else:
-                tx.overwrite(data, snapshot_properties=meta)  # unpartitioned: pyiceberg streams it
+                _write_rows(tx, found.io, data, partition, None if append else day_is(partition), meta)
+            else:  # people and mappings: unpartitioned, replaced whole
+                _write_rows(tx, found.io, data, None, AlwaysTrue(), meta)
             tx.set_properties({f"{HELD}{partition}": str(manifest.sequence)})
 
     def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
@@ -165,7 +178,7 @@ class IcebergFormat:
             rows = table.scan(row_filter=day_is(day)).to_arrow_batch_reader()
             try:
                 with table.transaction() as tx:
-                    _write_day(tx, rows, day_is(day), {"mp.compaction": day})
+                    _write_rows(tx, table.io, rows, day, day_is(day), {"mp.compaction": day})
                 done += 1
             except self.conflicts:
                 log.info("%s: written by a pipeline run during compaction, left for the next upkeep", day)
@@ -210,37 +223,139 @@ def day_is(day: str) -> BooleanExpression:
     return cast(BooleanExpression, equal_to(DAY, day))
 
 
-def _chunks(data: pa.RecordBatchReader) -> Iterator[pa.Table]:
-    """``data`` in tables of about ``CHUNK_ROWS`` rows."""
-    held: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in data:
-        held.append(batch)
-        rows += batch.num_rows
-        if rows >= CHUNK_ROWS:
-            yield pa.Table.from_batches(held, data.schema)
-            held, rows = [], 0
-    if held:
-        yield pa.Table.from_batches(held, data.schema)
+def _data_files(
+    tx: Transaction, io: FileIO, data: pa.RecordBatchReader, day: str | None, write_uuid: uuid.UUID
+) -> Iterator[DataFile]:
+    """``data`` written as the table's Parquet data files, streamed: never more than a row group in memory.
 
-
-def _write_day(
-    tx: Transaction, data: pa.RecordBatchReader, replace: BooleanExpression | None, meta: dict[str, str]
-) -> None:
-    """Replace (``replace``: the day's filter) or extend a day chunk by chunk, in the one transaction.
-
-    pyiceberg 0.12 writes a partitioned table only from a materialised table: chunks bound the
-    memory, and the transaction still commits once (each chunk is a snapshot of the same commit).
+    pyiceberg 0.12 materialises a partitioned write whole (and even its unpartitioned streaming
+    write buffers a whole file, ``write.target-file-size-bytes`` of Arrow data, 512 MiB by
+    default). This is its own ``write_file`` with a rolling writer instead: row groups of about
+    ``ROW_GROUP_BYTES`` are written as they come, and a file is closed once it holds
+    ``write.target-file-size-bytes`` of Arrow data (pyiceberg's measure, so the files are the size
+    pyiceberg would write). ``day``: every row's ``day``, the file's partition (None: unpartitioned).
+    It calls pyiceberg internals (``_to_requested_schema``, ``_check_pyarrow_schema_compatible``, the
+    ``write_file`` steps): check them when upgrading pyiceberg past the 0.12.0 that uv.lock pins.
     """
-    first = True
-    for chunk in _chunks(data):
-        if first and replace is not None:
-            tx.overwrite(chunk, overwrite_filter=replace, snapshot_properties=meta)
-        else:
-            tx.append(chunk, snapshot_properties=meta)
-        first = False
-    if first and replace is not None:  # an empty day: its rows go all the same
+    metadata = tx.table_metadata
+    table_schema = metadata.schema()
+    sanitized = sanitize_column_names(table_schema)
+    file_schema = sanitized if sanitized != table_schema else table_schema
+    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
+    _check_pyarrow_schema_compatible(
+        table_schema,
+        data.schema,
+        downcast_ns_timestamp_to_us=downcast,
+        format_version=metadata.format_version,
+    )
+    data_schema = pyarrow_to_schema(
+        data.schema,
+        name_mapping=table_schema.name_mapping,
+        downcast_ns_timestamp_to_us=downcast,
+        format_version=metadata.format_version,
+    )
+    file_format = FileFormat(
+        metadata.properties.get(TableProperties.WRITE_FILE_FORMAT, TableProperties.WRITE_FILE_FORMAT_DEFAULT)
+    )
+    model = FileFormatFactory.get(file_format)
+    target = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    assert target is not None
+    spec = metadata.spec()
+    key = None
+    if day is not None:
+        key = PartitionKey([PartitionFieldValue(spec.fields[0], day)], spec, table_schema)
+    locations = load_location_provider(metadata.location, metadata.properties)
+    counter = itertools.count()
+
+    def open_file() -> tuple[str, OutputFile, FileFormatWriter]:
+        name = f"00000-{next(counter)}-{write_uuid}.{model.file_extension()}"
+        path = locations.new_data_location(data_file_name=name, partition_key=key)
+        output = io.new_output(path)
+        return path, output, model.create_writer(output, file_schema, metadata.properties)
+
+    def close_file(path: str, output: OutputFile, writer: FileFormatWriter) -> DataFile:
+        statistics = writer.close()
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=file_format,
+            partition=key.partition if key is not None else Record(),
+            file_size_in_bytes=len(output),
+            sort_order_id=None,
+            spec_id=metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    current: tuple[str, OutputFile, FileFormatWriter] | None = None
+    in_file = 0  # Arrow bytes written into the current file
+    for group in _row_groups(data, day):
+        if current is None:
+            current, in_file = open_file(), 0
+        batches = [
+            _to_requested_schema(
+                requested_schema=file_schema,
+                file_schema=data_schema,
+                batch=batch,
+                downcast_ns_timestamp_to_us=downcast,
+                include_field_ids=True,
+                format_model=model,
+            )
+            for batch in group
+        ]
+        current[2].write(pa.Table.from_batches(batches))
+        in_file += sum(b.nbytes for b in group)
+        del batches, group
+        if in_file >= target:
+            yield close_file(*current)
+            current = None
+    if current is not None:
+        yield close_file(*current)
+
+
+def _row_groups(data: pa.RecordBatchReader, day: str | None) -> Iterator[list[pa.RecordBatch]]:
+    """``data`` in groups of about ``ROW_GROUP_BYTES``; every row checked to be of ``day`` (if given)."""
+    held: list[pa.RecordBatch] = []
+    size = 0
+    for batch in data:
+        days = batch.column(DAY) if day is not None and batch.num_rows else None
+        if days is not None and (days.null_count or pc.min_max(days).as_py() != {"min": day, "max": day}):
+            raise ValueError(f"a row outside the day {day} was written into its partition")
+        held.append(batch)
+        size += batch.nbytes
+        if size >= ROW_GROUP_BYTES:
+            yield held
+            held, size = [], 0
+    if held:
+        yield held
+
+
+def _write_rows(
+    tx: Transaction,
+    io: FileIO,
+    data: pa.RecordBatchReader,
+    day: str | None,
+    replace: BooleanExpression | None,
+    meta: dict[str, str],
+) -> None:
+    """Replace the rows matching ``replace`` (None: add) with ``data``, in the one transaction.
+
+    The data files are written first (streamed, see ``_data_files``); then a delete of the replaced
+    rows (pyiceberg drops whole files: a day is a partition) and one append of the new files, both
+    snapshots of the transaction, which commits once. An empty ``data`` only deletes.
+    """
+    files = list(_data_files(tx, io, data, day, uuid.uuid4()))
+    if replace is not None:
         tx.delete(replace, snapshot_properties=meta)
+    if files:
+        with tx.update_snapshot(snapshot_properties=meta).fast_append() as append:
+            for data_file in files:
+                append.append_data_file(data_file)
 
 
 def _snapshot_time(table: Table, snapshot_id: int) -> datetime:
