@@ -11,7 +11,7 @@ from typing import Any
 
 from blocks.destinations.base import root_of
 from blocks.destinations.local import LocalDestination
-from tasks.errors import BadCredentialsError, FatalError
+from tasks.errors import FatalError
 from tasks.warehouses.tableformat import Location
 
 # the storage options each library reads: key id, secret, region, session token, endpoint
@@ -36,17 +36,9 @@ def location_of(files: Any, project_id: int, folder: str, style: str = "delta") 
             f"table formats are written on a local folder or S3 so far, not on a {type(files).__name__}: "
             "choose a LocalDestination or an S3Destination as the block's files."
         )
-    credentials = files.bucket.credentials
-    session = credentials.get_boto3_session()
-    found = session.get_credentials()
-    if found is None:
-        raise BadCredentialsError(
-            f"no AWS credentials were found for bucket {files.bucket.bucket_name}: set an access key in its "
-            "AwsCredentials block or give the worker an IAM role."
-        )
+    _, found, region = files.aws_session()  # the S3 destination's own lookup and its error sentence
     frozen = found.get_frozen_credentials()
-    region = credentials.region_name or session.region_name or "us-east-1"
-    endpoint = credentials.aws_client_parameters.endpoint_url
+    endpoint = files.bucket.credentials.aws_client_parameters.endpoint_url
     root = root_of(files.bucket.bucket_folder, files.prefix, str(project_id), folder)
     uri = f"s3://{files.bucket.bucket_name}/{root}"
     values = (frozen.access_key, frozen.secret_key, region, frozen.token, endpoint and str(endpoint))

@@ -61,17 +61,24 @@ destination = S3Destination.load("BLOCK_NAME")
         "the tables; empty for the top of the bucket.",
     )
 
-    def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
+    def aws_session(self) -> tuple[Any, Any, str]:
+        """boto3's session, its (refreshable) credentials and the region; one sentence if none are found."""
         credentials = self.bucket.credentials
-        bucket = self.bucket.bucket_name
-        block = block_label(self.bucket, "S3Bucket", bucket)
         session = credentials.get_boto3_session()
         found = session.get_credentials()
         if found is None:
+            block = block_label(self.bucket, "S3Bucket", self.bucket.bucket_name)
             raise BadCredentialsError(
                 f"no AWS credentials were found for {block}: set an access key in its AwsCredentials "
                 "block or give the worker an IAM role."
             )
+        return session, found, credentials.region_name or session.region_name or "us-east-1"
+
+    def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
+        credentials = self.bucket.credentials
+        bucket = self.bucket.bucket_name
+        block = block_label(self.bucket, "S3Bucket", bucket)
+        _, found, region = self.aws_session()
         params = credentials.aws_client_parameters
         options: dict[str, Any] = {}
         if params.endpoint_url:
@@ -94,7 +101,7 @@ destination = S3Destination.load("BLOCK_NAME")
         store = S3Store(
             bucket,
             prefix=root or None,
-            region=credentials.region_name or session.region_name or "us-east-1",
+            region=region,
             credential_provider=provider,
             client_options=client,
             retry_config=retry_config(retry),
