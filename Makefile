@@ -88,13 +88,11 @@ server: setup
 	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_API_DATABASE_TIMEOUT=60 \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-# the work pool, the rate-budget limits, the crashed-runs automation, every block type, the blocks
-# prefect.yaml names (sandbox credentials and ./data, only if no blocks of those names exist), every
-# deployment of prefect.yaml, then its block references pinned by id (what the UI's pickers show)
+# the work pool (if absent), every block type, the rate-budget limits, the crashed-runs automations, the
+# blocks prefect.yaml names (sandbox credentials and ./data, only if no blocks of those names exist),
+# every deployment of prefect.yaml, then its block references pinned by id (what the UI's pickers show)
 deploy: setup
-	$(BIN)/prefect work-pool create $(POOL) --type process --overwrite
-	$(BIN)/prefect block register -m blocks.destinations.catalog
-	$(BIN)/python -m flows.setup --sandbox $(SANDBOX_URL) --data $(DATA_DIR)
+	$(BIN)/python -m flows.setup --pool $(POOL) --sandbox $(SANDBOX_URL) --data $(DATA_DIR)
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m flows.setup --pin-blocks
 

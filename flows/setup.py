@@ -1,7 +1,9 @@
-"""`python -m flows.setup`: what `make deploy` needs on the Prefect server besides the CLI steps.
+"""`python -m flows.setup`: what `make deploy` needs on the Prefect server besides `prefect deploy`.
 
-Before `prefect deploy`: creates the global concurrency limits that hold Mixpanel's rate budget across
-workers, the automation that marks runs whose heartbeat stopped as Crashed and, with ``--sandbox URL``,
+Before `prefect deploy`, in one process (each `prefect` command imports every installed integration,
+seconds of CPU apiece): creates the process work pool the deployments name (if absent), registers every
+block type of the project, creates the global concurrency limits that hold Mixpanel's rate budget across
+workers, the automations that mark runs whose heartbeat stopped as Crashed and, with ``--sandbox URL``,
 saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox, the sandbox's
 MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``local`` (only where no block
 of that name exists), so a first run needs no Mixpanel account.
@@ -20,17 +22,39 @@ from typing import Any
 from prefect.automations import Automation
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
 
+from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 from flows.limits import ensure_limits
+
+
+def ensure_work_pool(name: str) -> str:
+    """Create the process work pool ``name`` unless a pool of that name exists (never changes one)."""
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            return f"{name} (process, created)"
+    return f"{name} ({pool.type}, exists: left as it is)"
+
+
+def register_block_types() -> list[str]:
+    """Every block type of the project (and the blocks they nest), shown in the UI with their forms."""
+    for block_type in BLOCK_TYPES:
+        block_type.register_type_and_schema()
+    return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
 
 
 def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
@@ -149,6 +173,7 @@ def _exists(block_type: type[Block], name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default="mixpanel", help="the process work pool to create if absent")
     parser.add_argument("--sandbox", metavar="URL", help="save sandbox credentials and a local destination")
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the local destination")
     parser.add_argument(
@@ -159,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         pinned = pin_block_references()
         print("block references pinned by id in:", ", ".join(pinned) if pinned else "no deployment")
         return
+    print("work pool:", ensure_work_pool(args.pool))
+    print("block types:", ", ".join(register_block_types()))
     print("global concurrency limits:", ", ".join(ensure_limits()))
     print("automations:", ", ".join(ensure_crash_automations()))
     if args.sandbox:

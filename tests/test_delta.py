@@ -6,8 +6,6 @@ import base64
 import io
 import pickle
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -30,10 +28,9 @@ from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
+from tests.forked import run_python
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -169,7 +166,7 @@ def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_ne
     export(sandbox, lake.block, [day], "before")
     version = lake.table().version()
     payload = base64.b64encode(pickle.dumps((lake.block, credentials_for(sandbox), day))).decode()
-    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=180)
+    done = run_python(KILLER, payload, timeout=180)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
     assert lake.table().version() == version, "no Delta commit happened"

@@ -5,10 +5,7 @@ from __future__ import annotations
 import base64
 import pickle
 import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import xxhash
@@ -24,11 +21,10 @@ from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
 from tasks.schema import EVENTS_TABLE
 from tests.conftest import credentials_for, recent_days
+from tests.forked import run_python
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP
 from tests.stores.s3 import make_s3_destination
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
@@ -109,7 +105,7 @@ def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
     export(sandbox, store(), days, "before")
     want = sandbox.expected(day, day)[day.isoformat()]
     payload = base64.b64encode(pickle.dumps((store(), credentials_for(sandbox), days, where))).decode()
-    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=120)
+    done = run_python(KILLER, payload, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
     dest = store().connect(1)

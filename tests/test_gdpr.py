@@ -6,8 +6,6 @@ import base64
 import json
 import pickle
 import signal
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -27,11 +25,11 @@ from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
 from tasks.sync.registry import EDGE_IDS, audit_prefix, id_hash, load_registry
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
+from tests.forked import run_python
 from tests.stores.s3 import S3Server
 from tests.sync_kit import Three, day_frame, edges_frame, three_destinations, whole_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-ROOT = Path(__file__).resolve().parents[1]
 DAYS = 6
 
 
@@ -219,9 +217,7 @@ def test_a_crash_during_a_purge_leaves_each_day_purged_or_untouched(
         dest = block.connect(1)
         before = {d: dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
         payload = base64.b64encode(pickle.dumps((block, user, cluster))).decode()
-        done = subprocess.run(
-            [sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=120
-        )
+        done = run_python(KILLER, payload, timeout=120)
         assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
         purged = untouched = 0

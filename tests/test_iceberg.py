@@ -6,8 +6,6 @@ import base64
 import io
 import pickle
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -32,10 +30,9 @@ from tasks.sync.purge import PurgeScope, purge_destination
 from tasks.warehouses.iceberg_format import HELD, catalog_properties
 from tasks.warehouses.tableformat import format_hook, reader
 from tests.conftest import credentials_for, recent_days
+from tests.forked import run_python
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -173,7 +170,7 @@ def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_ne
     export(sandbox, warehouse.block, [day], "before")
     snapshot = warehouse.table().current_snapshot()
     payload = base64.b64encode(pickle.dumps((warehouse.block, credentials_for(sandbox), day))).decode()
-    done = subprocess.run([sys.executable, "-c", KILLER, payload], cwd=ROOT, capture_output=True, timeout=180)
+    done = run_python(KILLER, payload, timeout=180)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
     assert warehouse.table().current_snapshot() == snapshot, "no Iceberg commit happened"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Union
 
+from prefect.blocks.core import Block
+
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.files import blocks_of
 from blocks.destinations.local import LocalDestination
@@ -60,7 +62,7 @@ else:
     # the flows' parameter type: Prefect's UI offers one block picker per member
     AnyDestination = Union[DESTINATIONS]  # noqa: UP007  (a union built at run time)
 
-BLOCK_TYPES = (MixpanelCredentials, MixpanelGdprCredentials, *DESTINATIONS)
+BLOCK_TYPES: tuple[type[Block], ...] = (MixpanelCredentials, MixpanelGdprCredentials, *DESTINATIONS)
 
 # `prefect block register -m blocks.destinations.catalog` registers the Block classes it finds as
 # attributes of this module: name the installed optional ones here too
