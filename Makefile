@@ -17,20 +17,24 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # otherwise both create .tools/ and one would run a half-installed uv
 setup:
 	@mkdir -p $(TOOLS)
-	@flock $(TOOLS)/.setup.lock $(MAKE) -s --no-print-directory $(VENV)/.synced
+	@flock $(TOOLS)/.setup.lock $(MAKE) -s --no-print-directory EXTRAS="$(EXTRAS)" $(VENV)/.synced
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
-# the destinations' integrations to install (pyproject's extras): `all`, or some of
-# `s3 gcs bigquery azure snowflake delta iceberg`, e.g. `make setup EXTRAS="s3"`; none: `EXTRAS=` (local folder, DuckDB)
-EXTRAS ?= all
+# the destinations' integrations to add (pyproject's extras): none by default (the local folder and
+# DuckDB need none), some of `s3 gcs bigquery azure snowflake delta iceberg`, or `all`, e.g.
+# `make setup EXTRAS="s3"`. A sync only adds (--inexact): what a running worker imports never vanishes
+# under it; `make clean` starts over. The tests use every destination, the demo its FORMAT.
+EXTRAS ?=
+test lint: EXTRAS = all
+demo: EXTRAS += $(filter delta iceberg,$(FORMAT))
 EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
 EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))
 
 $(VENV)/.synced: pyproject.toml uv.lock $(EXTRAS_STAMP) | $(UV)
-	$(UV) sync --frozen --python $(PYTHON) $(EXTRA_FLAGS)
+	$(UV) sync --frozen --inexact --python $(PYTHON) $(EXTRA_FLAGS)
 	touch $@
 
 # a stamp per choice of extras: choosing others syncs again

@@ -3,13 +3,17 @@
 Session-scoped: starting the server and deploying takes ~30 s, so every test shares one; tests use
 different days and compare the sandbox's counters before and after, never absolute numbers.
 Every process gets its own PREFECT_HOME, so nothing touches the user's Prefect profile.
+
+It runs from a copy of the checkout bootstrapped as a fresh clone is (`make setup`: no extras), as a
+deployment for the local folder is: each flow run then imports no cloud SDK (Prefect imports every
+installed integration when it resolves a block, ~6 s of CPU per run with all of them).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,11 +29,30 @@ from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+
+
+def user_environment(*drop: str) -> dict[str, str]:
+    """This process's environment without what the test run set: Prefect's and the pipelines' settings,
+    the active environment, make's flags (`make test`'s EXTRAS must not reach a copy's `make setup`)."""
+    prefixes = ("PREFECT_", "MP_PIPELINES_", "VIRTUAL_ENV", "MAKE", "MFLAGS", *drop)
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def copy_checkout(target: Path) -> None:
+    """What `git clone` would give, plus uncommitted changes: tracked and untracked files, not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
 
 
 @dataclass
 class Cluster:
+    checkout: Path
     api_url: str
     env: dict[str, str]
     data: Path
@@ -41,10 +64,14 @@ class Cluster:
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
 
+    @property
+    def bin(self) -> Path:
+        return self.checkout / ".venv" / "bin"
+
     def prefect(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "prefect"), *args],
-            cwd=ROOT,
+            [str(self.bin / "prefect"), *args],
+            cwd=self.checkout,
             env=self.env,
             capture_output=True,
             text=True,
@@ -89,39 +116,52 @@ def _pause_schedules(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    checkout = tmp_path_factory.mktemp("checkout")
+    copy_checkout(checkout)
     home = tmp_path_factory.mktemp("prefect")
     logs = tmp_path_factory.mktemp("logs")
     data = tmp_path_factory.mktemp("data")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MP_PIPELINES_"))}
+    env = user_environment()
+    bootstrap = subprocess.run(["make", "setup"], cwd=checkout, env=env, capture_output=True, text=True)
+    assert bootstrap.returncode == 0, (
+        f"make setup failed:\n{bootstrap.stdout[-3000:]}{bootstrap.stderr[-3000:]}"
+    )
+    bin = checkout / ".venv" / "bin"
     env |= {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "MP_PIPELINES_STATE_DIR": str(home / "mp-state"),  # one rate budget for every worker of the host
-        "PWD": str(ROOT),
-        "PATH": f"{BIN}:{env.get('PATH', '')}",
+        "PWD": str(checkout),
+        "PATH": f"{bin}:{env.get('PATH', '')}",
     }
     server_log = logs / "server.log"
     with server_log.open("wb") as out:
         server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [str(bin / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             cwd=home,
             # where the UI in the browser finds the API; SQLite waits up to 60 s for a lock (10 s by
-            # default), since two workers polling on a loaded 2-core machine hold it for seconds at a time
-            env=env | {"PREFECT_UI_API_URL": api_url, "PREFECT_API_DATABASE_TIMEOUT": "60"},
+            # default), since two workers polling on a loaded 2-core machine hold it for seconds at a
+            # time; no scheduler: the tests start every run themselves (and pause the schedules)
+            env=env
+            | {
+                "PREFECT_UI_API_URL": api_url,
+                "PREFECT_API_DATABASE_TIMEOUT": "60",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     sandbox = start_sandbox(events_per_day=300)
-    cluster = Cluster(api_url, env | {"PREFECT_API_URL": api_url}, data, sandbox, logs)
+    cluster = Cluster(checkout, api_url, env | {"PREFECT_API_URL": api_url}, data, sandbox, logs)
     try:
         _wait_healthy(api_url, server, server_log)
         # as a user of Prefect Cloud or another server does: PREFECT_API_URL exported (README, "Operations")
         deploy = subprocess.run(
             ["make", "deploy", f"SANDBOX_URL={sandbox.url}", f"DATA_DIR={data}"],
-            cwd=ROOT,
+            cwd=checkout,
             env=cluster.env,
             capture_output=True,
             text=True,
@@ -137,7 +177,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 cluster.workers.append(
                     subprocess.Popen(
                         [
-                            str(BIN / "prefect"),
+                            str(bin / "prefect"),
                             "worker",
                             "start",
                             "--pool",
@@ -147,7 +187,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                             "--name",
                             f"worker-{index}",
                         ],
-                        cwd=ROOT,
+                        cwd=checkout,
                         env=cluster.env,
                         stdout=out,
                         stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.destinations.catalog import BLOCK_TYPES
+from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
 from tasks.errors import FatalError
@@ -75,3 +76,27 @@ def test_the_credentials_form_puts_tuning_in_its_own_section() -> None:
     tuning = schema["definitions" if "definitions" in schema else "$defs"]["MixpanelTuning"]
     assert {"max_attempts", "read_timeout_seconds", "export_requests_per_hour"} <= set(tuning["properties"])
     assert all(field.get("description") for field in tuning["properties"].values())
+
+
+def test_a_reference_to_a_saved_block_passes_the_servers_checks_when_only_default_only_blocks_are_offered() -> (
+    None
+):
+    """What Prefect's server checks when `make deploy` creates a deployment (the schema as it is) and then
+    pins its blocks by id (preprocessed: the block or a reference, exactly one), in an environment without
+    extras: the destination parameter offers LocalDestination and DuckDBWarehouse only."""
+    from prefect._internal.schemas.validators import validate_values_conform_to_schema
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    def flow_like(destination: LocalDestination | DuckDBWarehouse | None = None) -> None: ...
+
+    schema = parameter_schema(flow_like).model_dump()
+    assert schema["properties"]["destination"]["anyOf"][1] == {"$ref": "#/definitions/DuckDBWarehouse"}
+    for value in (
+        {"$ref": {"block_document_slug": "mixpanel-local-destination/local"}},
+        {"$ref": {"block_document_id": "a812bd80-35aa-4a3c-a552-af455855a9ee"}},
+        {"path": "data"},
+    ):
+        validate_values_conform_to_schema({"destination": value}, schema, ignore_required=True)  # creation
+        validate({"destination": value}, schema, raise_on_error=True, ignore_required=True)  # update
+    assert LocalDestination().path == "data", "the block itself still takes its defaults"

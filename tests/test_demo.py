@@ -1,32 +1,34 @@
 """The README's first command, `make demo`, as written (and its one switch, `FORMAT=delta`), in a copy of
-the checkout that reuses this checkout's bootstrapped tools and environment."""
+the checkout that bootstraps itself as a fresh clone does: uv, then the environment without extras (the
+default), to which `FORMAT=delta` adds the `delta` extra."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.test_readme_ops import ROOT, _copy_checkout
+from tests.cluster import copy_checkout, user_environment
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("checkout")
-    _copy_checkout(copy)
-    for bootstrapped in (".tools", ".venv"):  # what `make setup` made here: the copy need not make it again
-        (copy / bootstrapped).symlink_to(ROOT / bootstrapped)
+    copy_checkout(copy)
     return copy
 
 
 def make(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MP_PIPELINES_", "DEMO_"))}
+    env = user_environment("DEMO_")
     return subprocess.run(
         ["make", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=900, check=False
     )
+
+
+def installed(checkout: Path, package: str) -> bool:
+    return any((checkout / ".venv" / "lib").glob(f"python3*/site-packages/{package}/__init__.py"))
 
 
 def test_make_demo_exports_a_week_into_duckdb_and_queries_it(checkout: Path) -> None:
@@ -34,6 +36,7 @@ def test_make_demo_exports_a_week_into_duckdb_and_queries_it(checkout: Path) -> 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (checkout / "data" / "mixpanel.duckdb").is_file()
     assert "-- profiles and mapped ids" in done.stdout
+    assert installed(checkout, "prefect") and not installed(checkout, "prefect_aws"), "no extra by default"
 
 
 def test_make_demo_with_format_delta_writes_delta_tables(checkout: Path) -> None:
@@ -41,4 +44,5 @@ def test_make_demo_with_format_delta_writes_delta_tables(checkout: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = pl.scan_delta(str(checkout / "data" / "1" / "delta" / "mp_master_event")).collect()
     assert events["day"].n_unique() == 7, "the demo's week, one partition per day"
+    assert installed(checkout, "deltalake"), "FORMAT=delta added the delta extra"
     assert events.height == 7 * 5000, "the sandbox's 5,000 events per day (flows/demo.py checks each day too)"

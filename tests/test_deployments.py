@@ -16,6 +16,10 @@ from prefect.client.schemas.filters import (
 )
 
 from blocks.destinations.catalog import BLOCK_TYPES
+from blocks.destinations.duckdb import DuckDBWarehouse
+from blocks.destinations.local import LocalDestination
+from blocks.gdpr import MixpanelGdprCredentials
+from blocks.mixpanel import MixpanelCredentials
 from tests.cluster import Cluster
 from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days
 
@@ -29,6 +33,7 @@ DEPLOYMENTS = {
     "mixpanel-gdpr/gdpr-daily",
     "mixpanel-upkeep/upkeep-daily",
 }
+ALWAYS_INSTALLED = (MixpanelCredentials, MixpanelGdprCredentials, LocalDestination, DuckDBWarehouse)
 BLOCKS = {
     "credentials": ("mixpanel-credentials", "mixpanel"),
     "local": ("mixpanel-local-destination", "local"),
@@ -95,7 +100,13 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         registered = {b.slug for b in client.read_block_types()}
         limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits()}
         automations = {a.name for a in client.read_automations()}
-    assert {cls.get_block_type_slug() for cls in BLOCK_TYPES} <= registered, "one command registered them all"
+    # deployed from an environment without extras: the project's own block types, no cloud's
+    always = {cls.get_block_type_slug() for cls in ALWAYS_INSTALLED}
+    assert always <= registered, "`make deploy` registered every block type of the project"
+    extras = {cls.get_block_type_slug() for cls in BLOCK_TYPES} - always
+    assert extras and not extras & registered, "a destination whose extra is not installed is not offered"
+    with cluster.client() as client:
+        assert client.read_work_pool("mixpanel").type == "process"
     assert limits == {
         "mixpanel-export-per-hour": 30,
         "mixpanel-export-per-second": 1,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import ROOT
+from tests.cluster import ROOT, copy_checkout, user_environment
 from tests.conftest import local_destination
 
 pytestmark = pytest.mark.slow
@@ -119,17 +118,6 @@ def _wait_for(url: str, stack: Stack, name: str, seconds: float = 300) -> None:
     pytest.fail(f"`{name}` did not answer at {url} within {seconds:.0f} s:\n{stack.log(name)}")
 
 
-def _copy_checkout(target: Path) -> None:
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-
-
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -152,10 +140,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     clone, logs = base / "clone", base / "logs"
     clone.mkdir()
     logs.mkdir()
-    _copy_checkout(clone)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MP_PIPELINES_", "VIRTUAL_ENV"))
-    }
+    copy_checkout(clone)
+    env = user_environment()
     env |= {"PREFECT_HOME": str(base / "prefect-home"), "MP_PIPELINES_STATE_DIR": str(base / "mp-state")}
     env["PWD"] = str(clone)
     stack = Stack(clone, env, logs)

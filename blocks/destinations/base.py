@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-from prefect.blocks.core import Block
-from pydantic import AfterValidator
+from prefect.blocks.core import Block, schema_extra
+from pydantic import AfterValidator, ConfigDict
 
 from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination
@@ -26,8 +26,28 @@ def plain_name(what: str) -> Any:
     return AfterValidator(check)
 
 
+def _schema_refusing_bare_references(schema: dict[str, Any], model: type[Block]) -> None:
+    """Prefect's block schema, with the fields that have defaults listed as required.
+
+    Prefect's server checks a deployment's parameters twice, with every ``required`` removed but
+    those inside lists: on creation against the schema as it is, on update (`make deploy` pinning
+    block references by id) against ``oneOf`` [the block's schema, a ``{"$ref": ...}`` reference]. A
+    block whose fields all have defaults (LocalDestination, DuckDBWarehouse) matches a reference
+    both ways, which ``oneOf`` refuses: with no destination of another kind installed, no reference
+    could be pinned. Listing those fields as required (the form shows them filled with their
+    defaults; the block itself still accepts them left out) makes the reference match once.
+    """
+    schema_extra(schema, model)
+    if not schema.get("required"):
+        defaulted = [name for name, field in schema.get("properties", {}).items() if "default" in field]
+        if defaulted:
+            schema["required"] = defaulted
+
+
 class DestinationBlock(Block):
     """Base of the destination blocks; flows only call ``connect``."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_refusing_bare_references)
 
     @abstractmethod
     def connect(self, project_id: int) -> ObjectStoreDestination:
