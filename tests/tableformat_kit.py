@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import pickle
+import signal
 import threading
 from datetime import date
 
@@ -12,6 +15,7 @@ from sandbox import SandboxServer
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import credentials_for, fingerprint_of_rows
+from tests.forked import run_python
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
@@ -47,3 +51,31 @@ def race(server: SandboxServer, block: DestinationBlock, day: date, runs: list[s
     for thread in threads:
         thread.join()
     return errors
+
+
+KILLER = """
+import base64, os, pickle, signal, sys
+from tasks.warehouses import tableformat
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
+
+block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
+real = tableformat.reader
+def reader_then_die(*args):  # the commit has read its first rows: files may be written, nothing committed
+    inner = real(*args)
+    def batches():
+        for batch in inner:
+            yield batch
+            os.kill(os.getpid(), signal.SIGKILL)
+    return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
+tableformat.reader = reader_then_die
+with MixpanelClient(credentials.api_settings()) as client:
+    export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
+"""
+
+
+def killed_in_its_commit(server: SandboxServer, block: DestinationBlock, day: date) -> None:
+    """A run of ``day`` (run id ``killed``) SIGKILLed once the table format's commit has started."""
+    payload = base64.b64encode(pickle.dumps((block, credentials_for(server), day))).decode()
+    done = run_python(KILLER, payload, timeout=180)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]

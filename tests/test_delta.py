@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import pickle
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -28,9 +25,8 @@ from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
-from tests.forked import run_python
 from tests.stores.s3 import S3Server, make_s3_destination
-from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
+from tests.tableformat_kit import export, killed_in_its_commit, race, rows_and_fingerprint, truth
 
 
 @dataclass
@@ -136,38 +132,13 @@ def test_properties_are_the_exported_text_and_time_is_utc(sandbox: SandboxServer
     assert frame.select(key).sort(key).equals(files_frame.select(key).sort(key)), "byte-identical properties"
 
 
-KILLER = """
-import base64, os, pickle, signal, sys
-from tasks.warehouses import tableformat
-from tasks.pipeline.export import ExportSettings, export_days
-from tasks.mixpanel.client import MixpanelClient
-
-block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
-real = tableformat.reader
-def reader_then_die(*args):  # delta-rs has started writing the day's files, the log not yet
-    inner = real(*args)
-    def batches():
-        for batch in inner:
-            yield batch
-            os.kill(os.getpid(), signal.SIGKILL)
-    return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
-tableformat.reader = reader_then_die
-with MixpanelClient(credentials.api_settings()) as client:
-    export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
-"""
-
-
 def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_next_run_completes(
     sandbox: SandboxServer, lake: Lake
 ) -> None:
-    from tests.conftest import credentials_for
-
     (day,) = recent_days(1, sandbox)
     export(sandbox, lake.block, [day], "before")
     version = lake.table().version()
-    payload = base64.b64encode(pickle.dumps((lake.block, credentials_for(sandbox), day))).decode()
-    done = run_python(KILLER, payload, timeout=180)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    killed_in_its_commit(sandbox, lake.block, day)
 
     assert lake.table().version() == version, "no Delta commit happened"
     assert_day_is_the_sandbox(lake, sandbox, day)  # the previous version, whole

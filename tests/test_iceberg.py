@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import pickle
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -30,9 +27,8 @@ from tasks.sync.purge import PurgeScope, purge_destination
 from tasks.warehouses.iceberg_format import HELD, catalog_properties
 from tasks.warehouses.tableformat import format_hook, reader
 from tests.conftest import credentials_for, recent_days
-from tests.forked import run_python
 from tests.stores.s3 import S3Server, make_s3_destination
-from tests.tableformat_kit import export, race, rows_and_fingerprint, truth
+from tests.tableformat_kit import export, killed_in_its_commit, race, rows_and_fingerprint, truth
 
 
 @dataclass
@@ -142,36 +138,13 @@ def test_properties_are_the_exported_text(sandbox: SandboxServer, tmp_path: Path
     assert warehouse.day(day).select(key).sort(key).equals(files_frame.select(key).sort(key))
 
 
-KILLER = """
-import base64, os, pickle, signal, sys
-from tasks.warehouses import tableformat
-from tasks.pipeline.export import ExportSettings, export_days
-from tasks.mixpanel.client import MixpanelClient
-
-block, credentials, day = pickle.loads(base64.b64decode(sys.argv[1]))
-real = tableformat.reader
-def reader_then_die(*args):  # the commit has started reading the day's rows, nothing committed
-    inner = real(*args)
-    def batches():
-        for batch in inner:
-            yield batch
-            os.kill(os.getpid(), signal.SIGKILL)
-    return tableformat.pa.RecordBatchReader.from_batches(inner.schema, batches())
-tableformat.reader = reader_then_die
-with MixpanelClient(credentials.api_settings()) as client:
-    export_days(client, block.connect(1), [day], ExportSettings(run_id="killed", identity_mode="simplified"))
-"""
-
-
 def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_next_run_completes(
     sandbox: SandboxServer, warehouse: Warehouse
 ) -> None:
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "before")
     snapshot = warehouse.table().current_snapshot()
-    payload = base64.b64encode(pickle.dumps((warehouse.block, credentials_for(sandbox), day))).decode()
-    done = run_python(KILLER, payload, timeout=180)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    killed_in_its_commit(sandbox, warehouse.block, day)
 
     assert warehouse.table().current_snapshot() == snapshot, "no Iceberg commit happened"
     assert_day_is_the_sandbox(warehouse, sandbox, day)
