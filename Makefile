@@ -26,9 +26,10 @@ $(UV):
 # the destinations' integrations to add (pyproject's extras): none by default (the local folder and
 # DuckDB need none), some of `s3 gcs bigquery azure snowflake delta iceberg`, or `all`, e.g.
 # `make setup EXTRAS="s3"`. A sync only adds (--inexact): what a running worker imports never vanishes
-# under it; `make clean` starts over. The tests use every destination, the demo its FORMAT.
+# under it; `make clean` starts over. The tests and bench-destinations use every destination, the
+# demo the table format of its FORMAT.
 EXTRAS ?=
-test lint: EXTRAS = all
+test lint bench-destinations: EXTRAS = all
 demo: EXTRAS += $(filter delta iceberg,$(FORMAT))
 EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
 EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))
