@@ -4,8 +4,8 @@ Session-scoped: starting the server and deploying takes ~30 s, so every test sha
 different days and compare the sandbox's counters before and after, never absolute numbers.
 Every process gets its own PREFECT_HOME, so nothing touches the user's Prefect profile.
 
-It runs from a copy of the checkout bootstrapped as a fresh clone is (`make setup`: no extras), as a
-deployment for the local folder is: each flow run then imports no cloud SDK (Prefect imports every
+It runs from a copy of the checkout bootstrapped as a fresh clone is (`make setup`: no extras; uv is
+copied), as a deployment for the local folder is: each flow run then imports no cloud SDK (Prefect imports every
 installed integration when it resolves a block, ~6 s of CPU per run with all of them).
 """
 
@@ -38,8 +38,12 @@ def user_environment(*drop: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
-def copy_checkout(target: Path) -> None:
-    """What `git clone` would give, plus uncommitted changes: tracked and untracked files, not ignored."""
+def copy_checkout(target: Path, *, with_uv: bool = False) -> None:
+    """What `git clone` would give, plus uncommitted changes: tracked and untracked files, not ignored;
+    ``with_uv``: and this checkout's uv, which `make setup` would otherwise install first (pip, seconds)."""
+    if with_uv:
+        (target / ".tools" / "bin").mkdir(parents=True)
+        shutil.copy2(ROOT / ".tools" / "bin" / "uv", target / ".tools" / "bin" / "uv")
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.decode()
@@ -48,6 +52,17 @@ def copy_checkout(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+
+
+IDLE_SERVICES = (
+    "SCHEDULER",
+    "LATE_RUNS",
+    "PAUSE_EXPIRATIONS",
+    "CANCELLATION_CLEANUP",
+    "REPOSSESSOR",
+    "FOREMAN",
+    "TRIGGERS",
+)
 
 
 @dataclass
@@ -117,7 +132,7 @@ def _pause_schedules(cluster: Cluster) -> None:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     checkout = tmp_path_factory.mktemp("checkout")
-    copy_checkout(checkout)
+    copy_checkout(checkout, with_uv=True)
     home = tmp_path_factory.mktemp("prefect")
     logs = tmp_path_factory.mktemp("logs")
     data = tmp_path_factory.mktemp("data")
@@ -144,13 +159,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             cwd=home,
             # where the UI in the browser finds the API; SQLite waits up to 60 s for a lock (10 s by
             # default), since two workers polling on a loaded 2-core machine hold it for seconds at a
-            # time; no scheduler: the tests start every run themselves (and pause the schedules)
+            # time; none of the server's services that act on their own (scheduled, late, paused or
+            # lost runs, automations): the tests start every run themselves, the README drill tests
+            # the automations, and each service costs CPU the suite's other tests wait for
             env=env
-            | {
-                "PREFECT_UI_API_URL": api_url,
-                "PREFECT_API_DATABASE_TIMEOUT": "60",
-                "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-            },
+            | {"PREFECT_UI_API_URL": api_url, "PREFECT_API_DATABASE_TIMEOUT": "60"}
+            | {f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false" for service in IDLE_SERVICES},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

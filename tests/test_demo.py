@@ -1,6 +1,6 @@
 """The README's first command, `make demo`, as written (and its one switch, `FORMAT=delta`), in a copy of
-the checkout that bootstraps itself as a fresh clone does: uv, then the environment without extras (the
-default), to which `FORMAT=delta` adds the `delta` extra."""
+the checkout that bootstraps itself as a fresh clone does (with this checkout's uv): the environment
+without extras (the default), to which `FORMAT=delta` adds the `delta` extra."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.cluster import copy_checkout, user_environment
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("checkout")
-    copy_checkout(copy)
+    copy_checkout(copy, with_uv=True)
     return copy
 
 
