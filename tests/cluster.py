@@ -164,7 +164,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             # the automations, and each service costs CPU the suite's other tests wait for
             env=env
             | {"PREFECT_UI_API_URL": api_url, "PREFECT_API_DATABASE_TIMEOUT": "60"}
-            | {f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false" for service in IDLE_SERVICES},
+            | {f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false" for service in IDLE_SERVICES}
+            # nor Prefect's own block types at start: `make deploy` registers the project's
+            | {
+                "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+                "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -84,9 +84,21 @@ def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
+    """A Prefect test server per pytest process. It registers no block type at start (Prefect's own
+    and every installed integration's, ~9 s of CPU each time): a block saved by a test registers its
+    own type, as it does on any server."""
+    from prefect.settings import (
+        PREFECT_API_BLOCKS_REGISTER_ON_START,
+        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    no_registration = {
+        PREFECT_API_BLOCKS_REGISTER_ON_START: False,
+        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION: False,
+    }
+    with temporary_settings(updates=no_registration), prefect_test_harness(server_startup_timeout=120):
         yield
 
 
