@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import pickle
 import signal
 import threading
+from collections.abc import Iterable
 from datetime import date
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from blocks.destinations.base import DestinationBlock
 from sandbox import SandboxServer
@@ -79,3 +82,50 @@ def killed_in_its_commit(server: SandboxServer, block: DestinationBlock, day: da
     payload = base64.b64encode(pickle.dumps((block, credentials_for(server), day))).decode()
     done = run_python(KILLER, payload, timeout=180)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+
+def synced_twice(server: SandboxServer, block: DestinationBlock) -> tuple[str, set[str]]:
+    """Two days of events, people and identity written twice (older versions of every table to travel
+    to), then a merged user and its identity cluster: what the GDPR scenarios purge."""
+    from flows.events import events
+    from flows.identity import identity
+    from flows.people import people
+    from tests.conftest import recent_days
+    from tests.test_gdpr import merged_user
+
+    credentials = credentials_for(server)
+    days = recent_days(2, server)
+    for _ in range(2):
+        events(credentials, block, from_date=days[0], to_date=days[-1])
+        people(credentials, block)
+        identity(credentials, block)
+    return merged_user(block.connect(1))
+
+
+def rows_of_cluster(cluster: set[str]) -> list[tuple[str, pl.Expr]]:
+    """Per table, the rows that belong to the identity cluster."""
+    from tasks.pipeline.exclude import event_rows_of
+    from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
+
+    ids = list(cluster)
+    return [
+        (EVENTS_TABLE, event_rows_of(cluster)),
+        (PEOPLE_TABLE, pl.col("distinct_id").is_in(ids)),
+        (MAPPINGS_TABLE, pl.col("distinct_id").is_in(ids) | pl.col("resolved_distinct_id").is_in(ids)),
+    ]
+
+
+def assert_no_file_holds(files: Iterable[tuple[str, bytes]], cluster: set[str]) -> None:
+    """No Parquet file has a row of the cluster and no other file (logs, metadata) names one of its ids."""
+    from tasks.pipeline.exclude import event_rows_of
+
+    for name, data in files:
+        if name.endswith(".parquet"):
+            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
+            assert isinstance(rows, pl.DataFrame)
+            if "event_name" in rows.columns:
+                assert rows.filter(event_rows_of(cluster)).height == 0, name
+            for column in {"distinct_id", "resolved_distinct_id"} & set(rows.columns):
+                assert not rows[column].is_in(list(cluster)).any(), name
+        else:
+            assert all(i.encode() not in data for i in cluster), name

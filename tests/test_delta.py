@@ -26,7 +26,16 @@ from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
-from tests.tableformat_kit import export, killed_in_its_commit, race, rows_and_fingerprint, truth
+from tests.tableformat_kit import (
+    assert_no_file_holds,
+    export,
+    killed_in_its_commit,
+    race,
+    rows_and_fingerprint,
+    rows_of_cluster,
+    synced_twice,
+    truth,
+)
 
 
 @dataclass
@@ -296,33 +305,19 @@ def test_upkeep_compacts_hourly_files_and_removes_versions_past_the_retention(
 def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_version(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    from flows.events import events
     from flows.gdpr import gdpr
-    from flows.identity import identity
-    from flows.people import people
-    from tasks.schema import MAPPINGS_TABLE, PEOPLE_TABLE
+    from tasks.schema import PEOPLE_TABLE
     from tests.conftest import credentials_for
-    from tests.test_gdpr import merged_user, tokens
+    from tests.test_gdpr import tokens
 
     lake = local_lake(tmp_path)
-    credentials = credentials_for(sandbox)
-    days = recent_days(2, sandbox)
-    for _ in range(2):  # twice: older versions of every table to time-travel to
-        events(credentials, lake.block, from_date=days[0], to_date=days[-1])
-        people(credentials, lake.block)
-        identity(credentials, lake.block)
-    user, cluster = merged_user(lake.block.connect(1))
+    user, cluster = synced_twice(sandbox, lake.block)
     people_rows = pl.from_arrow(lake.table(PEOPLE_TABLE).to_pyarrow_table())
     assert people_rows.filter(pl.col("distinct_id").is_in(list(cluster))).height == 1  # type: ignore[union-attr]
 
-    gdpr(credentials, [lake.block], gdpr_credentials=tokens(sandbox), distinct_ids=[user])
+    gdpr(credentials_for(sandbox), [lake.block], gdpr_credentials=tokens(sandbox), distinct_ids=[user])
 
-    ids = list(cluster)
-    for table, rows_of in (
-        (EVENTS_TABLE, event_rows_of(cluster)),
-        (PEOPLE_TABLE, pl.col("distinct_id").is_in(ids)),
-        (MAPPINGS_TABLE, pl.col("distinct_id").is_in(ids) | pl.col("resolved_distinct_id").is_in(ids)),
-    ):
+    for table, rows_of in rows_of_cluster(cluster):
         current = lake.table(table)
         assert current.version() > 0
         for version in range(current.version() + 1):
@@ -331,13 +326,4 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_version(
             except (OSError, DeltaError):  # its files were removed
                 continue
             assert rows.filter(rows_of).height == 0, f"{table} version {version}"  # type: ignore[union-attr]
-    for name, data in lake.files():
-        if name.endswith(".parquet"):
-            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
-            assert isinstance(rows, pl.DataFrame)
-            if "event_name" in rows.columns:
-                assert rows.filter(event_rows_of(cluster)).height == 0, name
-            for column in {"distinct_id", "resolved_distinct_id"} & set(rows.columns):
-                assert not rows[column].is_in(ids).any(), name
-        else:
-            assert all(i.encode() not in data for i in ids), name
+    assert_no_file_holds(lake.files(), cluster)

@@ -28,7 +28,16 @@ from tasks.warehouses.iceberg_format import HELD, catalog_properties
 from tasks.warehouses.tableformat import format_hook, reader
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
-from tests.tableformat_kit import export, killed_in_its_commit, race, rows_and_fingerprint, truth
+from tests.tableformat_kit import (
+    assert_no_file_holds,
+    export,
+    killed_in_its_commit,
+    race,
+    rows_and_fingerprint,
+    rows_of_cluster,
+    synced_twice,
+    truth,
+)
 
 
 @dataclass
@@ -324,47 +333,20 @@ def test_reconcile_replaces_only_the_changed_day_in_delta_and_iceberg(
 def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_snapshot(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    from flows.events import events
     from flows.gdpr import gdpr
-    from flows.identity import identity
-    from flows.people import people
-    from tasks.schema import MAPPINGS_TABLE, PEOPLE_TABLE
-    from tests.test_gdpr import merged_user, tokens
+    from tasks.schema import PEOPLE_TABLE
+    from tests.test_gdpr import tokens
 
     warehouse = local_warehouse(tmp_path)
-    credentials = credentials_for(sandbox)
-    days = recent_days(2, sandbox)
-    for _ in range(2):  # twice: older snapshots of every table to time-travel to
-        events(credentials, warehouse.block, from_date=days[0], to_date=days[-1])
-        people(credentials, warehouse.block)
-        identity(credentials, warehouse.block)
-    user, cluster = merged_user(warehouse.block.connect(1))
-    ids = list(cluster)
-    assert (
-        pl.from_arrow(warehouse.table(PEOPLE_TABLE).scan().to_arrow())
-        .filter(pl.col("distinct_id").is_in(ids))
-        .height
-        == 1
-    )  # type: ignore[union-attr]
+    user, cluster = synced_twice(sandbox, warehouse.block)
+    people_rows = pl.from_arrow(warehouse.table(PEOPLE_TABLE).scan().to_arrow())
+    assert people_rows.filter(pl.col("distinct_id").is_in(list(cluster))).height == 1  # type: ignore[union-attr]
 
-    gdpr(credentials, [warehouse.block], gdpr_credentials=tokens(sandbox), distinct_ids=[user])
+    gdpr(credentials_for(sandbox), [warehouse.block], gdpr_credentials=tokens(sandbox), distinct_ids=[user])
 
-    for table, rows_of in (
-        (EVENTS_TABLE, event_rows_of(cluster)),
-        (PEOPLE_TABLE, pl.col("distinct_id").is_in(ids)),
-        (MAPPINGS_TABLE, pl.col("distinct_id").is_in(ids) | pl.col("resolved_distinct_id").is_in(ids)),
-    ):
+    for table, rows_of in rows_of_cluster(cluster):
         current = warehouse.table(table)
         for snapshot in current.snapshots():
             rows = pl.from_arrow(current.scan(snapshot_id=snapshot.snapshot_id).to_arrow())
             assert rows.filter(rows_of).height == 0, f"{table} snapshot {snapshot.snapshot_id}"  # type: ignore[union-attr]
-    for name, data in warehouse.files():
-        if name.endswith(".parquet"):
-            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
-            assert isinstance(rows, pl.DataFrame)
-            if "event_name" in rows.columns:
-                assert rows.filter(event_rows_of(cluster)).height == 0, name
-            for column in {"distinct_id", "resolved_distinct_id"} & set(rows.columns):
-                assert not rows[column].is_in(ids).any(), name
-        else:
-            assert all(i.encode() not in data for i in ids), name
+    assert_no_file_holds(warehouse.files(), cluster)
