@@ -10,6 +10,11 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+# Python keeps each module's compiled bytecode in .venv and reads it back in every later process. A host
+# that sets PYTHONDONTWRITEBYTECODE (the machines this project is developed on do) makes every process
+# compile Prefect and its dependencies again, ~40% of an import's CPU: each flow run a worker starts,
+# each server, each test process. Empty means unset to Python.
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup test lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
 
