@@ -100,3 +100,14 @@ def test_a_reference_to_a_saved_block_passes_the_servers_checks_when_only_defaul
         validate_values_conform_to_schema({"destination": value}, schema, ignore_required=True)  # creation
         validate({"destination": value}, schema, raise_on_error=True, ignore_required=True)  # update
     assert LocalDestination().path == "data", "the block itself still takes its defaults"
+
+
+def test_a_destination_schema_is_prefects_made_once_and_handed_out_as_a_copy() -> None:
+    """The flows nest the destinations many times over: their schemas are made once per class (see
+    DestinationBlock.model_json_schema), and a caller that changes its copy changes no one else's."""
+    prefects = Block.model_json_schema.__func__(DuckDBWarehouse)  # type: ignore[attr-defined]
+    first = DuckDBWarehouse.model_json_schema()
+    assert first == prefects
+    first["properties"].clear()
+    first["definitions"]["LocalDestination"]["properties"].clear()
+    assert DuckDBWarehouse.model_json_schema() == prefects
