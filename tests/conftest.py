@@ -16,8 +16,10 @@ from sandbox import ProjectConfig, SandboxServer
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import fingerprint_hex
 from tasks.lake.store import LocalStore
+from tests.stores import shared
 
-# the local store servers (moto, the GCS emulator, Azurite) as session fixtures shared by every module
+# the local store servers (moto, the GCS emulator, Azurite, fakesnow, the BigQuery emulator) as session
+# fixtures shared by every module; moto, Azurite and fakesnow by every worker too (tests/stores/shared.py)
 pytest_plugins = [
     "tests.stores.s3",
     "tests.stores.azure",
@@ -61,6 +63,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 raise pytest.UsageError(f"{module} uses `{fixture}`: add it to XDIST_GROUPS as {group!r}")
 
 
+def _owns_the_run(config: pytest.Config) -> bool:
+    """xdist's controller, or pytest itself without ``-n``: not one of the workers."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _owns_the_run(config):
+        shared.start_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _owns_the_run(config):
+        shared.end_run()
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """The groups for `--dist loadgroup`, and for a bare `-n N` too (`load`), which would otherwise start
@@ -86,19 +103,25 @@ def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def prefect_server() -> Iterator[None]:
     """A Prefect test server per pytest process. It registers no block type at start (Prefect's own
     and every installed integration's, ~9 s of CPU each time): a block saved by a test registers its
-    own type, as it does on any server."""
+    own type, as it does on any server. It runs no automations and keeps no event history (the
+    triggers and the event persister, which act on every event of every run): the tests of those run
+    on the cluster's server (tests/cluster.py). Task runs are still recorded from their events."""
     from prefect.settings import (
         PREFECT_API_BLOCKS_REGISTER_ON_START,
         PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION,
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED,
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
         temporary_settings,
     )
     from prefect.testing.utilities import prefect_test_harness
 
-    no_registration = {
+    lighter = {
         PREFECT_API_BLOCKS_REGISTER_ON_START: False,
         PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION: False,
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False,
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED: False,
     }
-    with temporary_settings(updates=no_registration), prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings(updates=lighter), prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -1,7 +1,8 @@
 """A real Azure Blob Storage on loopback for tests: Azurite (npm, a subprocess) behind a tiny fault proxy.
 
 * Azurite 3.35.0 is installed on demand into ``.tools/azurite`` (gitignored) with npm: 3.37 needs Node 22,
-  this machine has Node 20. The install runs once per machine, under a file lock so that parallel pytest
+  this machine has Node 20. One Azurite serves the whole run (tests/stores/shared.py), each test in
+  containers of its own. The install runs once per machine, under a file lock so that parallel pytest
   processes do not race; it needs only npm and the npm registry.
 * It runs in memory with the published development account ``devstoreaccount1``; a wrong key gets a real
   ``403 AuthorizationFailure`` (Azure itself answers ``AuthenticationFailed``).
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -32,6 +34,7 @@ from blocks.destinations.azure import AzureBlobDestination
 from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
 from tests.stores.proxy import FaultProxy
+from tests.stores.shared import shared_server
 
 AZURITE_VERSION = "3.35.0"
 TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "azurite"
@@ -78,8 +81,6 @@ def install_azurite() -> Path:
 class AzuriteServer:
     port: int
     proxy: FaultProxy
-    process: subprocess.Popen[bytes]
-    log: Path
 
     def connection_string(self, key: str = KEY, through_proxy: bool = False) -> str:
         port = self.proxy.port if through_proxy else self.port
@@ -130,17 +131,20 @@ def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int, P
     pytest.fail(f"Azurite could not start:\n{log.read_text()[-3000:]}")
 
 
+def _start_azurite(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    process, port, _ = _start(install_azurite(), workdir)
+    return process, {"port": port}
+
+
 @pytest.fixture(scope="session")
-def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    """Azurite's blob service on 127.0.0.1 (installed first if needed), with a fault proxy in front."""
-    binary = install_azurite()
-    process, port, log = _start(binary, tmp_path_factory.mktemp("azurite"))
+def azure_server() -> Iterator[AzuriteServer]:
+    """The run's Azurite blob service on 127.0.0.1 (installed first if needed), behind this worker's proxy."""
+    port = shared_server("azurite", _start_azurite)["port"]
     proxy = FaultProxy(port, azure_error).serve_in_background()
     try:
-        yield AzuriteServer(port, proxy, process, log)
+        yield AzuriteServer(port, proxy)
     finally:
         proxy.stop()
-        stop_process(process)
 
 
 def azure_error(status: int) -> tuple[dict[str, str], bytes]:

@@ -3,6 +3,7 @@
 * moto runs with IAM enforcement switched on (``POST /moto-api/reset-auth 0``, after two IAM users
   were created while auth was still off): a wrong key gets a real ``InvalidAccessKeyId``, a
   read-only user a real ``AccessDenied``.
+* one moto serves the whole run (tests/stores/shared.py): each test makes buckets of its own;
 * every request of the blocks goes through ``FaultProxy``, which forwards bytes unchanged (the
   SigV4 signature covers the Host header, kept as sent) and can answer the next N requests with a
   5xx or drop their connection: moto has no fault injection of its own.
@@ -17,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from blocks.destinations.s3 import S3Destination
 from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
 from tests.stores.proxy import FaultProxy
+from tests.stores.shared import shared_server
 
 REGION = "us-east-1"
 _ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}
@@ -45,7 +47,6 @@ class S3Server:
     reader_key_id: str  # a user with s3:GetObject and s3:ListBucket only
     reader_secret: str
     proxy: FaultProxy
-    process: subprocess.Popen[bytes] = field(repr=False)
 
     def client(self, service: str = "s3") -> Any:
         """An admin client straight to moto (no proxy, no faults): for arranging and checking."""
@@ -107,27 +108,40 @@ def _enforce_iam(moto_url: str) -> tuple[dict[str, str], dict[str, str]]:
     return admin, reader
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    process, moto_url = _start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+def _start_moto_with_users(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    process, moto_url = _start_moto(workdir / "moto.log")
     try:
         admin, reader = _enforce_iam(moto_url)
-        proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]), s3_error).serve_in_background()
-        try:
-            yield S3Server(
-                endpoint_url=proxy.url,
-                moto_url=moto_url,
-                access_key_id=admin["AccessKeyId"],
-                secret_access_key=admin["SecretAccessKey"],
-                reader_key_id=reader["AccessKeyId"],
-                reader_secret=reader["SecretAccessKey"],
-                proxy=proxy,
-                process=process,
-            )
-        finally:
-            proxy.stop()
-    finally:
+    except BaseException:
         stop_process(process)
+        raise
+    keys = {"admin": admin, "reader": reader}
+    users = {who: [key["AccessKeyId"], key["SecretAccessKey"]] for who, key in keys.items()}
+    return process, {"moto_url": moto_url, "users": users}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """The run's moto (started by the first worker that needs it) behind this worker's own proxy."""
+    moto = shared_server("moto", _start_moto_with_users)
+    moto_url, (admin_key, admin_secret), (reader_key, reader_secret) = (
+        moto["moto_url"],
+        moto["users"]["admin"],
+        moto["users"]["reader"],
+    )
+    proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]), s3_error).serve_in_background()
+    try:
+        yield S3Server(
+            endpoint_url=proxy.url,
+            moto_url=moto_url,
+            access_key_id=admin_key,
+            secret_access_key=admin_secret,
+            reader_key_id=reader_key,
+            reader_secret=reader_secret,
+            proxy=proxy,
+        )
+    finally:
+        proxy.stop()
 
 
 def s3_error(status: int) -> tuple[dict[str, str], bytes]:

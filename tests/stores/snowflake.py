@@ -13,8 +13,8 @@ What to know about the emulator (pinned down by tests/test_snowflake_emulator.py
 * there is no authentication: any user and password log in;
 * connecting with a database or schema that does not exist creates it (real Snowflake leaves
   ``CURRENT_SCHEMA()`` NULL and fails the first unqualified statement);
-* every connection shares one in-memory DuckDB, so each test should use a database of its own
-  (``unique_name``);
+* every connection shares one in-memory DuckDB, and one fakesnow serves the whole run
+  (tests/stores/shared.py), so each test should use a database of its own (``unique_name``);
 * a statement that fakesnow cannot handle comes back as HTTP 500, which the connector retries until
   ``network_timeout``: the credentials set a short one so such a test fails instead of hanging.
 """
@@ -27,8 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
 from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
+from tests.stores.shared import shared_server
 
 ACCOUNT = "fakesnow"
 USER = "fake"
@@ -51,8 +51,6 @@ class SnowflakeServer:
 
     host: str
     port: int
-    log: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
 
     def credentials(self, password: str = PASSWORD, **extra: Any) -> SnowflakeCredentials:
         """Credentials for the emulator; ``extra`` overrides or adds connect() arguments (``paramstyle="qmark"``)."""
@@ -91,11 +89,11 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """``python -m fakesnow -s -p PORT --host 127.0.0.1``; a port taken meanwhile means another try.
 
     ``TMPDIR`` points into ``workdir`` so the files PUT to stages (fakesnow keeps them in a
-    ``mkdtemp`` directory it never removes) end up under pytest's temporary directory.
+    ``mkdtemp`` directory it never removes) end up in the run's temporary folder.
     """
     log = workdir / "fakesnow.log"
     env = os.environ | {"TMPDIR": str(workdir)}
@@ -107,17 +105,13 @@ def _start_fakesnow(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
             if _listening("127.0.0.1", port):
-                return process, port
+                return process, {"port": port}
             time.sleep(0.1)
         stop_process(process)
     raise RuntimeError(f"fakesnow server did not start: see {log}")
 
 
 @pytest.fixture(scope="session")
-def snowflake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SnowflakeServer]:
-    workdir = tmp_path_factory.mktemp("fakesnow")
-    process, port = _start_fakesnow(workdir)
-    try:
-        yield SnowflakeServer(host="127.0.0.1", port=port, log=workdir / "fakesnow.log", process=process)
-    finally:
-        stop_process(process)
+def snowflake_server() -> SnowflakeServer:
+    """The run's fakesnow, started by the first worker that needs it."""
+    return SnowflakeServer(host="127.0.0.1", port=shared_server("fakesnow", _start_fakesnow)["port"])
