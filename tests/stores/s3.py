@@ -124,22 +124,10 @@ def _start_moto_with_users(workdir: Path) -> tuple[subprocess.Popen[bytes], dict
 def s3_server() -> Iterator[S3Server]:
     """The run's moto (started by the first worker that needs it) behind this worker's own proxy."""
     moto = shared_server("moto", _start_moto_with_users)
-    moto_url, (admin_key, admin_secret), (reader_key, reader_secret) = (
-        moto["moto_url"],
-        moto["users"]["admin"],
-        moto["users"]["reader"],
-    )
-    proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]), s3_error).serve_in_background()
+    admin, reader = moto["users"]["admin"], moto["users"]["reader"]
+    proxy = FaultProxy(int(moto["moto_url"].rsplit(":", 1)[1]), s3_error).serve_in_background()
     try:
-        yield S3Server(
-            endpoint_url=proxy.url,
-            moto_url=moto_url,
-            access_key_id=admin_key,
-            secret_access_key=admin_secret,
-            reader_key_id=reader_key,
-            reader_secret=reader_secret,
-            proxy=proxy,
-        )
+        yield S3Server(proxy.url, moto["moto_url"], *admin, *reader, proxy)
     finally:
         proxy.stop()
 
