@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.cluster import copy_checkout, user_environment
+from tests.checkout import copy_checkout, user_environment
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import ROOT, copy_checkout, user_environment
+from tests.checkout import ROOT, copy_checkout, user_environment
 from tests.conftest import local_destination
 
 pytestmark = pytest.mark.slow

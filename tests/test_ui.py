@@ -23,7 +23,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from tests.cluster import ROOT, Cluster
+from tests.checkout import ROOT
+from tests.cluster import Cluster
 from tests.conftest import assert_day_matches_sandbox, recent_days
 
 ARTIFACTS = Path(os.environ.get("MP_TEST_ARTIFACTS", ROOT / ".artifacts"))
