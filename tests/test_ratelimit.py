@@ -36,10 +36,10 @@ def test_fake_clock_windows_wait_exactly_as_long_as_needed(tmp_path: Path) -> No
     for _ in range(6):
         with budget.slot():
             now[0] += 0.01
-    # 3 start at once, the 4th waits for the first to leave the 1 s window plus 0.1 s of slack
-    # (t=1001.10), the 5th starts at 1001.11 and the 6th waits for the first start to leave the
-    # 60 s window plus slack (t=1060.10)
-    assert [round(s, 2) for s in slept if s > 0.005] == [1.07, 58.98]
+    # 3 start at once, the 4th waits for the first to leave the 1 s window plus 0.5 s of slack
+    # (t=1001.50), the 5th starts at 1001.51 and the 6th waits for the first start to leave the
+    # 60 s window plus slack (t=1060.50)
+    assert [round(s, 2) for s in slept if s > 0.005] == [1.47, 58.98]
 
 
 def test_threads_never_exceed_the_per_second_window_or_the_concurrency_cap(tmp_path: Path) -> None:
