@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.concurrency.sync import rate_limit
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL
 
 from blocks.destinations.local import LocalDestination
 from flows import limits
@@ -85,20 +86,34 @@ def test_an_unexpected_error_keeps_its_traceback_and_known_ones_are_said_once_pe
     assert quiet.filter(record("Task run failed with exception: %r", fatal, run="run-2")), "once per run"
 
 
-def spend_hourly_budget(project_id: int, seconds_left: float) -> None:
-    """This host has made its 60 exports of the hour; the oldest leaves the window in ``seconds_left``."""
-    budget = RateBudget(f"export:{project_id}", [Window(60, 3600.0)], 100)  # creates the database
-    assert budget.path.parent == state_dir()
-    now = time.time()
-    with sqlite3.connect(budget.path) as conn:
-        conn.executemany(
-            "INSERT INTO starts VALUES (?, ?)",
-            [(f"export:{project_id}", now - 3600 + seconds_left + i * 0.001) for i in range(60)],
-        )
+def spend_hourly_budget(monkeypatch: pytest.MonkeyPatch, project_id: int, seconds_left: float) -> None:
+    """This host has made its 60 exports of the hour; the oldest leaves the window ``seconds_left``
+    after the run's first export asks for its slot (not after the test starts: on a busy machine the
+    flow may take longer than that to get there, and then there would be no wait to see)."""
+    key = f"export:{project_id}"
+    RateBudget(key, [Window(60, 3600.0)], 100)  # creates the database
+    acquire = RateBudget._try_acquire
+    spent: list[bool] = []
+
+    def spend_then_acquire(budget: RateBudget, token: str) -> tuple[float, str]:
+        if budget.key == key and not spent:
+            assert budget.path.parent == state_dir()
+            spent.append(True)
+            now = time.time()
+            with sqlite3.connect(budget.path) as conn:
+                conn.executemany(
+                    "INSERT INTO starts VALUES (?, ?)",
+                    [(key, now - 3600 + seconds_left + i * 0.001) for i in range(60)],
+                )
+        return acquire(budget, token)
+
+    monkeypatch.setattr(RateBudget, "_try_acquire", spend_then_acquire)
 
 
-def test_a_wait_for_the_hourly_budget_is_logged_and_shown_in_the_progress(sandbox, tmp_path: Path) -> None:
-    spend_hourly_budget(sandbox.cfg.project_id, seconds_left=4)
+def test_a_wait_for_the_hourly_budget_is_logged_and_shown_in_the_progress(
+    sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spend_hourly_budget(monkeypatch, sandbox.cfg.project_id, seconds_left=3)
     state = events(
         credentials=credentials_for(sandbox),
         destination=LocalDestination(path=str(tmp_path)),
@@ -123,11 +138,15 @@ def test_a_wait_for_the_servers_hourly_limit_is_reported() -> None:
     """Every worker of a server shares the global limits; a run that waits for one says so, once."""
     limits.ensure_limits()
     limits.limits_exist.cache_clear()
+    # asked now, so that the waiter's report timer starts as soon as it asks for its slot
+    assert limits.limits_exist(PREFECT_API_URL.value())
     messages: list[str] = []
     try:
-        with get_client(sync_client=True) as client:  # a slot frees in 8 s here, not in two minutes
+        # a slot frees in 15 s here, not in two minutes: well after the report timer (5 s) fires,
+        # even when the other acquisitions are slow on a busy machine
+        with get_client(sync_client=True) as client:
             client.update_global_concurrency_limit(
-                limits.PER_HOUR.name, GlobalConcurrencyLimitUpdate(slot_decay_per_second=1 / 8)
+                limits.PER_HOUR.name, GlobalConcurrencyLimitUpdate(slot_decay_per_second=1 / 15)
             )
         rate_limit(limits.PER_HOUR.name, occupy=limits.PER_HOUR.limit)  # another worker spent the burst
         waiter = threading.Thread(target=lambda: limits.export_slot(messages.append).__enter__(), daemon=True)
