@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +125,15 @@ class SandboxServer:
 
     def add_faults(self, faults: list[Fault | dict[str, Any]]) -> None:
         self.state.faults.add(faults)
+
+    def wait_until_faults_taken(self, timeout_seconds: float = 30.0) -> None:
+        """Until requests have taken every added fault (faults are taken once a request is admitted, so
+        requests slowed by ``slow_first_byte`` now hold their slots)."""
+        deadline = time.monotonic() + timeout_seconds
+        while self.state.faults.snapshot()["pending"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no request took the pending faults within {timeout_seconds} s")
+            time.sleep(0.01)
 
     def set_quirks(self, quirks: list[Quirk | dict[str, Any]]) -> None:
         self.state.faults.set_quirks(quirks)

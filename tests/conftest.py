@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -123,6 +124,21 @@ def prefect_server() -> Iterator[None]:
     }
     with temporary_settings(updates=lighter), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+class StoppedClock:
+    """Stands in for the ``time`` module of the sandbox's rate limits (``sandbox.stats``,
+    ``sandbox.gdpr_tasks``): no time passes for them until the test calls ``advance``, however slow
+    the machine is."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def start_sandbox(**overrides: object) -> SandboxServer:

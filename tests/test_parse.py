@@ -134,9 +134,9 @@ def test_a_long_line_is_parsed_in_linear_time() -> None:
     # 16 MiB in 16 KiB pieces: the old feed re-joined every buffered piece on each new one (8 GiB copied)
     big = line("Big", b'{"time":1,"pad":"' + b"a" * (16 << 20) + b'"}') + b"\n"
     parser = StreamParser(block_bytes=64 << 10, max_line_bytes=32 << 20)
-    started = time.monotonic()
+    started = time.thread_time()  # CPU, not wall: a busy machine does not make the copying slower
     blocks, _ = feed_in_pieces(parser, [big, line("Small", b'{"time":2}') + b"\n"], 16 << 10)
-    assert time.monotonic() - started < 1.5
+    assert time.thread_time() - started < 1.5
     assert sum(b.frame.height for b in blocks) == 2
 
 

@@ -19,6 +19,7 @@ import pytest
 from sandbox import ProjectConfig, SandboxServer, day_lines, fingerprint
 from sandbox.data import split_line
 from sandbox.where import WhereError, parse_where
+from tests.conftest import StoppedClock
 
 TODAY = date(2024, 3, 10)
 DAY = date(2024, 3, 1)
@@ -349,7 +350,9 @@ def test_disk_cache_serves_same_bytes_and_applies_quirks(tmp_path: Path) -> None
 # --- rate limits ----------------------------------------------------------------------------------------
 
 
-def test_per_second_limit_gives_429_and_is_counted() -> None:
+def test_per_second_limit_gives_429_and_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = StoppedClock()
+    monkeypatch.setattr("sandbox.stats.time", clock)
     with SandboxServer(config(max_per_second=3)).start() as sb:
         statuses = [export(sb, params={"limit": 1}).status_code for _ in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
@@ -358,7 +361,7 @@ def test_per_second_limit_gives_429_and_is_counted() -> None:
         assert limited.json() == {"error": "too many export requests in progress for this project"}
         stats = sb.stats()
         assert stats["rate_limited"] == 3 and stats["max_in_any_second"] == 6
-        time.sleep(1.05)
+        clock.advance(1.05)
         assert export(sb, params={"limit": 1}).status_code == 200
 
 
@@ -371,7 +374,7 @@ def test_per_hour_limit() -> None:
 
 def test_concurrency_limit_and_max_concurrent_stat() -> None:
     with SandboxServer(config(max_concurrent=2)).start() as sb:
-        sb.add_faults([{"kind": "slow_first_byte", "seconds": 0.6, "times": 2}])
+        sb.add_faults([{"kind": "slow_first_byte", "seconds": 4, "times": 2}])
         statuses: list[int] = []
         lock = threading.Lock()
 
@@ -380,10 +383,13 @@ def test_concurrency_limit_and_max_concurrent_stat() -> None:
             with lock:
                 statuses.append(code)
 
-        threads = [threading.Thread(target=call) for _ in range(4)]
-        for t in threads:
+        slow = [threading.Thread(target=call) for _ in range(2)]
+        for t in slow:
             t.start()
-        for t in threads:
+        sb.wait_until_faults_taken()  # both admitted, both holding their slot for 4 s
+        call()
+        call()
+        for t in slow:
             t.join()
         assert sorted(statuses) == [200, 200, 429, 429]
         # a handler counts itself out just after its last byte reached the client
