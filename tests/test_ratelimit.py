@@ -104,16 +104,18 @@ def test_a_dead_holder_does_not_keep_its_slot(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     holder = "from tasks.mixpanel.ratelimit import *; import os; b = RateBudget('p', [Window(100, 1.0)], 1, __import__('pathlib').Path(%r)); b.slot().__enter__(); os._exit(0)"
     subprocess.run([sys.executable, "-c", holder % str(db)], check=True, cwd=Path(__file__).parents[1])
-    budget = RateBudget("p", [Window(100, 1.0)], 1, db)
-    started = time.monotonic()
+
+    def wait(seconds: float) -> None:
+        raise AssertionError(f"waited {seconds} s for the slot of a dead process")
+
+    budget = RateBudget("p", [Window(100, 1.0)], 1, db, sleep=wait)
     with budget.slot():
         pass
-    assert time.monotonic() - started < 1.0
 
 
 def _open_at_once(folder: str, rounds: int, barrier: Any, errors: Any) -> None:
     for round_no in range(rounds):
-        barrier.wait(30)  # every process opens the same new file at the same instant
+        barrier.wait(120)  # every process opens the same new file at the same instant
         try:
             budget = RateBudget(
                 "k", [Window(10_000, 1.0)], max_concurrent=100, path=Path(folder) / f"{round_no}.db"
@@ -139,8 +141,8 @@ def test_processes_opening_a_new_budget_at_the_same_instant_never_crash(tmp_path
     ]
     for proc in procs:
         proc.start()
-    for proc in procs:
-        proc.join(120)
+    for proc in procs:  # deadlines for a busy machine: the test proves "never crashes", not speed
+        proc.join(600)
         assert proc.exitcode == 0
     found = []
     while not errors.empty():
