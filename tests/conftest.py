@@ -44,6 +44,8 @@ XDIST_GROUPS = {
     "tests/test_ui.py": "prefect-cluster",
     "tests/test_readme_ops.py": "readme-ops",
     "tests/test_bigquery_emulator.py": "bigquery",
+    # one copy of the checkout and its environment for both demo runs, one after the other
+    "tests/test_demo.py": "demo",
 }
 GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 

@@ -21,7 +21,14 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = user_environment("DEMO_")
+    # the user's environment, except that Prefect's database and the rate budget are the copy's own,
+    # not those in this machine's home (which another run of the suite may be using)
+    home = checkout / ".home"
+    home.mkdir(exist_ok=True)  # Prefect makes its home folder but not that folder's parents
+    env = user_environment("DEMO_") | {
+        "PREFECT_HOME": str(home / "prefect"),
+        "MP_PIPELINES_STATE_DIR": str(home / "state"),
+    }
     return subprocess.run(
         ["make", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=900, check=False
     )
