@@ -23,7 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ def test_the_readme_operations_path_runs_as_written(stack: Stack) -> None:
     assert "Completed" in output
     assert "database is locked" not in output and "temporary server" not in output
 
-    yesterday = date.today() - timedelta(days=1)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)  # the README's sandbox project is on UTC
     expected = httpx.get(
         f"{SANDBOX}/_sandbox/expected", params={"from_date": str(yesterday), "to_date": str(yesterday)}
     ).json()[str(yesterday)]
@@ -269,7 +269,7 @@ def _a_run_left_pending(stack: Stack) -> str:
 
 
 def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once(stack: Stack) -> None:
-    today = date.today()
+    today = datetime.now(UTC).date()
     days = [today - timedelta(days=n) for n in (6, 5, 4, 3)]
     params = [
         f"--param from_date={days[0]}",

@@ -276,7 +276,7 @@ def test_a_failed_statement_aborts_the_transaction_until_rollback(
 
     fakesnow answers those refusals with HTTP 500, retried by the connector until network_timeout.
     """
-    with snowflake_server.credentials(network_timeout=2).get_client(database=database, schema=SCHEMA) as conn:
+    with snowflake_server.credentials(network_timeout=6).get_client(database=database, schema=SCHEMA) as conn:
         run(conn, "BEGIN")
         with pytest.raises(ProgrammingError):
             run(conn, "SELECT no_such_column FROM mp_master_event")
