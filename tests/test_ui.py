@@ -134,17 +134,20 @@ def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
     page.locator("input[name=name]").fill(run_name)  # to find the run afterwards
     pick_date(page, days[0].isoformat())
     pick_date(page, days[-1].isoformat())
-    for attempt in range(3):
-        page.get_by_role("button", name="Submit").click()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not find_runs(cluster, run_name):
-            time.sleep(1)
+    answers = []
+    for _ in range(3):
+        with page.expect_response(is_create_run, timeout=180_000) as answer:
+            page.get_by_role("button", name="Submit").click()
+        answers.append(answer.value.status)
         # Prefect answers 503 ("retry") when its SQLite database stays locked on a loaded machine; the UI
-        # keeps the form: submit again, as a user would, but only if no run was created
-        if find_runs(cluster, run_name) or attempt == 2:
+        # keeps the form: submit again, as a user would, only once the server said no run was created
+        if answer.value.ok or find_runs(cluster, run_name):
             break
-    if not find_runs(cluster, run_name):
-        raise AssertionError("three submits created no run")
+    assert find_runs(cluster, run_name), f"no run was created; the server answered {answers}"
+
+
+def is_create_run(response) -> bool:
+    return response.request.method == "POST" and response.url.endswith("/create_flow_run")
 
 
 def find_runs(cluster: Cluster, name: str) -> list:
