@@ -21,14 +21,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # the user's environment, except that Prefect's database and the rate budget are the copy's own,
-    # not those in this machine's home (which another run of the suite may be using)
-    home = checkout / ".home"
-    home.mkdir(exist_ok=True)  # Prefect makes its home folder but not that folder's parents
-    env = user_environment("DEMO_") | {
-        "PREFECT_HOME": str(home / "prefect"),
-        "MP_PIPELINES_STATE_DIR": str(home / "state"),
-    }
+    # the user's environment as it is, home folder included: the one test of a README command with no
+    # variable added (its xdist group keeps the two runs, and their ephemeral servers, apart)
+    env = user_environment("DEMO_")
     return subprocess.run(
         ["make", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=900, check=False
     )
