@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # each server, each test process. Empty means unset to Python.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup test lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
+.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
@@ -62,6 +62,20 @@ PYTEST_ARGS ?= -n 4 --dist loadgroup --durations=10
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# the tests that take their days from the calendar, as if today were each of DAYS dates from START
+# (default: 30 from today), under libfaketime; `make test-dates DAYS=1 START=2027-02-28` tries one date
+DAYS ?= 30
+START ?=
+test-dates: EXTRAS = all
+test-dates: setup faketime
+	$(BIN)/python -m tests.dates --days $(DAYS) $(if $(START),--start $(START))
+
+# Debian's libfaketime, for make test-dates
+faketime:
+	@command -v faketime >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq faketime; }
 
 # FORMAT=delta or FORMAT=iceberg writes those tables instead of the DuckDB warehouse
 FORMAT ?= duckdb

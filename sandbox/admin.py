@@ -124,17 +124,22 @@ def _int_field(payload: dict[str, Any], key: str, default: int | None = None) ->
 def _add_events(req: Request) -> int:
     payload = req.json()
     if not isinstance(payload, dict):
-        raise BadRequest('body must be {"day": "YYYY-MM-DD", "count": N, "processed_at_ms": optional}')
+        raise BadRequest(
+            'body must be {"day": "YYYY-MM-DD", "count": N, "processed_at_ms": optional, "user": optional}'
+        )
     day = parse_date({"day": str(payload.get("day") or "")}, "day")
     count = _int_field(payload, "count")
     if count is None or count < 0:
         raise BadRequest("count must be an integer >= 0")
-    return req.state.changes.add_events(day, count, _int_field(payload, "processed_at_ms"))
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("user must be a string")
+    return req.state.changes.add_events(day, count, _int_field(payload, "processed_at_ms"), user)
 
 
 @route("POST", "/_sandbox/events")
 def add_events(req: Request) -> Response:
-    """``{"day", "count", "processed_at_ms"}``: late events (mobile flushes, the import API) for a past day."""
+    """``{"day", "count", "processed_at_ms", "user"}``: late events (mobile flushes, the import API) for a past day."""
     try:
         return json_response(200, {"added": _add_events(req)})
     except (BadRequest, ValueError) as exc:

@@ -30,17 +30,23 @@ class _Batch:
     first: int
     count: int
     processed_at_ms: int
+    user: str | None = None  # every line sent by this identified user (None: drawn from the device pool)
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _added_line(cfg: ProjectConfig, rng: random.Random, start: int, processed_at_ms: int) -> bytes:
+def _added_line(
+    cfg: ProjectConfig, rng: random.Random, start: int, processed_at_ms: int, user: str | None
+) -> bytes:
     rand = rng.random
     # `time` is inside the day as served: for local-time projects day_start is the local-epoch midnight.
     t = start + int(rand() * 86400)
     _, ids = identity(cfg, int(rand() * device_count(cfg)), rand() < P_LOGGED_IN)
+    if user is not None:
+        name = json.dumps(user)
+        ids = f'"distinct_id":{name},"$user_id":{name}'
     event = EVENT_JSON[int(rand() * len(EVENT_JSON))]
     insert = f"{rng.getrandbits(96):024x}"
     props = f'{{"time":{t},{ids},"$insert_id":"{insert}","mp_processing_time_ms":{processed_at_ms}}}'
@@ -52,7 +58,7 @@ def _batch_lines(cfg: ProjectConfig, day: date, batch: _Batch) -> Iterator[bytes
     rng = random.Random(f"added:{cfg.seed}:{day.toordinal()}:{batch.first}")
     start = day_start(day)
     for _ in range(batch.count):
-        yield _added_line(cfg, rng, start, batch.processed_at_ms)
+        yield _added_line(cfg, rng, start, batch.processed_at_ms, batch.user)
 
 
 def _ids_of(props: dict[str, Any]) -> set[str]:
@@ -81,8 +87,11 @@ class Changes:
         self._batches: dict[date, list[_Batch]] = {}
         self._deleted: frozenset[str] = frozenset()
 
-    def add_events(self, day: date, count: int, processed_at_ms: int | None = None) -> int:
-        """Append ``count`` late events to ``day``, processed at ``processed_at_ms`` (default: now)."""
+    def add_events(
+        self, day: date, count: int, processed_at_ms: int | None = None, user: str | None = None
+    ) -> int:
+        """Append ``count`` late events to ``day``, processed at ``processed_at_ms`` (default: now), each
+        sent by ``user`` when given (a test's user is then in the day only because the test put it there)."""
         if count < 0:
             raise ValueError("count must be >= 0")
         processed = now_ms() if processed_at_ms is None else processed_at_ms
@@ -90,7 +99,7 @@ class Changes:
             batches = self._batches.setdefault(day, [])
             first = sum(b.count for b in batches)
             if count:
-                batches.append(_Batch(first, count, processed))
+                batches.append(_Batch(first, count, processed, user))
         return count
 
     def delete_users(self, distinct_ids: Iterable[str]) -> None:

@@ -149,10 +149,12 @@ class SandboxServer:
             query["processed_until_ms"] = str(processed_until_ms)
         return sandbox.admin.expected(self.cfg, query, self.state.changes)
 
-    def add_events(self, day: date | str, count: int, processed_at_ms: int | None = None) -> int:
+    def add_events(
+        self, day: date | str, count: int, processed_at_ms: int | None = None, user: str | None = None
+    ) -> int:
         """Late events for a past ``day`` (mobile flushes, the import API), processed at ``processed_at_ms``
-        (default: now); returns how many were added."""
-        return self.state.changes.add_events(date.fromisoformat(str(day)), count, processed_at_ms)
+        (default: now), all sent by ``user`` if given; returns how many were added."""
+        return self.state.changes.add_events(date.fromisoformat(str(day)), count, processed_at_ms, user)
 
     def delete_users(self, ids: list[str]) -> None:
         """As if a deletion completed: these ids' events are gone from every later export and count."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -58,8 +60,40 @@ def xdist_group(nodeid: str) -> str | None:
     return XDIST_GROUPS.get(module)
 
 
+# What a test says when its days come from the machine's calendar (directly, or through a helper of
+# tests/ that does): such a test is marked `calendar`, and `make test-dates` runs those as if today were
+# each of many dates (tests/dates.py), so that a premise only some dates' data meets is found here.
+CALENDAR_WORDS = ("recent_days(", "current_day(", "yesterday(", "today(", "datetime.now(", "date.today(")
+
+
+def _calendar_helpers() -> frozenset[str]:
+    """Names of the functions in tests/ (not tests themselves) that read the calendar."""
+    functions = (
+        node
+        for path in Path(__file__).parent.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_")
+    )
+    found = {f.name for f in functions if any(word in ast.unparse(f) for word in CALENDAR_WORDS)}
+    return frozenset(found - {"recent_days"})
+
+
+def reads_the_calendar(item: pytest.Item, helpers: frozenset[str]) -> bool:
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    source = inspect.getsource(function)
+    fixtures = getattr(item, "fixturenames", ())
+    return any(w in source for w in CALENDAR_WORDS) or any(
+        f"{h}(" in source or h in fixtures for h in helpers
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    helpers = _calendar_helpers()
     for item in items:
+        if reads_the_calendar(item, helpers):
+            item.add_marker(pytest.mark.calendar)
         for fixture, group in GROUPED_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()) and xdist_group(item.nodeid) != group:
                 module = item.nodeid.split("::", 1)[0]

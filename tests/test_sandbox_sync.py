@@ -147,6 +147,19 @@ def test_late_events_are_found_by_the_processing_time_watermark(sb: SandboxServe
     assert HTTP.post(f"{sb.url}/_sandbox/events", json={"day": "03/01", "count": 1}).status_code == 400
 
 
+def test_late_events_of_a_named_user_name_only_that_user(sb: SandboxServer) -> None:
+    """A test puts a user into a day by construction: every added line is that user's, no other is."""
+    user = 'late "quoted" user@example.com'
+    assert user not in {p["distinct_id"] for p in props_of(export(sb))}
+    assert sb.add_events(DAY, 3, processed_at_ms=LATE_MS, user=user) == 3
+    response = HTTP.post(f"{sb.url}/_sandbox/events", json={"day": DAY.isoformat(), "count": 2, "user": user})
+    assert response.json() == {"added": 2}
+    added = props_of(export(sb)[-5:])
+    assert [(p["distinct_id"], p["$user_id"]) for p in added] == [(user, user)] * 5
+    bad = HTTP.post(f"{sb.url}/_sandbox/events", json={"day": DAY.isoformat(), "count": 1, "user": 7})
+    assert bad.status_code == 400 and "user must be a string" in bad.text
+
+
 def test_late_events_default_to_processed_now_and_respect_the_clock(sb: SandboxServer) -> None:
     before = time.time_ns() // 1_000_000
     sb.add_events("2024-03-02", 3)
