@@ -64,7 +64,8 @@ test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # the tests that take their days from the calendar, as if today were each of DAYS dates from START
-# (default: 30 from today), under libfaketime; `make test-dates DAYS=1 START=2027-02-28` tries one date
+# (default: the 30 days up to today), under libfaketime; `make test-dates DAYS=1 START=2025-12-31`
+# tries one date
 DAYS ?= 30
 START ?=
 test-dates: EXTRAS = all

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import pickle
 import signal
+import threading
 import uuid
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -24,7 +26,7 @@ from tests.conftest import credentials_for, recent_days
 from tests.forked import run_python
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP
-from tests.stores.s3 import make_s3_destination
+from tests.stores.s3 import S3Server, make_s3_destination
 
 
 def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
@@ -122,6 +124,59 @@ def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
     if root is not None:  # a local folder: no empty folder, no lock file, no temporary file left behind
         empty = [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
         assert empty == [] and not list(root.parent.rglob("*.lock")) and not list(root.rglob(".tmp-*"))
+
+
+RACER = """
+import base64, os, pickle, sys, time
+from tasks.pipeline.export import ExportSettings, export_days
+from tasks.mixpanel.client import MixpanelClient
+
+block, creds, days, run_id, go = pickle.loads(base64.b64decode(sys.argv[1]))
+while not os.path.exists(go):  # every racer is forked and waiting before any starts
+    time.sleep(0.01)
+with MixpanelClient(creds.api_settings()) as client:
+    export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
+"""
+
+
+def test_six_processes_racing_one_day_on_s3_end_with_one_complete_version(
+    sandbox: SandboxServer, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Six workers export the same committed day into one bucket at once: each ends well (a loser
+    retries from the winner's version), and the day is one whole version with nothing of the others
+    left. (Threads racing one commit run on every store in tests/test_store_contract.py.)"""
+    block = make_s3_destination(s3_server, prefix="raw")
+
+    def store() -> DestinationBlock:
+        return block
+
+    days = recent_days(1, sandbox)
+    (day,) = days
+    export(sandbox, store(), days, "before")
+    go = tmp_path / "go"
+    racers = [f"racer-{i}" for i in range(6)]
+    done: dict[str, object] = {}
+
+    def race(run_id: str) -> None:
+        payload = pickle.dumps((store(), credentials_for(sandbox), days, run_id, str(go)))
+        done[run_id] = run_python(RACER, base64.b64encode(payload).decode(), timeout=300)
+
+    threads = [threading.Thread(target=race, args=(r,)) for r in racers]
+    for thread in threads:
+        thread.start()
+    go.touch()
+    for thread in threads:
+        thread.join()
+    failed = {r: d.stderr.decode()[-1500:] for r, d in done.items() if d.returncode != 0}  # type: ignore[attr-defined]
+    assert len(done) == 6 and not failed, failed
+    dest = store().connect(1)
+    want = sandbox.expected(day, day)[day.isoformat()]
+    rows, fingerprint, run_id = rows_and_fingerprint(dest, day)
+    assert (rows, fingerprint) == (want["rows"], want["fingerprint"]) and run_id in racers
+    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
+    assert day_files(dest, day) == {f.key for f in manifest.files}, "nothing of the other versions is left"
+    assert not [i.key for i in dest.storage.list("1/_staging/") if "racer-" in i.key]
 
 
 def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,7 +15,7 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import STALE_STAGING_SECONDS, ObjectStoreDestination
 from tasks.pipeline.plan import InvalidDateRangeError
 from tests.conftest import (
     assert_day_matches_sandbox,
@@ -160,8 +162,13 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     day_dir = tmp_path / "1" / "mp_master_event" / day.strftime("%Y/%m/%d")
     assert len(list(day_dir.iterdir())) == 1, "the orphan of the crashed run was removed"
     # what the crashed run staged (its edge file) stays outside every table until it is stale
-    assert staging_files(tmp_path), "a crash leaves its staging behind"
-    assert local_destination(tmp_path).remove_stale_staging(older_than_seconds=-1) > 0
+    left = staging_files(tmp_path)
+    assert left, "a crash leaves its staging behind"
+    assert local_destination(tmp_path).remove_stale_staging() == 0, "a young staging may be a live run's"
+    a_day_ago = time.time() - STALE_STAGING_SECONDS - 60
+    for path in left:
+        os.utime(path, (a_day_ago, a_day_ago))
+    assert local_destination(tmp_path).remove_stale_staging() == len(left)
     assert staging_files(tmp_path) == []
 
 
