@@ -25,6 +25,7 @@ from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
 from tasks.sync.purge import PurgeScope, purge_destination
 from tasks.warehouses.iceberg_format import HELD, catalog_properties
+from tasks.warehouses.table_identity import owner_key
 from tasks.warehouses.tableformat import format_hook, reader
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
@@ -61,7 +62,9 @@ class Warehouse:
         return scan.filter(pl.col("day") == day.isoformat()).collect()
 
     def held(self, day: date) -> int | None:
-        value = self.table().properties.get(f"{HELD}{day.isoformat()}")
+        """What the table records as held for this destination (the property keyed by its location)."""
+        own = owner_key(location_of(self.block.files, 1, "iceberg", style="iceberg").uri)
+        value = self.table().properties.get(f"{HELD}{own}.{day.isoformat()}")
         return None if value is None else int(value)
 
     def commits(self) -> list[dict[str, str]]:
