@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -466,3 +467,30 @@ def test_held_versions_are_keyed_by_the_destination_and_another_ones_is_never_re
     destination.repair(EVENTS_TABLE, day.isoformat())  # the day is reloaded, not taken as held
     assert warehouse.held(day) == manifest.sequence and warehouse.table().properties[theirs] == "99"
     assert_day_is_the_sandbox(warehouse, sandbox, day)
+
+
+def test_the_default_catalog_of_a_bucket_root_is_its_own_and_a_former_shared_one_is_kept(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default catalogs live in the worker's data/
+    bucket = make_s3_destination(s3_server).bucket.bucket_name
+    registered = make_s3_destination(s3_server, bucket=bucket, prefix="registered")
+    shared = tmp_path / "data" / "iceberg-catalog.db"
+    shared.parent.mkdir()
+    IcebergDestination(files=registered, catalog_uri=f"sqlite:///{shared}").connect(1)  # the former default
+
+    def catalog_of(files: S3Destination) -> tuple[str, str]:
+        hook = format_hook(IcebergDestination(files=files).connect(1))
+        assert hook is not None
+        table_format: Any = hook.table_format
+        uri = table_format.catalog.properties["uri"]
+        return uri, table_format.catalog.load_table(("mixpanel", EVENTS_TABLE)).metadata.location
+
+    one, two = (make_s3_destination(s3_server, bucket=bucket, prefix=p) for p in ("root-a", "root-b"))
+    (uri_one, at_one), (uri_two, at_two) = catalog_of(one), catalog_of(two)
+    assert uri_one != uri_two and f"sqlite:///{shared}" not in (uri_one, uri_two)
+    assert (at_one, at_two) == (
+        f"s3://{bucket}/root-a/1/iceberg/{EVENTS_TABLE}",
+        f"s3://{bucket}/root-b/1/iceberg/{EVENTS_TABLE}",
+    )
+    assert catalog_of(registered)[0] == f"sqlite:///{shared}", "tables it registers are not forgotten"
