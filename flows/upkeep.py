@@ -3,7 +3,8 @@
 Hourly increments leave many small files in Delta and Iceberg tables; this flow rewrites them into
 large ones (Delta ``optimize.compact``) and removes the versions older than the block's
 ``retention_hours`` with the files only they reached (Delta ``vacuum`` and log cleanup, Iceberg
-snapshot expiry with orphan-file removal). Plain file destinations keep no old versions: for them it
+snapshot expiry), and the files no version references (a writer that lost its commit race) once
+older than the retention and an hour's grace (Delta's full ``vacuum``, Iceberg's orphan removal). Plain file destinations keep no old versions: for them it
 only removes stale staging folders of crashed runs. It makes no Mixpanel request.
 """
 

@@ -101,6 +101,10 @@ class FilterMismatchError(FatalError):
     """A run would replace a day committed with a different event filter."""
 
 
+class TableIdentityError(FatalError):
+    """A table found by name (a catalog, Glue, a Delta path) is located elsewhere than this destination's own."""
+
+
 _SECRETS = re.compile(
     r"(?i)((?:token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|sig|auth)[\"']?\s*[=:]\s*[\"']?)"
     r"[^\s\"'&,;<>]+"

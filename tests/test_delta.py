@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -327,3 +330,34 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_version(
                 continue
             assert rows.filter(rows_of).height == 0, f"{table} version {version}"  # type: ignore[union-attr]
     assert_no_file_holds(lake.files(), cluster)
+
+
+def test_upkeep_removes_files_no_version_references_once_older_than_the_grace(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    lake = local_lake(tmp_path)
+    lake.block.retention_hours = 2
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, lake.block, [day], "first")
+    export(sandbox, lake.block, [day], "second")  # the first version's files: removed, within the retention
+    folder = tmp_path / "1" / "delta" / EVENTS_TABLE / f"day={day.isoformat()}"
+    three_hours_ago = time.time() - 3 * 3600
+    for path in folder.glob("*.parquet"):  # every file older than the grace, as if written long ago
+        os.utime(path, (three_hours_ago, three_hours_ago))
+    live = sorted(folder.glob("*.parquet"))
+    # writers that lost their commit race: their uploaded files are in the folder, in no version
+    lost, uploading = folder / "part-lost-race.parquet", folder / "part-uploading-now.parquet"
+    for path in (lost, uploading):
+        shutil.copyfile(live[0], path)
+    os.utime(lost, (three_hours_ago, three_hours_ago))
+    hook = format_hook(lake.block.connect(1))
+    assert hook is not None
+
+    report = hook.table_format.upkeep()
+
+    assert not lost.exists(), "a file of no version, older than the grace, is removed"
+    assert uploading.exists(), "a writer's fresh file is kept: its commit may still come"
+    assert report[EVENTS_TABLE]["orphans_removed"] == 1  # type: ignore[index]
+    assert sorted(folder.glob("*.parquet")) == sorted([*live, uploading])
+    assert_day_is_the_sandbox(lake, sandbox, day)
+    lake.table(version=lake.table().version() - 1).to_pyarrow_table()  # time travel within the retention

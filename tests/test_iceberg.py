@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -21,11 +23,13 @@ from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from sandbox import SandboxServer
+from tasks.errors import TableIdentityError
 from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
 from tasks.sync.purge import PurgeScope, purge_destination
 from tasks.warehouses.iceberg_format import HELD, catalog_properties
-from tasks.warehouses.tableformat import format_hook, reader
+from tasks.warehouses.table_identity import owner_key
+from tasks.warehouses.tableformat import SCHEMAS, format_hook, reader
 from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import (
@@ -61,7 +65,9 @@ class Warehouse:
         return scan.filter(pl.col("day") == day.isoformat()).collect()
 
     def held(self, day: date) -> int | None:
-        value = self.table().properties.get(f"{HELD}{day.isoformat()}")
+        """What the table records as held for this destination (the property keyed by its location)."""
+        own = owner_key(location_of(self.block.files, 1, "iceberg", style="iceberg").uri)
+        value = self.table().properties.get(f"{HELD}{own}.{day.isoformat()}")
         return None if value is None else int(value)
 
     def commits(self) -> list[dict[str, str]]:
@@ -350,3 +356,141 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_snapshot(
             rows = pl.from_arrow(current.scan(snapshot_id=snapshot.snapshot_id).to_arrow())
             assert rows.filter(rows_of).height == 0, f"{table} snapshot {snapshot.snapshot_id}"  # type: ignore[union-attr]
     assert_no_file_holds(warehouse.files(), cluster)
+
+
+# one identity per table: a catalog finds tables by name, so a second destination must be refused ---------
+
+
+def catalog_state(properties: dict[str, str], namespace: str = "mixpanel") -> dict[str, object]:
+    """Per table: where it is, its snapshots (ids, current) and its properties (the held versions)."""
+    catalog = load_catalog("mixpanel", **properties)
+    state: dict[str, object] = {}
+    for name in SCHEMAS:
+        table = catalog.load_table((namespace, name))
+        current = table.current_snapshot()
+        state[name] = (
+            table.metadata.location,
+            table.metadata_location,
+            [s.snapshot_id for s in table.snapshots()],
+            current and current.snapshot_id,
+            dict(table.properties),
+        )
+    return state
+
+
+def test_a_second_destination_on_one_sql_catalog_and_namespace_is_refused_and_changes_nothing(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    shared = f"sqlite:///{tmp_path / 'shared-catalog.db'}"
+    first = IcebergDestination(files=LocalDestination(path=str(tmp_path / "a")), catalog_uri=shared)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, first, [day], "project-1")  # project 1 on root a
+    properties = catalog_properties("sql", shared, str(tmp_path / "a" / "1" / "iceberg"), {})
+    before = catalog_state(properties)
+    files_before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert Warehouse(first, properties, lambda: []).held(day) is not None
+
+    second = IcebergDestination(files=LocalDestination(path=str(tmp_path / "b")), catalog_uri=shared)
+    with pytest.raises(TableIdentityError) as caught:
+        second.connect(2)  # project 2 on root b, the same catalog and namespace
+
+    message = str(caught.value)
+    theirs, ours = tmp_path / "a" / "1" / "iceberg", tmp_path / "b" / "2" / "iceberg"
+    assert message.startswith(
+        f"the Iceberg table mixpanel.{EVENTS_TABLE} is located at {theirs}/{EVENTS_TABLE}"
+    )
+    assert f"outside this destination's {ours}/{EVENTS_TABLE}" in message
+    assert "another namespace" in message and message.count(". ") == 0
+    assert catalog_state(properties) == before
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files_before
+    assert not list((tmp_path / "b").rglob("*.parquet")), "nothing of project 2 was written"
+
+
+def test_a_second_destination_on_one_glue_namespace_is_refused_and_changes_nothing(
+    sandbox: SandboxServer, s3_server: S3Server
+) -> None:
+    namespace = f"mixpanel_{uuid.uuid4().hex[:8]}"
+    first_files = make_s3_destination(s3_server, prefix="root-a")
+    first = IcebergDestination(files=first_files, catalog="glue", namespace=namespace)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, first, [day], "project-1")
+    location = location_of(first_files, 1, "iceberg", style="iceberg")
+    options = location.options | {"s3.endpoint": s3_server.moto_url, "glue.endpoint": s3_server.moto_url}
+    options |= {
+        "glue.access-key-id": s3_server.access_key_id,
+        "glue.secret-access-key": s3_server.secret_access_key,
+        "glue.region": "us-east-1",
+    }
+    properties = catalog_properties("glue", "", location.uri, options)
+    client = s3_server.client()
+
+    def objects() -> dict[str, str]:
+        listed = client.list_objects_v2(Bucket=first_files.bucket.bucket_name).get("Contents", [])
+        return {o["Key"]: o["ETag"] for o in listed}
+
+    before, files_before = catalog_state(properties, namespace), objects()
+
+    second_files = make_s3_destination(s3_server, prefix="root-b")
+    second = IcebergDestination(files=second_files, catalog="glue", namespace=namespace)
+    with pytest.raises(TableIdentityError, match=r"^the Iceberg table .* is located at s3://.*/root-a/1/"):
+        second.connect(2)
+
+    assert catalog_state(properties, namespace) == before
+    assert objects() == files_before
+    listed = client.list_objects_v2(Bucket=second_files.bucket.bucket_name, Prefix="root-b/2/iceberg/")
+    assert listed.get("KeyCount", 0) == 0, "no table of project 2 was created"
+
+
+def test_held_versions_are_keyed_by_the_destination_and_another_ones_is_never_read(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    warehouse = local_warehouse(tmp_path)
+    (day,) = recent_days(1, sandbox)
+    export(sandbox, warehouse.block, [day], "one")
+    destination = warehouse.block.connect(1)
+    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None and warehouse.held(day) == manifest.sequence
+    ours = f"{HELD}{owner_key(str(tmp_path / '1' / 'iceberg'))}.{day.isoformat()}"
+    theirs = f"{HELD}{owner_key('s3://elsewhere/lake/2/iceberg')}.{day.isoformat()}"
+    with warehouse.table().transaction() as tx:  # as a table written before the key existed looks
+        tx.remove_properties(ours)
+        tx.set_properties({f"{HELD}{day.isoformat()}": str(manifest.sequence), theirs: "99"})
+
+    destination = warehouse.block.connect(1)  # the unkeyed value is moved to this destination's key
+    properties = warehouse.table().properties
+    assert f"{HELD}{day.isoformat()}" not in properties and properties[ours] == str(manifest.sequence)
+
+    with warehouse.table().transaction() as tx:  # only another destination's value is left
+        tx.remove_properties(ours)
+    hook = format_hook(destination)
+    assert hook is not None and hook.table_format.held(EVENTS_TABLE, day.isoformat()) is None
+    destination.repair(EVENTS_TABLE, day.isoformat())  # the day is reloaded, not taken as held
+    assert warehouse.held(day) == manifest.sequence and warehouse.table().properties[theirs] == "99"
+    assert_day_is_the_sandbox(warehouse, sandbox, day)
+
+
+def test_the_default_catalog_of_a_bucket_root_is_its_own_and_a_former_shared_one_is_kept(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default catalogs live in the worker's data/
+    bucket = make_s3_destination(s3_server).bucket.bucket_name
+    registered = make_s3_destination(s3_server, bucket=bucket, prefix="registered")
+    shared = tmp_path / "data" / "iceberg-catalog.db"
+    shared.parent.mkdir()
+    IcebergDestination(files=registered, catalog_uri=f"sqlite:///{shared}").connect(1)  # the former default
+
+    def catalog_of(files: S3Destination) -> tuple[str, str]:
+        hook = format_hook(IcebergDestination(files=files).connect(1))
+        assert hook is not None
+        table_format: Any = hook.table_format
+        uri = table_format.catalog.properties["uri"]
+        return uri, table_format.catalog.load_table(("mixpanel", EVENTS_TABLE)).metadata.location
+
+    one, two = (make_s3_destination(s3_server, bucket=bucket, prefix=p) for p in ("root-a", "root-b"))
+    (uri_one, at_one), (uri_two, at_two) = catalog_of(one), catalog_of(two)
+    assert uri_one != uri_two and f"sqlite:///{shared}" not in (uri_one, uri_two)
+    assert (at_one, at_two) == (
+        f"s3://{bucket}/root-a/1/iceberg/{EVENTS_TABLE}",
+        f"s3://{bucket}/root-b/1/iceberg/{EVENTS_TABLE}",
+    )
+    assert catalog_of(registered)[0] == f"sqlite:///{shared}", "tables it registers are not forgotten"

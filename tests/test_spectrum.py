@@ -16,7 +16,7 @@ import pytest
 
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
-from tasks.errors import FatalError
+from tasks.errors import FatalError, TableIdentityError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient
@@ -144,8 +144,15 @@ def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    "where", ["", "team/"]
-)  # the bucket itself (shorter than raw/), another team's folder
+    "where",
+    [
+        "",  # the bucket itself (shorter than raw/)
+        "team/",  # another team's folder
+        "raw/1/_state/spectrum/mp_people_data_old/",  # a sibling whose name starts with the table's
+        "raw/1/_state/spectrum/mp_people_data/../../../../team/",  # a path that leaves the folder
+        "raw/2/_state/spectrum/mp_people_data/",  # another project's table
+    ],
+)
 def test_an_existing_glue_table_located_outside_the_destination_is_refused(
     sandbox: SandboxServer, s3_server: S3Server, block, where: str
 ) -> None:
@@ -162,7 +169,7 @@ def test_an_existing_glue_table_located_outside_the_destination_is_refused(
     }
     s3_server.client("glue").update_table(DatabaseName=block.glue_database, TableInput=table_input)
     before = bucket_objects(s3_server, bucket)
-    with pytest.raises(FatalError) as caught:
+    with pytest.raises(TableIdentityError) as caught:
         block.connect(1)
     message = str(caught.value)
     assert message.startswith(

@@ -14,11 +14,19 @@ from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
-from tasks.warehouses.iceberg_format import IcebergFormat, catalog_properties
-from tasks.warehouses.tableformat import TableFormatHook
+from tasks.warehouses.iceberg_format import (
+    IcebergFormat,
+    catalog_properties,
+    default_catalog_name,
+    holds_own_tables,
+)
+from tasks.warehouses.tableformat import Location, TableFormatHook
 
 # the SQL catalog keys its rows by this name: readers load_catalog("mixpanel", ...) to see the tables
 CATALOG_NAME = "mixpanel"
+# the default catalog of every bucket-backed destination of a worker before defaults were per root:
+# still used by a destination whose tables it already registers (a new file would not know them)
+SHARED_CATALOG = Path("data") / "iceberg-catalog.db"
 
 
 class IcebergDestination(DestinationBlock):
@@ -53,7 +61,8 @@ destination = IcebergDestination.load("BLOCK_NAME")
     catalog_uri: str = Field(
         default="",
         description="sql: a SQLAlchemy URL (empty: sqlite:///<local root>/<project_id>/iceberg/catalog.db, or "
-        "data/iceberg-catalog.db on the worker when the files are in a bucket); rest: the catalog's URL.",
+        "data/iceberg-catalogs/<bucket-prefix-project>-<hash>.db on the worker, one per root and project, "
+        "when the files are in a bucket); rest: the catalog's URL.",
     )
     catalog_token: SecretStr | None = Field(
         default=None, description="rest: a bearer token for the REST catalog (optional)."
@@ -68,13 +77,20 @@ destination = IcebergDestination.load("BLOCK_NAME")
         "older ones, a GDPR purge expires the purged rows' snapshots at once.",
     )
 
-    def _catalog_uri(self, project_id: int) -> str:
+    def _catalog_uri(self, location: Location, options: dict[str, str]) -> str:
+        """The catalog given, or the default one of this root and project (never one shared by accident)."""
         if self.catalog_uri or self.catalog != "sql":
             return self.catalog_uri
         if isinstance(self.files, LocalDestination):
-            path = Path(self.files.path).expanduser().resolve() / str(project_id) / "iceberg" / "catalog.db"
+            path = Path(location.uri) / "catalog.db"
         else:
-            path = Path("data").resolve() / "iceberg-catalog.db"
+            shared = SHARED_CATALOG.resolve()
+            if shared.exists():
+                uri = f"sqlite:///{shared}"
+                found = load_catalog(CATALOG_NAME, **catalog_properties("sql", uri, location.uri, options))
+                if holds_own_tables(found, self.namespace, location):
+                    return uri
+            path = Path("data").resolve() / "iceberg-catalogs" / default_catalog_name(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
 
@@ -86,7 +102,9 @@ destination = IcebergDestination.load("BLOCK_NAME")
             options |= _glue_options(options)
         if self.catalog == "rest" and self.catalog_token is not None:
             options["token"] = self.catalog_token.get_secret_value()
-        properties = catalog_properties(self.catalog, self._catalog_uri(project_id), location.uri, options)
+        properties = catalog_properties(
+            self.catalog, self._catalog_uri(location, options), location.uri, options
+        )
         catalog = load_catalog(CATALOG_NAME, **properties)
         table_format = IcebergFormat(
             catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours

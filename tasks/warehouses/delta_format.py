@@ -13,6 +13,12 @@ partitioned by ``day`` (``YYYY-MM-DD`` in the project's calendar, the partition 
   (S3 conditional writes; ``AWS_S3_ALLOW_UNSAFE_RENAME`` is never set). A writer that loses the race
   re-checks for logical conflicts: two replaces of the same day conflict (one raises and is retried
   from the newest manifest by ``FormatDestination``), writes of different days both commit.
+* one identity per table (``table_identity``): a Delta table is found by its path, which is this
+  destination's own location, and the table delta-rs opens there is checked to be located at it;
+  so the app transactions (``txn``) it holds were written by this (root, project) only and need no key.
+* files no log version references (a writer that lost its commit race, a crashed one) are removed
+  by the upkeep once older than ``ORPHAN_GRACE_HOURS`` and the retention (delta-rs' full vacuum,
+  by modification time), so a writer still uploading its files is never robbed of them.
 * statistics are kept for ``day`` and ``time`` only (``delta.dataSkippingStatsColumns``), so the
   log never holds a distinct_id as a min/max value a GDPR purge would have to chase.
 """
@@ -30,6 +36,7 @@ from deltalake.transaction import Transaction
 from tasks.errors import FatalError
 from tasks.lake.manifest import Manifest
 from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE, is_day
+from tasks.warehouses.table_identity import check_location
 from tasks.warehouses.tableformat import APP_ID, DAY, Location, commit_metadata
 
 log = logging.getLogger(__name__)
@@ -65,12 +72,19 @@ class DeltaFormat:
 
     def _open(self, table: str) -> DeltaTable | None:
         try:
-            return DeltaTable(self.location.table(table), storage_options=self.location.options)
+            found = DeltaTable(self.location.table(table), storage_options=self.location.options)
         except TableNotFoundError:
             return None
+        check_location(
+            f"the Delta table {table}",
+            found.table_uri,
+            self.location.table(table),
+            "point the block's files at this destination's own folder",
+        )
+        return found
 
     def check(self) -> None:
-        for table in (EVENTS_TABLE,):
+        for table in (EVENTS_TABLE, PEOPLE_TABLE, MAPPINGS_TABLE):
             try:
                 self._open(table)
             except (DeltaError, OSError) as exc:
@@ -136,7 +150,8 @@ class DeltaFormat:
         return removed
 
     def upkeep(self) -> dict[str, object]:
-        """Compact each table's small files (hourly increments), then drop versions past the retention."""
+        """Compact each table's small files (hourly increments), drop versions past the retention, and
+        remove files no version references once no writer can still commit them."""
         report: dict[str, object] = {}
         for table in (EVENTS_TABLE, PEOPLE_TABLE, MAPPINGS_TABLE):
             found = self._open(table)
@@ -147,10 +162,19 @@ class DeltaFormat:
             vacuumed = found.vacuum(
                 retention_hours=self.retention_hours, enforce_retention_duration=False, dry_run=False
             )
+            # a full vacuum keeps removed files within ``retention_hours`` of their removal (the lite
+            # one above is the authority on those) and takes the files of no version by their age
+            orphans = found.vacuum(
+                retention_hours=max(self.retention_hours, ORPHAN_GRACE_HOURS),
+                enforce_retention_duration=False,
+                dry_run=False,
+                full=True,
+            )
             found.cleanup_metadata()
             report[table] = {
                 "files_compacted": metrics.get("numFilesRemoved", 0),
                 "files_vacuumed": len(vacuumed),
+                "orphans_removed": len(orphans),
                 "version": found.version(),
                 "at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
             }

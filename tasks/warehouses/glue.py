@@ -7,6 +7,10 @@ lists exactly the files of its manifest (``SymlinkTextInputFormat``, which Spect
 read), in a folder unique to the run; the Glue partition (an event day, ``mp_date=YYYY-MM-DD``) or
 the whole table's location is then switched to that folder in one Glue call, and the previous
 folder removed. A query sees the old day or the new one, never a mix.
+
+One identity per table: a Glue table found by name is used only if it is located in this
+destination's own ``<project>/_state/spectrum/<table>/`` folder (``table_identity``), so the run ids
+it records (``mp_run_id``) are this destination's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from botocore.exceptions import ClientError
 from tasks.errors import FatalError
 from tasks.lake.store import Store
 from tasks.schema import EVENTS_TABLE, TABLE_COLUMNS, is_day, typed_columns
+from tasks.warehouses.table_identity import check_location
 from tasks.warehouses.warehouse import Partition, checked_identifier
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
@@ -50,15 +55,15 @@ class GlueCatalog:
                     raise self._error(exc, f"read the Glue table {table}") from exc
                 self._create_table(table)
                 continue
-            location = str(found.get("StorageDescriptor", {}).get("Location", ""))
-            own = self.storage.describe(self._own(table))
-            if not location.rstrip("/").startswith(own.rstrip("/")):
-                raise FatalError(
-                    f"the Glue table {self.database}.{table} is located at {location or 'no location'}, "
-                    f"outside this destination's {own}: nothing was changed; drop that table (aws glue "
-                    f"delete-table --database-name {self.database} --name {table}) or choose another "
-                    "Glue database in the block."
-                )
+            # a whole table's location moves between run folders inside its own folder: ``within``
+            check_location(
+                f"the Glue table {self.database}.{table}",
+                str(found.get("StorageDescriptor", {}).get("Location", "")),
+                self.storage.describe(self._own(table)),
+                f"drop that table (aws glue delete-table --database-name {self.database} --name {table}) "
+                "or choose another Glue database in the block",
+                within=True,
+            )
 
     def load(self, partition: Partition) -> None:
         own = self._own(partition.table)

@@ -3,9 +3,14 @@
 Layout: the tables ``<namespace>.mp_master_event`` (partitioned by identity ``day``),
 ``mp_people_data`` and ``mp_identity_mappings_data``, each at ``<root>/<project_id>/iceberg/<table>``.
 
+* one identity per table (``table_identity``): every table the catalog finds by name is checked to be
+  located at ``<root>/<project_id>/iceberg/<table>`` before it is used; one found elsewhere (another
+  destination's, sharing the catalog and namespace) is refused, never written, expired or cleaned.
 * a day is replaced by one transaction: a delete of ``day == '…'`` and an append of the day's new
   data files (as ``overwrite`` does, but the files are written streaming: ``_data_files``) plus the
-  table property ``mp.held.<partition> = <manifest sequence>``, committed to the catalog together
+  table property ``mp.held.<owner key>.<partition> = <manifest sequence>`` (keyed by this
+  destination's location: another's is never read; the unkeyed ``mp.held.<partition>`` of tables
+  written before the key existed is moved to the keyed name at connect), committed to the catalog together
   (the SQL catalog swaps the metadata pointer with a conditional ``UPDATE``, Glue with its version
   check, REST with its requirements): a racing writer gets ``CommitFailedException`` and is retried
   by ``FormatDestination`` from the newest manifest. An hourly increment is one ``append``.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -28,7 +34,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    ValidationException,
+)
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
 from pyiceberg.io import FileIO, OutputFile
 from pyiceberg.io.fileformat import FileFormatFactory, FileFormatWriter
@@ -47,6 +58,7 @@ from tasks.errors import FatalError
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
 from tasks.schema import EVENTS_TABLE, is_day
+from tasks.warehouses.table_identity import check_location, located_at, normal_location, owner_key
 from tasks.warehouses.tableformat import DAY, SCHEMAS, Location, commit_metadata
 
 log = logging.getLogger(__name__)
@@ -79,6 +91,7 @@ class IcebergFormat:
         self.store = store  # the same root as ``location``: orphan files are listed and deleted through it
         self.prefix = prefix.rstrip("/") + "/"  # ``<project_id>/iceberg/``, relative to the store
         self.retention = timedelta(hours=retention_hours)
+        self.held_prefix = f"{HELD}{owner_key(location.uri)}."  # what this destination's table holds
 
     def _properties(self) -> dict[str, str]:
         return {
@@ -91,7 +104,7 @@ class IcebergFormat:
     def _table(self, name: str, create: bool = False) -> Table | None:
         identifier = (self.namespace, name)
         try:
-            return self.catalog.load_table(identifier)
+            return self._own(name, self.catalog.load_table(identifier))
         except NoSuchTableError:
             if not create:
                 return None
@@ -100,19 +113,53 @@ class IcebergFormat:
         if name == EVENTS_TABLE:
             day_id = schema.find_field(DAY).field_id
             spec = PartitionSpec(PartitionField(day_id, 1000, IdentityTransform(), DAY))
-        return self.catalog.create_table_if_not_exists(
+        created = self.catalog.create_table_if_not_exists(  # another writer's table, if it won the race
             identifier,
             schema,
             location=self.location.table(name),
             partition_spec=spec,
             properties=self._properties(),
         )
+        return self._own(name, created)
+
+    def _own(self, name: str, table: Table) -> Table:
+        check_location(
+            f"the Iceberg table {self.namespace}.{name}",
+            table.metadata.location,
+            self.location.table(name),
+            "give this block another namespace (or catalog), or drop that table from the catalog",
+        )
+        return table
+
+    def _migrate(self, table: Table) -> None:
+        """Unkeyed ``mp.held.<partition>`` (written before the key existed) moved to this destination's key.
+
+        Only reached once ``_own`` has found the table at this destination's location: the
+        unkeyed values were written by a destination of this same root and project.
+        """
+        old = {k: v for k, v in table.properties.items() if k.startswith(HELD) and "." not in k[len(HELD) :]}
+        if not old:
+            return
+        keyed = {
+            f"{self.held_prefix}{k[len(HELD) :]}": v
+            for k, v in old.items()
+            if f"{self.held_prefix}{k[len(HELD) :]}" not in table.properties
+        }
+        try:
+            with table.transaction() as tx:
+                if keyed:
+                    tx.set_properties(keyed)
+                tx.remove_properties(*old)
+        except self.conflicts:
+            log.info("%s: written meanwhile, its held properties are moved at the next connect", table.name())
 
     def check(self) -> None:
         try:
             self.catalog.create_namespace_if_not_exists(self.namespace)
             for name in SCHEMAS:
-                self._table(name, create=True)
+                found = self._table(name, create=True)
+                assert found is not None
+                self._migrate(found)
         except (OSError, ValueError) as exc:
             raise FatalError(
                 f"cannot create the Iceberg tables in namespace {self.namespace} at {self.location.uri} "
@@ -133,7 +180,7 @@ class IcebergFormat:
                 _write_rows(tx, found.io, data, partition, None if append else day_is(partition), meta)
             else:  # people and mappings: unpartitioned, replaced whole
                 _write_rows(tx, found.io, data, None, AlwaysTrue(), meta)
-            tx.set_properties({f"{HELD}{partition}": str(manifest.sequence)})
+            tx.set_properties({f"{self.held_prefix}{partition}": str(manifest.sequence)})
 
     def replace(self, table: str, partition: str, manifest: Manifest, data: pa.RecordBatchReader) -> None:
         self._write(table, partition, manifest, data, append=False)
@@ -143,7 +190,7 @@ class IcebergFormat:
 
     def held(self, table: str, partition: str) -> int | None:
         found = self._table(table)
-        value = None if found is None else found.properties.get(f"{HELD}{partition}")
+        value = None if found is None else found.properties.get(f"{self.held_prefix}{partition}")
         return None if value is None else int(value)
 
     def forget(self) -> int:
@@ -388,3 +435,21 @@ def catalog_properties(kind: str, uri: str, warehouse: str, options: dict[str, s
     if kind == "rest":
         return base | {"uri": uri}
     return base
+
+
+def default_catalog_name(location: Location) -> str:
+    """The file name of the default SQLite catalog of a bucket-backed destination: one per (root, project)."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", normal_location(location.uri)).strip("-")[:80]
+    return f"{readable}-{owner_key(location.uri)}.db"
+
+
+def holds_own_tables(catalog: Catalog, namespace: str, location: Location) -> bool:
+    """Whether ``catalog`` already registers one of this destination's tables (at its location)."""
+    for name in SCHEMAS:
+        try:
+            table = catalog.load_table((namespace, name))
+        except (NoSuchTableError, NoSuchNamespaceError):
+            continue
+        if located_at(table.metadata.location, location.table(name)):
+            return True
+    return False
