@@ -329,7 +329,8 @@ class ObjectStoreDestination:
         sequence = (base.sequence if base else 0) + 1
         run = f"{run_id.replace('-', '')[:16]}-s{sequence}"
         files = self._publish(stage.files.get(partition, []), self.data_prefix(table, partition), run)
-        edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
+        staged_edges = stage.edges.get(partition, [])  # only event days have identity edges
+        edges = self._publish(staged_edges, self.edges_prefix(partition), run) if staged_edges else ()
         final = build(files, edges, sequence)
         key = self.manifest_key(table, partition)
         try:
