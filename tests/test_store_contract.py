@@ -36,7 +36,7 @@ OUTSIDE = {"outside.txt": b"another team's object", "raw-other/k": b"a sibling f
 def outer(block: BucketDestination) -> Store:
     """A store on the same location one level up: where the files outside the destination live."""
     if isinstance(block, LocalDestination):
-        return LocalDestination(path=str(Path(block.path).parent)).store()
+        return LocalDestination(path=str(Path(block.path).parent), create_missing=True).store()
     return block.model_copy(update={"prefix": ""}).store()
 
 
@@ -44,7 +44,7 @@ def outer(block: BucketDestination) -> Store:
 def block(store: StoreFactory) -> BucketDestination:
     made = store()
     if isinstance(made, LocalDestination):  # the local root one level down, like the buckets' "raw"
-        made = LocalDestination(path=str(Path(made.path) / "raw"))
+        made = LocalDestination(path=str(Path(made.path) / "raw"), create_missing=True)
     assert isinstance(made, BucketDestination)
     return made
 
@@ -277,7 +277,7 @@ def test_local_deletions_and_listings_never_follow_a_symbolic_link(tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "part-x-00000.parquet").write_bytes(b"not ours")
-    dest = LocalDestination(path=str(tmp_path / "dest")).connect(7)
+    dest = LocalDestination(path=str(tmp_path / "dest"), create_missing=True).connect(7)
     stage, draft = stage_rows(dest, tmp_path, "run1", 2)
     dest.commit(stage, DAY, draft)
     day = tmp_path / "dest" / "7" / "mp_master_event" / "2026" / "05" / "02"
