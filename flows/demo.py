@@ -70,6 +70,8 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     )
     last = credentials.yesterday()
     first = last - timedelta(days=DAYS - 1)
+    # the demo owns its folder; the blocks themselves refuse a missing one (an unmounted volume)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
     duckdb = DuckDBWarehouse(database=str(DATA_DIR / "mixpanel.duckdb"), files=str(DATA_DIR))
     target: Any = duckdb if fmt == "duckdb" else format_block(fmt, LocalDestination(path=str(DATA_DIR)))
     events(credentials, target, from_date=first, to_date=last)

@@ -78,6 +78,8 @@ def save_sandbox_blocks(url: str, data_dir: Path) -> list[str]:
         )
         saved.append("mixpanel-gdpr-credentials/mixpanel-gdpr (the sandbox's tokens)")
     if not _exists(LocalDestination, "local"):
+        # made here, once: the saved block refuses a missing folder (an unmounted volume) from then on
+        data_dir.mkdir(parents=True, exist_ok=True)
         LocalDestination(path=str(data_dir.resolve())).save("local")
         saved.append(f"mixpanel-local-destination/local ({data_dir.resolve()})")
     return saved

@@ -85,6 +85,10 @@ class OutsideDestinationError(FatalError):
     """A key to read, write or delete does not lie under the destination root or the table's own prefix."""
 
 
+class MissingDestinationError(FatalError):
+    """A local destination's folder does not exist and its block does not ask for it to be created."""
+
+
 class NotJsonLinesError(RetriableError):
     """A 200 whose body is not Mixpanel's JSON lines (a proxy's HTML page, an error text)."""
 

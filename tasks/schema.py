@@ -66,6 +66,16 @@ def empty_mappings() -> pl.DataFrame:
     return pl.DataFrame(schema=MAPPINGS_FRAME_SCHEMA)
 
 
+# the one partition of every table that is not day-partitioned (people, identity mappings)
+WHOLE_PARTITION = "all"
+
+
+def is_partition(table: str, partition: str) -> bool:
+    """The events table's partitions are real ISO days, every other table's only one is ``all``: a
+    name outside that (a hand-made ``all.json`` among the days) never names a partition of ``table``."""
+    return is_day(partition) if table == EVENTS_TABLE else partition == WHOLE_PARTITION
+
+
 def is_day(partition: str) -> bool:
     """A real ISO date ``YYYY-MM-DD`` (not merely ten characters with dashes): a day partition of
     ``mp_master_event``; the whole tables have one partition, ``all``."""

@@ -52,9 +52,12 @@ class Three:
 
 def three_destinations(tmp_path: Path, s3_server: S3Server) -> Three:
     return Three(
-        LocalDestination(path=str(tmp_path / "local")),
+        LocalDestination(path=str(tmp_path / "local"), create_missing=True),
         make_s3_destination(s3_server, prefix="raw"),
-        DuckDBWarehouse(database=str(tmp_path / "wh.duckdb"), files=str(tmp_path / "files")),
+        DuckDBWarehouse(
+            database=str(tmp_path / "wh.duckdb"),
+            files=LocalDestination(path=str(tmp_path / "files"), create_missing=True),
+        ),
     )
 
 

@@ -12,7 +12,7 @@ from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
-from tasks.errors import FatalError
+from tasks.errors import FatalError, MissingDestinationError
 
 
 @pytest.mark.parametrize("block_class", BLOCK_TYPES)
@@ -26,7 +26,27 @@ def test_an_unwritable_destination_folder_fails_with_the_path(tmp_path: Path) ->
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(FatalError, match="cannot write to the destination folder"):
-        LocalDestination(path=str(blocker / "sub")).connect(1)
+        LocalDestination(path=str(blocker / "sub"), create_missing=True).connect(1)
+
+
+def test_a_missing_destination_folder_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nas-not-mounted" / "mixpanel"
+    for block, where in (
+        (LocalDestination(path=str(missing)), f"the destination folder {missing} does not exist"),
+        (
+            DuckDBWarehouse(database=str(missing / "wh.duckdb"), files=str(tmp_path)),
+            f"the folder of the DuckDB database {missing} does not exist",
+        ),
+    ):
+        with pytest.raises(MissingDestinationError) as info:
+            block.connect(1)
+        message = str(info.value)
+        assert message.startswith(where), message
+        assert "mount or create it, or set create_missing=true" in message
+        assert "\n" not in message and message.endswith("."), message
+        assert not missing.parent.exists()
+    LocalDestination(path=str(missing), create_missing=True).connect(1)
+    assert missing.is_dir()
 
 
 FLAT_FIELDS = {  # a MixpanelCredentials document as blocks were saved before the tuning section

@@ -61,6 +61,11 @@ def run(server: HostileServer, root: Path, run_id: str, days: list[date] | None 
         )
 
 
+def run_lines(server: HostileServer, root: Path, run_id: str, rows: int, **settings: object):
+    server.serve(b"\n".join(good_lines(DAY, rows)) + b"\n")
+    return run(server, root, run_id, **settings)
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every committed byte: data files, edges, manifests (not staging, not the rejects files)."""
     return {
@@ -197,10 +202,82 @@ def test_an_empty_body_for_a_day_mixpanel_counts_empty_replaces_it(
 ) -> None:
     commit_good_day(server, tmp_path)
     server.serve(b"")
-    server.counts = {}  # Mixpanel deleted every event of the day: its count confirms the empty day
+    # Mixpanel deleted every event of the day: its count names each of them with 0
+    server.counts = {name: {DAY.isoformat(): 0} for name in ("Sign Up", "Page View")}
     (result,) = run(server, tmp_path, "confirmed")
     assert result.rows == 0
     assert server.requests_to("/api/query/events") == 1
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [{}, {"Sign Up": {DAY.isoformat(): 0}}, {"Sign Up": {}, "Page View": {}}],
+    ids=["names no event", "misses a committed event", "no number for the day"],
+)
+def test_a_count_answer_silent_about_the_days_events_does_not_confirm_an_empty_export(
+    server: HostileServer, tmp_path: Path, counts: dict[str, dict[str, int]]
+) -> None:
+    before = commit_good_day(server, tmp_path)
+    server.serve(b"")
+    server.counts = counts
+    with pytest.raises(ShrinkRefusedError, match="so it cannot confirm the loss") as info:
+        run(server, tmp_path, "silent")
+    assert_one_sentence(str(info.value))
+    assert snapshot(tmp_path) == before
+
+
+def test_repeated_small_losses_are_measured_against_the_most_the_day_held(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    """1000 → 901 → 811 → …: each version loses under 10 % of the previous one, none is confirmed."""
+    sizes = [1000, 901, 811, 730, 657, 592, 533, 480]
+    server.serve(b"\n".join(good_lines(DAY, sizes[0])) + b"\n")
+    server.counts = {}  # an answer that confirms nothing
+    (first,) = run(server, tmp_path, "r0")
+    assert first.rows == 1000
+    (second,) = run_lines(server, tmp_path, "r1", sizes[1])  # 901 of 1000: within the tolerance
+    assert second.rows == sizes[1]
+    manifest = local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat())
+    assert (manifest.rows, manifest.held_most) == (sizes[1], 1000)
+    before = snapshot(tmp_path)
+    for number, rows in enumerate(sizes[2:], start=2):
+        with pytest.raises(ShrinkRefusedError, match=f"holds {rows} rows where the day has held up to 1000"):
+            run_lines(server, tmp_path, f"r{number}", rows)
+        assert snapshot(tmp_path) == before
+    # Mixpanel's count, naming every event, confirms the smaller day: the memory restarts from it
+    server.counts = counts_of(DAY, sizes[-1])
+    (confirmed,) = run_lines(server, tmp_path, "confirmed", sizes[-1])
+    manifest = local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat())
+    assert (confirmed.rows, manifest.held_most) == (sizes[-1], sizes[-1])
+
+
+def test_allow_shrink_resets_the_memory_and_a_purge_lowers_it_by_what_it_removed(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    from tasks.sync.purge import purge_day
+
+    commit_good_day(server, tmp_path)
+    run_lines(server, tmp_path, "allowed", 20, allow_shrink=True)
+    destination = local_destination(tmp_path)
+    assert destination.manifest("mp_master_event", DAY.isoformat()).held_most == 20
+    run_lines(server, tmp_path, "grown", 30)
+    assert destination.manifest("mp_master_event", DAY.isoformat()).held_most == 30
+    removed, _ = purge_day(destination, DAY.isoformat(), {"user-0"}, "purge")
+    after = destination.manifest("mp_master_event", DAY.isoformat())
+    assert removed > 0 and (after.rows, after.held_most) == (30 - removed, 30 - removed)
+
+
+def test_a_manifest_without_the_memory_counts_its_own_rows(server: HostileServer, tmp_path: Path) -> None:
+    import msgspec
+
+    commit_good_day(server, tmp_path)
+    key = tmp_path / "1/_state/manifests/mp_master_event" / f"{DAY.isoformat()}.json"
+    old = msgspec.json.decode(key.read_bytes())
+    del old["held_most"]
+    key.write_bytes(msgspec.json.encode(old))
+    server.counts = {}
+    with pytest.raises(ShrinkRefusedError, match=f"holds 30 rows where the committed version holds {ROWS}"):
+        run_lines(server, tmp_path, "smaller", 30)
 
 
 def test_a_shrink_is_committed_when_allowed(server: HostileServer, tmp_path: Path) -> None:
@@ -322,7 +399,8 @@ def test_every_shrinking_day_of_a_request_is_checked_with_one_count_request(
     run(server, tmp_path, "good", days=[DAY, other])
     before = snapshot(tmp_path)
     server.serve(b"")
-    server.counts = counts_of(DAY, ROWS)  # Mixpanel still counts DAY's events, and none on the other day
+    # Mixpanel still counts DAY's events, and none on the other day
+    server.counts = {n: c | {other.isoformat(): 0} for n, c in counts_of(DAY, ROWS).items()}
     with pytest.raises(ShrinkRefusedError) as info:
         run(server, tmp_path, "empty", days=[DAY, other])
     assert server.requests_to("/api/query/events") == 1

@@ -36,7 +36,7 @@ OUTSIDE = {"outside.txt": b"another team's object", "raw-other/k": b"a sibling f
 def outer(block: BucketDestination) -> Store:
     """A store on the same location one level up: where the files outside the destination live."""
     if isinstance(block, LocalDestination):
-        return LocalDestination(path=str(Path(block.path).parent)).store()
+        return LocalDestination(path=str(Path(block.path).parent), create_missing=True).store()
     return block.model_copy(update={"prefix": ""}).store()
 
 
@@ -44,7 +44,7 @@ def outer(block: BucketDestination) -> Store:
 def block(store: StoreFactory) -> BucketDestination:
     made = store()
     if isinstance(made, LocalDestination):  # the local root one level down, like the buckets' "raw"
-        made = LocalDestination(path=str(Path(made.path) / "raw"))
+        made = LocalDestination(path=str(Path(made.path) / "raw"), create_missing=True)
     assert isinstance(made, BucketDestination)
     return made
 
@@ -249,11 +249,35 @@ def test_partition_names_must_be_real_dates(block: BucketDestination, outside: S
     assert_outside_untouched(outside)
 
 
+def test_only_days_are_partitions_of_the_events_table_and_only_all_of_a_whole_table(
+    block: BucketDestination, outside: Store, tmp_path: Path
+) -> None:
+    dest = block.connect(7)
+    stage, draft = stage_rows(dest, tmp_path, "run1", 2)
+    committed = dest.commit(stage, DAY, draft)
+    # a hand-made manifest named like a whole table's, among the days, and a day among a whole table's
+    fake = msgspec.structs.replace(committed, partition="all", files=())
+    dest.storage.put_bytes("7/_state/manifests/mp_master_event/all.json", fake.encode())
+    dest.storage.put_bytes(f"7/_state/manifests/mp_people_data/{DAY}.json", fake.encode())
+    dest.storage.put_bytes("7/mp_master_event/part-x-s1-00000.parquet", b"lies directly in the table folder")
+    dest.storage.put_bytes("7/mp_people_data/part-x-s1-00000.parquet", b"the people table")
+    before = {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")}
+    assert dest.partitions(TABLE) == [DAY]
+    assert dest.partitions("mp_people_data") == []
+    with pytest.raises(OutsideDestinationError, match="'all' is not a partition of mp_master_event") as info:
+        dest.repair(TABLE, "all")
+    assert str(info.value).count(".") == 1 and "\n" not in str(info.value)
+    with pytest.raises(OutsideDestinationError, match="is not a partition of mp_people_data"):
+        dest.repair("mp_people_data", DAY)
+    assert {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")} == before
+    assert_outside_untouched(outside)
+
+
 def test_local_deletions_and_listings_never_follow_a_symbolic_link(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "part-x-00000.parquet").write_bytes(b"not ours")
-    dest = LocalDestination(path=str(tmp_path / "dest")).connect(7)
+    dest = LocalDestination(path=str(tmp_path / "dest"), create_missing=True).connect(7)
     stage, draft = stage_rows(dest, tmp_path, "run1", 2)
     dest.commit(stage, DAY, draft)
     day = tmp_path / "dest" / "7" / "mp_master_event" / "2026" / "05" / "02"

@@ -52,7 +52,10 @@ class Warehouse:
 
 
 def duckdb_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Warehouse:
-    block = DuckDBWarehouse(database=str(tmp_path / "wh.duckdb"), files=str(tmp_path / "files"))
+    block = DuckDBWarehouse(
+        database=str(tmp_path / "wh.duckdb"),
+        files=LocalDestination(path=str(tmp_path / "files"), create_missing=True),
+    )
 
     def query(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with DuckDBLoader(Path(block.database)).connection(read_only=True) as conn:
@@ -72,7 +75,9 @@ def snowflake_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Wareh
     server = request.getfixturevalue("snowflake_server")
     # unsaved: a saved SnowflakeCredentials block loses the extra host/port/protocol fields on load
     connector = server.connector(unique_name(), "MIXPANEL")
-    block = SnowflakeWarehouse(connector=connector, files=str(tmp_path / "files"))
+    block = SnowflakeWarehouse(
+        connector=connector, files=LocalDestination(path=str(tmp_path / "files"), create_missing=True)
+    )
 
     def query(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with closing(block._connection()) as conn, closing(conn.cursor()) as cur:
@@ -92,7 +97,10 @@ def bigquery_warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> Wareho
     keys = request.getfixturevalue("gcs_server")
     credentials = GcpCredentials(service_account_info=keys.service_account, project=server.project)
     block = BigQueryWarehouse(
-        credentials=credentials, dataset=dataset, files=str(tmp_path / "files"), api_endpoint=server.url
+        credentials=credentials,
+        dataset=dataset,
+        files=LocalDestination(path=str(tmp_path / "files"), create_missing=True),
+        api_endpoint=server.url,
     )
     client = block._client()
     client.create_dataset(dataset)
@@ -278,7 +286,7 @@ def test_warehouse_identifiers_are_checked() -> None:
 def test_an_unusable_duckdb_path_fails_at_connect_in_one_sentence(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    block = DuckDBWarehouse(database=str(blocker / "wh.duckdb"), files=str(tmp_path / "files"))
+    block = DuckDBWarehouse(database=str(blocker / "wh.duckdb"), files=str(tmp_path))
     with pytest.raises(
         FatalError, match=r"^cannot create the folder of the DuckDB database .*a-file/wh\.duckdb"
     ):

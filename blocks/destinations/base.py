@@ -27,6 +27,12 @@ def plain_name(what: str) -> Any:
     return AfterValidator(check)
 
 
+# fields added after blocks and deployment parameters were saved without them: never listed as
+# required, so those saved values still pass the server's checks (one required field already tells
+# a block from a reference)
+ADDED_LATER = frozenset({"create_missing"})
+
+
 def _schema_refusing_bare_references(schema: dict[str, Any], model: type[Block]) -> None:
     """Prefect's block schema, with the fields that have defaults listed as required.
 
@@ -40,7 +46,11 @@ def _schema_refusing_bare_references(schema: dict[str, Any], model: type[Block])
     """
     schema_extra(schema, model)
     if not schema.get("required"):
-        defaulted = [name for name, field in schema.get("properties", {}).items() if "default" in field]
+        defaulted = [
+            name
+            for name, field in schema.get("properties", {}).items()
+            if "default" in field and name not in ADDED_LATER
+        ]
         if defaulted:
             schema["required"] = defaulted
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination, files_field
+from blocks.destinations.local import ensure_folder
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.warehouses.duckdb_loader import DuckDBLoader
@@ -34,8 +35,8 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
 
     database: str = Field(
         default="data/mixpanel.duckdb",
-        description="Path of the DuckDB database file (created if missing); relative to the worker's "
-        "working directory.",
+        description="Path of the DuckDB database file (created if missing, in a folder that must exist "
+        "unless create_missing); relative to the worker's working directory.",
     )
     files: FileDestination = files_field("the database is loaded from")
 
@@ -52,8 +53,19 @@ warehouse = DuckDBWarehouse.load("BLOCK_NAME")
         "default is 80% of the machine's RAM.",
     )
 
+    create_missing: bool = Field(
+        default=False,
+        description="Create the database's folder (and its parents) when it does not exist. Off: a "
+        "missing folder is refused, so an unmounted volume or a mistyped path never fills the worker's "
+        "own disk. The files' folder has its own setting.",
+    )
+
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
-        loader = DuckDBLoader(Path(self.database).expanduser(), self.lock_wait_seconds, self.memory_limit_mb)
+        database = Path(self.database).expanduser()
+        ensure_folder(
+            database.parent, self.create_missing, "DuckDBWarehouse", "folder of the DuckDB database"
+        )
+        loader = DuckDBLoader(database, self.lock_wait_seconds, self.memory_limit_mb)
         loader.check()
         return files.with_hooks(WarehouseHook(loader))

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.errors import FatalError
+from tasks.errors import FatalError, MissingDestinationError
 from tasks.lake.store import LocalStore, RetryPolicy
 
 
@@ -33,8 +33,15 @@ destination = LocalDestination.load("BLOCK_NAME")
         "working directory.",
     )
 
+    create_missing: bool = Field(
+        default=False,
+        description="Create the folder (and its parents) when it does not exist. Off: a missing folder "
+        "is refused, so an unmounted volume or a mistyped path never fills the worker's own disk.",
+    )
+
     def store(self, retry: RetryPolicy | None = None) -> LocalStore:
         root = Path(self.path).expanduser()
+        ensure_folder(root, self.create_missing, "LocalDestination", "destination folder")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -43,3 +50,14 @@ destination = LocalDestination.load("BLOCK_NAME")
                 "choose a writable path in the LocalDestination block."
             ) from exc
         return LocalStore(root)
+
+
+def ensure_folder(folder: Path, create_missing: bool, block: str, what: str) -> None:
+    """Refuse a missing ``folder`` unless the block allows creating it (the caller creates it)."""
+    if create_missing or folder.exists():
+        return
+    # an unmounted volume or a typo: creating it would fill the worker's own disk
+    raise MissingDestinationError(
+        f"the {what} {folder.absolute()} does not exist, so nothing was written: mount or create it, "
+        f"or set create_missing=true in the {block} block to have it created."
+    )

@@ -30,8 +30,10 @@ A reader that follows the manifest sees the old version or the new one, never a 
 any point leaves a valid manifest, and the next commit (or ``repair``) removes the leftovers.
 
 Containment: every key is relative and checked (``tasks.lake.store.check_key``); manifests are checked
-on read (a key outside its partition is a ``CorruptManifestError`` and nothing is deleted); partition
-names are real dates or plain table-wide names; deletions happen only under the table's own prefixes.
+on read (a key outside its partition is a ``CorruptManifestError`` and nothing is deleted); a partition
+is a real date of the events table or ``all`` of a whole table (``tasks.schema.is_partition``): any
+other name is refused before anything is read or deleted, and ignored when listing; deletions happen
+only under the table's own prefixes.
 """
 
 from __future__ import annotations
@@ -56,26 +58,27 @@ from tasks.errors import (
 from tasks.lake.files import WrittenFile
 from tasks.lake.manifest import Manifest, ManifestFile, combined
 from tasks.lake.store import Store, Versioned, check_key
-from tasks.schema import EVENTS_TABLE, is_day
+from tasks.schema import EVENTS_TABLE, WHOLE_PARTITION, is_day, is_partition
 
 log = logging.getLogger(__name__)
 
 STALE_STAGING_SECONDS = 24 * 3600.0
-WHOLE_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # a whole-table partition: "all"
 TAGGED = re.compile(r"^part-[^/]*?-s(\d+)-[^/]*$")
 
 
-def check_partition(partition: str) -> str:
-    if is_day(partition) or WHOLE_TABLE.match(partition):
+def check_partition(table: str, partition: str) -> str:
+    if is_partition(table, partition):
         return partition
+    kind = "a real date YYYY-MM-DD" if table == EVENTS_TABLE else repr(WHOLE_PARTITION)
     raise OutsideDestinationError(
-        f"{partition!r} is not a partition (a real date YYYY-MM-DD or a table-wide name): nothing was touched."
+        f"{partition!r} is not a partition of {table} (its partitions are {kind}): nothing was touched."
     )
 
 
 def partition_dir(table: str, partition: str) -> str:
     """``2024-05-01`` → ``2024/05/01`` (Mixpanel's day folders); whole tables have no sub-folder."""
-    return check_partition(partition).replace("-", "/") if is_day(partition) else ""
+    check_partition(table, partition)
+    return partition.replace("-", "/") if table == EVENTS_TABLE else ""
 
 
 def sequence_of(key: str) -> int:
@@ -110,7 +113,7 @@ class Stage:
     def directory(self, partition: str, scratch: Path) -> Path:
         """Where the writer should put this partition's files before ``add``."""
         self.base(partition)
-        local = self.destination.storage.local_path(f"{self.prefix}/{check_partition(partition)}")
+        local = self.destination.storage.local_path(f"{self.prefix}/{check_partition(self.table, partition)}")
         return local if local is not None else scratch / self.run_id / self.table / partition
 
     def add(self, partition: str, written: Iterable[WrittenFile], edges: bool = False) -> None:
@@ -209,10 +212,10 @@ class ObjectStoreDestination:
         return f"{self.project_prefix}/{table}/{sub}/" if sub else f"{self.project_prefix}/{table}/"
 
     def edges_prefix(self, partition: str) -> str:
-        return f"{self.project_prefix}/_state/identity_edges/{partition_dir('', partition)}/"
+        return f"{self.project_prefix}/_state/identity_edges/{partition_dir(EVENTS_TABLE, partition)}/"
 
     def manifest_key(self, table: str, partition: str) -> str:
-        return f"{self.project_prefix}/_state/manifests/{table}/{check_partition(partition)}.json"
+        return f"{self.project_prefix}/_state/manifests/{table}/{check_partition(table, partition)}.json"
 
     def describe(self, key: str) -> str:
         return self.storage.describe(key)
@@ -260,7 +263,7 @@ class ObjectStoreDestination:
         names = [
             i.key[len(prefix) : -len(".json")] for i in self.storage.list(prefix) if i.key.endswith(".json")
         ]
-        valid = [n for n in names if "/" not in n and (is_day(n) or WHOLE_TABLE.match(n))]
+        valid = [n for n in names if "/" not in n and is_partition(table, n)]
         for name in sorted(set(names) - set(valid)):
             log.warning("ignoring %s: not a partition's manifest", self.describe(f"{prefix}{name}.json"))
         return sorted(valid)
@@ -326,7 +329,8 @@ class ObjectStoreDestination:
         sequence = (base.sequence if base else 0) + 1
         run = f"{run_id.replace('-', '')[:16]}-s{sequence}"
         files = self._publish(stage.files.get(partition, []), self.data_prefix(table, partition), run)
-        edges = self._publish(stage.edges.get(partition, []), self.edges_prefix(partition), run)
+        staged_edges = stage.edges.get(partition, [])  # only event days have identity edges
+        edges = self._publish(staged_edges, self.edges_prefix(partition), run) if staged_edges else ()
         final = build(files, edges, sequence)
         key = self.manifest_key(table, partition)
         try:
@@ -408,7 +412,7 @@ class ObjectStoreDestination:
         """Delete ``keys`` after checking every one lies directly in a folder of the partition."""
         folders = {
             self.data_prefix(table, partition),
-            self.edges_prefix(partition) if is_day(partition) else "",
+            self.edges_prefix(partition) if table == EVENTS_TABLE else "",
         }
         for key in keys:
             if check_key(key).rsplit("/", 1)[0] + "/" not in folders:

@@ -45,6 +45,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     event_counts: dict[str, int] | None = None
     # rows removed since the export by GDPR purges (the export's own filtering is not counted)
     purged_rows: int = 0
+    # the most rows the partition has held, net of GDPR purges: what the shrink guard compares a new
+    # version with (tasks.pipeline.guard), so losses smaller than its tolerance cannot add up unseen;
+    # None in manifests written before it was kept (their ``rows`` stand for it, see ``held``)
+    held_most: int | None = None
     # the run's filter, part of the day's identity (tasks.pipeline.guard): sorted event names (None: every
     # event) and the user's where (None: none); the hourly watermark is not a filter
     event_names: tuple[str, ...] | None = None
@@ -86,5 +90,11 @@ def combined(
         # a duplicate may straddle base and increment: the exact count is recomputed when needed
         event_counts=None,
         purged_rows=base.purged_rows,
+        held_most=max(held(base), base.rows + increment.rows),
         sequence=base.sequence + 1,
     )
+
+
+def held(manifest: Manifest) -> int:
+    """The most rows ``manifest``'s partition has held (net of purges); older manifests: their rows."""
+    return manifest.rows if manifest.held_most is None else max(manifest.held_most, manifest.rows)

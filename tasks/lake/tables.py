@@ -20,9 +20,9 @@ import xxhash
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
-from tasks.schema import EVENTS_TABLE
+from tasks.schema import EVENTS_TABLE, WHOLE_PARTITION
 
-WHOLE = "all"
+WHOLE = WHOLE_PARTITION
 
 
 def keyed_fingerprint(keys: list[str], values: list[str]) -> int:

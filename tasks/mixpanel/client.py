@@ -369,7 +369,8 @@ NAMES_PER_COUNT_REQUEST = 100
 def mixpanel_counts(
     client: MixpanelClient, days: list[date], names: Iterable[str]
 ) -> dict[date, Counter[str]]:
-    """Mixpanel's deduplicated count per day and event name, in few query-API requests."""
+    """Mixpanel's deduplicated count per day and event name, in few query-API requests; a name appears
+    for a day only when the answer gives a number for it."""
     listed = sorted(set(names))
     out = {day: Counter[str]() for day in days}
     if not days or not listed:
@@ -378,5 +379,7 @@ def mixpanel_counts(
         chunk = listed[start : start + NAMES_PER_COUNT_REQUEST]
         for name, per_day in client.event_counts(min(days), max(days), chunk).items():
             for day in days:
-                out[day][name] += per_day.get(day.isoformat(), 0)
+                # a name the answer gives no number for that day stays absent, not 0: silence is no count
+                if day.isoformat() in per_day:
+                    out[day][name] += per_day[day.isoformat()]
     return out

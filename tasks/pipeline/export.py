@@ -35,7 +35,15 @@ from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
 from tasks.pipeline.counts import DedupCounter
 from tasks.pipeline.exclude import event_rows_of
-from tasks.pipeline.guard import Filter, confirm_shrink, filter_of, filter_refusal, recorded_counts, shrinks
+from tasks.pipeline.guard import (
+    Filter,
+    confirm_shrink,
+    filter_of,
+    filter_refusal,
+    held_after,
+    recorded_counts,
+    shrinks,
+)
 from tasks.pipeline.identity import IdentityMode, edges_from_events
 from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
@@ -367,8 +375,8 @@ def _commit(
     exported_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
     events, where = settings.filter
     tallies = {ordinal: day.counter.counts() for ordinal, day in state.days.items()}
-    mismatched, refused = (
-        ({}, {}) if base is not None else _refusals(destination, state, settings, tallies, counts)
+    mismatched, refused, confirmed = (
+        ({}, {}, set()) if base is not None else _refusals(destination, state, settings, tallies, counts)
     )
     for ordinal in sorted(state.days):
         day = state.days[ordinal]
@@ -394,6 +402,8 @@ def _commit(
             event_counts=tallies[ordinal],
             event_names=events,
             where=where,
+            # an increment's memory is the base's, carried by tasks.lake.manifest.combined
+            held_most=held_after(state.stage.base(partition)[0], day.rows, ordinal in confirmed),
         )
         if base is None:
             final = destination.commit(state.stage, partition, manifest)
@@ -428,9 +438,11 @@ def _refusals(
     settings: ExportSettings,
     tallies: dict[int, dict[str, int]],
     counts: CountSource | None,
-) -> tuple[dict[int, str], dict[int, str]]:
+) -> tuple[dict[int, str], dict[int, str], set[int]]:
     """The days this export may not replace (tasks.pipeline.guard): filter mismatches and unconfirmed shrinks,
-    each with its sentence. Every shrinking day of the request is checked with one query request."""
+    each with its sentence, and the days whose smaller size was confirmed or allowed (their memory of
+    the most rows held restarts from the new size). Every shrinking day of the request is checked with
+    one query request."""
     mismatched: dict[int, str] = {}
     shrinking: dict[int, tuple[Manifest, set[str]]] = {}
     for ordinal, day in state.days.items():
@@ -442,24 +454,27 @@ def _refusals(
         if why is not None:
             mismatched[ordinal] = why
         elif not settings.allow_shrink and shrinks(committed, day.rows):
-            names = set(settings.events) or set(tallies[ordinal]) | set(
-                recorded_counts(destination, committed)
-            )
-            shrinking[ordinal] = (committed, names)
+            recorded = set(recorded_counts(destination, committed))
+            # a filtered run answers for the events of its filter only
+            required = recorded & set(settings.events) if settings.events else recorded
+            shrinking[ordinal] = (committed, required)
     refused: dict[int, str] = {}
+    everything = set(state.days) - set(mismatched)
     if not shrinking:
-        return mismatched, refused
+        return mismatched, refused, everything if settings.allow_shrink else set()
     theirs: dict[date, dict[str, int]] | PipelineError | None = None
     if counts is not None:
         try:
-            names = set().union(*(n for _, n in shrinking.values()))
+            names = set(settings.events) or set().union(
+                *(set(tallies[o]) | required for o, (_, required) in shrinking.items())
+            )
             theirs = counts([day_of(o) for o in sorted(shrinking)], names)
         except PipelineError as exc:
             theirs = exc
-    for ordinal, (committed, _) in shrinking.items():
+    for ordinal, (committed, required) in shrinking.items():
         on = day_of(ordinal)
         answer = theirs if not isinstance(theirs, dict) else theirs.get(on, {})
-        check = confirm_shrink(on, committed, state.days[ordinal].rows, tallies[ordinal], answer)
+        check = confirm_shrink(on, committed, state.days[ordinal].rows, tallies[ordinal], answer, required)
         if not check.confirmed:
             refused[ordinal] = check.reason
-    return mismatched, refused
+    return mismatched, refused, set(shrinking) - set(refused)

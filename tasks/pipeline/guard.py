@@ -5,11 +5,15 @@ fewer rows than it holds unless Mixpanel's own count confirms the loss.
   user ``where``); ``None`` means every event. A new version may replace a committed one only if its
   filter covers the committed one (every event covers everything; a list covers its subsets), or
   when the run is forced. A filtered day is never complete for the backfill.
-* **No silent shrink.** A new version with fewer than ``1 - SHRINK_TOLERANCE`` of the committed rows
-  (and always one with 0 rows) is committed only when Mixpanel's deduplicated per-day count (the
-  query API, what reconciliation compares) equals the count of what this export returned, or when
-  the run allows it (``allow_shrink``). Otherwise the day fails with one sentence naming both
-  counts and stays as it was.
+* **No silent shrink, not even step by step.** A new version is compared with the most rows the day
+  has ever held (``Manifest.held_most``, carried forward by every version: full replace, hourly
+  append, GDPR purge, which lowers it by exactly the rows it removed; older manifests: their
+  ``rows``), not with the previous version, so losses each under the tolerance cannot add up. A
+  version with fewer than ``1 - SHRINK_TOLERANCE`` of that (and always one with 0 rows) is committed
+  only when Mixpanel's deduplicated per-day count (the query API, what reconciliation compares)
+  names every event name of the committed version with a number and equals the count of what this
+  export returned, or when the run allows it (``allow_shrink``); either resets the memory to the new
+  size. Otherwise the day fails with one sentence naming both counts and stays as it was.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pyarrow.parquet as pq
 from tasks.errors import PipelineError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import FileFormat, event_batches
-from tasks.lake.manifest import Manifest
+from tasks.lake.manifest import Manifest, held
 from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
 from tasks.schema import EVENTS_TABLE
 
@@ -73,10 +77,19 @@ def filter_refusal(day: str, committed: Manifest, new: Filter) -> str | None:
 
 
 def shrinks(committed: Manifest | None, rows: int) -> bool:
-    """Whether ``rows`` is markedly fewer than the committed version holds (0 always is)."""
-    if committed is None or committed.rows == 0:
+    """Whether ``rows`` is markedly fewer than the day has ever held (0 always is)."""
+    most = 0 if committed is None else held(committed)
+    if most == 0:
         return False
-    return rows == 0 or rows < committed.rows * (1 - SHRINK_TOLERANCE)
+    return rows == 0 or rows < most * (1 - SHRINK_TOLERANCE)
+
+
+def held_after(committed: Manifest | None, rows: int, reset: bool) -> int:
+    """The memory the new version carries: its own size when Mixpanel confirmed it or the user allowed
+    the shrink (``reset``), else the most the day has held, which a smaller version does not lower."""
+    if reset or committed is None:
+        return rows
+    return max(held(committed), rows)
 
 
 @dataclass(frozen=True)
@@ -93,10 +106,18 @@ def confirm_shrink(
     rows: int,
     ours: dict[str, int],
     theirs: dict[str, int] | PipelineError | None,
+    required: set[str] | frozenset[str] = frozenset(),
 ) -> ShrinkCheck:
     """Compare Mixpanel's deduplicated count of the day (``theirs``: None when its calendar differs
-    from the partitions', the error when it could not be read) with the export's own (``ours``)."""
-    head = f"{day} was not replaced: the new export holds {rows} rows where the committed version holds {committed.rows}"
+    from the partitions', the error when it could not be read) with the export's own (``ours``).
+    ``required``: the event names the committed version holds, each of which the answer must name."""
+    most = held(committed)
+    where = (
+        f"the committed version holds {committed.rows}"
+        if most == committed.rows
+        else f"the day has held up to {most} (the committed version: {committed.rows})"
+    )
+    head = f"{day} was not replaced: the new export holds {rows} rows where {where}"
     tail = "the committed day is unchanged (run again later, or set allow_shrink=true if the loss is real)"
     if theirs is None:
         return ShrinkCheck(
@@ -106,6 +127,16 @@ def confirm_shrink(
         )
     if isinstance(theirs, PipelineError):
         return ShrinkCheck(False, f"{head}, and Mixpanel's count could not be read ({theirs}); {tail}")
+    # an answer that is silent about an event of the day (or about all of them) says nothing about it:
+    # only a number for each of them can confirm that they are gone
+    unnamed = sorted(n for n in required if n not in theirs)
+    if unnamed or not theirs:
+        silent = (
+            f"does not name {unnamed[0]!r}, an event of the committed day" if unnamed else "names no event"
+        )
+        return ShrinkCheck(
+            False, f"{head}, and Mixpanel's count answer {silent}, so it cannot confirm the loss; {tail}"
+        )
     keys = set(ours) | {n for n, c in theirs.items() if c}
     if all(ours.get(n, 0) == theirs.get(n, 0) for n in keys):
         return ShrinkCheck(True)

@@ -1,12 +1,13 @@
 """Remove every row of a set of ids from one destination, partition by partition.
 
 Each event day is checked file by file; a file holding none of the ids stays committed as it is, a
-file holding some is rewritten without them, and the day's new manifest (files kept + rewritten,
-rows and fingerprint reduced by exactly the rows removed) is committed through the destination's
-commit protocol only if the day is still the version that was read. So every partition is either
-purged or untouched, whatever happens; a day without any of the ids is not rewritten at all. The
-identity edges of the day go the same way, in the same commit. People and identity tables are
-swapped whole. Warehouses reload each partition committed here in one transaction.
+file holding some is rewritten without them, and the day's new manifest (files kept + rewritten;
+rows, fingerprint and the shrink guard's memory ``held_most`` reduced by exactly the rows removed)
+is committed through the destination's commit protocol only if the day is still the version that
+was read. So every partition is either purged or untouched, whatever happens; a day without any
+of the ids is not rewritten at all. The identity edges of the day go the same way, in the same
+commit. People and identity tables are swapped whole. Warehouses reload each partition committed
+here in one transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
-from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex
+from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex, held
 from tasks.lake.tables import WHOLE, read_table, replace_table
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.pipeline.parse import row_hash
@@ -148,6 +149,8 @@ def purge_day(
                 run_id=run_id,
                 flow_run_id=flow_run_id,
                 purged_rows=base.purged_rows + removed,
+                # the removed rows are gone for good: a later export without them is no shrink
+                held_most=held(base) - removed,
             )
             destination.commit(stage, day, manifest, expected=base)
     finally:

@@ -76,7 +76,7 @@ def remote(request: pytest.FixtureRequest) -> Iterator[Remote]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of destination blocks that all point at the same fresh location."""
     if request.param == "local":
-        yield lambda: LocalDestination(path=str(tmp_path / "dest"))
+        yield lambda: LocalDestination(path=str(tmp_path / "dest"), create_missing=True)
         return
     kit = remote_for(request.param, request)
     name = location_of(kit.make())
