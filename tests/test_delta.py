@@ -68,7 +68,7 @@ class Lake:
 
 
 def local_lake(tmp_path: Path) -> Lake:
-    block = DeltaLakeDestination(files=LocalDestination(path=str(tmp_path)))
+    block = DeltaLakeDestination(files=LocalDestination(path=str(tmp_path), create_missing=True))
     folder = tmp_path / "1" / "delta"
 
     def files() -> list[tuple[str, bytes]]:
