@@ -153,9 +153,14 @@ def redact(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with every credential masked as ``***``: the forms of the secrets the caller knows
     (``secret_forms``) wherever they appear, then anything that looks like one (``token=…``,
     ``Authorization: Basic …``, ``Bearer …``, ``https://user:secret@host``), case-insensitive."""
+    return _SECRETS.sub(_mask, mask_known(text, known))
+
+
+def mask_known(text: str, known: Iterable[str]) -> str:
+    """``text`` with each of ``known`` (``secret_forms``) replaced by ``***``, and nothing else."""
     for form in known:
         text = text.replace(form, "***")
-    return _SECRETS.sub(_mask, text)
+    return text
 
 
 def _mask(match: re.Match[str]) -> str:

@@ -43,6 +43,7 @@ from tasks.errors import (
     TimezoneSettingError,
     TruncatedStreamError,
     UnrequestedEncodingError,
+    mask_known,
     redact,
     secret_forms,
 )
@@ -286,7 +287,7 @@ class MixpanelClient:
         """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
         classified error. The request holds ``gate`` and one slot of ``budget`` while it streams."""
         with (
-            _masked(self._secrets),
+            masked(self._secrets),
             gate(),
             budget.slot(on_wait=self._budget_wait),
             _transport_errors(),
@@ -304,11 +305,7 @@ class MixpanelClient:
                     self._secrets,
                 )
             elif refused:
-                error = UnrequestedEncodingError(
-                    f"Mixpanel's answer came in Content-Encoding {refused!r}, which the pipeline does not ask "
-                    "for (it asks for gzip) and did not read: a proxy between this worker and Mixpanel "
-                    "re-encodes answers, let it pass gzip through unchanged."
-                )
+                error = unrequested_error(refused)
             else:
                 self.answered.set()
                 yield body_chunks(response, self.settings.max_inflation_ratio)
@@ -399,10 +396,24 @@ def unrequested_coding(headers: httpx.Headers) -> str | None:
     return next((c for c in content_codings(headers) if c not in GZIP_CODINGS), None)
 
 
+def unrequested_error(coding: str) -> UnrequestedEncodingError:
+    return UnrequestedEncodingError(
+        f"Mixpanel's answer came in Content-Encoding {coding!r}, which the pipeline does not ask for "
+        "(it asks for gzip) and did not read: a proxy between this worker and Mixpanel re-encodes "
+        "answers, let it pass gzip through unchanged."
+    )
+
+
 def body_chunks(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
     """The body as it arrives, each declared gzip layer inflated in bounded steps; a body inflating
     beyond ``max_ratio`` times the bytes received (once ``INFLATION_FLOOR_BYTES`` are out) is a
     decompression bomb: fatal, never retried. Call only when ``unrequested_coding`` is None."""
+    try:
+        # an answer built in memory (a mock transport) was read, and decoded by httpx, when created
+        yield response.content
+        return
+    except httpx.ResponseNotRead:
+        pass
     chunks: Iterator[bytes] = response.iter_raw()
     layers = content_codings(response.headers)
     for _ in layers:
@@ -474,14 +485,14 @@ def gunzip(chunks: Iterable[bytes], step: int = INFLATE_STEP_BYTES) -> Iterator[
 
 
 @contextmanager
-def _masked(known: Iterable[str]) -> Iterator[None]:
+def masked(known: Iterable[str]) -> Iterator[None]:
     """Every error leaving a request (the client's or its consumer's: a parser quoting the body) has
-    the client's own secrets masked, whatever else redacted it before."""
+    the client's own secrets masked; only those, as the sentences are ours and quotes were redacted."""
     try:
         yield
     except PipelineError as exc:
         if exc.args and isinstance(exc.args[0], str):
-            exc.args = (redact(exc.args[0], known), *exc.args[1:])
+            exc.args = (mask_known(exc.args[0], known), *exc.args[1:])
         raise
 
 
