@@ -24,6 +24,7 @@ from tasks.errors import (
     PipelineError,
     RetriableError,
     SettingsError,
+    TruncatedStreamError,
     UnrequestedEncodingError,
 )
 from tasks.mixpanel.client import MixpanelClient
@@ -222,3 +223,16 @@ def test_an_echoing_proxy_page_leaves_no_credential_in_any_error_or_log(
     said += everything_said(gdpr_error.value, caplog)
     for form in FORMS:
         assert form not in said, form
+
+
+def test_a_gzip_body_cut_before_its_member_ends_is_retried_not_committed(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    whole = gzip.compress(b"\n".join(good_lines(DAY, ROWS)) + b"\n")
+    # every line inflates, only the CRC and length trailer are missing: the body cannot show the cut
+    server.serve(whole[:-8], Content_Encoding="gzip")
+    with pytest.raises(RetriableError) as info:
+        run(server, tmp_path, "cut")
+    assert isinstance(info.value.__cause__, TruncatedStreamError), repr(info.value)
+    assert "ended inside a gzip member" in str(info.value)
+    assert not list(tmp_path.rglob("manifest*"))
