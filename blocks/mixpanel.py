@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 
-from tasks.mixpanel.settings import ApiSettings
+from tasks.mixpanel.settings import ApiSettings, check_inflation_ratio
 
 # an HttpUrl, as Prefect's own blocks give it: `Block._documentation_url` is typed so
 DOCS_URL = HttpUrl("https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks")
@@ -83,11 +83,13 @@ class MixpanelTuning(BaseModel):
     )
     max_inflation_ratio: float = Field(
         default=100.0,
-        ge=10,
         description="Largest ratio of decompressed to received bytes of a gzipped answer, checked once "
         "64 MiB have been decompressed; beyond it the answer is treated as a decompression bomb "
-        "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times.",
+        "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times; allowed "
+        "10 to 1000 (gzip cannot inflate much more than 1000 times, so more would switch the guard off).",
     )
+
+    _inflation_ratio_in_range = field_validator("max_inflation_ratio")(check_inflation_ratio)
 
 
 class MixpanelCredentials(Block):

@@ -10,7 +10,12 @@ Two branches only, so flows and retry loops decide with one ``isinstance``:
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 
 class PipelineError(Exception):
@@ -109,13 +114,64 @@ class TableIdentityError(FatalError):
     """A table found by name (a catalog, Glue, a Delta path) is located elsewhere than this destination's own."""
 
 
-_SECRETS = re.compile(
-    r"(?i)((?:token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|sig|auth)[\"']?\s*[=:]\s*[\"']?)"
-    r"[^\s\"'&,;<>]+"
-    r"|((?:basic|bearer)\s+)[A-Za-z0-9+/=._~-]+"
+class UnrequestedEncodingError(FatalError):
+    """A 200 in a ``Content-Encoding`` the client did not ask for (it asks for gzip only)."""
+
+
+class SettingsError(FatalError, ValueError):
+    """A setting outside its allowed range (a ``ValueError`` too, so a pydantic block reports it)."""
+
+
+# a space as it appears in text, HTML and URLs: the scheme and the value may be parted by any of them
+_SP = r"(?:\s|&nbsp;|&#160;|&#xa0;|%20|\+)"
+# a quote as text, HTML or an escaped string shows it
+_Q = r"(?:[\"'`]|&quot;|&#34;|&#39;|&#x27;|&apos;|\\[\"'])"
+_KEYS = (
+    r"(?:proxy-authorization|authorization|auth|access[_-]?token|token|client[_-]?secret|secret|password"
+    r"|passwd|pwd|api[_-]?key|apikey|access[_-]?key|signature|sig)"
 )
+_SECRETS = re.compile(
+    # `key: value`, `key=value`, `"key": "value"` (HTML-escaped too); a scheme word before the value
+    # (`Authorization: Basic xxx`) is kept and the credential after it masked, not the scheme word
+    rf"(?i)({_KEYS}{_Q}?\s*(?:=|:|&#61;|&#58;|%3d|%3a){_SP}*{_Q}?(?:(?:basic|bearer|digest){_SP}+)?)"
+    r"[^\s\"'`&,;<>\\]+"
+    # a scheme credential wherever it stands (a header echoed as a tuple, a log line)
+    rf"|\b((?:basic|bearer|digest){_SP}+)[A-Za-z0-9+/=._~%-]+"
+    # the userinfo of a URL: https://user:secret@host
+    r"|\b([a-z][a-z0-9+.-]*://)[^/\s@<>\"']+@"
+)
+# a known secret shorter than this is not searched for as text: it would mask ordinary words
+MIN_KNOWN_SECRET = 6
 
 
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential (``token=…``, ``Bearer …``) replaced by ``***``."""
-    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+def secret_forms(secrets: Iterable[str], basic: tuple[str, str] | None = None) -> tuple[str, ...]:
+    """How ``secrets`` (and a Basic ``user:password`` pair) may appear in a body that echoes a
+    request: raw, URL-encoded, HTML- and JSON-escaped, and the base64 of the Basic pair; longest first."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= MIN_KNOWN_SECRET:
+            escaped = json.dumps(secret)[1:-1]
+            forms |= {secret, quote(secret, safe=""), quote_plus(secret), html.escape(secret), escaped}
+    if basic is not None:
+        forms.add(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode())
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with every credential masked as ``***``: the forms of the secrets the caller knows
+    (``secret_forms``) wherever they appear, then anything that looks like one (``token=…``,
+    ``Authorization: Basic …``, ``Bearer …``, ``https://user:secret@host``), case-insensitive."""
+    return _SECRETS.sub(_mask, mask_known(text, known))
+
+
+def mask_known(text: str, known: Iterable[str]) -> str:
+    """``text`` with each of ``known`` (``secret_forms``) replaced by ``***``, and nothing else."""
+    for form in known:
+        text = text.replace(form, "***")
+    return text
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match.group(3):
+        return f"{match.group(3)}***@"
+    return f"{match.group(1) or match.group(2)}***"

@@ -24,6 +24,7 @@ class HostileServer(ThreadingHTTPServer):
         self.headers: dict[str, str] = {"Content-Type": "text/plain; charset=utf-8"}
         self.counts: dict[str, dict[str, int]] = {}  # name -> {"YYYY-MM-DD": count}
         self.paths: list[str] = []
+        self.echo: Callable[[str, dict[str, str]], tuple[int, bytes]] | None = None  # a proxy's page
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -57,7 +58,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
-        if self.path.startswith("/api/query/events"):
+        if self.server.echo is not None:  # a proxy's page quoting the request back
+            status, page = self.server.echo(self.requestline, dict(self.headers.items()))
+            self._answer({"Content-Type": "text/html"}, [page], status)
+        elif self.path.startswith("/api/query/events"):
             query = parse_qs(urlsplit(self.path).query)
             names = json.loads(query.get("event", ["[]"])[0])
             values = {n: c for n, c in self.server.counts.items() if n in names}

@@ -1,4 +1,13 @@
-"""HTTP access to Mixpanel's export API: streamed bodies, error classification, whole-unit retries."""
+"""HTTP access to Mixpanel's export API: streamed bodies, error classification, whole-unit retries.
+
+Bodies are read raw (``iter_raw``) and inflated here, never by httpx: the client asks for gzip only,
+and an answer in any other ``Content-Encoding`` (zstd, deflate, br, ...: a proxy re-encoding) is
+refused unread. Gzip is inflated at most ``INFLATE_STEP_BYTES`` per step, member after member
+(stacked members are one body), one gzip layer per ``gzip`` the header declares, so memory holds one
+step of inflated bytes beyond what the consumer holds, and the inflation guard sees every step.
+Every error leaving a request has this client's secrets masked (``tasks.errors.redact``), whatever
+body or header it quotes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -25,11 +35,17 @@ from tasks.errors import (
     FatalError,
     InflatedBodyError,
     PermissionDeniedError,
+    PipelineError,
     PlanError,
     RateLimitedError,
     RetriableError,
     ServerError,
     TimezoneSettingError,
+    TruncatedStreamError,
+    UnrequestedEncodingError,
+    mask_known,
+    redact,
+    secret_forms,
 )
 from tasks.mixpanel.ratelimit import RateBudget, Window
 from tasks.mixpanel.settings import ApiSettings
@@ -41,6 +57,12 @@ RETRY_AFTER_JITTER = 0.2  # fraction of the server's named wait added at most, a
 MAX_RETRY_AFTER_JITTER_SECONDS = 5.0
 # a gzipped answer may inflate this much before its ratio is checked (small answers compress well)
 INFLATION_FLOOR_BYTES = 64 << 20
+# inflated bytes handed on per step: a bomb never holds more than this at once
+INFLATE_STEP_BYTES = 1 << 20
+# an error answer is quoted in 300 characters: more of it is never read
+ERROR_BODY_BYTES = 64 << 10
+# what the client asks for (Accept-Encoding: gzip) and so all it reads; x-gzip is gzip (RFC 9110)
+GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
 
 
 @dataclass(frozen=True)
@@ -63,15 +85,16 @@ class ExportRequest:
         return params
 
 
-def error_message(body: str) -> str:
-    """Mixpanel error bodies are JSON ``{"error": ...}`` or plain text; keep the first 300 chars."""
+def error_message(body: str, known: Iterable[str] = ()) -> str:
+    """Mixpanel error bodies are JSON ``{"error": ...}`` or plain text; keep the first 300 chars,
+    credentials masked (a proxy's page may echo the request's headers)."""
     try:
         parsed = json.loads(body)
     except ValueError:
-        return body.strip()[:300]
+        return redact(body.strip(), known)[:300]
     if isinstance(parsed, dict) and "error" in parsed:
-        return str(parsed["error"])[:300]
-    return body.strip()[:300]
+        return redact(str(parsed["error"]), known)[:300]
+    return redact(body.strip(), known)[:300]
 
 
 def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:
@@ -92,9 +115,11 @@ def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> 
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
-def classify_response(status: int, body: str, retry_after: float | None = None) -> Exception:
+def classify_response(
+    status: int, body: str, retry_after: float | None = None, known: Iterable[str] = ()
+) -> Exception:
     """Map a non-200 export answer to the error tree, with a one-sentence cause and fix."""
-    detail = error_message(body)
+    detail = error_message(body, known)
     if status == 429:
         return RateLimitedError(f"Mixpanel rate-limited the export ({detail}); retrying.", retry_after)
     if status >= 500:
@@ -178,6 +203,11 @@ class MixpanelClient:
         )
         self._sleep = sleep
         self._rng = random.Random()
+        user, password = settings.auth
+        # a legacy project secret travels as the Basic username
+        self._secrets = secret_forms(
+            [password, user] if not settings.uses_service_account else [password], (user, password)
+        )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -257,21 +287,33 @@ class MixpanelClient:
         """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
         classified error. The request holds ``gate`` and one slot of ``budget`` while it streams."""
         with (
+            masked(self._secrets),
             gate(),
             budget.slot(on_wait=self._budget_wait),
             _transport_errors(),
             self._http.stream(method, url, **kwargs) as response,
         ):
+            refused = unrequested_coding(response.headers)
             if response.status_code != 200:
-                body = response.read().decode("utf-8", "replace")
-                error = classify_response(response.status_code, body, retry_after_seconds(response.headers))
-                if isinstance(error, FatalError):
-                    self.fatal = error
+                body = read_body(response, self.settings.max_inflation_ratio, ERROR_BODY_BYTES)
+                error = classify_response(
+                    response.status_code,
+                    f"(a body in {refused} encoding, not read)"
+                    if refused
+                    else body.decode("utf-8", "replace"),
+                    retry_after_seconds(response.headers),
+                    self._secrets,
+                )
+            elif refused:
+                error = unrequested_error(refused)
+            else:
                 self.answered.set()
-                raise error
+                yield body_chunks(response, self.settings.max_inflation_ratio)
+                return
+            if isinstance(error, FatalError):
+                self.fatal = error
             self.answered.set()
-            # as the socket delivers: no re-chunking copy
-            yield _guarded(response, self.settings.max_inflation_ratio)
+            raise error
 
     def _budget_wait(self, seconds: float, reason: str) -> None:
         if seconds >= 1:
@@ -343,23 +385,115 @@ def _transport_errors() -> Iterator[None]:
         ) from exc
 
 
-def _guarded(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
-    """The decompressed body; a gzip body inflating beyond ``max_ratio`` times the bytes received
-    (once ``INFLATION_FLOOR_BYTES`` are out) is a decompression bomb: fatal, never retried."""
+def content_codings(headers: httpx.Headers) -> list[str]:
+    """The codings of the body, in the order they were applied (RFC 9110 8.4), identity left out."""
+    codings = (c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True))
+    return [c for c in codings if c and c != "identity"]
+
+
+def unrequested_coding(headers: httpx.Headers) -> str | None:
+    """The first coding of the body that is not gzip, if any: it is not read."""
+    return next((c for c in content_codings(headers) if c not in GZIP_CODINGS), None)
+
+
+def unrequested_error(coding: str) -> UnrequestedEncodingError:
+    return UnrequestedEncodingError(
+        f"Mixpanel's answer came in Content-Encoding {coding!r}, which the pipeline does not ask for "
+        "(it asks for gzip) and did not read: a proxy between this worker and Mixpanel re-encodes "
+        "answers, let it pass gzip through unchanged."
+    )
+
+
+def body_chunks(response: httpx.Response, max_ratio: float) -> Iterator[bytes]:
+    """The body as it arrives, each declared gzip layer inflated in bounded steps; a body inflating
+    beyond ``max_ratio`` times the bytes received (once ``INFLATION_FLOOR_BYTES`` are out) is a
+    decompression bomb: fatal, never retried. Call only when ``unrequested_coding`` is None."""
+    try:
+        # an answer built in memory (a mock transport) was read, and decoded by httpx, when created
+        yield response.content
+        return
+    except httpx.ResponseNotRead:
+        pass
+    chunks: Iterator[bytes] = response.iter_raw()
+    layers = content_codings(response.headers)
+    for _ in layers:
+        chunks = gunzip(chunks)
     inflated = 0
     with _transport_errors():
-        for chunk in response.iter_bytes():
+        for chunk in chunks:
             inflated += len(chunk)
-            if inflated > INFLATION_FLOOR_BYTES and inflated > max_ratio * max(
-                response.num_bytes_downloaded, 1
-            ):
+            received = max(response.num_bytes_downloaded, 1)
+            if layers and inflated > INFLATION_FLOOR_BYTES and inflated > max_ratio * received:
                 raise InflatedBodyError(
-                    f"Mixpanel's answer inflated to more than {inflated >> 20} MiB from "
-                    f"{response.num_bytes_downloaded:,} bytes received (more than max_inflation_ratio="
-                    f"{max_ratio:g}): treated as a decompression bomb and not retried; the previous data is "
-                    "unchanged, check the proxy in front of Mixpanel or raise max_inflation_ratio."
+                    f"Mixpanel's answer inflated to more than {inflated >> 20} MiB from {received:,} bytes "
+                    f"received (more than max_inflation_ratio={max_ratio:g}): treated as a decompression "
+                    "bomb and not retried; the previous data is unchanged, check the proxy in front of "
+                    "Mixpanel or raise max_inflation_ratio."
                 )
             yield chunk
+
+
+def read_body(response: httpx.Response, max_ratio: float, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body (inflated as ``body_chunks`` does); nothing of a body in
+    an encoding the client did not ask for."""
+    if unrequested_coding(response.headers):
+        return b""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for chunk in body_chunks(response, max_ratio):
+            parts.append(chunk[: limit - size])
+            size += len(parts[-1])
+            if size >= limit:
+                break
+    except RetriableError:
+        pass  # a cut or corrupt body: its start is all an error answer needs
+    return b"".join(parts)
+
+
+def gunzip(chunks: Iterable[bytes], step: int = INFLATE_STEP_BYTES) -> Iterator[bytes]:
+    """Inflate a gzip stream of one or more members (concatenated members are one body, RFC 1952),
+    at most ``step`` bytes per yield. Zero padding after a member is ignored, as gzip(1) does; a
+    stream ending inside a member was cut short (retriable); a corrupt one is retriable too."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    inside = False  # bytes of the current member were fed
+    try:
+        for data in chunks:
+            while data:
+                if inflater.eof:  # a member ended: what follows is the next member, or padding
+                    if not data.strip(b"\0"):
+                        break
+                    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                inside = True
+                out = inflater.decompress(data, step)
+                data = inflater.unconsumed_tail or inflater.unused_data
+                if out:
+                    yield out
+                # output held back inside zlib (a long match past ``step``): drain it in steps
+                while len(out) == step and not inflater.unconsumed_tail:
+                    out = inflater.decompress(b"", step)
+                    if out:
+                        yield out
+                if inflater.eof:
+                    inside = False
+        if inside and not inflater.eof:
+            raise TruncatedStreamError(
+                "Mixpanel's gzip answer ended inside a gzip member (the connection was cut short); retrying."
+            )
+    except zlib.error as exc:
+        raise ConnectionDroppedError(f"Mixpanel's gzip answer is corrupt ({exc}); retrying.") from exc
+
+
+@contextmanager
+def masked(known: Iterable[str]) -> Iterator[None]:
+    """Every error leaving a request (the client's or its consumer's: a parser quoting the body) has
+    the client's own secrets masked; only those, as the sentences are ours and quotes were redacted."""
+    try:
+        yield
+    except PipelineError as exc:
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (mask_known(exc.args[0], known), *exc.args[1:])
+        raise
 
 
 # Mixpanel's counts query takes a list of names: a few requests cover hundreds of names

@@ -21,12 +21,24 @@ from tasks.errors import (
     RateLimitedError,
     ServerError,
     redact,
+    secret_forms,
 )
-from tasks.mixpanel.client import error_message, retry_after_seconds, with_retries
+from tasks.mixpanel.client import (
+    ERROR_BODY_BYTES,
+    error_message,
+    masked,
+    read_body,
+    retry_after_seconds,
+    unrequested_coding,
+    unrequested_error,
+    with_retries,
+)
 from tasks.mixpanel.ratelimit import RateBudget, Window
 from tasks.mixpanel.settings import ApiSettings, GdprSettings
 
 MAX_IDS_PER_REQUEST = 1999
+# a task id and a status: an answer longer than this is not Mixpanel's (it fails as not JSON)
+MAX_ANSWER_BYTES = 1 << 20
 PATH = "/api/app/data-deletions/v3.0/"
 
 
@@ -75,8 +87,8 @@ def status_of(payload: Any) -> str:
     return str(status or "UNKNOWN").upper()
 
 
-def classify(status: int, body: str, retry_after: float | None) -> Exception:
-    detail = error_message(body)
+def classify(status: int, body: str, retry_after: float | None, known: tuple[str, ...] = ()) -> Exception:
+    detail = error_message(body, known)
     if status == 429:
         return RateLimitedError(
             f"Mixpanel rate-limited the GDPR API ({detail}); retrying.", retry_after or 1.0
@@ -115,6 +127,7 @@ class GdprClient:
         self.notify = notify
         self._sleep = sleep
         self._token = gdpr.project_token
+        self._secrets = secret_forms([gdpr.project_token, gdpr.oauth_token])
         hide_tokens_in_http_logs()
         # one request per 1.5 s in effect: the budget's slack keeps a request that leaves on time but
         # arrives late (a busy host, the network) from arriving within a second of the next one
@@ -126,7 +139,8 @@ class GdprClient:
         self._http = httpx.Client(
             base_url=settings.query_base_url,
             timeout=httpx.Timeout(60.0, connect=settings.connect_timeout_seconds),
-            headers={"Authorization": f"Bearer {gdpr.oauth_token}"},
+            # gzip only: httpx would otherwise ask for (and inflate whole) zstd and deflate too
+            headers={"Authorization": f"Bearer {gdpr.oauth_token}", "Accept-Encoding": "gzip"},
             transport=transport,
         )
 
@@ -160,17 +174,30 @@ class GdprClient:
         )
 
     def _once(self, method: str, path: str, **kwargs: Any) -> Any:
-        with self.budget.slot():
+        with masked(self._secrets), self.budget.slot():
             try:
-                response = self._http.request(method, path, params={"token": self._token}, **kwargs)
+                with self._http.stream(method, path, params={"token": self._token}, **kwargs) as response:
+                    limit = MAX_ANSWER_BYTES if response.status_code == 200 else ERROR_BODY_BYTES
+                    body = read_body(response, self.settings.max_inflation_ratio, limit)
+                    refused = unrequested_coding(response.headers)
             except httpx.TransportError as exc:
                 raise ConnectionDroppedError(
                     f"the connection to Mixpanel broke ({type(exc).__name__})."
                 ) from exc
-        if response.status_code != 200:
-            error = classify(response.status_code, response.text, retry_after_seconds(response.headers))
-            raise error
-        try:
-            return response.json()
-        except json.JSONDecodeError as exc:
-            raise ServerError("Mixpanel's GDPR API answered something that is not JSON; retrying.") from exc
+            if response.status_code != 200:
+                text = (
+                    f"(a body in {refused} encoding, not read)"
+                    if refused
+                    else body.decode("utf-8", "replace")
+                )
+                raise classify(
+                    response.status_code, text, retry_after_seconds(response.headers), self._secrets
+                )
+            if refused:
+                raise unrequested_error(refused)
+            try:
+                return json.loads(body)
+            except ValueError as exc:
+                raise ServerError(
+                    "Mixpanel's GDPR API answered something that is not JSON; retrying."
+                ) from exc

@@ -9,6 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tasks.errors import SettingsError
+
+# deflate cannot inflate more than about 1032 times (RFC 1951's longest match per bit), so a ratio
+# above 1000 never trips on a gzip answer: the guard would be off; below 10 real JSON lines trip it
+MIN_INFLATION_RATIO = 10.0
+MAX_INFLATION_RATIO = 1000.0
+
+
+def check_inflation_ratio(value: float) -> float:
+    """``value`` if it is an allowed ``max_inflation_ratio``; otherwise a ``SettingsError`` naming the range."""
+    if not MIN_INFLATION_RATIO <= value <= MAX_INFLATION_RATIO:  # NaN fails too
+        raise SettingsError(
+            f"max_inflation_ratio must lie between {MIN_INFLATION_RATIO:g} and {MAX_INFLATION_RATIO:g}, not "
+            f"{value:g} (real exports inflate 5 to 30 times; gzip cannot inflate much more than 1000 times, "
+            "so a larger ratio would switch the decompression-bomb guard off)."
+        )
+    return value
+
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -29,6 +47,9 @@ class ApiSettings:
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 900.0
     max_inflation_ratio: float = 100.0
+
+    def __post_init__(self) -> None:
+        check_inflation_ratio(self.max_inflation_ratio)
 
 
 @dataclass(frozen=True)
