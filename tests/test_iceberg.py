@@ -382,7 +382,9 @@ def test_a_second_destination_on_one_sql_catalog_and_namespace_is_refused_and_ch
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     shared = f"sqlite:///{tmp_path / 'shared-catalog.db'}"
-    first = IcebergDestination(files=LocalDestination(path=str(tmp_path / "a"), create_missing=True), catalog_uri=shared)
+    first = IcebergDestination(
+        files=LocalDestination(path=str(tmp_path / "a"), create_missing=True), catalog_uri=shared
+    )
     (day,) = recent_days(1, sandbox)
     export(sandbox, first, [day], "project-1")  # project 1 on root a
     properties = catalog_properties("sql", shared, str(tmp_path / "a" / "1" / "iceberg"), {})
@@ -390,7 +392,9 @@ def test_a_second_destination_on_one_sql_catalog_and_namespace_is_refused_and_ch
     files_before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
     assert Warehouse(first, properties, lambda: []).held(day) is not None
 
-    second = IcebergDestination(files=LocalDestination(path=str(tmp_path / "b"), create_missing=True), catalog_uri=shared)
+    second = IcebergDestination(
+        files=LocalDestination(path=str(tmp_path / "b"), create_missing=True), catalog_uri=shared
+    )
     with pytest.raises(TableIdentityError) as caught:
         second.connect(2)  # project 2 on root b, the same catalog and namespace
 
