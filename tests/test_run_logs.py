@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import sqlite3
 import threading
@@ -162,3 +163,57 @@ def test_a_wait_for_the_servers_hourly_limit_is_reported() -> None:
         "waiting ~120 s for the hourly export budget (60/hour): Prefect global concurrency limit "
         "'mixpanel-export-per-hour' is full (shared by every worker of this server)"
     ]
+
+
+RIGHT_SECRET = "right-secret-4b9c7e51d2"
+
+
+def secret_forms(username: str, secret: str) -> dict[str, bytes]:
+    """Every spelling in which a secret could be stored: raw, hex, base64, Basic auth's base64."""
+    return {
+        "raw": secret.encode(),
+        "hex": secret.encode().hex().encode(),
+        "base64": base64.b64encode(secret.encode()).rstrip(b"="),
+        "basic": base64.b64encode(f"{username}:{secret}".encode()).rstrip(b"="),
+    }
+
+
+@pytest.mark.sandbox(secret=RIGHT_SECRET)
+def test_no_secret_reaches_the_prefect_database_logs_artifacts_or_destination(
+    sandbox, tmp_path: Path
+) -> None:
+    """Full runs with the right and a wrong secret, from a saved block: neither secret, in any spelling,
+    is in the server's database, a log line, an artifact or a file of the destination."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    from blocks.mixpanel import MixpanelCredentials
+
+    wrong = "wrong-secret-77aa1f3e90"
+    credentials_for(sandbox).save("secrets-probe", overwrite=True)
+    destination = LocalDestination(path=str(tmp_path / "dest"), create_missing=True)
+    (day,) = recent_days(1, sandbox)
+    runs = [
+        events(credentials=MixpanelCredentials.load("secrets-probe"), destination=destination, from_date=day,
+               to_date=day, return_state=True),
+        events(credentials=credentials_for(sandbox, service_account_secret=wrong), destination=destination,
+               from_date=day, to_date=day, return_state=True),
+    ]  # fmt: skip
+    assert [r.is_completed() for r in runs] == [True, False]
+    with get_client(sync_client=True) as client:
+        ids = [r.state_details.flow_run_id for r in runs]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
+    texts = [m.encode() for i in ids for m in run_logs(i)]
+    texts += [repr((a.data, a.description)).encode() for a in artifacts]
+    database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    stored = [p.read_bytes() for p in database.parent.glob(f"{database.name}*")]  # with -wal and -shm
+    stored += [p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+    assert texts and artifacts and len(stored) > 3
+    # the scan reads what the server stored: the run's parameters are in it (not a secret)
+    assert any(str(tmp_path / "dest").encode() in s for s in stored[:3])
+    username = sandbox.cfg.username
+    for secret in (RIGHT_SECRET, wrong):
+        for form, needle in secret_forms(username, secret).items():
+            assert not [t for t in texts if needle in t], f"the {form} secret is in a log line or artifact"
+            assert not [s for s in stored if needle in s], f"the {form} secret is in a stored file"
