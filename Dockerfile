@@ -15,10 +15,10 @@ ENV UV_COMPILE_BYTECODE=1 \
     MP_PIPELINES_STATE_DIR=/var/lib/mixpanel-pipelines \
     PATH=/opt/mixpanel-pipelines/.venv/bin:$PATH
 
-COPY . /tmp/src
-# the same steps tests/test_production.py runs outside a container
-RUN /tmp/src/docker/install.sh /opt/mixpanel-pipelines $EXTRAS \
-    && rm -rf /tmp/src \
+# the clone is mounted for the build only, so no layer keeps a copy of it; the steps are a script that
+# tests/test_production.py runs outside a container (no container engine in CI)
+RUN --mount=type=bind,target=/tmp/src \
+    /tmp/src/docker/install.sh /opt/mixpanel-pipelines $EXTRAS \
     && useradd --uid 1000 --create-home prefect \
     && mkdir -p /var/lib/mixpanel-pipelines \
     && chown prefect: /var/lib/mixpanel-pipelines

@@ -154,5 +154,7 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; }
 
+# a PostgreSQL of `make postgres` is stopped first: its files go with data/
 clean:
+	-@ops/postgres.sh stop $(PG_DIR) 2>/dev/null
 	rm -rf $(VENV) $(TOOLS) data bench/out

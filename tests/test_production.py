@@ -183,7 +183,7 @@ def test_the_worker_image_installs_the_flows_without_test_tools(tmp_path: Path) 
     assert f"image: {tag}" in readme, "the README's prefect.yaml example must name the image it builds"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "\nFROM python:3.11-slim\n" in dockerfile
-    assert "RUN /tmp/src/docker/install.sh /opt/mixpanel-pipelines $EXTRAS" in dockerfile
+    assert "    /tmp/src/docker/install.sh /opt/mixpanel-pipelines $EXTRAS" in dockerfile
     assert "WORKDIR /opt/mixpanel-pipelines" in dockerfile
     assert "directory: /opt/mixpanel-pipelines" in readme
 
