@@ -16,13 +16,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # each server, each test process. Empty means unset to Python.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker browser clean
+.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker postgres postgres-stop browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
 setup:
 	@mkdir -p $(TOOLS)
-	@flock $(TOOLS)/.setup.lock $(MAKE) -s --no-print-directory EXTRAS="$(EXTRAS)" $(VENV)/.synced
+	@flock $(TOOLS)/.setup.lock $(MAKE) -s --no-print-directory EXTRAS="$(EXTRAS)" DEV="$(DEV)" $(VENV)/.synced
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -37,13 +37,20 @@ EXTRAS ?=
 test lint bench-destinations: EXTRAS = all
 demo: EXTRAS += $(filter delta iceberg,$(FORMAT))
 EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
-EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))
+# the dev group (pytest, linters, the local stand-ins of the clouds: ~170 packages) only for the targets
+# that test or measure, or `make setup DEV=1`: what runs the product (server, worker, deploy, demo,
+# sandbox) gets the locked dependencies and its extras alone. A sync without it after one with it
+# removes nothing (--inexact), so a test running from the same .venv keeps its tools.
+DEV ?=
+test lint test-dates bench bench-flow bench-people bench-destinations: DEV = 1
+GROUP_FLAGS := $(if $(DEV),--group dev,--no-dev)
+EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))$(if $(DEV),+dev)
 
 $(VENV)/.synced: pyproject.toml uv.lock $(EXTRAS_STAMP) | $(UV)
-	$(UV) sync --frozen --inexact --python $(PYTHON) $(EXTRA_FLAGS)
+	$(UV) sync --frozen --inexact --python $(PYTHON) $(GROUP_FLAGS) $(EXTRA_FLAGS)
 	touch $@
 
-# a stamp per choice of extras: choosing others syncs again
+# a stamp per choice of extras and dev group: choosing others syncs again
 $(EXTRAS_STAMP):
 	@mkdir -p $(TOOLS)
 	@rm -f $(TOOLS)/.extras-*
@@ -112,9 +119,23 @@ DATA_DIR ?= data
 POOL ?= mixpanel
 deploy worker: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
 
+# DB=postgres: on the PostgreSQL of `make postgres` (its URL read from $(PG_DIR)/url, never printed);
+# else on PREFECT_API_DATABASE_CONNECTION_URL if set, else SQLite under ~/.prefect
+DB ?= sqlite
+PG_DIR ?= $(DATA_DIR)/postgres
 server: setup
-	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_API_DATABASE_TIMEOUT=60 \
+	@$(if $(filter postgres,$(DB)),test -f $(PG_DIR)/url || { echo "make server DB=postgres: no PostgreSQL in $(PG_DIR): run make postgres first." >&2; exit 1; })
+	$(if $(filter postgres,$(DB)),PREFECT_API_DATABASE_CONNECTION_URL="$$(cat $(PG_DIR)/url)") \
+	  PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_API_DATABASE_TIMEOUT=60 \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# a PostgreSQL cluster of its own in $(PG_DIR), on a free loopback port, with the database `prefect`
+# (started again if it exists); as root it runs as the user `postgres` (ops/postgres.sh)
+postgres:
+	ops/postgres.sh start $(PG_DIR)
+
+postgres-stop:
+	ops/postgres.sh stop $(PG_DIR)
 
 # the work pool (if absent), every block type, the rate-budget limits, the crashed-runs automations, the
 # blocks prefect.yaml names (sandbox credentials and ./data, only if no blocks of those names exist),
@@ -133,5 +154,7 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; }
 
+# a PostgreSQL of `make postgres` is stopped first: its files go with data/
 clean:
+	-@ops/postgres.sh stop $(PG_DIR) 2>/dev/null
 	rm -rf $(VENV) $(TOOLS) data bench/out

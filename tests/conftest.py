@@ -48,6 +48,8 @@ XDIST_GROUPS = {
     "tests/test_bigquery_emulator.py": "bigquery",
     # one copy of the checkout and its environment for both demo runs, one after the other
     "tests/test_demo.py": "demo",
+    # one copy of the checkout, its PostgreSQL and its environment for both tests that use it
+    "tests/test_production.py": "production",
 }
 GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 
