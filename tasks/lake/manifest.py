@@ -21,6 +21,14 @@ class ManifestFile(msgspec.Struct, frozen=True):
     bytes: int
 
 
+class PurgeNote(msgspec.Struct, frozen=True):
+    """The GDPR purge that committed a version, and the rows it removed from the version before."""
+
+    id: str
+    rows: int
+    edges: int = 0
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     table: str
     partition: str
@@ -45,6 +53,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     event_counts: dict[str, int] | None = None
     # rows removed since the export by GDPR purges (the export's own filtering is not counted)
     purged_rows: int = 0
+    # set by a purge's commit: its audit counts these, so rows a crashed purge removed are audited by
+    # the run that completes it (tasks.sync.gdpr)
+    purge: PurgeNote | None = None
     # the run's filter, part of the day's identity (tasks.pipeline.guard): sorted event names (None: every
     # event) and the user's where (None: none); the hourly watermark is not a filter
     event_names: tuple[str, ...] | None = None

@@ -86,7 +86,7 @@ def _names_any(text: str, ids: frozenset[str], devices: frozenset[str]) -> bool:
 
     try:
         json.loads(text, object_pairs_hook=check)
-    except ValueError:  # not JSON: the parser never stores such properties
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: the parser stores neither
         return False
     return hit
 

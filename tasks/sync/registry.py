@@ -53,6 +53,9 @@ class Registry(msgspec.Struct):
     deletions: dict[str, Deletion] = {}
     # "<table>/<partition>" -> run id of the version last checked against every registered id
     checked: dict[str, str] = {}
+    # the purge under way here (its id is in the manifests it commits): set before the purge's
+    # first commit, cleared once its audit record is written, so a re-run after a crash completes it
+    purge_id: str | None = None
 
     def excluded_ids(self) -> frozenset[str]:
         """Every id whose rows must not be stored: the registered ids and their clusters."""
@@ -85,7 +88,9 @@ def merged(registries: list[Registry], own: Registry) -> Registry:
 
     Purge times stay per destination: each destination is purged on its own.
     """
-    out = Registry({k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked))
+    out = Registry(
+        {k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked), own.purge_id
+    )
     for other in registries:
         for key, theirs in other.deletions.items():
             mine = out.deletions.get(key)
