@@ -388,3 +388,35 @@ def test_a_purge_completed_after_a_crash_audits_the_rows_of_both_runs(
     record = json.loads(dest.storage.get_bytes(audit.key) or b"{}")
     assert record["rows_removed"][EVENTS_TABLE] == held, "the rows the killed run removed are audited too"
     assert record["ids"] == 1 and record["id_sha256"] == [id_hash(user)]
+
+
+@pytest.mark.sandbox(today=date(2024, 3, 10))
+def test_a_deleted_user_never_lands_in_a_destination_added_later(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """The registry belongs to the project: a destination created after the purge never receives
+    the user's events or profile, and its own registry receives the project's ids."""
+    from blocks.destinations.local import LocalDestination
+
+    credentials = credentials_for(sandbox)
+    days = [date(2024, 3, 5), date(2024, 3, 6)]
+    first = LocalDestination(path=str(tmp_path / "data"))
+    events(credentials, first, from_date=days[0], to_date=days[-1])
+    people(credentials, first)
+    dest = first.connect(1)
+    profiles = set(whole_table(dest, PEOPLE_TABLE)["distinct_id"].to_list())
+    user = next(u for u in day_frame(dest, days[0])["distinct_id"].to_list() if u in profiles)
+    gdpr(credentials, [first], distinct_ids=[user], submit_to_mixpanel=False)
+    cluster = set(load_registry(dest).deletions[user].cluster) | {user}
+
+    later = LocalDestination(path=str(tmp_path / "later"))
+    events(credentials, later, from_date=days[0], to_date=days[-1])
+    people(credentials, later)
+    identity(credentials, later)
+
+    added = later.connect(1)
+    assert all(day_frame(added, d).height for d in days)
+    assert all(day_frame(added, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    assert whole_table(added, PEOPLE_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert whole_table(added, MAPPINGS_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert user in load_registry(added).deletions, "the destination's first export copied the registry"
