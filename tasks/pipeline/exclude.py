@@ -6,8 +6,8 @@ columns named.
 
 A row belongs to an id if ANY occurrence of an id key names it, whatever the spelling: duplicate
 keys, spaces around the colon, ``\\u`` escapes in the key or the value. The compact text match
-finds what Mixpanel sends; the only rows it can miss (an escape, or whitespace at an id key's colon)
-are decoded with every duplicate kept, so the hot path stays a column and substring test.
+finds what Mixpanel sends; the only rows it can miss (``UNUSUAL_SPELLING``) are decoded with every
+duplicate kept, so the hot path stays a column and substring test.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from tasks.pipeline.identity import DEVICE_PREFIX
 HOTSHARD_KEY = '"mp_original_distinct_id":'
 ID_KEYS = ("distinct_id", "$user_id", "mp_original_distinct_id")
 DEVICE_KEY = "$device_id"
-# what the compact needles cannot see: any escape, or whitespace at the colon of an id key
-UNUSUAL_SPELLING = r'\\|"(?:distinct_id|\$user_id|\$device_id|mp_original_distinct_id)"(?:\s+:|:\s)'
+# what the compact needles cannot see: whitespace at an id key's colon, an escape in an id key's
+# value, or an escape of a character of an id key's name (encoders never escape ``$``, ``_``, a-z)
+UNUSUAL_SPELLING = (
+    r'"(?:distinct_id|\$user_id|\$device_id|mp_original_distinct_id)"(?:\s+:|:\s|:"[^"]*\\)'
+    r"|\\u00(?:24|5[fF]|6[1-9a-fA-F]|7[0-9aA])"
+)
 
 
 def device_ids(ids: Collection[str]) -> list[str]:

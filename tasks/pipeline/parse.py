@@ -51,9 +51,10 @@ QUOTED_BYTES = 120
 # left off the $-keys: the regex runs several times faster when few of its literals open with a
 # quote, and "…$user_id": in another key only sends its row to the exact path)
 LIFTED_KEYS = r'(?:"time|"distinct_id|\$insert_id|\$device_id|\$user_id|"mp_processing_time_ms)"\s*:'
-# a member name holding a \u00XX escape: it may decode to a lifted key the regex above cannot see
-# (the lifted keys are ASCII, so only \u00XX spells one of their characters), so its row is re-read
-ESCAPED_KEY = r'\\u00[0-9a-fA-F]{2}[^"]*"\s*:'
+# an escape of a character of the lifted keys' names (``$``, ``_``, a to z): it may spell a lifted key
+# the regex above cannot see, so its row is re-read (encoders never escape these characters, so
+# ordinary escapes, of non-ASCII text or quotes, do not leave the fast path)
+ESCAPED_KEY = r"\\u00(?:24|5[fF]|6[1-9a-fA-F]|7[0-9aA])"
 LIFTED_COLUMNS = ("_epoch", "distinct_id", "insert_id", "device_id", "user_id", "_ptime")
 ID_COLUMNS = ("device_id", "distinct_id", "insert_id", "user_id")
 
