@@ -104,7 +104,9 @@ def events_hourly(
     logger = get_run_logger()
     days = [credentials.yesterday(), credentials.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)
-    settings = without_registered_ids(settings_for(credentials, file_format, 0, None), target)
+    settings = without_registered_ids(
+        settings_for(credentials, file_format, 0, None), credentials.project_id, target
+    )
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
     with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:

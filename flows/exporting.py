@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
+from blocks.gdpr import load_project_registry, save_project_registry
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
 from flows.params import check_concurrency
@@ -32,7 +33,7 @@ from tasks.pipeline.export import DayResult, ExportSettings, export_days
 from tasks.pipeline.guard import filter_conflicts
 from tasks.pipeline.plan import check_range, group_days
 from tasks.schema import EVENTS_TABLE
-from tasks.sync.registry import load_registry
+from tasks.sync.registry import adopt, excluded_of, load_registry, save_registry, shared
 
 MAX_WORKERS = 16
 
@@ -93,7 +94,7 @@ def export_range(
         summarize([], {str(d): error for d in refused}, len(refused))
         raise error
     groups = group_days(days, days_per_request)
-    settings = without_registered_ids(settings, target)
+    settings = without_registered_ids(settings, credentials.project_id, target)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
         len(days),
@@ -123,9 +124,28 @@ def export_range(
     return [r.as_row() for r in results]
 
 
-def without_registered_ids(settings: ExportSettings, target: ObjectStoreDestination) -> ExportSettings:
-    """Exports leave out the ids of the destination's GDPR registry, so deleted users never return."""
-    return dataclasses.replace(settings, excluded_ids=load_registry(target).excluded_ids())
+def without_registered_ids(
+    settings: ExportSettings, project_id: int, target: ObjectStoreDestination
+) -> ExportSettings:
+    """Exports leave out the ids of the project's GDPR registry, so deleted users never return."""
+    return dataclasses.replace(settings, excluded_ids=registered_ids(project_id, [target]))
+
+
+def registered_ids(project_id: int, targets: list[ObjectStoreDestination]) -> frozenset[str]:
+    """Every id deleted under GDPR in the project (with their clusters): the project's registry
+    united with each destination's own. A destination's registry receives the project's ids it
+    lacks (its first export copies them all), and the project's receives the destinations' (ids a
+    user dropped in an inbox), so both only grow. Ids are never logged, only counted."""
+    project = load_project_registry(project_id)
+    registries = [load_registry(t) for t in targets]
+    for target, registry in zip(targets, registries, strict=True):
+        if adopt(registry, project):
+            save_registry(target, registry)
+    union = shared(registries, project)
+    save_project_registry(project_id, union)
+    excluded = excluded_of(union)
+    get_run_logger().info("%d id(s) deleted under GDPR are left out of this export", len(excluded))
+    return excluded
 
 
 def settings_for(

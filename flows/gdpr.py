@@ -6,6 +6,11 @@ unsubmitted ones to Mixpanel's GDPR API, poll the tasks not finished yet, then e
 purged yet to its whole identity cluster and remove the cluster's rows from every table of every
 destination. Each destination gets an audit record of the purge, with ids only as SHA-256.
 Scheduled daily, a run with no new ids polls and finishes any purge a crash interrupted.
+
+The ids belong to the project, not to the destinations listed: the run starts from the project's
+registry (a ``MixpanelGdprRegistry`` block, ``blocks.gdpr``), so every destination is purged of
+every id ever registered, and writes the ids it registers (and their clusters, once expanded) back
+to it before any purge, so every later export of the project, into any destination, leaves them out.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from prefect.runtime import flow_run
 
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
-from blocks.gdpr import MixpanelGdprCredentials
+from blocks.gdpr import MixpanelGdprCredentials, save_project_registry
 from blocks.mixpanel import MixpanelCredentials
+from flows.exporting import registered_ids
 from flows.runtime import prepare_run
 from tasks.errors import BadRequestError, PipelineError
 from tasks.mixpanel.gdpr_api import GdprClient
 from tasks.sync.gdpr import RunIds, poll, purge, register, submit
+from tasks.sync.registry import shared
 
 
 @flow(name="mixpanel-gdpr", log_prints=True)
@@ -57,7 +64,9 @@ def gdpr(
             "or set submit_to_mixpanel to false to purge them from the destinations only."
         )
     targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
+    registered_ids(credentials.project_id, targets)  # the project's ids reach every destination listed
     registries = register(targets, ids, "mixpanel" if submit_to_mixpanel else "user", compliance_type)
+    save_project_registry(credentials.project_id, shared(registries, {}))
     mixpanel_error: PipelineError | None = None
     if gdpr_credentials is not None:
         try:
@@ -73,6 +82,7 @@ def gdpr(
         purge(target, registry, credentials.identity_mode, run, logger.info)
         for target, registry in zip(targets, registries, strict=True)
     ]
+    save_project_registry(credentials.project_id, shared(registries, {}))  # the clusters found
     create_table_artifact(key="mixpanel-gdpr-summary", table=rows, description="GDPR deletions")
     if mixpanel_error is not None:
         raise type(mixpanel_error)(

@@ -17,8 +17,10 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
+from flows.exporting import registered_ids
 from flows.runtime import prepare_run
 from tasks.lake.tables import committed_edges, replace_table
+from tasks.pipeline.exclude import id_rows_of
 from tasks.pipeline.identity import refused_identifies, resolve
 from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE, empty_mappings
 
@@ -39,6 +41,9 @@ def identity(
     target = (destination or LocalDestination()).connect(credentials.project_id)
     edges, days = committed_edges(target)
     mappings = resolve(edges, credentials.identity_mode) if edges.height else _empty()
+    # edges a purge has not reached yet (or a destination added since) still name deleted users
+    excluded = registered_ids(credentials.project_id, [target])
+    mappings = mappings.filter(~id_rows_of(excluded, ("distinct_id", "resolved_distinct_id")))
     manifest = replace_table(
         target,
         MAPPINGS_TABLE,

@@ -9,11 +9,11 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
+from flows.exporting import registered_ids
 from flows.params import AtLeastOne
 from flows.runtime import prepare_run, synchronous
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.people import EngageQuery, export_people
-from tasks.sync.registry import load_registry
 
 
 @flow(name="mixpanel-people", log_prints=True)
@@ -39,6 +39,7 @@ def people(
     prepare_run()
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
+    excluded = registered_ids(credentials.project_id, [target])
     query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))
     progress = synchronous(create_progress_artifact(0.0, description="Engage pages fetched"))
 
@@ -54,7 +55,7 @@ def people(
             max_concurrent_pages=max_concurrent_pages,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
             progress=report,
-            excluded_ids=load_registry(target).excluded_ids(),
+            excluded_ids=excluded,
         )
     update_progress_artifact(progress, 100.0)
     summary: dict[str, object] = {

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
-from flows.exporting import MAX_WORKERS, export_range, settings_for
+from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import prepare_run
@@ -33,7 +33,6 @@ from tasks.pipeline.guard import recorded_counts
 from tasks.pipeline.plan import days_between
 from tasks.schema import EVENTS_TABLE
 from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
-from tasks.sync.registry import load_registry
 
 
 @flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
@@ -119,8 +118,7 @@ def _find_changes(
     check_counts: bool,
 ) -> list[dict[date, str]]:
     logger = get_run_logger()
-    registries = [load_registry(t).excluded_ids() for t in targets]
-    excluded = frozenset.intersection(*registries) if registries else frozenset()
+    excluded = registered_ids(credentials.project_id, targets)
     local_zone = credentials.project_timezone if credentials.time_mode == TimeMode.LOCAL else None
     marks = [{day: m.max_processing_time_ms or 0 for day, m in one.items()} for one in checked]
     ours = [

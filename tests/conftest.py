@@ -138,6 +138,25 @@ def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MP_PIPELINES_STATE_DIR", str(tmp_path / "state"))
 
 
+@pytest.fixture(autouse=True)
+def _no_gdpr_registry_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The project's GDPR registry lives in the Prefect server, shared by a worker's tests: each test
+    that could write it leaves none behind, or its ids would vanish from the next test's exports."""
+    yield
+    if "prefect_server" not in request.fixturenames:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_block_type_by_slug("mixpanel-gdpr-registry")
+        except ObjectNotFound:  # no test has saved one on this server yet
+            return
+        for document in client.read_block_documents_by_type("mixpanel-gdpr-registry"):
+            client.delete_block_document(document.id)
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """A Prefect test server per pytest process. It registers no block type at start (Prefect's own

@@ -23,7 +23,8 @@ from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
-from tasks.sync.registry import EDGE_IDS, audit_prefix, id_hash, load_registry
+from tasks.sync.gdpr import cluster_mappings
+from tasks.sync.registry import EDGE_IDS, audit_prefix, cluster_members, id_hash, load_registry
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.forked import run_python
 from tests.stores.s3 import S3Server
@@ -331,3 +332,91 @@ def test_mixpanel_refusing_the_token_does_not_stop_the_purge(sandbox: SandboxSer
     assert load_registry(dest).deletions[user].task_id is None and sandbox.gdpr_tasks() == {}
     gdpr(credentials, [block], gdpr_credentials=tokens(sandbox))  # renewed: the id is sent now
     assert load_registry(dest).deletions[user].task_id in sandbox.gdpr_tasks()
+
+
+DIE_AFTER_FIRST_DAY = """
+import base64, os, pickle, signal, sys
+from tasks.lake import commit as objectstore
+from tasks.sync.gdpr import RunIds, purge
+from tasks.sync.registry import load_registry, save_registry
+
+block, user = pickle.loads(base64.b64decode(sys.argv[1]))
+dest = block.connect(1)
+registry = load_registry(dest)
+registry.register([user], "user", "GDPR")
+save_registry(dest, registry)
+
+real = objectstore.ObjectStoreDestination.commit
+def commit_then_die(self, stage, partition, manifest, expected=None):  # the first purged day, committed
+    committed = real(self, stage, partition, manifest, expected)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return committed
+objectstore.ObjectStoreDestination.commit = commit_then_die
+purge(dest, load_registry(dest), "simplified", RunIds("killed", None), print)
+"""
+
+
+@pytest.mark.sandbox(today=date(2024, 3, 10))
+def test_a_purge_completed_after_a_crash_audits_the_rows_of_both_runs(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    from blocks.destinations.local import LocalDestination
+
+    credentials = credentials_for(sandbox)
+    block = LocalDestination(path=str(tmp_path / "data"))
+    days = [date(2024, 3, 5), date(2024, 3, 6), date(2024, 3, 7)]
+    events(credentials, block, from_date=days[0], to_date=days[-1])
+    dest = block.connect(1)
+    frames = {d.isoformat(): day_frame(dest, d) for d in days}
+    every = pl.concat(frames.values())["distinct_id"].drop_nulls().value_counts(sort=True)
+    user = next(
+        u for u in every["distinct_id"] if all(f.filter(event_rows_of({u})).height for f in frames.values())
+    )
+    cluster = set(cluster_members([user], cluster_mappings(dest, "simplified"))[user])
+    held = {day: frame.filter(event_rows_of(cluster)).height for day, frame in frames.items()}
+
+    payload = base64.b64encode(pickle.dumps((block, user))).decode()
+    done = run_python(DIE_AFTER_FIRST_DAY, payload, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert dest.storage.list(audit_prefix(dest)) == [], "killed before its audit"
+    assert sum(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days) == 1
+
+    gdpr(credentials, [block])
+
+    assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    (audit,) = dest.storage.list(audit_prefix(dest))
+    record = json.loads(dest.storage.get_bytes(audit.key) or b"{}")
+    assert record["rows_removed"][EVENTS_TABLE] == held, "the rows the killed run removed are audited too"
+    assert record["ids"] == 1 and record["id_sha256"] == [id_hash(user)]
+
+
+@pytest.mark.sandbox(today=date(2024, 3, 10))
+def test_a_deleted_user_never_lands_in_a_destination_added_later(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """The registry belongs to the project: a destination created after the purge never receives
+    the user's events or profile, and its own registry receives the project's ids."""
+    from blocks.destinations.local import LocalDestination
+
+    credentials = credentials_for(sandbox)
+    days = [date(2024, 3, 5), date(2024, 3, 6)]
+    first = LocalDestination(path=str(tmp_path / "data"))
+    events(credentials, first, from_date=days[0], to_date=days[-1])
+    people(credentials, first)
+    dest = first.connect(1)
+    profiles = set(whole_table(dest, PEOPLE_TABLE)["distinct_id"].to_list())
+    user = next(u for u in day_frame(dest, days[0])["distinct_id"].to_list() if u in profiles)
+    gdpr(credentials, [first], distinct_ids=[user], submit_to_mixpanel=False)
+    cluster = set(load_registry(dest).deletions[user].cluster) | {user}
+
+    later = LocalDestination(path=str(tmp_path / "later"))
+    events(credentials, later, from_date=days[0], to_date=days[-1])
+    people(credentials, later)
+    identity(credentials, later)
+
+    added = later.connect(1)
+    assert all(day_frame(added, d).height for d in days)
+    assert all(day_frame(added, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    assert whole_table(added, PEOPLE_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert whole_table(added, MAPPINGS_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert user in load_registry(added).deletions, "the destination's first export copied the registry"

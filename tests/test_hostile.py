@@ -380,6 +380,38 @@ def test_duplicate_keys_one_rule_for_columns_engines_and_the_purge(
     assert isinstance(rows, pl.DataFrame)
 
 
+def test_a_later_duplicate_id_key_counts_however_it_is_spelled(server: HostileServer, tmp_path: Path) -> None:
+    """Spaces at the colon and \\u escapes in the key or the value spell the same key and id: the
+    lifted column keeps the first occurrence, and the purge and the export filter see every one."""
+    spellings = [
+        (b'"distinct_id":"first"', b'"distinct_id": "victim"'),
+        (b'"distinct_id":"first"', b'"distinct_id" : "victim"'),
+        (b'"distinct_id":"first"', b'"distinct_id":"\\u0076ictim"'),
+        (b'"distinct_id":"first"', b'"distinct\\u005fid":"victim"'),
+        (b'"distinct\\u005fid":"first"', b'"distinct_id":"victim"'),
+        (b'"$user_id":"first"', b'"$user\\u005fid":"victim"'),
+        (b'"$device_id":"first"', b'"\\u0024device_id":"victim"'),
+    ]
+    lines = [
+        b'{"event":"x","properties":{"time":%d,%s,"$insert_id":"i%d",%s}}' % (epoch(DAY, n), a, n, b)
+        for n, (a, b) in enumerate(spellings)
+    ]
+    server.serve(b"\n".join(lines) + b"\n")
+    run(server, tmp_path, "spelled")
+    rows = read_day(tmp_path, DAY).sort("insert_id")
+    lifted = rows.select(pl.coalesce("distinct_id", "user_id", "device_id")).to_series().to_list()
+    assert lifted == ["first"] * len(spellings)
+    assert rows.filter(event_rows_of({"victim"})).height == len(spellings)
+    assert rows.filter(event_rows_of({"first", "nobody"})).height == len(spellings)
+    assert rows.filter(event_rows_of({"nobody"})).height == 0
+    from tasks.sync.purge import purge_day
+
+    assert purge_day(local_destination(tmp_path), DAY.isoformat(), {"victim"}, "purge") == (len(spellings), 0)
+    assert read_day(tmp_path, DAY).height == 0
+    (again,) = run(server, tmp_path, "filtered", excluded_ids=frozenset({"victim"}), allow_shrink=True)
+    assert (again.rows, again.excluded) == (0, len(spellings))
+
+
 def test_decoder_failures_count_against_max_rejected_lines(server: HostileServer, tmp_path: Path) -> None:
     good = good_lines(DAY, ROWS)
     bad = [NESTED, b'{"event":"bad\xff","properties":{"time":%d}}' % epoch(DAY)]

@@ -21,6 +21,14 @@ class ManifestFile(msgspec.Struct, frozen=True):
     bytes: int
 
 
+class PurgeNote(msgspec.Struct, frozen=True):
+    """The GDPR purge that committed a version, and the rows it removed from the version before."""
+
+    id: str
+    rows: int
+    edges: int = 0
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     table: str
     partition: str
@@ -49,6 +57,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # version with (tasks.pipeline.guard), so losses smaller than its tolerance cannot add up unseen;
     # None in manifests written before it was kept (their ``rows`` stand for it, see ``held``)
     held_most: int | None = None
+    # set by a purge's commit: its audit counts these, so rows a crashed purge removed are audited by
+    # the run that completes it (tasks.sync.gdpr)
+    purge: PurgeNote | None = None
     # the run's filter, part of the day's identity (tasks.pipeline.guard): sorted event names (None: every
     # event) and the user's where (None: none); the hourly watermark is not a filter
     event_names: tuple[str, ...] | None = None

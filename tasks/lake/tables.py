@@ -19,7 +19,7 @@ import xxhash
 
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import RollingFiles
-from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.lake.manifest import Manifest, PurgeNote, fingerprint_hex
 from tasks.schema import EVENTS_TABLE, WHOLE_PARTITION
 
 WHOLE = WHOLE_PARTITION
@@ -39,6 +39,7 @@ def replace_table(
     run_id: str,
     value_column: str,
     flow_run_id: str | None = None,
+    purge: PurgeNote | None = None,
 ) -> Manifest:
     """Stage every frame, then swap the whole table in one commit; on any error nothing changes."""
     stage = destination.open_stage(table, run_id)
@@ -61,6 +62,7 @@ def replace_table(
                 run_id=run_id,
                 flow_run_id=flow_run_id,
                 exported_at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
+                purge=purge,
             )
             final = destination.commit(stage, WHOLE, manifest)
     except BaseException:

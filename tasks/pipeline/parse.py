@@ -17,10 +17,11 @@ rejected line with its number: its bytes are skipped as they arrive, so time sta
 bounded by the cap. Any decoder failure (invalid JSON, NaN, invalid UTF-8, nesting too deep for the
 decoder, ...) is a rejected line with its number, never a bare exception.
 
-Duplicate keys: when ``properties`` names one of the lifted keys twice, the lifted column takes the
-**first** occurrence, which is what DuckDB answers for ``properties->>'$.key'`` (other engines
-differ: Snowflake's PARSE_JSON refuses duplicates); the GDPR purge matches a row under every
-occurrence (``tasks.sync.registry``).
+Duplicate keys: when ``properties`` names one of the lifted keys twice, however spelled (spaces
+around the colon, ``\\u`` escapes in the name), the lifted column takes the **first** occurrence,
+which is what DuckDB answers for ``properties->>'$.key'`` (other engines differ: Snowflake's
+PARSE_JSON refuses duplicates); the GDPR purge matches a row under every
+occurrence (``tasks.pipeline.exclude``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ BLOCK_BYTES = 8 << 20
 MAX_LINE_BYTES = 16 << 20
 MAX_REJECT_TEXT = 2000
 QUOTED_BYTES = 120
-# the lifted keys as member names of a compact JSON object: a row where they occur more often than
-# lifted values were found may hold a duplicate key, and is re-read with the first-wins rule (the
-# quote is left off the $-keys: the regex runs several times faster when few of its literals open
-# with a quote, and "…$user_id": in another key only sends its row to the exact path)
-LIFTED_KEYS = r'(?:"time|"distinct_id|\$insert_id|\$device_id|\$user_id|"mp_processing_time_ms)":'
+# the lifted keys as member names of a JSON object: a row where they occur more often than lifted
+# values were found may hold a duplicate key, and is re-read with the first-wins rule (the quote is
+# left off the $-keys: the regex runs several times faster when few of its literals open with a
+# quote, and "…$user_id": in another key only sends its row to the exact path)
+LIFTED_KEYS = r'(?:"time|"distinct_id|\$insert_id|\$device_id|\$user_id|"mp_processing_time_ms)"\s*:'
+# an escape of a character of the lifted keys' names (``$``, ``_``, a to z): it may spell a lifted key
+# the regex above cannot see, so its row is re-read (encoders never escape these characters, so
+# ordinary escapes, of non-ASCII text or quotes, do not leave the fast path)
+ESCAPED_KEY = r"\\u00(?:24|5[fF]|6[1-9a-fA-F]|7[0-9aA])"
 LIFTED_COLUMNS = ("_epoch", "distinct_id", "insert_id", "device_id", "user_id", "_ptime")
 ID_COLUMNS = ("device_id", "distinct_id", "insert_id", "user_id")
 
@@ -231,7 +236,7 @@ def decode_record(line: bytes | memoryview) -> tuple[str, memoryview, tuple[Any,
 def _lift_first(props: Buffer, lifted: LenientLifted) -> tuple[Any, ...]:
     """(epoch, distinct_id, insert_id, device_id, user_id, ptime), the first of duplicate keys winning."""
     text = bytes(props)
-    if len(re.findall(LIFTED_KEYS.encode(), text)) > sum(
+    if re.search(ESCAPED_KEY.encode(), text) or len(re.findall(LIFTED_KEYS.encode(), text)) > sum(
         v is not None for v in msgspec.structs.astuple(lifted)
     ):
         first = _first_values(text)
@@ -403,9 +408,10 @@ class StreamParser:
         frame = build_frame(names, props, [e.properties for e in lifted])
         if frame["_epoch"].null_count():
             raise ValueError("a record has no time")
-        objects, keys = frame.select(
+        objects, keys, escaped = frame.select(
             pl.col("properties").str.starts_with("{").all().alias("objects"),
             pl.col("properties").str.count_matches(LIFTED_KEYS).sum().alias("keys"),
+            pl.col("properties").str.contains(ESCAPED_KEY).any().alias("escaped"),
         ).row(0)
         if not objects:
             raise ValueError("properties is not an object")
@@ -413,9 +419,8 @@ class StreamParser:
         if len(buf) > self.max_line_bytes and max(map(len, bytes(buf).split(b"\n"))) > self.max_line_bytes:
             raise ValueError("an over-long line: read line by line")
         # null counts are free: only a block with more key names than lifted values is looked at row by row
-        if keys > sum(frame.height - frame[c].null_count() for c in LIFTED_COLUMNS):
+        if escaped or keys > sum(frame.height - frame[c].null_count() for c in LIFTED_COLUMNS):
             frame = _first_wins(frame)
-        return ParsedBlock(frame)
         return ParsedBlock(frame)
 
     def _slow(self, buf: bytes, first: int, final: bool) -> ParsedBlock:
@@ -470,10 +475,14 @@ class StreamParser:
 
 
 def _first_wins(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows whose properties name a lifted key more often than values were lifted may hold a
-    duplicate key (msgspec keeps the last one): their lifted columns are re-read, first one winning."""
+    """Rows whose properties name a lifted key more often than values were lifted, or spell a key
+    with an escape, may hold a duplicate key (msgspec keeps the last one): their lifted columns are
+    re-read, first one winning."""
     suspects = frame.select(
-        (pl.col("properties").str.count_matches(LIFTED_KEYS) > _lifted_present()).arg_true()
+        (
+            (pl.col("properties").str.count_matches(LIFTED_KEYS) > _lifted_present())
+            | pl.col("properties").str.contains(ESCAPED_KEY)
+        ).arg_true()
     ).to_series()
     if suspects.len() == 0:
         return frame

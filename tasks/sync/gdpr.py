@@ -20,7 +20,7 @@ from tasks.lake.tables import committed_edges, read_table
 from tasks.mixpanel.gdpr_api import GdprClient, batches
 from tasks.pipeline.identity import IdentityMode, resolve
 from tasks.schema import MAPPINGS_TABLE, empty_mappings
-from tasks.sync.purge import PurgeReport, PurgeScope, purge_destination
+from tasks.sync.purge import PurgeReport, PurgeScope, committed_by, purge_destination
 from tasks.sync.registry import (
     ComplianceType,
     Deletion,
@@ -113,20 +113,25 @@ def purge(
         clusters = cluster_members([d.distinct_id for d in pending], cluster_mappings(target, identity_mode))
         for entry in pending:
             entry.cluster = tuple(sorted(set(entry.cluster) | set(clusters[entry.distinct_id])))
-        save_registry(target, registry)  # clusters first: exports leave them out from now on
+    # a purge that died after some commits left its id: this run completes it under the same id,
+    # so its audit counts what both runs removed (the commits name it: tasks.sync.purge)
+    registry.purge_id = registry.purge_id or run.run_id
+    save_registry(target, registry)  # clusters first: exports leave them out from now on
     ids = frozenset(i for entry in pending for i in (entry.distinct_id, *entry.cluster))
     scope = PurgeScope(ids, registry.excluded_ids(), registry.checked)
     try:
-        report = purge_destination(target, scope, run.run_id, run.flow_run_id)
+        done = purge_destination(target, scope, run.run_id, run.flow_run_id, registry.purge_id)
     finally:
         save_registry(target, registry)  # the partitions checked so far need no second look
+    report = committed_by(target, registry.purge_id, done.rejects)
     removed = sum(report.events.values()) + sum(report.tables.values())
     if pending or removed:
         when = now_iso()
         for entry in pending:
             entry.purged_at = when
-        write_audit(target, run, when, pending, ids, report)
-        save_registry(target, registry)
+        write_audit(target, run, when, pending, ids, report, registry.purge_id)
+    registry.purge_id = None
+    save_registry(target, registry)
     log(f"{where}: {len(pending)} new id(s) in {len(ids)} cluster id(s) purged, {removed} row(s) removed")
     return {"destination": where, "ids": len(pending), "cluster ids": len(ids), "rows removed": removed}
 
@@ -148,9 +153,11 @@ def write_audit(
     pending: list[Deletion],
     ids: frozenset[str],
     report: PurgeReport,
+    purge_id: str,
 ) -> None:
     record: dict[str, object] = {
         "run_id": run.run_id,
+        "purge_id": purge_id,
         "flow_run_id": run.flow_run_id,
         "purged_at": when,
         "ids": len(pending),

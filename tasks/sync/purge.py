@@ -8,6 +8,11 @@ was read. So every partition is either purged or untouched, whatever happens; a 
 of the ids is not rewritten at all. The identity edges of the day go the same way, in the same
 commit. People and identity tables are swapped whole. Warehouses reload each partition committed
 here in one transaction.
+
+Each commit names its purge (``Manifest.purge``: the purge id and the rows removed), in the same
+atomic write as the purged version, so what a purge removed is known from the manifests alone: a
+purge that dies after some commits is completed, under the same purge id, by the next run, whose
+audit then counts the rows of both (``committed_by``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
-from tasks.lake.manifest import Manifest, ManifestFile, fingerprint_hex, held
+from tasks.lake.manifest import Manifest, ManifestFile, PurgeNote, fingerprint_hex, held
 from tasks.lake.tables import WHOLE, read_table, replace_table
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.pipeline.parse import row_hash
@@ -68,9 +73,16 @@ class PurgeScope:
 
 
 def purge_destination(
-    destination: ObjectStoreDestination, scope: PurgeScope, run_id: str, flow_run_id: str | None = None
+    destination: ObjectStoreDestination,
+    scope: PurgeScope,
+    run_id: str,
+    flow_run_id: str | None = None,
+    purge_id: str | None = None,
 ) -> PurgeReport:
-    """Remove the scope's ids from every table of ``destination``; each partition purged or untouched."""
+    """Remove the scope's ids from every table of ``destination``; each partition purged or untouched.
+
+    ``purge_id`` (default ``run_id``) is recorded in every manifest committed here."""
+    purge_id = purge_id or run_id
     report = PurgeReport()
     if not scope.all_ids:
         return report
@@ -81,7 +93,7 @@ def purge_destination(
         destination.repair(EVENTS_TABLE, day)
 
         def purge_events(ids: frozenset[str], d: str = day) -> tuple[int, int]:
-            return purge_day(destination, d, ids, run_id, flow_run_id)
+            return purge_day(destination, d, ids, run_id, flow_run_id, purge_id)
 
         report.events[day], report.edges[day] = _checked(destination, EVENTS_TABLE, day, scope, purge_events)
     for table, columns in (
@@ -91,7 +103,7 @@ def purge_destination(
         destination.repair(table, WHOLE)
 
         def purge_rows(ids: frozenset[str], t: str = table, c: tuple[str, ...] = columns) -> tuple[int, int]:
-            return _purge_table(destination, t, ids, c, run_id, flow_run_id), 0
+            return _purge_table(destination, t, ids, c, run_id, flow_run_id, purge_id), 0
 
         report.tables[table], _ = _checked(destination, table, WHOLE, scope, purge_rows)
     report.rejects = _purge_rejects(destination, scope)
@@ -127,6 +139,7 @@ def purge_day(
     ids: Collection[str],
     run_id: str,
     flow_run_id: str | None = None,
+    purge_id: str | None = None,
 ) -> tuple[int, int]:
     """(event rows, edge rows) removed from ``day``; (0, 0) leaves the day untouched."""
     base = destination.manifest(EVENTS_TABLE, day)
@@ -151,6 +164,7 @@ def purge_day(
                 purged_rows=base.purged_rows + removed,
                 # the removed rows are gone for good: a later export without them is no shrink
                 held_most=held(base) - removed,
+                purge=PurgeNote(purge_id or run_id, removed, removed_edges),
             )
             destination.commit(stage, day, manifest, expected=base)
     finally:
@@ -234,6 +248,7 @@ def _purge_table(
     columns: tuple[str, ...],
     run_id: str,
     flow_run_id: str | None,
+    purge_id: str,
 ) -> int:
     rows = read_table(destination, table)
     if rows is None or rows.height == 0:
@@ -243,10 +258,28 @@ def _purge_table(
         schema, value = (
             (PEOPLE_SCHEMA, "properties") if table == PEOPLE_TABLE else (MAPPINGS_SCHEMA, columns[1])
         )
-        replace_table(
-            destination, table, schema, [rows.filter(~id_rows_of(ids, columns))], run_id, value, flow_run_id
-        )
+        kept = [rows.filter(~id_rows_of(ids, columns))]
+        replace_table(destination, table, schema, kept, run_id, value, flow_run_id, PurgeNote(purge_id, gone))
     return gone
+
+
+def committed_by(destination: ObjectStoreDestination, purge_id: str, rejects: int = 0) -> PurgeReport:
+    """What the commits of ``purge_id`` removed, read from the manifests they wrote: rows a crashed
+    run of the same purge removed are counted too (``rejects``: lines scrubbed, not in manifests)."""
+    report = PurgeReport(rejects=rejects)
+    for day in destination.partitions(EVENTS_TABLE):
+        note = _note(destination, EVENTS_TABLE, day, purge_id)
+        report.events[day], report.edges[day] = (note.rows, note.edges) if note else (0, 0)
+    for table in (PEOPLE_TABLE, MAPPINGS_TABLE):
+        note = _note(destination, table, WHOLE, purge_id)
+        report.tables[table] = note.rows if note else 0
+    return report
+
+
+def _note(destination: ObjectStoreDestination, table: str, partition: str, purge_id: str) -> PurgeNote | None:
+    manifest = destination.manifest(table, partition)
+    note = manifest.purge if manifest is not None else None
+    return note if note is not None and note.id == purge_id else None
 
 
 def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:

@@ -7,6 +7,12 @@ or a file dropped in ``<project_id>/_state/gdpr/inbox/``), Mixpanel's task statu
 cluster the id was expanded to, and when this destination was purged of it. Every export reads it
 and leaves the registered ids out, so a backfill never brings a deleted user back.
 
+The registry belongs to the project, not to one destination: the flows keep a project-level copy
+(the ids, how they were registered, their clusters; no purge state) where every destination of the
+project can see it, and every export and GDPR run unions it with the destination's own (``shared``,
+``adopt``), so a destination added later never receives a deleted user either. The union never
+shrinks.
+
 The registry must hold the raw ids (it is the list exports filter on, like Mixpanel's own
 suppression list); audit records hold only their SHA-256.
 """
@@ -53,6 +59,9 @@ class Registry(msgspec.Struct):
     deletions: dict[str, Deletion] = {}
     # "<table>/<partition>" -> run id of the version last checked against every registered id
     checked: dict[str, str] = {}
+    # the purge under way here (its id is in the manifests it commits): set before the purge's
+    # first commit, cleared once its audit record is written, so a re-run after a crash completes it
+    purge_id: str | None = None
 
     def excluded_ids(self) -> frozenset[str]:
         """Every id whose rows must not be stored: the registered ids and their clusters."""
@@ -76,6 +85,49 @@ class Registry(msgspec.Struct):
         return [d for d in self.deletions.values() if d.purged_at is None]
 
 
+def shared(registries: Iterable[Registry], project: dict[str, Deletion]) -> dict[str, Deletion]:
+    """The project's entries with every id and cluster id the registries know: never fewer ids,
+    never a smaller cluster; purge state stays out (each destination is purged on its own)."""
+    out = {k: msgspec.structs.replace(v, purged_at=None, checked_at=v.checked_at) for k, v in project.items()}
+    for registry in registries:
+        for key, theirs in registry.deletions.items():
+            mine = out.get(key)
+            if mine is None:
+                out[key] = msgspec.structs.replace(theirs, purged_at=None)
+                continue
+            cluster = tuple(sorted(set(mine.cluster) | set(theirs.cluster)))
+            newer = theirs.task_id is not None and (theirs.checked_at or "") > (mine.checked_at or "")
+            source = theirs if newer or (mine.task_id is None and theirs.task_id) else mine
+            out[key] = msgspec.structs.replace(
+                mine,
+                cluster=cluster,
+                task_id=source.task_id,
+                status=source.status,
+                checked_at=source.checked_at,
+            )
+    return out
+
+
+def adopt(registry: Registry, project: dict[str, Deletion]) -> int:
+    """Add the project's ids (and cluster ids) this destination's registry lacks; how many entries
+    changed. New entries are not purged here yet: the next GDPR run checks this destination for them."""
+    changed = 0
+    for key, theirs in project.items():
+        mine = registry.deletions.get(key)
+        if mine is None:
+            registry.deletions[key] = msgspec.structs.replace(theirs, purged_at=None)
+            changed += 1
+        elif not set(theirs.cluster) <= set(mine.cluster):
+            mine.cluster = tuple(sorted(set(mine.cluster) | set(theirs.cluster)))
+            mine.purged_at = None  # the cluster grew: the next GDPR run checks here for the new ids
+            changed += 1
+    return changed
+
+
+def excluded_of(project: dict[str, Deletion]) -> frozenset[str]:
+    return Registry(project).excluded_ids()
+
+
 def now_iso() -> str:
     return datetime.now(tz=UTC).isoformat(timespec="seconds")
 
@@ -85,7 +137,9 @@ def merged(registries: list[Registry], own: Registry) -> Registry:
 
     Purge times stay per destination: each destination is purged on its own.
     """
-    out = Registry({k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked))
+    out = Registry(
+        {k: msgspec.structs.replace(v) for k, v in own.deletions.items()}, dict(own.checked), own.purge_id
+    )
     for other in registries:
         for key, theirs in other.deletions.items():
             mine = out.deletions.get(key)
