@@ -363,7 +363,7 @@ def test_a_purge_completed_after_a_crash_audits_the_rows_of_both_runs(
     from blocks.destinations.local import LocalDestination
 
     credentials = credentials_for(sandbox)
-    block = LocalDestination(path=str(tmp_path / "data"))
+    block = LocalDestination(path=str(tmp_path / "data"), create_missing=True)
     days = [date(2024, 3, 5), date(2024, 3, 6), date(2024, 3, 7)]
     events(credentials, block, from_date=days[0], to_date=days[-1])
     dest = block.connect(1)
@@ -400,7 +400,7 @@ def test_a_deleted_user_never_lands_in_a_destination_added_later(
 
     credentials = credentials_for(sandbox)
     days = [date(2024, 3, 5), date(2024, 3, 6)]
-    first = LocalDestination(path=str(tmp_path / "data"))
+    first = LocalDestination(path=str(tmp_path / "data"), create_missing=True)
     events(credentials, first, from_date=days[0], to_date=days[-1])
     people(credentials, first)
     dest = first.connect(1)
@@ -409,7 +409,7 @@ def test_a_deleted_user_never_lands_in_a_destination_added_later(
     gdpr(credentials, [first], distinct_ids=[user], submit_to_mixpanel=False)
     cluster = set(load_registry(dest).deletions[user].cluster) | {user}
 
-    later = LocalDestination(path=str(tmp_path / "later"))
+    later = LocalDestination(path=str(tmp_path / "later"), create_missing=True)
     events(credentials, later, from_date=days[0], to_date=days[-1])
     people(credentials, later)
     identity(credentials, later)
