@@ -8,6 +8,7 @@ past retention).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from datetime import timedelta
@@ -149,3 +150,28 @@ def test_runs_with_their_optional_dates_empty_are_accepted(cluster: Cluster) -> 
             run = run_deployment(name, parameters=params, timeout=600, poll_interval=1)
             assert run.state is not None and run.state.is_completed(), (name, params, run.state)
     assert_day_matches_sandbox(cluster.data, cluster.sandbox, yesterday)
+
+
+def test_a_fanned_out_backfill_shows_its_children_and_sums_up_every_day(cluster: Cluster) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    days = recent_days(4, cluster.sandbox, back=45)
+    params = f"from_date={days[0]} to_date={days[-1]} days_per_run=2 days_per_request=1"
+    done = run_line(cluster, f"make run DEPLOYMENT=mixpanel-backfill/backfill PARAMS='{params}'")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for first, last in ((days[0], days[1]), (days[2], days[3])):
+        for day in (first, last):  # each child's own day lines, under its name
+            assert re.search(rf"\[backfill {first}\.\.{last}\] {day}: \d+ rows", done.stdout), done.stdout
+    parent = re.search(r"\(([0-9a-f-]{36})\)", done.stdout).group(1)  # type: ignore[union-attr]
+    with cluster.client() as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent]))
+        )
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert [a.description for a in progress] == ["Days done: 4 of 4"]
+    (summary,) = [a for a in artifacts if a.key == "mixpanel-backfill-summary"]
+    table = summary.data if isinstance(summary.data, list) else json.loads(summary.data)
+    expected = cluster.sandbox.expected(days[0], days[-1])
+    assert [(row["day"], row["rows"], row["state"]) for row in table] == [
+        (day.isoformat(), expected[day.isoformat()]["rows"], "Completed") for day in days
+    ]
