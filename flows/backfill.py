@@ -55,11 +55,11 @@ def backfill(
 
     Args:
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
-        from_date: First day, in the project's calendar; any past day (all of the project's history;
+        from_date: First day (YYYY-MM-DD), in the project's calendar; any past day (all of the project's history;
             days before the project existed are committed empty).
         destination: Where the tables go: the destination block the deployment names (after `make deploy`:
             `local`, on ./data); pick another block to write elsewhere.
-        to_date: Last day, inclusive; default: yesterday.
+        to_date: Last day (YYYY-MM-DD), inclusive; left empty: yesterday.
         force: Re-export days that are already complete (replaced atomically, one by one).
         days_per_request: Consecutive days fetched by one export request.
         days_per_run: Split the days to do into child flow runs of this many days, each run by

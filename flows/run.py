@@ -47,7 +47,8 @@ PREFECT_LOGGERS = (
 PREFECT_LINES = re.compile(
     r"^(Beginning (flow|subflow) run|Finished in state|Created (task|subflow) run|Executing '|"
     r"Downloading flow code|Opening process|Process for flow run|Running on worker|View at |"
-    r"Worker '|Completed submission|Submitting flow run|Engine execution|Running \d+ deployment pull step)"
+    r"Worker '|Completed submission|Submitting flow run|Engine execution|Running \d+ deployment pull step|"
+    r"Executing deployment step|Deployment step '|All deployment steps)"
 )
 ENGINE_PREFIX = re.compile(r"^(Flow run encountered an exception|Task run encountered an exception): ")
 
