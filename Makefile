@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # each server, each test process. Empty means unset to Python.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker postgres postgres-stop browser clean
+.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker run postgres postgres-stop browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
@@ -117,7 +117,7 @@ PREFECT_SERVER_URL := $(or $(PREFECT_SERVER_URL),$(PREFECT_API_URL),http://127.0
 SANDBOX_URL ?= http://127.0.0.1:8765
 DATA_DIR ?= data
 POOL ?= mixpanel
-deploy worker: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
+deploy worker run: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
 
 # DB=postgres: on the PostgreSQL of `make postgres` (its URL read from $(PG_DIR)/url, never printed);
 # else on PREFECT_API_DATABASE_CONNECTION_URL if set, else SQLite under ~/.prefect
@@ -147,6 +147,13 @@ deploy: setup
 
 worker: setup
 	$(BIN)/prefect worker start --pool $(POOL) --type process
+
+# one run of a deployment, followed in the terminal: its own log lines (rows per day), then its end state
+# and, if it failed, why (exit 1); e.g. `make run DEPLOYMENT=mixpanel-backfill/backfill PARAMS='from_date=2026-11-01'`
+DEPLOYMENT ?=
+PARAMS ?=
+run: setup
+	$(BIN)/python -m flows.run $(DEPLOYMENT) $(PARAMS)
 
 # Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
 browser:

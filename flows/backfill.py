@@ -8,7 +8,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
@@ -50,11 +55,11 @@ def backfill(
 
     Args:
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
-        from_date: First day, in the project's calendar; any past day (all of the project's history;
+        from_date: First day (YYYY-MM-DD), in the project's calendar; any past day (all of the project's history;
             days before the project existed are committed empty).
         destination: Where the tables go: the destination block the deployment names (after `make deploy`:
             `local`, on ./data); pick another block to write elsewhere.
-        to_date: Last day, inclusive; default: yesterday.
+        to_date: Last day (YYYY-MM-DD), inclusive; left empty: yesterday.
         force: Re-export days that are already complete (replaced atomically, one by one).
         days_per_request: Consecutive days fetched by one export request.
         days_per_run: Split the days to do into child flow runs of this many days, each run by
@@ -98,6 +103,7 @@ def backfill(
         return {"days": len(days), "exported": 0, "skipped": len(days)}
     if fan_out:
         _fan_out(
+            target,
             group_days(todo, days_per_run),
             force,
             days_per_request,
@@ -119,6 +125,7 @@ def _incomplete(
 
 
 def _fan_out(
+    target: ObjectStoreDestination,
     chunks: list[list[date]],
     force: bool,
     days_per_request: int,
@@ -129,7 +136,7 @@ def _fan_out(
     """One child flow run of this deployment per chunk; waits for all, with progress on this run."""
     logger = get_run_logger()
     total = sum(map(len, chunks))
-    progress = synchronous(create_progress_artifact(0.0, description=f"Days done of {total}"))
+    progress = synchronous(create_progress_artifact(0.0, description=_days_done(0, total)))
     children: dict[UUID, list[date]] = {}
     for chunk in chunks:
         parameters = {
@@ -153,7 +160,19 @@ def _fan_out(
         )
         children[child.id] = chunk
     logger.info("started %d child run(s) for %d day(s)", len(children), total)
-    failed = _wait(children, progress, total)
+    states = _wait(children, progress, total)
+    # each child has its own summary; the parent's gathers every day of the backfill in one table
+    create_table_artifact(
+        key="mixpanel-backfill-summary",
+        table=backfill_summary(target, children, states),
+        description=f"{sum(len(children[r]) for r, s in states.items() if s == 'Completed')} of {total} day(s) "
+        "committed by the child runs",
+    )
+    failed = [
+        f"{chunk[0]}..{chunk[-1]}: {states[run]}"
+        for run, chunk in children.items()
+        if states[run] != "Completed"
+    ]
     if failed:
         raise PipelineError(
             f"{len(failed)} of {len(children)} child run(s) failed ({', '.join(failed)}): "
@@ -161,10 +180,37 @@ def _fan_out(
         )
 
 
-def _wait(children: dict[UUID, list[date]], progress: UUID, total: int) -> list[str]:
+def _days_done(done: int, total: int) -> str:
+    return f"Days done: {done} of {total}"
+
+
+def backfill_summary(
+    target: ObjectStoreDestination, children: dict[UUID, list[date]], states: dict[UUID, str]
+) -> list[dict[str, object]]:
+    """One row per day of the fan-out: what its manifest holds now and which child run it fell to."""
+    rows: list[dict[str, object]] = []
+    for run, chunk in children.items():
+        for day in chunk:
+            manifest = target.manifest(EVENTS_TABLE, day.isoformat())
+            committed = manifest is not None and manifest.flow_run_id == str(run)
+            rows.append(
+                {
+                    "day": day.isoformat(),
+                    "rows": manifest.rows if committed and manifest else None,
+                    "files": len(manifest.files) if committed and manifest else None,
+                    "bytes": sum(f.bytes for f in manifest.files) if committed and manifest else None,
+                    "child run": f"backfill {chunk[0]}..{chunk[-1]}",
+                    "state": states[run],
+                }
+            )
+    return sorted(rows, key=lambda row: str(row["day"]))
+
+
+def _wait(children: dict[UUID, list[date]], progress: UUID, total: int) -> dict[UUID, str]:
+    """Until every child ends; returns each one's final state name."""
     pending = dict(children)
     done_days = 0
-    failed: list[str] = []
+    states: dict[UUID, str] = {}
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(POLL_SECONDS)
@@ -173,9 +219,10 @@ def _wait(children: dict[UUID, list[date]], progress: UUID, total: int) -> list[
                 if state is None or not state.is_final():
                     continue
                 del pending[run_id]
+                states[run_id] = "Completed" if state.is_completed() else (state.name or state.type.value)
                 if state.is_completed():
                     done_days += len(chunk)
-                else:
-                    failed.append(f"{chunk[0]}..{chunk[-1]}: {state.name}")
-            update_progress_artifact(progress, 100.0 * done_days / total)
-    return failed
+            update_progress_artifact(
+                progress, 100.0 * done_days / total, description=_days_done(done_days, total)
+            )
+    return states

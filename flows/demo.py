@@ -1,11 +1,14 @@
 """`make demo`: the pipelines end to end on the embedded warehouse, with nothing to configure.
 
 Starts the sandbox Mixpanel on loopback, exports the last 7 days, the profiles and the identity
-mappings into DuckDB (data/mixpanel.duckdb, loaded from the Parquet files under ./data), checks every
-day against what the sandbox served, and runs example queries in DuckDB.
+mappings into DuckDB (data/demo/mixpanel.duckdb, loaded from the Parquet files under data/demo), checks
+every day against what the sandbox served, and runs example queries in DuckDB.
 
-`make demo FORMAT=delta` (or `FORMAT=iceberg`) writes Delta Lake tables under data/<project>/delta/
-(Iceberg: data/<project>/iceberg/ with its SQLite catalog) instead, and queries them with polars.
+`make demo FORMAT=delta` (or `FORMAT=iceberg`) writes Delta Lake tables under data/demo/<project>/delta/
+(Iceberg: data/demo/<project>/iceberg/ with its SQLite catalog) instead, and queries them with polars.
+
+The demo's folder is its own: the deployments (`make deploy`) write ./data from another sandbox with
+other data, and a reconciliation run there would "repair" every demo day it found.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from tasks.warehouses.tableformat import TableFormatHook, format_hook
 if TYPE_CHECKING:
     from sandbox import SandboxServer
 
-DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data"))
+DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", "data/demo"))
 FORMATS = ("duckdb", "delta", "iceberg")
 DAYS = 7
 EVENTS_PER_DAY = 5000
@@ -49,7 +52,7 @@ def main() -> int:
         return 2
     server = SandboxServer(ProjectConfig(events_per_day=EVENTS_PER_DAY)).start()
     try:
-        print(f"sandbox Mixpanel listening on {server.url}")
+        print(f"sandbox Mixpanel listening on {server.url}; the demo writes under {DATA_DIR}/")
         return run_demo(server, fmt)
     finally:
         server.stop()
@@ -126,7 +129,10 @@ QUERIES = {
 
 
 def example_queries(database: Path) -> None:
-    print(f"\nexample queries, in DuckDB ({database}; try `duckdb {database}`):")
+    print(
+        f"\nexample queries, in DuckDB ({database}; from Python: "
+        f"duckdb.connect({str(database)!r}, read_only=True).sql(...)):"
+    )
     with DuckDBLoader(database).connection(read_only=True) as conn, pl.Config(tbl_hide_dataframe_shape=True):
         conn.execute("SET TimeZone = 'UTC'")
         for title, sql in QUERIES.items():

@@ -53,8 +53,10 @@ def events(
         credentials: The Mixpanel project to export (a MixpanelCredentials block).
         destination: Where the tables go: the destination block the deployment names (after `make deploy`:
             `local`, on ./data); pick another block to write elsewhere.
-        from_date: First day to export, in the project's calendar (any past day); default: yesterday.
-        to_date: Last day to export, inclusive; default: yesterday (or from_date if that is later).
+        from_date: First day to export (YYYY-MM-DD), in the project's calendar (any past day); left
+            empty: yesterday.
+        to_date: Last day to export (YYYY-MM-DD), inclusive; left empty: yesterday (or from_date if
+            that is later).
         file_format: parquet (zstd, the default) or jsonl.gz (Mixpanel's own pipeline format).
         days_per_request: Consecutive days fetched by one export request (Mixpanel allows 60 per hour).
         max_concurrent_requests: Export requests this run keeps in flight at once.

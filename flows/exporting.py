@@ -55,7 +55,7 @@ def export_days_task(
         results = export_days(client, destination, days, settings, base)
     logger = get_run_logger()
     for r in results:
-        logger.info("%s: %d rows in %d file(s), fingerprint %s", r.day, r.rows, r.files, r.fingerprint)
+        logger.info("%s", r.describe())
     return results
 
 

@@ -9,7 +9,9 @@ MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``l
 of that name exists), so a first run needs no Mixpanel account.
 
 After it, ``--pin-blocks`` rewrites the deployments' block references from names to ids: the UI's block
-pickers only show a reference by id, and would otherwise show an empty field for a block that is set.
+pickers only show a reference by id, and would otherwise show an empty field for a block that is set. It
+also drops ``"default": null`` from the optional dates' schema (``flows.params``), so that a date picker
+left empty in the UI is accepted and means the documented default.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
 from flows.limits import ensure_limits
+from flows.params import optional_dates_without_default
 
 
 def ensure_work_pool(name: str) -> str:
@@ -141,8 +144,12 @@ def pin_block_references() -> list[str]:
         flows = {f.id: f.name for f in client.read_flows()}
         for deployment in client.read_deployments():
             parameters = _by_id(client, deployment.parameters)
-            if parameters != deployment.parameters:
-                client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+            schema = deployment.parameter_openapi_schema
+            fixed = optional_dates_without_default(schema) if schema else schema
+            if parameters != deployment.parameters or fixed != schema:
+                client.update_deployment(
+                    deployment.id, DeploymentUpdate(parameters=parameters, parameter_openapi_schema=fixed)
+                )
                 pinned.append(f"{flows.get(deployment.flow_id, '?')}/{deployment.name}")
     return pinned
 

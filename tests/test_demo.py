@@ -36,7 +36,9 @@ def installed(checkout: Path, package: str) -> bool:
 def test_make_demo_exports_a_week_into_duckdb_and_queries_it(checkout: Path) -> None:
     done = make(checkout, "demo")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (checkout / "data" / "mixpanel.duckdb").is_file()
+    assert (checkout / "data" / "demo" / "mixpanel.duckdb").is_file()
+    assert not (checkout / "data" / "1").exists(), "the deployments' folder is left to them"
+    assert "the demo writes under data/demo/" in done.stdout
     assert "-- profiles and mapped ids" in done.stdout
     assert installed(checkout, "prefect") and not installed(checkout, "prefect_aws"), "no extra by default"
 
@@ -44,7 +46,7 @@ def test_make_demo_exports_a_week_into_duckdb_and_queries_it(checkout: Path) -> 
 def test_make_demo_with_format_delta_writes_delta_tables(checkout: Path) -> None:
     done = make(checkout, "demo", "FORMAT=delta")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    events = pl.scan_delta(str(checkout / "data" / "1" / "delta" / "mp_master_event")).collect()
+    events = pl.scan_delta(str(checkout / "data" / "demo" / "1" / "delta" / "mp_master_event")).collect()
     assert events["day"].n_unique() == 7, "the demo's week, one partition per day"
     assert installed(checkout, "deltalake"), "FORMAT=delta added the delta extra"
     assert events.height == 7 * 5000, "the sandbox's 5,000 events per day (flows/demo.py checks each day too)"

@@ -54,8 +54,9 @@ def test_hourly_increments_then_the_daily_run_equal_the_sandbox(
     assert len(manifest.files) == 3, "each hour added its own file beside the earlier ones"
 
     before = sandbox.stats()["export_requests"]
-    events_hourly(credentials, destination)  # nothing new processed: no change at all
+    quiet = events_hourly(credentials, destination)  # nothing new processed: no change at all
     assert sandbox.stats()["export_requests"] - before == 2
+    assert {r["day"]: r["rows added"] for r in quiet} == {yesterday.isoformat(): 0, today.isoformat(): 0}
     after = local_destination(tmp_path).manifest("mp_master_event", today.isoformat())
     assert after == manifest
 

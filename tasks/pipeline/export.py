@@ -95,10 +95,21 @@ class DayResult:
     retries: int
     seconds: float
     excluded: int = 0  # rows of GDPR-registered ids left out
+    # an hourly increment's new rows (``rows`` is then what the day holds in all); None: replaced whole
+    added: int | None = None
+
+    def describe(self) -> str:
+        """The run's log line for the day: what this export did to it."""
+        held = f"{self.rows} rows in {self.files} file(s), fingerprint {self.fingerprint}"
+        if self.added is None:
+            return f"{self.day}: {held}"
+        return f"{self.day}: {self.added} rows added, day holds {held}"
 
     def as_row(self) -> dict[str, object]:
+        added = {} if self.added is None else {"rows added": self.added}
         return {
             "day": self.day.isoformat(),
+            **added,
             "rows": self.rows,
             "files": self.files,
             "bytes": self.bytes,
@@ -422,6 +433,7 @@ def _commit(
                 retries=stats.retries,
                 seconds=seconds,
                 excluded=day.excluded,
+                added=None if base is None else day.rows,
             )
         )
     state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
