@@ -11,6 +11,7 @@ installed integration when it resolves a block, ~6 s of CPU per run with all of 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -74,6 +75,26 @@ class Cluster:
 
         return SyncPrefectClient(self.api_url)
 
+    def fresh_hour(self) -> None:
+        """The export budgets as an hour after the earlier tests' exports: the server's limits hold no
+        slot and the host's budget (MP_PIPELINES_STATE_DIR) no start. The tests share one cluster, so
+        otherwise a test would wait up to two minutes a request for the budget the ones before it
+        spent, which grows with every test added and says nothing about the test itself."""
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+        from flows.limits import LIMITS
+
+        with self.client() as client:
+            for item in LIMITS:
+                client.update_global_concurrency_limit(
+                    item.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
+        budget = Path(self.env["MP_PIPELINES_STATE_DIR"]) / "rate-budget.sqlite3"
+        if budget.exists():
+            with sqlite3.connect(budget) as conn:
+                conn.execute("DELETE FROM starts")
+        self.sandbox.reset()  # its own 60/hour window too
+
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
@@ -100,6 +121,12 @@ def _pause_schedules(cluster: Cluster) -> None:
         scheduled = FlowRunFilter(state=dict(name=FlowRunFilterStateName(any_=["Scheduled"])))
         for run in client.read_flow_runs(flow_run_filter=scheduled):
             client.delete_flow_run(run.id)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hour_for_each_cluster_test(request: pytest.FixtureRequest) -> None:
+    if "cluster" in request.fixturenames:
+        request.getfixturevalue("cluster").fresh_hour()
 
 
 @pytest.fixture(scope="session")
