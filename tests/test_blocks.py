@@ -49,6 +49,16 @@ def test_a_missing_destination_folder_is_refused_and_nothing_is_created(tmp_path
     assert missing.is_dir()
 
 
+def test_the_embedded_default_folder_is_created_where_the_worker_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data` in the working directory is the product's own folder: a fresh clone's first run (and a
+    warehouse staging there by default) needs no step to make it."""
+    monkeypatch.chdir(tmp_path)
+    DuckDBWarehouse().connect(1)
+    assert (tmp_path / "data").is_dir() and (tmp_path / "data" / "mixpanel.duckdb").exists()
+
+
 FLAT_FIELDS = {  # a MixpanelCredentials document as blocks were saved before the tuning section
     "project_id": 7,
     "service_account_username": "sa",

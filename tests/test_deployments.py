@@ -74,6 +74,8 @@ def run_deployment(cluster: Cluster, name: str, **params: object) -> tuple[int, 
     with temporary_settings({PREFECT_API_URL: cluster.api_url}):
         run = start_run(name, parameters=values, timeout=900, poll_interval=1)
     assert run.state is not None and run.state.is_final(), f"{name}: not ended in 900 s ({run.state})"
+    if not run.state.is_completed():  # shown with the failing assertion: the run's one sentence
+        print(f"{name} run {run.id} ended {run.state.name}: {run.state.message}")
     return (0 if run.state.is_completed() else 1), str(run.id)
 
 

@@ -11,6 +11,10 @@ from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError, MissingDestinationError
 from tasks.lake.store import LocalStore, RetryPolicy
 
+# the embedded default: `data` in the worker's working directory, the product's own folder (never a
+# mount point a user names), so it is created when missing, like the demo's and make deploy's
+DEFAULT_FOLDER = Path("data")
+
 
 class LocalDestination(BucketDestination):
     """A local folder that receives Mixpanel's layout: <path>/<project_id>/mp_master_event/YYYY/MM/DD/."""
@@ -28,7 +32,7 @@ destination = LocalDestination.load("BLOCK_NAME")
 """
 
     path: str = Field(
-        default="data",
+        default=str(DEFAULT_FOLDER),
         description="Folder that receives the tables; relative paths are relative to the worker's "
         "working directory.",
     )
@@ -36,7 +40,8 @@ destination = LocalDestination.load("BLOCK_NAME")
     create_missing: bool = Field(
         default=False,
         description="Create the folder (and its parents) when it does not exist. Off: a missing folder "
-        "is refused, so an unmounted volume or a mistyped path never fills the worker's own disk.",
+        "is refused, so an unmounted volume or a mistyped path never fills the worker's own disk (the "
+        "default folder, data, is always created).",
     )
 
     def store(self, retry: RetryPolicy | None = None) -> LocalStore:
@@ -53,8 +58,9 @@ destination = LocalDestination.load("BLOCK_NAME")
 
 
 def ensure_folder(folder: Path, create_missing: bool, block: str, what: str) -> None:
-    """Refuse a missing ``folder`` unless the block allows creating it (the caller creates it)."""
-    if create_missing or folder.exists():
+    """Refuse a missing ``folder`` unless the block allows creating it, or it is the embedded default
+    (the caller creates it)."""
+    if create_missing or folder.exists() or folder == DEFAULT_FOLDER:
         return
     # an unmounted volume or a typo: creating it would fill the worker's own disk
     raise MissingDestinationError(
