@@ -50,6 +50,30 @@ def arrow_schema(table: str) -> pa.Schema:
     )
 
 
+# A destination's sync health, one row per day (tasks/sync/status.py computes it, flows/status.py publishes
+# it): warehouses keep the rows of the last status run in SYNC_STATUS_TABLE, replaced whole, and show them
+# as SYNC_STATUS_VIEW next to ``_mp_manifests``; RESOLVED_EVENTS_VIEW is the events table with each event's
+# identity-resolved user (``resolved_distinct_id`` where the mappings have one, else ``distinct_id``).
+SYNC_STATUS_TABLE = "_mp_sync_status"
+SYNC_STATUS_VIEW = "mp_sync_status"
+RESOLVED_EVENTS_VIEW = "mp_master_event_resolved"
+# the states a day can be in (what each means: tasks/sync/status.py)
+SYNC_STATES = ("in_sync", "differs", "missing", "refused", "purged", "behind", "unchecked")
+SYNC_STATUS_SCHEMA = pa.schema(
+    [
+        ("day", pa.date32()),
+        ("state", pa.string()),
+        ("rows_held", pa.int64()),  # null: no committed version of the day
+        ("mixpanel_rows", pa.int64()),  # Mixpanel's deduplicated count; null: not known
+        ("difference", pa.int64()),  # rows_held - mixpanel_rows; null when either is unknown
+        ("exported_at", pa.timestamp("us", tz="UTC")),
+        ("checked_at", pa.timestamp("us", tz="UTC")),  # when Mixpanel's count was last asked
+        ("filter", pa.string()),  # the day's export filter (``where``/event names), null: none
+        ("reason", pa.string()),  # one sentence when the state is not in_sync
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 EVENTS_SCHEMA = arrow_schema(EVENTS_TABLE)
 PEOPLE_SCHEMA = arrow_schema(PEOPLE_TABLE)
 MAPPINGS_SCHEMA = arrow_schema(MAPPINGS_TABLE)
