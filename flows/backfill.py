@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import date
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -23,8 +24,9 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import MAX_WORKERS, export_range, resolve_range, settings_for
+from flows.outage import OUTAGE
 from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay, check_concurrency
-from flows.runtime import prepare_run, synchronous
+from flows.runtime import pipeline_flow, synchronous
 from tasks.errors import PipelineError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.pipeline.plan import days_between, group_days, plan_backfill
@@ -34,9 +36,9 @@ from tasks.schema import EVENTS_TABLE
 POLL_SECONDS = 2.0
 
 
-@flow(
+@pipeline_flow(
     name="mixpanel-backfill",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
     log_prints=True,
 )
 def backfill(
@@ -69,7 +71,6 @@ def backfill(
         allow_shrink: Replace a committed day even when the new export holds markedly fewer rows (under
             90%, or none) and Mixpanel's own count of the day does not confirm it.
     """
-    prepare_run()
     check_concurrency(max_concurrent_requests)
     logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
@@ -162,11 +163,13 @@ def _fan_out(
     logger.info("started %d child run(s) for %d day(s)", len(children), total)
     states = _wait(children, progress, total)
     # each child has its own summary; the parent's gathers every day of the backfill in one table
-    create_table_artifact(
-        key="mixpanel-backfill-summary",
-        table=backfill_summary(target, children, states),
-        description=f"{sum(len(children[r]) for r, s in states.items() if s == 'Completed')} of {total} day(s) "
-        "committed by the child runs",
+    OUTAGE.required(
+        lambda: create_table_artifact(
+            key="mixpanel-backfill-summary",
+            table=backfill_summary(target, children, states),
+            description=f"{sum(len(children[r]) for r, s in states.items() if s == 'Completed')} of {total} day(s) "
+            "committed by the child runs",
+        )
     )
     failed = [
         f"{chunk[0]}..{chunk[-1]}: {states[run]}"
@@ -215,14 +218,21 @@ def _wait(children: dict[UUID, list[date]], progress: UUID, total: int) -> dict[
         while pending:
             time.sleep(POLL_SECONDS)
             for run_id, chunk in list(pending.items()):
-                state = client.read_flow_run(run_id).state
+                # the children go on while the server is away; the parent asks again when it is back
+                child = OUTAGE.optional(functools.partial(client.read_flow_run, run_id))
+                state = child.state if child else None
                 if state is None or not state.is_final():
                     continue
                 del pending[run_id]
                 states[run_id] = "Completed" if state.is_completed() else (state.name or state.type.value)
                 if state.is_completed():
                     done_days += len(chunk)
-            update_progress_artifact(
-                progress, 100.0 * done_days / total, description=_days_done(done_days, total)
+            OUTAGE.optional(
+                functools.partial(
+                    update_progress_artifact,
+                    progress,
+                    100.0 * done_days / total,
+                    description=_days_done(done_days, total),
+                )
             )
     return states

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
@@ -22,16 +22,16 @@ from flows.exporting import (
 )
 from flows.limits import export_slot
 from flows.params import AtLeastOne, AtLeastZero, OptionalDay, check_concurrency
-from flows.runtime import prepare_run
+from flows.runtime import pipeline_flow
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import DayResult
 from tasks.pipeline.plan import days_between
 from tasks.schema import EVENTS_TABLE
 
 
-@flow(
+@pipeline_flow(
     name="mixpanel-events",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
     log_prints=True,
 )
 def events(
@@ -67,7 +67,6 @@ def events(
             90%, or none) and Mixpanel's own count of the day does not confirm it.
         force: Replace days committed with a filter this run's event_names do not cover.
     """
-    prepare_run()
     check_concurrency(max_concurrent_requests)
     start, end = resolve_range(credentials, from_date, to_date)
     target = (destination or LocalDestination()).connect(credentials.project_id)
@@ -83,7 +82,7 @@ def events(
     )
 
 
-@flow(name="mixpanel-events-hourly", log_prints=True)
+@pipeline_flow(name="mixpanel-events-hourly", log_prints=True)
 def events_hourly(
     credentials: MixpanelCredentials,
     destination: AnyDestination | None = None,
@@ -102,7 +101,6 @@ def events_hourly(
             `local`, on ./data); pick another block to write elsewhere.
         file_format: parquet (zstd, the default) or jsonl.gz; use the daily run's format.
     """
-    prepare_run()
     logger = get_run_logger()
     days = [credentials.yesterday(), credentials.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)

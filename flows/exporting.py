@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from blocks.gdpr import load_project_registry, save_project_registry
 from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.limits import export_slot
+from flows.outage import OUTAGE
 from flows.params import check_concurrency
 from flows.runtime import Progress
 from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
@@ -136,13 +137,14 @@ def registered_ids(project_id: int, targets: list[ObjectStoreDestination]) -> fr
     united with each destination's own. A destination's registry receives the project's ids it
     lacks (its first export copies them all), and the project's receives the destinations' (ids a
     user dropped in an inbox), so both only grow. Ids are never logged, only counted."""
-    project = load_project_registry(project_id)
+    # the ids to leave out cannot wait for later: an unreachable server is waited for, never skipped
+    project = OUTAGE.required(lambda: load_project_registry(project_id))
     registries = [load_registry(t) for t in targets]
     for target, registry in zip(targets, registries, strict=True):
         if adopt(registry, project):
             save_registry(target, registry)
     union = shared(registries, project)
-    save_project_registry(project_id, union)
+    OUTAGE.required(lambda: save_project_registry(project_id, union))
     excluded = excluded_of(union)
     get_run_logger().info("%d id(s) deleted under GDPR are left out of this export", len(excluded))
     return excluded
@@ -214,8 +216,10 @@ def run_groups(
 def summarize(results: list[DayResult], failures: dict[str, Exception], total_days: int) -> None:
     rows = [r.as_row() for r in results]
     rows += [{"day": label, "rows": None, "error": str(exc)} for label, exc in failures.items()]
-    create_table_artifact(
-        key="mixpanel-events-summary",
-        table=rows,
-        description=f"{len(results)} of {total_days} day(s) committed",
+    OUTAGE.required(
+        lambda: create_table_artifact(
+            key="mixpanel-events-summary",
+            table=rows,
+            description=f"{len(results)} of {total_days} day(s) committed",
+        )
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
@@ -27,14 +27,14 @@ from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials, save_project_registry
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
-from flows.runtime import prepare_run
+from flows.runtime import pipeline_flow
 from tasks.errors import BadRequestError, PipelineError
 from tasks.mixpanel.gdpr_api import GdprClient
 from tasks.sync.gdpr import RunIds, poll, purge, register, submit
 from tasks.sync.registry import shared
 
 
-@flow(name="mixpanel-gdpr", log_prints=True)
+@pipeline_flow(name="mixpanel-gdpr", log_prints=True)
 def gdpr(
     credentials: MixpanelCredentials,
     destinations: list[AnyDestination] | None = None,
@@ -55,7 +55,6 @@ def gdpr(
         submit_to_mixpanel: Submit distinct_ids to Mixpanel's GDPR API (off: purge here only).
         compliance_type: GDPR or CCPA, as Mixpanel records the request.
     """
-    prepare_run()
     logger = get_run_logger()
     ids = [i for i in (distinct_ids or []) if i.strip()]
     if ids and submit_to_mixpanel and gdpr_credentials is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 import polars as pl
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
@@ -18,14 +18,14 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
-from flows.runtime import prepare_run
+from flows.runtime import pipeline_flow
 from tasks.lake.tables import committed_edges, replace_table
 from tasks.pipeline.exclude import id_rows_of
 from tasks.pipeline.identity import refused_identifies, resolve
 from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE, empty_mappings
 
 
-@flow(name="mixpanel-identity", log_prints=True)
+@pipeline_flow(name="mixpanel-identity", log_prints=True)
 def identity(
     credentials: MixpanelCredentials, destination: AnyDestination | None = None
 ) -> dict[str, object]:
@@ -36,7 +36,6 @@ def identity(
         destination: Where the tables are: the destination block the deployment names (after `make deploy`:
             `local`, on ./data).
     """
-    prepare_run()
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
     edges, days = committed_edges(target)

@@ -9,10 +9,11 @@ Mixpanel's window, which keeps every window within Mixpanel's numbers (60/hour, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -22,6 +23,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+
+from flows.outage import OUTAGE
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Limit:
 PER_HOUR = Limit("mixpanel-export-per-hour", 30, 30 / 3600, "the hourly export budget (60/hour)")
 PER_SECOND = Limit("mixpanel-export-per-second", 1, 2.0, "the per-second export budget (3/s)")
 IN_FLIGHT = Limit("mixpanel-export-in-flight", 100, 0.0, "a free place among 100 exports in flight")
+# an in-flight slot is leased: renewed while its request runs, it frees itself this long after its holder
+# died (a killed worker, a server that could not hear the release) instead of staying taken for ever
+LEASE_SECONDS = 120.0
 LIMITS = (PER_HOUR, PER_SECOND, IN_FLIGHT)
 # a slot not granted within this is a wait worth a log line (an API round trip alone can take seconds)
 ASK_SECONDS = 5.0
@@ -51,20 +57,31 @@ log = logging.getLogger(__name__)
 @contextmanager
 def export_slot(notify: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold one export request's place in the server-wide limits; every wait is reported to ``notify``
-    (default: the run's log)."""
+    (default: the run's log). While the Prefect server is unreachable the host's own budget alone holds
+    (``flows.outage``): the run goes on."""
     say = notify or _run_log().warning
-    if not limits_exist(PREFECT_API_URL.value()):
+    if not OUTAGE.reachable() or not OUTAGE.optional(lambda: limits_exist(PREFECT_API_URL.value())):
         yield
         return
     # one at a time: asked together, a refusal of the per-second limit makes the client wait as long
     # as a slot of the per-hour one takes to free (minutes), not the half second it needs
     for item in (PER_HOUR, PER_SECOND):
         with _reported(item, say):
-            rate_limit(item.name)
-    with ExitStack() as held:
-        with _reported(IN_FLIGHT, say):
-            held.enter_context(concurrency(IN_FLIGHT.name, occupy=1))
+            OUTAGE.optional(functools.partial(rate_limit, item.name))
+    slot = concurrency(IN_FLIGHT.name, occupy=1, lease_duration=LEASE_SECONDS)
+    with _reported(IN_FLIGHT, say):
+        held = OUTAGE.optional(lambda: _taken(slot)) is True
+    try:
         yield
+    finally:
+        if held:
+            # a release the server cannot hear is no leak: the slot's lease ends LEASE_SECONDS later
+            OUTAGE.optional(lambda: slot.__exit__(None, None, None))
+
+
+def _taken(slot: AbstractContextManager[None]) -> bool:
+    slot.__enter__()
+    return True
 
 
 @contextmanager

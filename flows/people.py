@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
@@ -11,12 +11,12 @@ from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
 from flows.params import AtLeastOne
-from flows.runtime import prepare_run, synchronous
+from flows.runtime import pipeline_flow, synchronous
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.people import EngageQuery, export_people
 
 
-@flow(name="mixpanel-people", log_prints=True)
+@pipeline_flow(name="mixpanel-people", log_prints=True)
 def people(
     credentials: MixpanelCredentials,
     destination: AnyDestination | None = None,
@@ -36,7 +36,6 @@ def people(
         output_properties: Export only these profile properties; empty exports all.
         max_concurrent_pages: Pages fetched at once after the first (the query API allows 5).
     """
-    prepare_run()
     logger = get_run_logger()
     target = (destination or LocalDestination()).connect(credentials.project_id)
     excluded = registered_ids(credentials.project_id, [target])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,7 +24,7 @@ from blocks.mixpanel import MixpanelCredentials, TimeMode
 from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
-from flows.runtime import prepare_run
+from flows.runtime import pipeline_flow
 from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
@@ -35,7 +35,9 @@ from tasks.schema import EVENTS_TABLE
 from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
 
 
-@flow(name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]  # Prefect's own runner: @flow types the argument as an invariant TaskRunner[PrefectFuture]
+@pipeline_flow(
+    name="mixpanel-reconcile", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True
+)
 def reconcile(
     credentials: MixpanelCredentials,
     destinations: list[AnyDestination] | None = None,
@@ -57,7 +59,6 @@ def reconcile(
         days_per_request: Consecutive changed days fetched by one export request.
         max_concurrent_requests: Export requests kept in flight at once.
     """
-    prepare_run()
     logger = get_run_logger()
     if lookback_days < 1 or settle_hours < 0:
         raise BadRequestError(

@@ -13,17 +13,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import typing
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
+from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.outage import OUTAGE, report_when_back
 from tasks.errors import PipelineError
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -32,6 +37,7 @@ ORPHAN_GRACE_SECONDS = 60.0  # after SIGTERM, how long the engine may take to re
 _SEEN_LIMIT = 1000  # flow runs remembered per process (a worker-run process has one)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 RunLogger = logging.Logger | logging.LoggerAdapter[logging.Logger]  # what get_run_logger returns
 
 
@@ -63,6 +69,32 @@ class OneSentencePerRun(logging.Filter):
 
 
 _FILTER = OneSentencePerRun()
+
+
+def pipeline_flow(**options: Any) -> Callable[[Callable[P, T]], Flow[P, T]]:
+    """Prefect's ``@flow`` with what every flow of the project does first and last: ``prepare_run``
+    before its body and, once the body returned or raised, ``report_when_back`` (a run that outlived an
+    unreachable server waits for it to report its end). A signal (a cancellation, a crash) skips it."""
+
+    def decorate(body: Callable[P, T]) -> Flow[P, T]:
+        @functools.wraps(body)
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            prepare_run()
+            try:
+                result = body(*args, **kwargs)
+            except Exception:
+                report_when_back()
+                raise
+            report_when_back()
+            return result
+
+        # Prefect resolves the parameters' annotations in the namespace of the function it is given: the
+        # flow module's own types (blocks, parameter aliases) are resolved here, where they are known
+        run.__annotations__ = typing.get_type_hints(body, include_extras=True)
+        run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]  # read by inspect.signature
+        return cast(Flow[P, T], flow(**options)(run))
+
+    return decorate
 
 
 def prepare_run() -> None:
@@ -110,25 +142,39 @@ def synchronous(result: T | Coroutine[Any, Any, T]) -> T:
 
 
 class Progress:
-    """A run's progress artifact: the share of days committed, and the last wait on the rate budget."""
+    """A run's progress artifact: the share of days committed, and the last wait on the rate budget.
+    It shows what the server could be told: updates the server misses are skipped, the next one
+    (or the first, if its creation was missed) brings the artifact up to date."""
 
     def __init__(self, total_days: int, logger: RunLogger) -> None:
         self.total = max(total_days, 1)
         self.done = 0
         self.last_wait = ""
         self.logger = logger
-        self.id = synchronous(create_progress_artifact(0.0, description=self.describe()))
+        self.id: UUID | None = None
+        self._show()
 
     def add(self, days: int) -> None:
         self.done += days
-        update_progress_artifact(self.id, self.percent(), description=self.describe())
+        self._show()
 
     def note(self, message: str) -> None:
         """Every warning of the run's client goes to its log; a wait also shows in the artifact."""
         self.logger.warning(message)
         if message.startswith("waiting"):
             self.last_wait = message
-            update_progress_artifact(self.id, self.percent(), description=self.describe())
+            self._show()
+
+    def _show(self) -> None:
+        if self.id is None:
+            self.id = OUTAGE.optional(
+                lambda: synchronous(create_progress_artifact(self.percent(), description=self.describe()))
+            )
+        else:
+            progress_id = self.id
+            OUTAGE.optional(
+                lambda: update_progress_artifact(progress_id, self.percent(), description=self.describe())
+            )
 
     def percent(self) -> float:
         return 100.0 * self.done / self.total

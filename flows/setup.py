@@ -11,7 +11,8 @@ of that name exists), so a first run needs no Mixpanel account.
 After it, ``--pin-blocks`` rewrites the deployments' block references from names to ids: the UI's block
 pickers only show a reference by id, and would otherwise show an empty field for a block that is set. It
 also drops ``"default": null`` from the optional dates' schema (``flows.params``), so that a date picker
-left empty in the UI is accepted and means the documented default.
+left empty in the UI is accepted and means the documented default, and creates the automation that runs
+the crash-report deployment (``flows.crash``) for every crashed run, which needs that deployment.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
@@ -35,6 +36,7 @@ from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
+from flows.crash import CRASH_REPORT_FLOW, RUN_RESOURCE
 from flows.limits import ensure_limits
 from flows.params import optional_dates_without_default
 
@@ -104,6 +106,7 @@ CRASH_AUTOMATIONS = {
         "Pending for 3 minutes without starting: the flow run's process or its worker is gone. Run it again.",
     ),
 }
+CRASH_REPORT_AUTOMATION = "mixpanel-crash-report"
 ENDED = {
     "prefect.flow-run.Running",
     "prefect.flow-run.Completed",
@@ -135,6 +138,36 @@ def ensure_crash_automations() -> list[str]:
             actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)],
         ).create()
     return list(CRASH_AUTOMATIONS)
+
+
+def ensure_crash_report_automation() -> str:
+    """After `prefect deploy`: the automation that runs the crash-report deployment (``flows.crash``)
+    for every crashed run of the project's flows (named ``mixpanel-…``; not the report's own)."""
+    with get_client(sync_client=True) as client:
+        report = client.read_deployment_by_name(f"{CRASH_REPORT_FLOW}/{CRASH_REPORT_FLOW}")
+        for existing in client.read_automations_by_name(CRASH_REPORT_AUTOMATION):
+            client.delete_automation(existing.id)
+    Automation(
+        name=CRASH_REPORT_AUTOMATION,
+        description="Writes why a flow run crashed in its own log and ends its task runs left open.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": f"{RUN_RESOURCE}*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": "mixpanel-*"}
+            ),
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=report.id,
+                parameters={"flow_run_id": "{{ event.resource.id }}"},
+            )
+        ],
+    ).create()
+    return CRASH_REPORT_AUTOMATION
 
 
 def pin_block_references() -> list[str]:
@@ -186,12 +219,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sandbox", metavar="URL", help="save sandbox credentials and a local destination")
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the local destination")
     parser.add_argument(
-        "--pin-blocks", action="store_true", help="after `prefect deploy`: refer to blocks by id"
+        "--pin-blocks",
+        action="store_true",
+        help="after `prefect deploy`: refer to blocks by id, and report crashed runs",
     )
     args = parser.parse_args(argv)
     if args.pin_blocks:
         pinned = pin_block_references()
         print("block references pinned by id in:", ", ".join(pinned) if pinned else "no deployment")
+        print("automations:", ensure_crash_report_automation())
         return
     print("work pool:", ensure_work_pool(args.pool))
     print("block types:", ", ".join(register_block_types()))

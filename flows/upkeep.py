@@ -10,17 +10,17 @@ only removes stale staging folders of crashed runs. It makes no Mixpanel request
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from flows.runtime import prepare_run
+from flows.runtime import pipeline_flow
 from tasks.warehouses.tableformat import format_hook
 
 
-@flow(name="mixpanel-upkeep", log_prints=True)
+@pipeline_flow(name="mixpanel-upkeep", log_prints=True)
 def upkeep(
     credentials: MixpanelCredentials, destinations: list[AnyDestination] | None = None
 ) -> list[dict[str, object]]:
@@ -30,7 +30,6 @@ def upkeep(
         credentials: The Mixpanel project whose tables are kept (its project id names the folder).
         destinations: The destination blocks to keep: the blocks the deployment lists in prefect.yaml.
     """
-    prepare_run()
     logger = get_run_logger()
     rows: list[dict[str, object]] = []
     for block in destinations or [LocalDestination()]:

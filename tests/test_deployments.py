@@ -32,6 +32,7 @@ DEPLOYMENTS = {
     "mixpanel-reconcile/reconcile-nightly",
     "mixpanel-gdpr/gdpr-daily",
     "mixpanel-upkeep/upkeep-daily",
+    "crash-report/crash-report",
 }
 ALWAYS_INSTALLED = (MixpanelCredentials, MixpanelGdprCredentials, LocalDestination, DuckDBWarehouse)
 BLOCKS = {
@@ -54,6 +55,7 @@ def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
         "reconcile-nightly": sync,
         "upkeep-daily": sync,
         "gdpr-daily": sync | {"gdpr_credentials": ref["gdpr"]},
+        "crash-report": {},
     } | {
         name: plain
         for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill")
@@ -101,6 +103,7 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "reconcile-nightly": ["0 2 * * *"],
         "gdpr-daily": ["0 3 * * *"],
         "upkeep-daily": ["0 4 * * *"],
+        "crash-report": [],
     }
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}
@@ -118,7 +121,7 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "mixpanel-export-per-second": 1,
         "mixpanel-export-in-flight": 100,
     }
-    assert {"mixpanel-crashed-runs", "mixpanel-stuck-pending-runs"} <= automations
+    assert {"mixpanel-crashed-runs", "mixpanel-stuck-pending-runs", "mixpanel-crash-report"} <= automations
 
 
 def test_a_backfill_run_lands_the_days(cluster: Cluster) -> None:

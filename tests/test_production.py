@@ -21,11 +21,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from tests.checkout import ROOT, copy_checkout, user_environment
+from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days, start_sandbox
 from tests.stores.process import free_port
 from tests.test_readme_ops import readme_block
 
@@ -216,3 +218,151 @@ def test_the_worker_image_installs_the_flows_without_test_tools(tmp_path: Path) 
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.strip() == str(app / "flows" / "events.py")
     assert (app / ".venv" / "bin" / "prefect").exists() and (app / "prefect.yaml").exists()
+
+
+# --- a run outlives a restart of its server (PostgreSQL, as in production) ------------------------------
+OUTAGE_SECONDS = 100  # past the 90 s after which the heartbeat automation calls a silent run Crashed
+
+
+def _start_server(clone: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["bash", "-c", "make server DB=postgres"],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_healthy(api: str, server: subprocess.Popen[bytes], log: Path, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"make server DB=postgres exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the server did not answer within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _tail(log: Path) -> str:
+    """The lines a person reads first in a worker's log: no traceback's indented frames."""
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(line[:300] for line in lines if not line.startswith(" "))[-6000:]
+
+
+def _committed(root: Path, days: list[date]) -> set[date]:
+    data = local_destination(root)
+    return {day for day in days if data.manifest("mp_master_event", day.isoformat()) is not None}
+
+
+def test_a_run_goes_on_through_a_restart_of_its_postgresql_server(clone: Path) -> None:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = user_environment() | {
+        "PREFECT_HOME": str(clone / "prefect-home-restart"),
+        "PREFECT_PORT": str(port),
+        "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "MP_PIPELINES_STATE_DIR": str(clone / "mp-state-restart"),
+    }
+    make(clone, "postgres", env=env)  # started again if the test above made it
+    data = clone / "data-restart"
+    log = clone / "server-restart.log"
+    sandbox = start_sandbox(events_per_day=300)
+    server = _start_server(clone, env, log)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_healthy(api, server, log)
+        make(
+            clone,
+            "deploy",
+            f"SANDBOX_URL={sandbox.url}",
+            f"DATA_DIR={data}",
+            env=env | {"PREFECT_API_URL": api},
+        )
+        with (clone / "worker-restart.log").open("wb") as out:
+            worker = subprocess.Popen(
+                ["bash", "-c", "make worker"],
+                cwd=clone,
+                env=env | {"PREFECT_API_URL": api},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        days = recent_days(6, sandbox, back=10)
+        # every request answers after 12 s: the run is in the middle of its days when the server stops
+        sandbox.add_faults([{"kind": "slow_first_byte", "seconds": 12}] * len(days))
+        started = subprocess.run(
+            [
+                str(clone / ".venv" / "bin" / "prefect"),
+                "deployment",
+                "run",
+                "mixpanel-backfill/backfill",
+                f"--param=from_date={days[0]}",
+                f"--param=to_date={days[-1]}",
+                "--param=days_per_request=1",
+                "--param=max_concurrent_requests=1",
+            ],
+            cwd=clone,
+            env=env | {"PREFECT_API_URL": api},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 300
+        while not _committed(data, days):
+            assert time.monotonic() < deadline, (
+                f"no day committed within 300 s:\n{(clone / 'worker-restart.log').read_text()[-3000:]}"
+            )
+            time.sleep(0.5)
+
+        _kill_group(server)
+        before = _committed(data, days)
+        time.sleep(OUTAGE_SECONDS)
+        during = _committed(data, days)
+        assert len(during) > len(before), (
+            f"the run stopped committing while its server was away:\n{_tail(clone / 'worker-restart.log')}"
+        )
+        server = _start_server(clone, env, log)
+        _wait_healthy(api, server, log)
+
+        with SyncPrefectClient(api) as client:
+            deadline = time.monotonic() + 600
+            while not (state := client.read_flow_run(run_id).state).is_final():
+                assert time.monotonic() < deadline, "the run did not end within 10 minutes of the restart"
+                time.sleep(2)
+            assert state.is_completed(), (
+                f"{state.type}: {state.message}\n{_tail(clone / 'worker-restart.log')}"
+            )
+            logs = [
+                entry.message
+                for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            ]
+            text = "\n".join(logs)
+            assert any(m.startswith("The Prefect server was unreachable for ") for m in logs), text
+            assert "Traceback" not in text
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            assert tasks and {t.state.type.value for t in tasks if t.state} == {"COMPLETED"}, [
+                (t.name, t.state) for t in tasks
+            ]
+            # no slot outlives its holder: an in-flight slot the server could not hear released ends with its lease
+            deadline = time.monotonic() + 240
+            while client.read_global_concurrency_limit_by_name("mixpanel-export-in-flight").active_slots:
+                assert time.monotonic() < deadline, "an export slot outlived its run"
+                time.sleep(2)
+        for day in days:
+            assert_day_matches_sandbox(data, sandbox, day)
+    finally:
+        if worker is not None:
+            _kill_group(worker)
+        _kill_group(server)
+        sandbox.stop()

@@ -256,6 +256,22 @@ def _wait_for_heartbeats(stack: Stack, runs: list[str], seconds: float = 120) ->
     pytest.fail(f"no heartbeat within {seconds:.0f} s from {sorted(wanted - seen)}:\n{stack.log('worker')}")
 
 
+def _crash_lines(stack: Stack, run: str) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with stack.client() as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run])))
+    return [entry.message for entry in logs if entry.message.startswith("This run crashed: ")]
+
+
+def _open_task_runs(stack: Stack, run: str) -> list[str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with stack.client() as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run])))
+    return [t.name for t in tasks if t.state is None or not t.state.is_final()]
+
+
 def _a_run_left_pending(stack: Stack) -> str:
     """A flow run whose process died while starting: Pending, never Running, no heartbeat."""
     from prefect import flow
@@ -303,6 +319,7 @@ def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once
     os.kill(_worker_pid(stack), signal.SIGKILL)
     for run in (parent, children[0]):
         os.kill(pids[run], signal.SIGKILL)
+    killed = time.monotonic()
 
     # the orphan notices its worker is gone and stops by itself
     deadline = time.monotonic() + 120
@@ -330,6 +347,19 @@ def test_a_killed_worker_ends_its_runs_crashed_and_the_rerun_lands_each_day_once
     while time.monotonic() < deadline and set(_states(stack, runs).values()) != {"CRASHED"}:
         time.sleep(1)
     assert _states(stack, runs) == dict.fromkeys(runs, "CRASHED")
+
+    # each crashed run of the project says why in its own log, in one line, and leaves no task run open
+    # (the crash-report deployment, run by an automation; the lost run is no flow of the project)
+    ours = [parent, *children]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(_crash_lines(stack, run) for run in ours):
+        time.sleep(2)
+    stack.timings["kill -9 to the crash line in each run's log"] = time.monotonic() - killed
+    for run in ours:
+        lines = _crash_lines(stack, run)
+        assert len(lines) == 1, (run, lines, stack.log("worker"))
+        assert "Run it again" in lines[0] or "run it again" in lines[0]
+        assert not _open_task_runs(stack, run), run
 
     expected = httpx.get(
         f"{SANDBOX}/_sandbox/expected", params={"from_date": str(days[0]), "to_date": str(days[-1])}
