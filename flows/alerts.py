@@ -126,8 +126,7 @@ def ensure_alerts(block: str, freshness: timedelta = FRESHNESS) -> list[str]:
 def notification_block_id(block: str) -> Any:
     """The id of the notification block named ``block`` (``name``, or ``type-slug/name`` if names repeat)."""
     slug, _, name = block.rpartition("/")
-    with get_client(sync_client=True) as client:
-        found = [doc for doc in client.read_block_documents() if _notifier_named(doc, name, slug)]
+    found = [doc for doc in _block_documents() if _notifier_named(doc, name, slug)]
     if len(found) != 1:
         why = "several notification blocks are" if found else "no notification block is"
         raise SystemExit(
@@ -148,6 +147,17 @@ def announce_unsynced(days: Sequence[str], reason: str) -> None:
         },
         payload={"days": list(days), "reason": said},
     )
+
+
+def _block_documents(page: int = 200) -> list[Any]:
+    """Every block document, without its secrets (the server answers at most ``page`` at a time)."""
+    found: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            batch = client.read_block_documents(offset=len(found), limit=page, include_secrets=False)
+            found += batch
+            if len(batch) < page:
+                return found
 
 
 def _notifier_named(document: Any, name: str, slug: str) -> bool:

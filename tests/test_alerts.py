@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from flows.alerts import RUN_ENDED_BODY, UNSYNCED_BODY, automations
+from flows.alerts import DAILY_DEPLOYMENT, DAILY_FLOW, RUN_ENDED_BODY, UNSYNCED_BODY, automations
 from sandbox import SandboxServer
 from tasks.sync.reconcile import still_differing, unsynced_sentence
 from tests.checkout import copy_checkout, user_environment
@@ -252,7 +252,7 @@ def test_make_deploy_creates_each_alert_once_and_again_replaces_them(alerting: A
         "alerts: mixpanel-run-failed, mixpanel-freshness, mixpanel-reconcile-unsynced"
         in alerting.deploy_output
     )
-    again = alerting.setup("--notify", BLOCK)
+    again = alerting.setup("--notify", f"custom-webhook/{BLOCK}")  # the type's slug may be written too
     assert again.returncode == 0, again.stderr
     missing = alerting.setup("--notify", "no-such-block")
     assert missing.returncode != 0
@@ -260,6 +260,7 @@ def test_make_deploy_creates_each_alert_once_and_again_replaces_them(alerting: A
     without = alerting.setup()
     assert "alerts: none: `make deploy NOTIFY=<block name>`" in without.stdout
     with alerting.client() as client:
+        client.read_deployment_by_name(f"{DAILY_FLOW}/{DAILY_DEPLOYMENT}")  # what freshness watches exists
         for name in ("mixpanel-run-failed", "mixpanel-freshness", "mixpanel-reconcile-unsynced"):
             (automation,) = client.read_automations_by_name(name)
             assert automation.enabled
