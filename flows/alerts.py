@@ -5,8 +5,9 @@ notification block the user named (any of Prefect's: Slack, Teams, e-mail, a cus
 
 * ``mixpanel-run-failed``: a run of a deployment of this project's flows (``mixpanel-*``) ends Failed or
   Crashed;
-* ``mixpanel-freshness``: no ``events-daily`` run has Completed for ``FRESHNESS`` (a proactive trigger:
-  it fires on the absence of events, and again each ``FRESHNESS`` while it lasts);
+* ``mixpanel-freshness``: no ``events-daily`` run has Completed for ``FRESHNESS`` since the newest one
+  (or since the automation was made), a proactive trigger: it fires on the absence of events, and again
+  each ``FRESHNESS`` while it lasts;
 * ``mixpanel-reconcile-unsynced``: the nightly reconcile emitted ``UNSYNCED_EVENT``, days it exported
   again that still do not match Mixpanel.
 
@@ -80,6 +81,9 @@ def automations(block_id: Any, freshness: timedelta = FRESHNESS) -> list[Automat
             name="mixpanel-freshness",
             description=stale,
             trigger=EventTrigger(
+                # a Completed run both ends a window and starts the next: the period counts from the
+                # newest one (from the automation's creation until there is one), not in fixed windows
+                after={"prefect.flow-run.Completed"},
                 expect={"prefect.flow-run.Completed"},
                 match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
                 match_related=[

@@ -338,22 +338,27 @@ def test_days_the_reconcile_cannot_bring_in_sync_are_told_once(alerting: Alertin
     alerting.assert_no_secret()
 
 
-def test_a_stale_daily_export_is_told_once_per_period(alerting: Alerting) -> None:
-    # 36 s instead of 26 h: no events-daily run completes meanwhile (the schedules are paused)
-    since = time.time()
-    short = alerting.setup("--notify", BLOCK, "--freshness-hours", "0.01")
+def test_a_stale_daily_export_is_told_once_a_period_after_the_last_completed_run(alerting: Alerting) -> None:
+    # 72 s instead of 26 h; the schedules are paused, so only the run below completes
+    set_at = time.time()
+    short = alerting.setup("--notify", BLOCK, "--freshness-hours", "0.02")
     assert short.returncode == 0, short.stderr
     try:
-        (message,) = alerting.receiver.wait_for("no run has Completed", since, seconds=36 + ARRIVES_WITHIN)
-        first = alerting.receiver.arrived("no run has Completed")
+        run = alerting.run("mixpanel-events/events-daily")
+        assert run.state.is_completed(), run.state
+        completed = run.state.timestamp.timestamp()
+        assert completed < set_at + 72, "events-daily took longer than the period: nothing is tested"
+        (message,) = alerting.receiver.wait_for("no run has Completed", set_at, seconds=150)
         assert message == {
             "subject": "Mixpanel pipelines: events-daily is behind",
-            "body": "mixpanel-events/events-daily: no run has Completed for more than 36 seconds; "
+            "body": "mixpanel-events/events-daily: no run has Completed for more than 72 seconds; "
             "the newest days may be missing from the destination.",
         }
-        print(f"freshness: told {first - since - 36:.1f} s after 36 s without a completed run")
+        first = alerting.receiver.arrived("no run has Completed")
+        assert first >= completed + 72 - 1, "the period counts from the newest completed run"
+        print(f"freshness: told {first - completed - 72:.1f} s after 72 s without a completed run")
         time.sleep(15)  # the next one comes a whole period after the first, not before
-        assert len(alerting.receiver.matching("no run has Completed", since)) == 1
+        assert len(alerting.receiver.matching("no run has Completed", set_at)) == 1
     finally:
         assert alerting.setup("--notify", BLOCK).returncode == 0  # 26 h again
     alerting.assert_no_secret()
