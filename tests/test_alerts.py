@@ -312,6 +312,30 @@ def test_a_killed_run_is_told_once_as_crashed(alerting: Alerting) -> None:
     alerting.assert_no_secret()
 
 
+def test_a_run_marked_crashed_for_lack_of_heartbeats_is_told_once(alerting: Alerting) -> None:
+    """As `mixpanel-crashed-runs` ends a run whose worker is gone: its state forced to Crashed."""
+    from prefect.states import Crashed, Pending
+
+    from flows.setup import CRASH_AUTOMATIONS
+
+    (day,) = recent_days(1, alerting.sandbox, back=21)
+    why = CRASH_AUTOMATIONS["mixpanel-crashed-runs"][2]
+    with alerting.client() as client:
+        deployment = client.read_deployment_by_name("mixpanel-backfill/backfill")
+        run = client.create_flow_run_from_deployment(  # Pending: no worker takes it (they take Scheduled)
+            deployment.id, parameters={"from_date": day.isoformat()}, state=Pending()
+        )
+        since = time.time()
+        client.set_flow_run_state(run.id, Crashed(message=why), force=True)
+    (message,) = alerting.receiver.wait_for(run.name, since)
+    assert message["subject"] == "Mixpanel pipelines: backfill Crashed"
+    assert message["body"] == f"mixpanel-backfill/backfill: run {run.name} Crashed (days {day}..{day}): {why}"
+    print(f"crashed for lack of heartbeats: told {alerting.receiver.arrived(run.name) - since:.1f} s after")
+    time.sleep(5)
+    assert len(alerting.receiver.matching(run.name, since)) == 1
+    alerting.assert_no_secret()
+
+
 def test_days_the_reconcile_cannot_bring_in_sync_are_told_once(alerting: Alerting) -> None:
     (day,) = recent_days(1, alerting.sandbox)
     done = alerting.run("mixpanel-backfill/backfill", from_date=day.isoformat())
