@@ -138,10 +138,12 @@ postgres-stop:
 	ops/postgres.sh stop $(PG_DIR)
 
 # the work pool (if absent), every block type, the rate-budget limits, the crashed-runs automations, the
-# blocks prefect.yaml names (sandbox credentials and ./data, only if no blocks of those names exist),
-# every deployment of prefect.yaml, then its block references pinned by id (what the UI's pickers show)
+# alerts if NOTIFY names a notification block (docs/alerts.md), the blocks prefect.yaml names (sandbox
+# credentials and ./data, only if no blocks of those names exist), every deployment of prefect.yaml,
+# then its block references pinned by id (what the UI's pickers show)
+NOTIFY ?=
 deploy: setup
-	$(BIN)/python -m flows.setup --pool $(POOL) --sandbox $(SANDBOX_URL) --data $(DATA_DIR)
+	$(BIN)/python -m flows.setup --pool $(POOL) --sandbox $(SANDBOX_URL) --data $(DATA_DIR) $(if $(NOTIFY),--notify '$(NOTIFY)')
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m flows.setup --pin-blocks
 

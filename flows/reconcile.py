@@ -4,7 +4,8 @@ Late events, imports and deletions change past days after they were exported. Mi
 pipelines check 10 days back; here the window is a parameter without a cap. Per run: one export
 request (late/imported events above each day's watermark) and one query-API request (per-day
 counts) for the whole window, then a full re-export of each changed day, committed atomically.
-Days that did not change are not touched: their manifests stay byte-identical.
+Days that did not change are not touched: their manifests stay byte-identical. Days whose counts still
+differ from Mixpanel's once exported again are announced (``flows.alerts.announce_unsynced``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, TimeMode
+from flows.alerts import announce_unsynced
 from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
@@ -32,7 +34,14 @@ from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.pipeline.guard import recorded_counts
 from tasks.pipeline.plan import days_between
 from tasks.schema import EVENTS_TABLE
-from tasks.sync.reconcile import count_difference, late_events, now_utc, settled
+from tasks.sync.reconcile import (
+    count_difference,
+    late_events,
+    now_utc,
+    settled,
+    still_differing,
+    unsynced_sentence,
+)
 
 
 @pipeline_flow(
@@ -79,11 +88,12 @@ def reconcile(
     if not days:
         _report([], f"no settled committed day in {window[0]}..{window[-1]}")
         return []
-    changes = _find_changes(
+    changes, theirs = _find_changes(
         credentials, targets, checked, check_counts and _same_calendar(credentials, logger.warning)
     )
     rows = _replace(credentials, targets, checked, changes, days_per_request, max_concurrent_requests)
     _report(rows, f"{len({r['day'] for r in rows})} of {len(days)} checked day(s) changed")
+    _tell_unsynced(str(credentials.project_id), targets, changes, theirs)
     return rows
 
 
@@ -117,7 +127,7 @@ def _find_changes(
     targets: list[ObjectStoreDestination],
     checked: list[dict[date, Manifest]],
     check_counts: bool,
-) -> list[dict[date, str]]:
+) -> tuple[list[dict[date, str]], dict[date, Counter[str]]]:
     logger = get_run_logger()
     excluded = registered_ids(credentials.project_id, targets)
     local_zone = credentials.project_timezone if credentials.time_mode == TimeMode.LOCAL else None
@@ -146,7 +156,7 @@ def _find_changes(
             if reasons:
                 found[day] = "; ".join(reasons)
         changes.append(found)
-    return changes
+    return changes, theirs
 
 
 def _replace(
@@ -180,6 +190,31 @@ def _replace(
                 for day in days
             ]
     return rows
+
+
+def _tell_unsynced(
+    project: str,
+    targets: list[ObjectStoreDestination],
+    changes: list[dict[date, str]],
+    theirs: dict[date, Counter[str]],
+) -> None:
+    """Days exported again whose counts still differ from Mixpanel's: a warning and one event for all."""
+    days: set[str] = set()
+    sentences = []
+    for target, found in zip(targets, changes, strict=True):
+        after = {}
+        for day in found:
+            manifest = target.manifest(EVENTS_TABLE, day.isoformat())
+            if manifest is not None:
+                after[day] = recorded_counts(target, manifest)
+        differing = still_differing(after, theirs)
+        if differing:
+            days |= {day.isoformat() for day in differing}
+            sentences.append(unsynced_sentence(differing, target.describe(project)))
+    if sentences:
+        reason = " ".join(sentences)
+        get_run_logger().warning("reconciliation: %s", reason)
+        announce_unsynced(sorted(days), reason)
 
 
 def _format(value: str) -> Literal["parquet", "jsonl.gz"]:

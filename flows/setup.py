@@ -3,7 +3,9 @@
 Before `prefect deploy`, in one process (each `prefect` command imports every installed integration,
 seconds of CPU apiece): creates the process work pool the deployments name (if absent), registers every
 block type of the project, creates the global concurrency limits that hold Mixpanel's rate budget across
-workers, the automations that mark runs whose heartbeat stopped as Crashed and, with ``--sandbox URL``,
+workers, the automations that mark runs whose heartbeat stopped as Crashed, with ``--notify BLOCK`` the
+automations that send failures, staleness and unsynced days through that notification block
+(``flows.alerts``) and, with ``--sandbox URL``,
 saves a MixpanelCredentials block named ``mixpanel`` pointing at a sandbox, the sandbox's
 MixpanelGdprCredentials named ``mixpanel-gdpr`` and a LocalDestination named ``local`` (only where no block
 of that name exists), so a first run needs no Mixpanel account.
@@ -36,6 +38,7 @@ from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
+from flows.alerts import FRESHNESS, ensure_alerts
 from flows.crash import CRASH_REPORT_FLOW, RUN_RESOURCE
 from flows.limits import ensure_limits
 from flows.params import optional_dates_without_default
@@ -114,6 +117,12 @@ ENDED = {
     "prefect.flow-run.Cancelled",
     "prefect.flow-run.Crashed",
 }
+
+
+NO_ALERTS = (
+    "alerts: none: `make deploy NOTIFY=<block name>` sends failures, staleness and unsynced days "
+    "to a Slack, Teams, e-mail or webhook block (docs/alerts.md)."
+)
 
 
 def ensure_crash_automations() -> list[str]:
@@ -218,6 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", default="mixpanel", help="the process work pool to create if absent")
     parser.add_argument("--sandbox", metavar="URL", help="save sandbox credentials and a local destination")
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the local destination")
+    parser.add_argument("--notify", metavar="BLOCK", help="the notification block alerts are sent through")
+    parser.add_argument(
+        "--freshness-hours",
+        type=float,
+        default=FRESHNESS / timedelta(hours=1),
+        help="alert when no events-daily run has Completed for this long",
+    )
     parser.add_argument(
         "--pin-blocks",
         action="store_true",
@@ -233,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     print("block types:", ", ".join(register_block_types()))
     print("global concurrency limits:", ", ".join(ensure_limits()))
     print("automations:", ", ".join(ensure_crash_automations()))
+    if args.notify:
+        print("alerts:", ", ".join(ensure_alerts(args.notify, timedelta(hours=args.freshness_hours))))
+    else:
+        print(NO_ALERTS)
     if args.sandbox:
         saved = save_sandbox_blocks(args.sandbox, args.data)
         print("saved blocks:", ", ".join(saved) if saved else "none (they exist already)")

@@ -91,6 +91,9 @@ def count_events(state: SandboxState, q: CountQuery) -> dict[str, Any]:
     series = [d.isoformat() for d in q.days()]
     for day, key in zip(q.days(), series, strict=True):
         counts = dedup_counts(day_source(state, day), wanted, state.processed_until_ms)
+        for quirk in state.faults.quirks_for(day):
+            if quirk.kind == "count_extra" and q.names:
+                counts[q.names[0].encode()] += quirk.index
         for name in q.names:
             values[name][key] = counts[name.encode()]
     return {"data": {"series": series, "values": values}, "legend_size": len(q.names)}

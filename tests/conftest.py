@@ -46,6 +46,7 @@ XDIST_GROUPS = {
     "tests/test_ui.py": "prefect-cluster",
     "tests/test_terminal_run.py": "prefect-cluster",
     "tests/test_readme_ops.py": "readme-ops",
+    "tests/test_alerts.py": "alerts",
     "tests/test_bigquery_emulator.py": "bigquery",
     # one copy of the checkout and its environment for both demo runs, one after the other
     "tests/test_demo.py": "demo",

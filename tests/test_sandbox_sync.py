@@ -304,6 +304,18 @@ def test_counts_follow_late_events_and_the_clock(sb: SandboxServer) -> None:
         sb.set_processed_until(None)
 
 
+def test_a_count_extra_quirk_counts_more_than_the_export_serves(sb: SandboxServer) -> None:
+    names = sorted(set(EVENT_NAMES))
+    sb.set_quirks([{"kind": "count_extra", "day": str(DAY), "index": 3}])
+    try:
+        values = counts(sb, names).json()["data"]["values"]
+        expected = dedup_counts(export(sb))
+        assert values[names[0]][str(DAY)] == expected[names[0]] + 3
+        assert all(values[n][str(DAY)] == expected[n] for n in names[1:])
+    finally:
+        sb.set_quirks([])
+
+
 def test_counts_validate_auth_and_parameters(sb: SandboxServer) -> None:
     assert counts(sb, ["Search"], auth=("sandbox-user", "wrong")).status_code == 401
     assert counts(sb, ["Search"], params={"project_id": 2}).status_code == 403

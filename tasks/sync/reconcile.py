@@ -11,7 +11,9 @@ Two cheap questions, over every settled day of the look-back window at once:
   Mixpanel deduplicates at query time, against the deduplicated counts the export recorded in the
   manifest (``event_counts``).
 
-A day is changed when either answer says so; only those days are exported again. A day committed
+A day is changed when either answer says so; only those days are exported again. A day whose counts
+still differ from Mixpanel's once exported again (``still_differing``) is one the reconcile could not
+bring back in sync: a person is told (``flows.alerts``). A day committed
 with an event filter (``Manifest.event_names``) is compared for the events of its filter only, and
 re-exported with the same filter.
 """
@@ -139,6 +141,25 @@ def count_difference(ours: dict[str, int], theirs: Counter[str]) -> tuple[int, i
     if all(ours.get(n, 0) == theirs.get(n, 0) for n in names):
         return None
     return sum(theirs[n] for n in names), sum(ours.values())
+
+
+def still_differing(after: dict[date, dict[str, int]], theirs: dict[date, Counter[str]]) -> dict[date, str]:
+    """Of the days exported again (their counts ``after``), those whose counts still differ from Mixpanel's."""
+    found = {}
+    for day, counts in sorted(after.items()):
+        difference = count_difference(counts, theirs[day]) if day in theirs else None
+        if difference is not None:
+            found[day] = f"Mixpanel counts {difference[0]}, the export counted {difference[1]}"
+    return found
+
+
+def unsynced_sentence(found: dict[date, str], where: str) -> str:
+    """One sentence for the days ``still_differing`` found in the destination ``where``."""
+    days = "; ".join(f"{day}: {why}" for day, why in sorted(found.items()))
+    return (
+        f"{len(found)} day(s) of {where} still differ from Mixpanel after being exported again ({days}); "
+        "run the reconcile again later, or compare the day's events with Mixpanel's."
+    )
 
 
 def now_utc() -> datetime:
