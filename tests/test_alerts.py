@@ -31,7 +31,7 @@ from tasks.sync.reconcile import still_differing, unsynced_sentence
 from tests.checkout import copy_checkout, user_environment
 from tests.cluster import IDLE_SERVICES, _pause_schedules, _wait_healthy
 from tests.conftest import recent_days, start_sandbox
-from tests.stores.process import free_port
+from tests.stores.process import descendants, free_port
 from tests.stores.process import stop as stop_process
 
 BLOCK = "alerts-hook"
@@ -393,29 +393,13 @@ def _flow_run_process(alerting: Alerting, run_id: str, seconds: float = 120) -> 
     assert alerting.worker is not None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for pid, env in _descendants(alerting.worker.pid).items():
+        for pid, env in descendants(alerting.worker.pid).items():
             if env.get("PREFECT__FLOW_RUN_ID") == run_id:
                 with alerting.client() as client:
                     if client.read_flow_run(run_id).state.is_running():
                         return pid
         time.sleep(0.5)
     pytest.fail(f"no process runs {run_id}:\n{(alerting.logs / 'worker.log').read_text()[-3000:]}")
-
-
-def _descendants(root: int) -> dict[int, dict[str, str]]:
-    found: dict[int, dict[str, str]] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            for child in map(int, children):
-                raw = Path(f"/proc/{child}/environ").read_bytes().decode(errors="replace")
-                found[child] = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
-                todo.append(child)
-        except OSError:
-            continue
-    return found
 
 
 def _lag(alerting: Alerting, run: Any, text: str | None = None) -> float:

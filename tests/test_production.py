@@ -121,27 +121,10 @@ def test_a_prefect_server_runs_flows_on_postgresql_as_the_readme_says(clone: Pat
     assert (clone / "data" / "postgres" / "url").stat().st_mode & 0o077 == 0
 
     log = clone / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            ["bash", "-c", commands[1]],
-            cwd=clone,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # make, prefect and the server's children stop together
-        )
+    server = _start_server(clone, env, log, commands[1])
     api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert server.poll() is None, f"make server DB=postgres exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the server did not answer within 300 s:\n{log.read_text()[-3000:]}")
+        _wait_healthy(api, server, log)
 
         # `make server` bootstrapped the clone: a production target, no test tools
         python = clone / ".venv" / "bin" / "python"
@@ -224,15 +207,17 @@ def test_the_worker_image_installs_the_flows_without_test_tools(tmp_path: Path) 
 OUTAGE_SECONDS = 100  # past the 90 s after which the heartbeat automation calls a silent run Crashed
 
 
-def _start_server(clone: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start_server(
+    clone: Path, env: dict[str, str], log: Path, command: str = "make server DB=postgres"
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            ["bash", "-c", "make server DB=postgres"],
+            ["bash", "-c", command],
             cwd=clone,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # make, prefect and the server's children stop together
         )
 
 

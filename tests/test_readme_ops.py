@@ -32,6 +32,7 @@ import pytest
 
 from tests.checkout import ROOT, copy_checkout, user_environment
 from tests.conftest import local_destination
+from tests.stores.process import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -192,31 +193,9 @@ def test_the_readme_operations_path_runs_as_written(stack: Stack) -> None:
     assert (manifest.rows, manifest.fingerprint) == (expected["rows"], expected["fingerprint"])
 
 
-def _processes_of(root: int) -> dict[int, dict[str, str]]:
-    """Every descendant of ``root`` with its environment (flow-run processes carry their run id)."""
-    found: dict[int, dict[str, str]] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            try:
-                raw = Path(f"/proc/{child}/environ").read_bytes()
-            except OSError:
-                continue
-            found[child] = dict(
-                item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
-            )
-            todo.append(child)
-    return found
-
-
 def _flow_run_pids(stack: Stack) -> dict[str, int]:
     by_run: dict[str, int] = {}
-    for pid, env in _processes_of(stack.processes["worker"].pid).items():
+    for pid, env in descendants(stack.processes["worker"].pid).items():
         run = env.get("PREFECT__FLOW_RUN_ID")
         if run and run not in by_run:
             by_run[run] = pid
@@ -224,7 +203,7 @@ def _flow_run_pids(stack: Stack) -> dict[str, int]:
 
 
 def _worker_pid(stack: Stack) -> int:
-    for pid in _processes_of(stack.processes["worker"].pid):
+    for pid in descendants(stack.processes["worker"].pid):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         if b"worker start" in cmdline:
             return pid

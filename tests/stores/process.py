@@ -1,4 +1,5 @@
-"""What every local server fixture needs: a free loopback port, and a stop that cannot hang."""
+"""What every local server fixture needs: a free loopback port, a stop that cannot hang, and the
+processes a server or worker started (flow-run processes carry their run id in their environment)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import random
 import socket
 import subprocess
+from pathlib import Path
 
 # Ports are picked below the kernel's ephemeral range (32768-60999 by default): an outgoing connection
 # takes its local port from that range, and with thousands of them in a run one could take a port
@@ -58,3 +60,25 @@ def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def descendants(root: int) -> dict[int, dict[str, str]]:
+    """Every descendant of ``root`` with its environment; a process that ended meanwhile is left out."""
+    found: dict[int, dict[str, str]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                raw = Path(f"/proc/{child}/environ").read_bytes()
+            except OSError:
+                continue
+            found[child] = dict(
+                item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
+            )
+            todo.append(child)
+    return found
