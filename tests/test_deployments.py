@@ -32,6 +32,7 @@ DEPLOYMENTS = {
     "mixpanel-reconcile/reconcile-nightly",
     "mixpanel-gdpr/gdpr-daily",
     "mixpanel-upkeep/upkeep-daily",
+    "mixpanel-status/status",
 }
 ALWAYS_INSTALLED = (MixpanelCredentials, MixpanelGdprCredentials, LocalDestination, DuckDBWarehouse)
 BLOCKS = {
@@ -56,7 +57,7 @@ def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
         "gdpr-daily": sync | {"gdpr_credentials": ref["gdpr"]},
     } | {
         name: plain
-        for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill")
+        for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill", "status")
     }
 
 
@@ -101,6 +102,7 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "reconcile-nightly": ["0 2 * * *"],
         "gdpr-daily": ["0 3 * * *"],
         "upkeep-daily": ["0 4 * * *"],
+        "status": [],
     }
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}

@@ -238,3 +238,30 @@ def test_an_unreadable_note_is_as_good_as_none(dest: ObjectStoreDestination) -> 
     commit_day(dest, DAY)
     dest.storage.put_bytes(note_key(dest, DAY.isoformat()), b"[]")
     assert build_status(dest, DAY, now=NOW).rows[0]["state"] == "unchecked"
+
+
+def test_the_chart_is_an_svg_image_with_every_day_and_a_table_of_the_days_to_act_on(
+    dest: ObjectStoreDestination,
+) -> None:
+    import base64
+    import re
+    import xml.etree.ElementTree as ElementTree
+
+    from tasks.sync.chart import COLORS, status_markdown
+
+    for offset in range(3):
+        commit_day(dest, DAY - timedelta(days=offset))
+
+    def ask(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
+        return {d: {"a": 6, "b": 4 if d != DAY else 9} for d in days}
+
+    markdown = status_markdown(build_status(dest, DAY, ask=ask, now=NOW), "data/1")
+    found = re.search(r"\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert found is not None and "<svg" not in markdown  # the UI strips inline SVG, shows a data: image
+    svg = ElementTree.fromstring(base64.b64decode(found.group(1)))
+    titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    assert titles == ["2026-03-08: in_sync", "2026-03-09: in_sync", "2026-03-10: differs"]
+    fills = {e.get("fill") for e in svg.iter()}
+    assert {COLORS["in_sync"], COLORS["differs"]} <= fills
+    assert "**2 of 3 day(s) in sync**" in markdown
+    assert "| 2026-03-10 | **differs** | 10 | 15 | -5 | Mixpanel counts 15 events" in markdown

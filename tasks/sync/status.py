@@ -290,9 +290,11 @@ def build_status(
     ask: AskCounts | None = None,
     verify: bool = False,
     now: datetime | None = None,
+    uncomparable: str | None = None,
 ) -> Status:
     """The status of ``destination``'s last ``days`` days up to ``last_day``; ``ask``: Mixpanel's counts
-    (None: offline, from what each day recorded)."""
+    (None: offline, from what each day recorded); ``uncomparable``: why Mixpanel's counts cannot be
+    compared with these days at all (every committed day is unchecked with it)."""
     now = now or datetime.now(tz=UTC)
     if days < 1:
         raise FatalError(f"days must be at least 1 (got {days}).")
@@ -302,9 +304,12 @@ def build_status(
             f"{destination.describe(destination.project_prefix)} holds no committed day of {EVENTS_TABLE}: "
             "export a day first (make run DEPLOYMENT=mixpanel-events/events-daily), then ask again."
         )
-    facts = read_days(destination, window(last_day, days, committed[0]), verify)
+    facts = read_days(destination, window(max(last_day, committed[-1]), days, committed[0]), verify)
     notes: list[str] = []
-    if ask is not None:
+    if uncomparable is not None:
+        facts = [replace(f, count_error=uncomparable) if f.manifest else f for f in facts]
+        notes.append(uncomparable)
+    elif ask is not None:
         facts, sentence = refresh_counts(destination, facts, ask, now)
         notes += [sentence] if sentence else []
     last = committed[-1]
