@@ -137,3 +137,23 @@ def test_mixpanel_refusing_the_count_marks_the_days_unchecked(
         f"Mixpanel answered {code}" in str(r["reason"]) or "rate-limited" in str(r["reason"]) for r in rows
     )
     assert all(r["mixpanel_rows"] for r in rows), "the counts recorded before are still shown"
+
+
+def test_an_export_the_guard_refused_marks_its_day_refused(sandbox: SandboxServer, tmp_path: Path) -> None:
+    block, days = exported(sandbox, tmp_path)
+    committed = lake(block, sandbox).manifest(EVENTS_TABLE, days[0].isoformat())
+    assert committed is not None and committed.event_counts
+    name = sorted(committed.event_counts)[0]
+    narrower = events(
+        credentials_for(sandbox),
+        block,
+        from_date=days[0],
+        to_date=days[0],
+        event_names=[name],
+        return_state=True,
+    )
+    assert narrower.is_failed()
+    rows = status(credentials_for(sandbox), block)
+    assert states(rows) == {d: "refused" if d == days[0] else "in_sync" for d in days}
+    assert "was not replaced: it was committed with every event" in str(rows[0]["reason"])
+    assert rows[0]["rows_held"] == committed.rows, "the older version is kept"

@@ -9,6 +9,8 @@ missing or unreadable note only means nothing is known yet, and writing one neve
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -50,3 +52,12 @@ def write_note(destination: ObjectStoreDestination, day: str, **changes: object)
     note = msgspec.structs.replace(read_note(destination, day) or DayNote(), **changes)
     destination.storage.put_bytes(note_key(destination, day), msgspec.json.encode(note))
     return note
+
+
+def note_refusals(
+    destination: ObjectStoreDestination, refusals: Mapping[str, str], at: str | None = None
+) -> None:
+    """Record the guard's refusal of each day (``{day: sentence}``), at ``at`` (default: now)."""
+    when = at or datetime.now(tz=UTC).isoformat(timespec="seconds")
+    for day, why in refusals.items():
+        write_note(destination, day, refusal=why, refused_at=when)
