@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # each server, each test process. Empty means unset to Python.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker run postgres postgres-stop browser clean
+.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker run status postgres postgres-stop browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
@@ -117,7 +117,7 @@ PREFECT_SERVER_URL := $(or $(PREFECT_SERVER_URL),$(PREFECT_API_URL),http://127.0
 SANDBOX_URL ?= http://127.0.0.1:8765
 DATA_DIR ?= data
 POOL ?= mixpanel
-deploy worker run: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
+deploy worker run status: export PREFECT_API_URL := $(PREFECT_SERVER_URL)
 
 # DB=postgres: on the PostgreSQL of `make postgres` (its URL read from $(PG_DIR)/url, never printed);
 # else on PREFECT_API_DATABASE_CONNECTION_URL if set, else SQLite under ~/.prefect
@@ -156,6 +156,17 @@ DEPLOYMENT ?=
 PARAMS ?=
 run: setup
 	$(BIN)/python -m flows.run $(DEPLOYMENT) $(PARAMS)
+
+# the sync status of the local folder $(DATA_DIR) (or of BLOCK=<block type slug>/<name>, loaded from the
+# server) as a terminal table: Mixpanel's counts refreshed when the server and Mixpanel answer, else the ones
+# each day recorded; exit 0 only when every day is in sync. VERIFY=1 re-reads every committed file.
+BLOCK ?=
+PROJECT ?=
+STATUS_DAYS ?= 90
+VERIFY ?=
+status: setup
+	$(BIN)/python -m flows.status_terminal --data $(DATA_DIR) --days $(STATUS_DAYS) $(if $(BLOCK),--block $(BLOCK)) \
+	  $(if $(PROJECT),--project $(PROJECT)) $(if $(VERIFY),--verify)
 
 # Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
 browser:

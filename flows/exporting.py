@@ -27,6 +27,7 @@ from flows.params import check_concurrency
 from flows.runtime import Progress
 from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import MixpanelClient
@@ -89,6 +90,7 @@ def export_range(
     refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
     for why in refused.values():
         logger.error(why)
+    note_refusals(target, {d.isoformat(): why for d, why in refused.items()})  # for the sync status
     days = [d for d in days if d not in refused]
     if not days:
         error = FilterMismatchError("; ".join(refused.values()) + ".")

@@ -27,6 +27,7 @@ from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import pipeline_flow
+from flows.status import status
 from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
@@ -87,6 +88,7 @@ def reconcile(
     )
     if not days:
         _report([], f"no settled committed day in {window[0]}..{window[-1]}")
+        _status_of(credentials, destinations)
         return []
     changes, theirs = _find_changes(
         credentials, targets, checked, check_counts and _same_calendar(credentials, logger.warning)
@@ -94,7 +96,17 @@ def reconcile(
     rows = _replace(credentials, targets, checked, changes, days_per_request, max_concurrent_requests)
     _report(rows, f"{len({r['day'] for r in rows})} of {len(days)} checked day(s) changed")
     _tell_unsynced(str(credentials.project_id), targets, changes, theirs)
+    _status_of(credentials, destinations)
     return rows
+
+
+def _status_of(credentials: MixpanelCredentials, destinations: list[AnyDestination] | None) -> None:
+    """The status flow of each destination, as it stands after this reconciliation (flows/status.py); a
+    status that cannot be drawn (a destination with no committed day) is logged, never this run's failure."""
+    for destination in destinations or [LocalDestination()]:
+        state = status(credentials, destination, return_state=True)
+        if not state.is_completed():
+            get_run_logger().warning("no sync status: %s", state.message)
 
 
 def _settled_days(

@@ -17,6 +17,7 @@ from typing import Any
 
 from sandbox.auth import authenticate
 from sandbox.data import split_line
+from sandbox.engage import _fault_response
 from sandbox.export import BadRequest, day_source, parse_date, processed_by
 from sandbox.routing import Request, Response, error, json_response, route
 from sandbox.state import SandboxState
@@ -107,6 +108,9 @@ def _answer(req: Request) -> Response:
         q = parse_count_query(req.query, req.state.cfg.current_day())
     except BadRequest as exc:
         return error(400, str(exc))
+    fault = req.state.faults.take("counts")
+    if fault is not None:
+        return _fault_response(fault)
     denied = req.state.limiter.query.acquire()
     if denied is not None:
         return error(429, denied.message, {"Retry-After": str(denied.retry_after)})

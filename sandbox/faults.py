@@ -11,6 +11,7 @@ slow_first_byte only):
     {"kind": "slow_first_byte", "seconds": 1.5}        sleep before the status line, then serve normally
     {"kind": "status", "code": 402, "endpoint": "engage"}           plan without Engage access
     {"kind": "status", "code": 500, "endpoint": "engage", "page": 3, "times": 1}
+    {"kind": "status", "code": 429, "endpoint": "counts", "times": 3}   the query API's per-day counts
 Quirk dicts (persistent until reset):
     {"kind": "malformed_line", "day": "2024-01-02", "index": 5}   invalid JSON line inserted before line 5
     {"kind": "split_record", "day": "2024-01-02", "index": 7}     line 7 written across two physical lines
@@ -28,7 +29,7 @@ from typing import Any
 
 FAULT_KINDS = ("status", "drop_after_bytes", "terminated_early", "partial_last_line", "slow_first_byte")
 QUIRK_KINDS = ("malformed_line", "split_record", "count_extra")
-ENDPOINTS = ("export", "engage")
+ENDPOINTS = ("export", "engage", "counts")
 ENGAGE_KINDS = ("status", "drop_after_bytes", "slow_first_byte")
 MALFORMED_LINE = b'{"event": "broken", "properties": {'
 TERMINATED_TEXT = "export terminated early"
@@ -90,6 +91,8 @@ def _set_target(fault: Fault, d: dict[str, Any]) -> None:
         raise FaultError(f"endpoint must be one of {ENDPOINTS}")
     if fault.endpoint == "engage" and fault.kind not in ENGAGE_KINDS:
         raise FaultError(f"engage faults must be one of {ENGAGE_KINDS}")
+    if fault.endpoint == "counts" and fault.kind != "status":
+        raise FaultError("counts faults must be of kind 'status'")
     if d.get("page") is not None:
         if fault.endpoint != "engage":
             raise FaultError("'page' only applies to engage faults")

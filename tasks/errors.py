@@ -118,6 +118,10 @@ class UnrequestedEncodingError(FatalError):
     """A 200 in a ``Content-Encoding`` the client did not ask for (it asks for gzip only)."""
 
 
+class NothingCommittedError(FatalError):
+    """A destination holds no committed day of the events table: it has no sync status to show."""
+
+
 class SettingsError(FatalError, ValueError):
     """A setting outside its allowed range (a ``ValueError`` too, so a pydantic block reports it)."""
 

@@ -58,13 +58,15 @@ SYNC_STATUS_TABLE = "_mp_sync_status"
 SYNC_STATUS_VIEW = "mp_sync_status"
 RESOLVED_EVENTS_VIEW = "mp_master_event_resolved"
 # the states a day can be in (what each means: tasks/sync/status.py)
-SYNC_STATES = ("in_sync", "differs", "missing", "refused", "purged", "behind", "unchecked")
+SYNC_STATES = ("in_sync", "differs", "missing", "refused", "purged", "behind", "damaged", "unchecked")
 _SYNC_STATUS_FIELDS: list[pa.Field[Any]] = [
     pa.field("day", pa.date32()),
     pa.field("state", pa.string()),
     pa.field("rows_held", pa.int64()),  # null: no committed version of the day
     pa.field("mixpanel_rows", pa.int64()),  # Mixpanel's deduplicated count; null: not known
-    pa.field("difference", pa.int64()),  # rows_held - mixpanel_rows; null when either is unknown
+    # the export's deduplicated count (as Mixpanel counts) - mixpanel_rows, so an in-sync day shows 0
+    # whatever duplicates rows_held holds; null when either is unknown
+    pa.field("difference", pa.int64()),
     pa.field("exported_at", pa.timestamp("us", tz="UTC")),
     pa.field("checked_at", pa.timestamp("us", tz="UTC")),  # when Mixpanel's count was last asked
     pa.field("filter", pa.string()),  # the day's export filter (``where``/event names), null: none

@@ -33,6 +33,7 @@ DEPLOYMENTS = {
     "mixpanel-gdpr/gdpr-daily",
     "mixpanel-upkeep/upkeep-daily",
     "crash-report/crash-report",
+    "mixpanel-status/status",
 }
 ALWAYS_INSTALLED = (MixpanelCredentials, MixpanelGdprCredentials, LocalDestination, DuckDBWarehouse)
 BLOCKS = {
@@ -58,7 +59,7 @@ def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
         "crash-report": {},
     } | {
         name: plain
-        for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill")
+        for name in ("events-daily", "events-hourly", "people-daily", "identity-daily", "backfill", "status")
     }
 
 
@@ -104,6 +105,7 @@ def test_deploy_all_created_every_deployment_with_its_schedule(cluster: Cluster)
         "gdpr-daily": ["0 3 * * *"],
         "upkeep-daily": ["0 4 * * *"],
         "crash-report": [],
+        "status": [],
     }
     with cluster.client() as client:
         registered = {b.slug for b in client.read_block_types()}

@@ -67,11 +67,15 @@ def run_lines(server: HostileServer, root: Path, run_id: str, rows: int, **setti
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every committed byte: data files, edges, manifests (not staging, not the rejects files)."""
+    """Every committed byte: data files, edges, manifests (not staging, not the rejects files, not the day
+    notes of the sync status, where a refusal is recorded)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted((root / "1").rglob("*"))
-        if p.is_file() and "_staging" not in p.parts and "_rejects" not in p.parts
+        if p.is_file()
+        and "_staging" not in p.parts
+        and "_rejects" not in p.parts
+        and not p.relative_to(root).as_posix().startswith("1/_state/status/")
     }
 
 

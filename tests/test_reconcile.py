@@ -85,19 +85,25 @@ def test_late_events_three_days_back_replace_that_day_only(
             d: b for d, b in old.items() if d != late_day
         }
         assert new[late_day] != old[late_day]
-    # one probe and one count request for all twelve days, then one re-export per destination
-    assert used == {"export_requests": 1 + 3, "counts_requests": 1}
+    # one probe and one count request for all twelve days, then one re-export per destination; the
+    # status at the end asks one count request per destination
+    assert used == {"export_requests": 1 + 3, "counts_requests": 1 + 3}
+
+
+def data_files(root: Path) -> list[Path]:
+    """Every file but the day notes the status at the end of each reconcile records (its counts)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and "/_state/status/" not in p.as_posix())
 
 
 def test_nothing_changed_rewrites_nothing(sandbox: SandboxServer, synced: tuple[Three, list[date]]) -> None:
     kit, days = synced
     before = kit.manifests(days)
-    files = sorted(p for p in Path(kit.local.path).rglob("*") if p.is_file())
+    files = data_files(Path(kit.local.path))
     rows, used = run(sandbox, kit)
     assert rows == []
     assert kit.manifests(days) == before
-    assert sorted(p for p in Path(kit.local.path).rglob("*") if p.is_file()) == files
-    assert used == {"export_requests": 1, "counts_requests": 1}
+    assert data_files(Path(kit.local.path)) == files
+    assert used == {"export_requests": 1, "counts_requests": 1 + 3}  # + each destination's status
 
 
 def test_deleted_events_are_found_by_the_counts(
@@ -117,7 +123,7 @@ def test_deleted_events_are_found_by_the_counts(
     assert all("Mixpanel counts" in str(r["reason"]) for r in rows)
     for day in touched:
         assert_day_equals_sandbox(kit, sandbox, day)
-    assert used["counts_requests"] == 1
+    assert used["counts_requests"] == 1 + 3  # + each destination's status
 
 
 def test_a_day_is_checked_only_once_it_settled(

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import msgspec
+import pyarrow as pa
 
 from tasks.errors import (
     ConcurrentCommitError,
@@ -192,6 +193,15 @@ class KeepsHistory(Protocol):
 
     def forget(self) -> int:
         """Physically remove every file no current version references; returns how many."""
+        ...
+
+
+@runtime_checkable
+class PublishesStatus(Protocol):
+    """A hook whose copy keeps the destination's sync status where its users query it (a warehouse view)."""
+
+    def publish_status(self, table: pa.Table) -> None:
+        """Replace the published status with ``table`` (``tasks.schema.SYNC_STATUS_SCHEMA`` rows)."""
         ...
 
 
@@ -436,6 +446,13 @@ class ObjectStoreDestination:
     def forget_history(self) -> int:
         """Remove data hooks keep only for time travel (table formats do; plain files keep none)."""
         return sum(hook.forget() for hook in self.hooks if isinstance(hook, KeepsHistory))
+
+    def publish_status(self, table: pa.Table) -> int:
+        """Hand the sync status to every hook that publishes it (a warehouse's view); returns how many did."""
+        publishers = [hook for hook in self.hooks if isinstance(hook, PublishesStatus)]
+        for hook in publishers:
+            hook.publish_status(table)
+        return len(publishers)
 
     def put_rejects(self, table: str, name: str, lines: bytes) -> str:
         key = f"{self.project_prefix}/{table}/_rejects/{name}.jsonl"

@@ -30,6 +30,7 @@ from tasks.errors import (
     ShrinkRefusedError,
 )
 from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
@@ -437,6 +438,10 @@ def _commit(
             )
         )
     state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
+    # what the sync status shows (tasks.sync.status)
+    note_refusals(
+        destination, {day_of(o).isoformat(): why for o, why in (mismatched | refused).items()}, exported_at
+    )
     if mismatched:
         raise FilterMismatchError("; ".join(mismatched.values()) + ".")
     if refused:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+
 from tasks.errors import FatalError
 from tasks.lake.commit import At, ObjectStoreDestination
 from tasks.lake.manifest import Manifest
@@ -104,6 +106,11 @@ class Loader(Protocol):
         """The run id of the manifest last loaded for the partition, if any."""
         ...
 
+    def publish_status(self, table: pa.Table) -> None:
+        """Replace the warehouse's sync status (``_mp_sync_status``, shown as the view ``mp_sync_status``)
+        with ``table``'s rows (``tasks.schema.SYNC_STATUS_SCHEMA``), atomically."""
+        ...
+
 
 class WarehouseHook:
     """Each committed partition loaded into the warehouse by ``loader`` (a hook of the lake's
@@ -114,6 +121,9 @@ class WarehouseHook:
 
     def committed(self, at: At, manifest: Manifest, base: Manifest | None) -> None:
         self._load(at.lake, at.table, at.partition, manifest)
+
+    def publish_status(self, table: pa.Table) -> None:
+        self.loader.publish_status(table)
 
     def repaired(self, at: At, manifest: Manifest | None) -> None:
         if manifest is not None and self.loader.loaded_run(at.table, at.partition) != manifest.run_id:

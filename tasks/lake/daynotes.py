@@ -1,0 +1,63 @@
+"""What a destination remembers about a day besides its manifest: Mixpanel's last count, the last refusal.
+
+One small JSON document per day at ``<project_id>/_state/status/mp_master_event/<day>.json``, beside
+the manifests, so the sync-health view (``tasks.sync.status``) can be drawn offline from the
+destination alone. A note is advisory: it is never the truth about the data (the manifest is), a
+missing or unreadable note only means nothing is known yet, and writing one never touches a manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import msgspec
+
+from tasks.lake.commit import ObjectStoreDestination, check_partition
+from tasks.schema import EVENTS_TABLE
+
+log = logging.getLogger(__name__)
+
+
+class DayNote(msgspec.Struct, kw_only=True, frozen=True):
+    # Mixpanel's deduplicated count per event name of the day (query API) and when it was asked
+    mixpanel_counts: dict[str, int] | None = None
+    checked_at: str | None = None
+    # the shrink or filter guard's last refusal to replace the day, and when (tasks.pipeline.guard)
+    refusal: str | None = None
+    refused_at: str | None = None
+
+
+def note_key(destination: ObjectStoreDestination, day: str) -> str:
+    return (
+        f"{destination.project_prefix}/_state/status/{EVENTS_TABLE}/{check_partition(EVENTS_TABLE, day)}.json"
+    )
+
+
+def read_note(destination: ObjectStoreDestination, day: str) -> DayNote | None:
+    data = destination.storage.get_bytes(note_key(destination, day))
+    if data is None:
+        return None
+    try:
+        return msgspec.json.decode(data, type=DayNote)
+    except msgspec.DecodeError:
+        # advisory only: an unreadable note is as good as none, and the next write replaces it
+        log.warning("ignoring %s: not a readable day note", destination.describe(note_key(destination, day)))
+        return None
+
+
+def write_note(destination: ObjectStoreDestination, day: str, **changes: object) -> DayNote:
+    """The day's note with ``changes`` applied, written back; the fields not named are kept."""
+    note = msgspec.structs.replace(read_note(destination, day) or DayNote(), **changes)
+    destination.storage.put_bytes(note_key(destination, day), msgspec.json.encode(note))
+    return note
+
+
+def note_refusals(
+    destination: ObjectStoreDestination, refusals: Mapping[str, str], at: str | None = None
+) -> None:
+    """Record the guard's refusal of each day (``{day: sentence}``), at ``at`` (default: now)."""
+    when = at or datetime.now(tz=UTC).isoformat(timespec="seconds")
+    for day, why in refusals.items():
+        write_note(destination, day, refusal=why, refused_at=when)
