@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -240,3 +241,58 @@ def test_spectrum_publishes_the_status_as_a_parquet_table_switched_whole(s3_serv
     body = destination.storage.get_bytes(keys[0])
     assert body is not None and locations[0] != locations[1] and locations[1].startswith(root)
     assert pq.read_table(io.BytesIO(body)).to_pylist() == second.to_pylist()
+
+
+def spectrum_queries() -> list[str]:
+    """The README's Spectrum queries, verbatim: the SQL block that reads ``_mp_sync_status``."""
+    blocks = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    (block,) = [b for b in blocks if '"_mp_sync_status"' in b]
+    return [statement.strip() for statement in block.split(";") if statement.strip()]
+
+
+def glue_rows(destination: ObjectStoreDestination, location: str, symlinks: bool) -> pa.Table:
+    """What Spectrum reads at a Glue location: the files its symlink manifest lists, or its Parquet files."""
+    root = destination.describe("")
+    key = location[len(root) :]
+    if symlinks:
+        body = destination.storage.get_bytes(key + "symlink.txt")
+        assert body is not None
+        keys = [uri[len(root) :] for uri in body.decode().splitlines()]
+    else:
+        keys = [i.key for i in destination.storage.list(key)]
+    tables = [pq.read_table(io.BytesIO(destination.storage.get_bytes(k) or b"")) for k in keys]
+    return pa.concat_tables(tables)
+
+
+def test_the_readme_spectrum_queries_answer_as_the_views_do(s3_server: S3Server, tmp_path: Path) -> None:
+    """Spectrum's SQL semantics checked with DuckDB (moto's Redshift answers canned rows) over exactly
+    what the Glue locations name, in a schema ``mixpanel`` as in the README's external schema."""
+    block = RedshiftSpectrumDestination(
+        s3=make_s3_destination(s3_server), glue_database=glue_database(s3_server)
+    )
+    destination = block.connect(1)
+    commit_events(destination, tmp_path / "scratch")
+    commit_mappings(destination)
+    (hook,) = destination.hooks
+    rows = status(("2024-03-05", "in_sync", 5, 5))
+    hook.loader.publish_status(rows)
+    glue = s3_server.client("glue")
+    (day,) = glue.get_partitions(DatabaseName=block.glue_database, TableName=EVENTS_TABLE)["Partitions"]
+
+    def location(table: str) -> str:
+        found = glue.get_table(DatabaseName=block.glue_database, Name=table)["Table"]
+        return str(found["StorageDescriptor"]["Location"])
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA mixpanel")
+    for name, data in {
+        EVENTS_TABLE: glue_rows(destination, day["StorageDescriptor"]["Location"], symlinks=True),
+        MAPPINGS_TABLE: glue_rows(destination, location(MAPPINGS_TABLE), symlinks=True),
+        "_mp_sync_status": glue_rows(destination, location("_mp_sync_status"), symlinks=False),
+    }.items():
+        con.register("rows", data)
+        con.execute(f'CREATE TABLE mixpanel."{name}" AS SELECT * FROM rows')
+        con.unregister("rows")
+    users, synced = spectrum_queries()
+    assert con.execute(users).fetchall() == [(USERS,)]
+    assert con.sql(synced).to_arrow_table().to_pylist() == rows.to_pylist()
