@@ -100,6 +100,7 @@ class BigQueryLoader:
         rows = status_rows(table)
         staging = f"{self.dataset}._mp_status_{uuid.uuid4().hex[:16]}"
         columns = ", ".join(SYNC_STATUS_SCHEMA.names)
+        values = ", ".join(f"S.{name}" for name in SYNC_STATUS_SCHEMA.names)
         try:
             self._ensure(SYNC_STATUS_TABLE)
             self._ensure_views()
@@ -115,7 +116,7 @@ class BigQueryLoader:
                 self.client.query(
                     f"MERGE {self.dataset}.{SYNC_STATUS_TABLE} T USING (SELECT {columns} FROM {staging}) S "
                     "ON FALSE WHEN NOT MATCHED BY SOURCE THEN DELETE "
-                    f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({', '.join(f'S.{c}' for c in SYNC_STATUS_SCHEMA.names)})"
+                    f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})"
                 ).result()
             finally:
                 self.client.delete_table(self._ref(staging), not_found_ok=True)

@@ -116,7 +116,7 @@ class GlueCatalog:
                 self.glue.update_table(DatabaseName=self.database, TableInput=status)
         except ClientError as exc:
             raise self._error(exc, f"publish {SYNC_STATUS_TABLE}") from exc
-        old = self._own_status_folder(previous or "")
+        old = self._run_folder(previous or "", own)
         if old is not None and old != folder:
             self.storage.delete(i.key for i in self.storage.list(old))
 
@@ -128,27 +128,20 @@ class GlueCatalog:
                 return None
             raise
 
-    def _own_status_folder(self, location: str) -> str | None:
-        """The key of a previous status folder of ours, else None (a location elsewhere is never cleaned)."""
-        root = self.storage.describe("x")[:-1]
-        key = location[len(root) :].rstrip("/") + "/" if location.startswith(root) else ""
-        name = key[len(self._own(SYNC_STATUS_TABLE)) :].rstrip("/")
-        if not key.startswith(self._own(SYNC_STATUS_TABLE)) or not name or "/" in name or name in (".", ".."):
-            return None
-        return key
-
     def _own(self, table: str) -> str:
         return f"{self.state_prefix}{table}/"
 
     def _own_folder(self, location: str, partition: Partition) -> str | None:
-        """The key of a previous location if it is one of our run folders of this partition, else None:
+        return self._run_folder(location, f"{self._own(partition.table)}{self._folder(partition)}/")
+
+    def _run_folder(self, location: str, parent: str) -> str | None:
+        """The key of a previous location if it is one of our run folders under ``parent``, else None:
         a location elsewhere (another team's objects, the destination itself, the table's initial
         location, which holds the new folder) is never cleaned."""
         root = self.storage.describe("x")[:-1]
         if not location.startswith(root):
             return None
         key = location[len(root) :].rstrip("/") + "/"
-        parent = f"{self._own(partition.table)}{self._folder(partition)}/"
         run = key[len(parent) :].rstrip("/")
         if not key.startswith(parent) or not run or "/" in run or run in (".", ".."):
             return None

@@ -3,7 +3,7 @@
 A day: ``DELETE`` its time range (the project's calendar) and ``INSERT … SELECT`` from the staging
 table with ``PARSE_JSON(properties)`` into the VARIANT column, plus the ``_MP_MANIFESTS`` record, in
 one transaction; the whole tables are emptied and refilled the same way. ``publish_status`` empties
-and refills ``_MP_SYNC_STATUS`` in one transaction, its timestamps bound as TIMESTAMP_TZ. The views
+and refills ``_MP_SYNC_STATUS`` in one transaction, from one bound JSON text cast column by column. The views
 name their tables unqualified: Snowflake resolves names in a view's query in the view's own schema.
 Names in SQL text are fixed or generated here; the database and schema come from the connection,
 values are bound.
@@ -150,7 +150,7 @@ class SnowflakeLoader:
         rows = status_rows(table)
         # all rows as one bound JSON text, typed by the casts: one statement whatever the row count, and
         # timestamps keep their instant (a bound datetime would be read in the session's time zone); a
-        # null is left out, as a missing key is SQL NULL (a JSON null may cast to a value: fakesnow's epoch)
+        # null is left out: a missing key is SQL NULL, where a JSON null is a VARIANT value
         present = [{k: v for k, v in row.items() if v is not None} for row in rows.to_pylist()]
         text = json.dumps(present, default=lambda value: value.isoformat())
         with self.cursor() as cur:
