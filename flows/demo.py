@@ -116,11 +116,11 @@ QUERIES = {
         SELECT properties->>'$."$browser"' AS browser, COUNT(*) AS events
         FROM mp_master_event GROUP BY 1 ORDER BY 2 DESC LIMIT 5""",
     "unique users per day, naive (raw distinct_id) beside resolved through the identity mappings": """
-        SELECT CAST(e.time AS DATE) AS day,
-               COUNT(DISTINCT e.distinct_id) AS naive_users,
-               COUNT(DISTINCT COALESCE(m.resolved_distinct_id, e.distinct_id)) AS users
-        FROM mp_master_event e LEFT JOIN mp_identity_mappings_data m ON e.distinct_id = m.distinct_id
-        WHERE e.distinct_id <> ''
+        SELECT CAST(time AS DATE) AS day,
+               COUNT(DISTINCT distinct_id) AS naive_users,
+               COUNT(DISTINCT resolved_distinct_id) AS users
+        FROM mp_master_event_resolved
+        WHERE distinct_id <> ''
         GROUP BY 1 ORDER BY 1""",
     "profiles and mapped ids": """
         SELECT (SELECT COUNT(*) FROM mp_people_data) AS profiles,

@@ -49,7 +49,7 @@ warehouse = BigQueryWarehouse.load("BLOCK_NAME")
         files = self.files.connect(project_id)
         loader = BigQueryLoader(self._client(), self.dataset)
         loader.check()
-        return files.with_hooks(WarehouseHook(loader))  # type: ignore[arg-type]  # until the loaders publish_status (issue 23)
+        return files.with_hooks(WarehouseHook(loader))
 
     def _client(self) -> bigquery.Client:
         if self.api_endpoint is None:

@@ -48,7 +48,7 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
         where = f"{self.connector.database}.{self.connector.schema_}"
         loader = SnowflakeLoader(self._connection, where)
         loader.check()
-        return files.with_hooks(WarehouseHook(loader))  # type: ignore[arg-type]  # until the loaders publish_status (issue 23)
+        return files.with_hooks(WarehouseHook(loader))
 
     def _connection(self) -> SnowflakeConnection:
         """A new DB-API connection per load (the block caches one, which threads must not share)."""

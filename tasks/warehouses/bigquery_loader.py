@@ -6,22 +6,47 @@ time in the day``) and inserts the staged rows with ``PARSE_JSON(properties)`` i
 a whole table is emptied and refilled the same way. Only then is the manifest recorded in
 ``_mp_manifests``: if that write fails, the next ``repair`` of the day sees an older run there and
 loads the day again, which the MERGE makes idempotent. ``mp_master_event`` is partitioned by day on
-``time``. Dataset and table names are checked identifiers; values are query parameters.
+``time``. ``publish_status`` stages the status rows the same way and swaps all of ``_mp_sync_status``
+with one MERGE. The views (``tables.insert`` with ``exists_ok``: a concurrent check's creation is no
+error) name their tables with project and dataset, since a view's body ignores the default dataset.
+Dataset and table names are checked identifiers, the project a checked project id; values are query
+parameters.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import uuid
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from tasks.errors import BadCredentialsError, FatalError, PermissionDeniedError
-from tasks.schema import EVENTS_TABLE, TABLE_COLUMNS, typed_columns
-from tasks.warehouses.warehouse import STATE_TABLE, Partition, checked_identifier
+from tasks.schema import (
+    EVENTS_TABLE,
+    MAPPINGS_TABLE,
+    RESOLVED_EVENTS_VIEW,
+    SYNC_STATUS_SCHEMA,
+    SYNC_STATUS_TABLE,
+    SYNC_STATUS_VIEW,
+    TABLE_COLUMNS,
+    typed_columns,
+)
+from tasks.warehouses.warehouse import (
+    STATE_TABLE,
+    Partition,
+    checked_identifier,
+    resolved_events_query,
+    status_columns,
+    status_rows,
+    sync_status_query,
+)
 
-TYPES = {"text": "STRING", "json": "JSON", "timestamp": "TIMESTAMP"}
+TYPES = {"text": "STRING", "json": "JSON", "timestamp": "TIMESTAMP", "date": "DATE", "int64": "INT64"}
 STATE_COLUMNS = [
     ("table_name", "STRING"),
     ("partition", "STRING"),
@@ -33,9 +58,25 @@ STATE_COLUMNS = [
 ]
 
 
+# a project id (6-30 lowercase letters, digits, hyphens), optionally domain-scoped (``example.com:id``)
+_PROJECT = re.compile(r"^(?:[a-z0-9.-]{1,63}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+
+def checked_project(value: str) -> str:
+    """The project goes into a view's SQL text (between backticks), so only a valid project id passes."""
+    if not _PROJECT.match(value or ""):
+        raise FatalError(
+            f"BigQuery project {value!r} is not a project id: 6 to 30 lowercase letters, digits and hyphens, "
+            "starting with a letter."
+        )
+    return value
+
+
 def _schema(table: str, json_as_text: bool = False) -> list[bigquery.SchemaField]:
     if table == STATE_TABLE:
         return [bigquery.SchemaField(name, kind) for name, kind in STATE_COLUMNS]
+    if table == SYNC_STATUS_TABLE:
+        return [bigquery.SchemaField(name, kind) for name, kind in status_columns(TYPES)]
     types = TYPES | {"json": "STRING"} if json_as_text else TYPES
     return [bigquery.SchemaField(name, kind) for name, kind in typed_columns(table, types)]
 
@@ -44,12 +85,41 @@ class BigQueryLoader:
     def __init__(self, client: bigquery.Client, dataset: str) -> None:
         self.client = client
         self.dataset = checked_identifier(dataset, "BigQuery dataset")
+        self.project = checked_project(client.project)
 
     def check(self) -> None:
         try:
             self.client.get_dataset(self.dataset)
-            for table in [*TABLE_COLUMNS, STATE_TABLE]:
+            for table in [*TABLE_COLUMNS, STATE_TABLE, SYNC_STATUS_TABLE]:
                 self._ensure(table)
+            self._ensure_views()
+        except gexc.GoogleAPICallError as exc:
+            raise self._error(exc) from exc
+
+    def publish_status(self, table: pa.Table) -> None:
+        rows = status_rows(table)
+        staging = f"{self.dataset}._mp_status_{uuid.uuid4().hex[:16]}"
+        columns = ", ".join(SYNC_STATUS_SCHEMA.names)
+        values = ", ".join(f"S.{name}" for name in SYNC_STATUS_SCHEMA.names)
+        try:
+            self._ensure(SYNC_STATUS_TABLE)
+            self._ensure_views()
+            self.client.create_table(bigquery.Table(self._ref(staging), schema=_schema(SYNC_STATUS_TABLE)))
+            try:
+                if rows.num_rows:
+                    data = io.BytesIO()
+                    pq.write_table(rows, data)
+                    data.seek(0)
+                    config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET)
+                    self.client.load_table_from_file(data, self._ref(staging), job_config=config).result()
+                # one statement, atomic: readers see the previous status or this one, never a mix
+                self.client.query(
+                    f"MERGE {self.dataset}.{SYNC_STATUS_TABLE} T USING (SELECT {columns} FROM {staging}) S "
+                    "ON FALSE WHEN NOT MATCHED BY SOURCE THEN DELETE "
+                    f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})"
+                ).result()
+            finally:
+                self.client.delete_table(self._ref(staging), not_found_ok=True)
         except gexc.GoogleAPICallError as exc:
             raise self._error(exc) from exc
 
@@ -78,6 +148,21 @@ class BigQueryLoader:
 
     def _ref(self, name: str) -> str:
         return f"{self.client.project}.{name}"
+
+    def _qualified(self, table: str) -> str:
+        return f"`{self.project}.{self.dataset}.{table}`"
+
+    def _ensure_views(self) -> None:
+        views = {
+            RESOLVED_EVENTS_VIEW: resolved_events_query(
+                self._qualified(EVENTS_TABLE), self._qualified(MAPPINGS_TABLE)
+            ),
+            SYNC_STATUS_VIEW: sync_status_query(self._qualified(SYNC_STATUS_TABLE)),
+        }
+        for name, query in views.items():
+            view = bigquery.Table(self._ref(f"{self.dataset}.{name}"))
+            view.view_query = query
+            self.client.create_table(view, exists_ok=True)
 
     def _ensure(self, table: str) -> None:
         spec = bigquery.Table(self._ref(f"{self.dataset}.{table}"), schema=_schema(table))

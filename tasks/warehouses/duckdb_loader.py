@@ -4,7 +4,7 @@
 digits, key order) and answers `properties->>'$.key'`; `time` is TIMESTAMPTZ. A day is deleted by
 its time range in the project's calendar (the manifest's timezone), then inserted from the day's
 Parquet files; the whole tables are emptied and refilled; `_mp_manifests` records each load, all in
-the same transaction.
+the same transaction. ``publish_status`` empties and refills `_mp_sync_status` in one transaction.
 
 DuckDB lets one process write a database file at a time: a writer waits for another process's
 transaction to end (up to ``lock_wait_seconds``), and loads from threads of one process are
@@ -21,13 +21,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.errors import FatalError
-from tasks.schema import TABLE_COLUMNS, typed_columns
-from tasks.warehouses.warehouse import STATE_TABLE, Partition, manifest_record
+from tasks.schema import (
+    EVENTS_TABLE,
+    MAPPINGS_TABLE,
+    RESOLVED_EVENTS_VIEW,
+    SYNC_STATUS_SCHEMA,
+    SYNC_STATUS_TABLE,
+    SYNC_STATUS_VIEW,
+    TABLE_COLUMNS,
+    typed_columns,
+)
+from tasks.warehouses.warehouse import (
+    STATE_TABLE,
+    Partition,
+    manifest_record,
+    resolved_events_query,
+    status_columns,
+    status_rows,
+    sync_status_query,
+)
 
-TYPES = {"text": "VARCHAR", "json": "JSON", "timestamp": "TIMESTAMPTZ"}
+TYPES = {"text": "VARCHAR", "json": "JSON", "timestamp": "TIMESTAMPTZ", "date": "DATE", "int64": "BIGINT"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     table_name VARCHAR, partition VARCHAR, run_id VARCHAR, rows BIGINT, fingerprint VARCHAR,
     manifest JSON, loaded_at TIMESTAMPTZ, PRIMARY KEY (table_name, partition))"""
+STATUS_DDL = [
+    f"CREATE TABLE IF NOT EXISTS {SYNC_STATUS_TABLE} "
+    f"({', '.join(f'{n} {t}' for n, t in status_columns(TYPES))})",
+    f"CREATE VIEW IF NOT EXISTS {SYNC_STATUS_VIEW} AS {sync_status_query(SYNC_STATUS_TABLE)}",
+]
+VIEW_DDL = f"CREATE VIEW IF NOT EXISTS {RESOLVED_EVENTS_VIEW} AS {resolved_events_query(EVENTS_TABLE, MAPPINGS_TABLE)}"
 
 
 def _ddl(table: str) -> str:
@@ -36,6 +59,7 @@ def _ddl(table: str) -> str:
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 _PROCESS_LOCK = threading.Lock()
 
@@ -84,7 +108,8 @@ class DuckDBLoader:
         with _PROCESS_LOCK, self.connection() as conn:
             for table in TABLE_COLUMNS:
                 conn.execute(_ddl(table))
-            conn.execute(STATE_DDL)
+            for ddl in [STATE_DDL, VIEW_DDL, *STATUS_DDL]:
+                conn.execute(ddl)
 
     def load(self, partition: Partition) -> None:
         if partition.table not in TABLE_COLUMNS:
@@ -120,6 +145,24 @@ class DuckDBLoader:
             f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
             list(manifest_record(partition)),
         )
+
+    def publish_status(self, table: pa.Table) -> None:
+        rows = status_rows(table)
+        columns = ", ".join(SYNC_STATUS_SCHEMA.names)
+        with _PROCESS_LOCK, self.connection() as conn:
+            for ddl in STATUS_DDL:
+                conn.execute(ddl)
+            conn.register("mp_status_rows", rows)
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(f"DELETE FROM {SYNC_STATUS_TABLE}")
+                conn.execute(
+                    f"INSERT INTO {SYNC_STATUS_TABLE} ({columns}) SELECT {columns} FROM mp_status_rows"
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def loaded_run(self, table: str, partition: str) -> str | None:
         with _PROCESS_LOCK, self.connection() as conn:

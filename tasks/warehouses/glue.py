@@ -8,6 +8,13 @@ read), in a folder unique to the run; the Glue partition (an event day, ``mp_dat
 the whole table's location is then switched to that folder in one Glue call, and the previous
 folder removed. A query sees the old day or the new one, never a mix.
 
+``publish_status`` writes the status rows as one Parquet file in a new folder under
+``_state/spectrum/_mp_sync_status/`` and switches the plain Parquet table ``_mp_sync_status`` to it in
+one Glue call (then removes the previous folder): readers see one status or the next. Glue holds no
+view Spectrum can read (Athena's views are Presto text Spectrum ignores; Glue's multi-dialect views
+need Lake Formation and are created by SQL, not by this API), so ``mp_sync_status`` and
+``mp_master_event_resolved`` are the README's queries there.
+
 One identity per table: a Glue table found by name is used only if it is located in this
 destination's own ``<project>/_state/spectrum/<table>/`` folder (``table_identity``), so the run ids
 it records (``mp_run_id``) are this destination's.
@@ -15,22 +22,28 @@ it records (``mp_run_id``) are this destination's.
 
 from __future__ import annotations
 
+import io
+import uuid
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from tasks.errors import FatalError
 from tasks.lake.store import Store
-from tasks.schema import EVENTS_TABLE, TABLE_COLUMNS, is_day, typed_columns
+from tasks.schema import EVENTS_TABLE, SYNC_STATUS_TABLE, TABLE_COLUMNS, is_day, typed_columns
 from tasks.warehouses.table_identity import check_location
-from tasks.warehouses.warehouse import Partition, checked_identifier
+from tasks.warehouses.warehouse import Partition, checked_identifier, status_columns, status_rows
 
 SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
 TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
 PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
 PARTITION_KEY = "mp_date"
 RUN_PARAMETER = "mp_run_id"
-HIVE_TYPES = {"text": "string", "json": "string", "timestamp": "timestamp"}
+PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+HIVE_TYPES = {"text": "string", "json": "string", "timestamp": "timestamp", "date": "date", "int64": "bigint"}
 
 
 class GlueCatalog:
@@ -78,18 +91,57 @@ class GlueCatalog:
         if old is not None and old != folder:
             self.storage.delete(i.key for i in self.storage.list(old))
 
+    def publish_status(self, table: pa.Table) -> None:
+        data = io.BytesIO()
+        pq.write_table(status_rows(table), data)
+        own = self._own(SYNC_STATUS_TABLE)
+        try:
+            found = self._status_table()
+            previous = None if found is None else str(found.get("StorageDescriptor", {}).get("Location", ""))
+            if previous is not None:
+                check_location(
+                    f"the Glue table {self.database}.{SYNC_STATUS_TABLE}",
+                    previous,
+                    self.storage.describe(own),
+                    f"drop that table (aws glue delete-table --database-name {self.database} "
+                    f"--name {SYNC_STATUS_TABLE}) or choose another Glue database in the block",
+                    within=True,
+                )
+            folder = f"{own}{uuid.uuid4().hex}/"
+            self.storage.put_bytes(folder + "status.parquet", data.getvalue())
+            status = _status_input(self.storage.describe(folder))
+            if found is None:
+                self.glue.create_table(DatabaseName=self.database, TableInput=status)
+            else:
+                self.glue.update_table(DatabaseName=self.database, TableInput=status)
+        except ClientError as exc:
+            raise self._error(exc, f"publish {SYNC_STATUS_TABLE}") from exc
+        old = self._run_folder(previous or "", own)
+        if old is not None and old != folder:
+            self.storage.delete(i.key for i in self.storage.list(old))
+
+    def _status_table(self) -> dict[str, Any] | None:
+        try:
+            return dict(self.glue.get_table(DatabaseName=self.database, Name=SYNC_STATUS_TABLE)["Table"])
+        except ClientError as exc:
+            if _code(exc) == "EntityNotFoundException":
+                return None
+            raise
+
     def _own(self, table: str) -> str:
         return f"{self.state_prefix}{table}/"
 
     def _own_folder(self, location: str, partition: Partition) -> str | None:
-        """The key of a previous location if it is one of our run folders of this partition, else None:
+        return self._run_folder(location, f"{self._own(partition.table)}{self._folder(partition)}/")
+
+    def _run_folder(self, location: str, parent: str) -> str | None:
+        """The key of a previous location if it is one of our run folders under ``parent``, else None:
         a location elsewhere (another team's objects, the destination itself, the table's initial
         location, which holds the new folder) is never cleaned."""
         root = self.storage.describe("x")[:-1]
         if not location.startswith(root):
             return None
         key = location[len(root) :].rstrip("/") + "/"
-        parent = f"{self._own(partition.table)}{self._folder(partition)}/"
         run = key[len(parent) :].rstrip("/")
         if not key.startswith(parent) or not run or "/" in run or run in (".", ".."):
             return None
@@ -189,6 +241,22 @@ def _descriptor(table: str, location: str) -> dict[str, Any]:
         "InputFormat": SYMLINK_INPUT,
         "OutputFormat": TEXT_OUTPUT,
         "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE},
+    }
+
+
+def _status_input(location: str) -> dict[str, Any]:
+    """``_mp_sync_status``: a plain Parquet table over its one folder (a folder per publication)."""
+    return {
+        "Name": SYNC_STATUS_TABLE,
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"EXTERNAL": "TRUE", "classification": "parquet"},
+        "StorageDescriptor": {
+            "Columns": [{"Name": name, "Type": kind} for name, kind in status_columns(HIVE_TYPES)],
+            "Location": location,
+            "InputFormat": PARQUET_INPUT,
+            "OutputFormat": PARQUET_OUTPUT,
+            "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE},
+        },
     }
 
 

@@ -2,24 +2,58 @@
 
 A day: ``DELETE`` its time range (the project's calendar) and ``INSERT … SELECT`` from the staging
 table with ``PARSE_JSON(properties)`` into the VARIANT column, plus the ``_MP_MANIFESTS`` record, in
-one transaction; the whole tables are emptied and refilled the same way. Names in SQL text are fixed
-or generated here; the database and schema come from the connection, values are bound.
+one transaction; the whole tables are emptied and refilled the same way. ``publish_status`` empties
+and refills ``_MP_SYNC_STATUS`` in one transaction, from one bound JSON text cast column by column. The views
+name their tables unqualified: Snowflake resolves names in a view's query in the view's own schema.
+Names in SQL text are fixed or generated here; the database and schema come from the connection,
+values are bound.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from typing import Any
 
-from tasks.errors import FatalError
-from tasks.schema import TABLE_COLUMNS, typed_columns
-from tasks.warehouses.warehouse import STATE_TABLE, Partition, manifest_record
+import pyarrow as pa
 
-TYPES = {"text": "STRING", "json": "VARIANT", "timestamp": "TIMESTAMP_TZ"}
+from tasks.errors import FatalError
+from tasks.schema import (
+    EVENTS_TABLE,
+    MAPPINGS_TABLE,
+    RESOLVED_EVENTS_VIEW,
+    SYNC_STATUS_SCHEMA,
+    SYNC_STATUS_TABLE,
+    SYNC_STATUS_VIEW,
+    TABLE_COLUMNS,
+    typed_columns,
+)
+from tasks.warehouses.warehouse import (
+    STATE_TABLE,
+    Partition,
+    manifest_record,
+    resolved_events_query,
+    status_columns,
+    status_rows,
+    sync_status_query,
+)
+
+TYPES = {"text": "STRING", "json": "VARIANT", "timestamp": "TIMESTAMP_TZ", "date": "DATE", "int64": "NUMBER"}
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (table_name STRING, partition STRING, run_id STRING,
     rows NUMBER, fingerprint STRING, manifest STRING, loaded_at TIMESTAMP_TZ)"""
+STATUS_DDL = [
+    f"CREATE TABLE IF NOT EXISTS {SYNC_STATUS_TABLE} "
+    f"({', '.join(f'{n} {t}' for n, t in status_columns(TYPES))})",
+    f"CREATE VIEW IF NOT EXISTS {SYNC_STATUS_VIEW} AS {sync_status_query(SYNC_STATUS_TABLE)}",
+]
+STATUS_INSERT = (
+    f"INSERT INTO {SYNC_STATUS_TABLE} ({', '.join(SYNC_STATUS_SCHEMA.names)}) "
+    f"SELECT {', '.join(f'value:{n}::{t}' for n, t in status_columns(TYPES))} "
+    "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))"
+)
+VIEW_DDL = f"CREATE VIEW IF NOT EXISTS {RESOLVED_EVENTS_VIEW} AS {resolved_events_query(EVENTS_TABLE, MAPPINGS_TABLE)}"
 STAGE = "mp_pipelines_load"
 
 
@@ -60,7 +94,8 @@ class SnowflakeLoader:
                 )
             for table in TABLE_COLUMNS:
                 cur.execute(_ddl(table))
-            cur.execute(STATE_DDL)
+            for ddl in [STATE_DDL, VIEW_DDL, *STATUS_DDL]:
+                cur.execute(ddl)
 
     def load(self, partition: Partition) -> None:
         if partition.table not in TABLE_COLUMNS:
@@ -110,6 +145,25 @@ class SnowflakeLoader:
             (partition.table, partition.name),
         )
         cur.execute(f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", manifest_record(partition))
+
+    def publish_status(self, table: pa.Table) -> None:
+        rows = status_rows(table)
+        # all rows as one bound JSON text, typed by the casts: one statement whatever the row count, and
+        # timestamps keep their instant (a bound datetime would be read in the session's time zone); a
+        # null is left out: a missing key is SQL NULL, where a JSON null is a VARIANT value
+        present = [{k: v for k, v in row.items() if v is not None} for row in rows.to_pylist()]
+        text = json.dumps(present, default=lambda value: value.isoformat())
+        with self.cursor() as cur:
+            for ddl in STATUS_DDL:
+                cur.execute(ddl)
+            cur.execute("BEGIN")
+            try:
+                cur.execute(f"DELETE FROM {SYNC_STATUS_TABLE}")
+                cur.execute(STATUS_INSERT, (text,))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
 
     def loaded_run(self, table: str, partition: str) -> str | None:
         with self.cursor() as cur:

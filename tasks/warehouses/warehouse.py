@@ -6,6 +6,13 @@ followed by its load: an event day replaced in one warehouse transaction, a whol
 identity) swapped in one. The warehouse records which manifest it loaded per partition in its own
 ``_mp_manifests`` table, in the same transaction as the data, so a load that failed after the files
 were committed is detected and redone by the next ``repair`` of the partition.
+
+Beside the tables each warehouse keeps two views, created with the tables at ``check`` (and so before
+any load; the mappings table exists, empty, from then on, so the events view works before the first
+identity run): ``mp_master_event_resolved``, the events with their identity-resolved user, and
+``mp_sync_status`` over ``_mp_sync_status``, whose rows ``publish_status`` replaces whole in one
+transaction. Views are created only when absent (``IF NOT EXISTS``): concurrent checks never fail on
+each other and a user's grants on a view are kept; their column lists are fixed here.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from tasks.errors import FatalError
 from tasks.lake.commit import At, ObjectStoreDestination
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
-from tasks.schema import is_day
+from tasks.schema import EVENT_COLUMNS, SYNC_STATUS_SCHEMA, is_day
 
 STATE_TABLE = "_mp_manifests"
 
@@ -43,6 +50,49 @@ def manifest_record(partition: Partition) -> tuple[object, ...]:
         manifest.encode().decode(),
         datetime.now(tz=UTC),
     )
+
+
+def resolved_events_query(events: str, mappings: str) -> str:
+    """The query of ``RESOLVED_EVENTS_VIEW`` over the events and mappings tables (names as the warehouse
+    needs them in a view): every event once, with ``resolved_distinct_id`` the mappings' where they have
+    the event's ``distinct_id`` (one row per id), else the event's own ``distinct_id``."""
+    columns = ", ".join(f"e.{name}" for name in EVENT_COLUMNS)
+    return (
+        f"SELECT {columns}, COALESCE(m.resolved_distinct_id, e.distinct_id) AS resolved_distinct_id "
+        f"FROM {events} e LEFT JOIN {mappings} m ON e.distinct_id = m.distinct_id"
+    )
+
+
+def sync_status_query(table: str) -> str:
+    """The query of ``SYNC_STATUS_VIEW``: the status table's columns, named one by one, in schema order."""
+    return f"SELECT {', '.join(SYNC_STATUS_SCHEMA.names)} FROM {table}"
+
+
+# the kinds of SYNC_STATUS_SCHEMA's Arrow types: each warehouse's TYPES maps them, as it maps TABLE_COLUMNS'
+_STATUS_KINDS = {
+    pa.date32(): "date",
+    pa.int64(): "int64",
+    pa.string(): "text",
+    pa.timestamp("us", tz="UTC"): "timestamp",
+}
+
+
+def status_columns(types: dict[str, str]) -> list[tuple[str, str]]:
+    """The status table's columns with the warehouse's type for each kind (date, int64, text, timestamp)."""
+    return [(field.name, types[_STATUS_KINDS[field.type]]) for field in SYNC_STATUS_SCHEMA]
+
+
+def status_rows(table: pa.Table) -> pa.Table:
+    """``table`` as exactly SYNC_STATUS_SCHEMA (its columns in order, cast), or one sentence why not."""
+    missing = [name for name in SYNC_STATUS_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise FatalError(f"the sync status lacks the column(s) {', '.join(missing)}: nothing was published.")
+    try:
+        return table.select(SYNC_STATUS_SCHEMA.names).cast(SYNC_STATUS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FatalError(
+            f"the sync status does not fit its schema ({str(exc).splitlines()[0]}): nothing was published."
+        ) from exc
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -107,8 +157,8 @@ class Loader(Protocol):
         ...
 
     def publish_status(self, table: pa.Table) -> None:
-        """Replace the warehouse's sync status (``_mp_sync_status``, shown as the view ``mp_sync_status``)
-        with ``table``'s rows (``tasks.schema.SYNC_STATUS_SCHEMA``), atomically."""
+        """Replace the rows of ``_mp_sync_status`` with ``table``'s (SYNC_STATUS_SCHEMA) in one transaction,
+        creating the table and its view ``mp_sync_status`` when absent."""
         ...
 
 
