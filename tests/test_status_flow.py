@@ -157,3 +157,27 @@ def test_an_export_the_guard_refused_marks_its_day_refused(sandbox: SandboxServe
     assert states(rows) == {d: "refused" if d == days[0] else "in_sync" for d in days}
     assert "was not replaced: it was committed with every event" in str(rows[0]["reason"])
     assert rows[0]["rows_held"] == committed.rows, "the older version is kept"
+
+
+def test_a_warehouse_shows_the_status_rows_in_its_view(sandbox: SandboxServer, tmp_path: Path) -> None:
+    import duckdb
+
+    from blocks.destinations.duckdb import DuckDBWarehouse
+
+    warehouse = DuckDBWarehouse(
+        database=str(tmp_path / "wh.duckdb"),
+        files=LocalDestination(path=str(tmp_path / "files"), create_missing=True),
+    )
+    days = recent_days(DAYS, sandbox)
+    late = days[2]
+    events(credentials_for(sandbox), warehouse, from_date=days[0], to_date=days[-1])
+    sandbox.add_events(late, 3, user="late-user")
+    rows = status(credentials_for(sandbox), warehouse)
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as conn:
+        viewed = conn.execute(
+            "SELECT day, state, rows_held, difference FROM mp_sync_status ORDER BY day"
+        ).fetchall()
+    assert viewed == [(r["day"], r["state"], r["rows_held"], r["difference"]) for r in rows]
+    assert {day: state for day, state, _, _ in viewed} == {
+        d: "differs" if d == late else "in_sync" for d in days
+    }
