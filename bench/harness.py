@@ -37,10 +37,13 @@ def cpu_plan() -> tuple[int, int]:
     return cpus[0], cpus[1] if len(cpus) > 1 else cpus[0]
 
 
-def pinned(cpu: int) -> Any:
+def pinned(cpu: int | None) -> Any:
+    """Pin the child to ``cpu``; None leaves it every CPU (a measured process that uses them all)."""
+
     # Runs in the forked child before exec, so the new interpreter and all its threads inherit the mask.
     def pin() -> None:
-        os.sched_setaffinity(0, {cpu})
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
 
     return pin
 
@@ -56,9 +59,17 @@ class SandboxProcess:
     """`python -m sandbox` serving one fixed day size from a disk cache, rate limits off, pinned to a CPU."""
 
     def __init__(
-        self, events_per_day: int, cache_dir: Path, day: date, cpu: int, log: Path, last: date | None = None
+        self,
+        events_per_day: int,
+        cache_dir: Path,
+        day: date,
+        cpu: int | None,
+        log: Path,
+        last: date | None = None,
+        gzip: bool = False,
     ) -> None:
-        """Serves ``day`` (and every day up to ``last``, prewarmed too, for multi-day requests)."""
+        """Serves ``day`` (and every day up to ``last``, prewarmed too, for multi-day requests); ``gzip``:
+        each date range's body gzipped once and served from the cache (`--gzip-cached`), else plain."""
         self.day = day
         self.cpu = cpu
         self.log = log
@@ -67,7 +78,7 @@ class SandboxProcess:
             "127.0.0.1",
             "--port",
             "0",
-            "--no-gzip",
+            "--gzip-cached" if gzip else "--no-gzip",
             "--cache-dir",
             str(cache_dir),
             "--events-per-day",
@@ -155,18 +166,20 @@ class ChildRun:
     exit_code: int
     peak_rss_kib: int
     outcome: dict[str, Any]
+    cpu_seconds: float = 0.0  # user + system time of the child's every thread (wait4)
 
 
 def run_child(
     job: dict[str, Any],
-    cpu: int,
+    cpu: int | None,
     result: Path,
     env: dict[str, str],
     log: Path,
     module: str = "bench.workers",
     python: str = sys.executable,
 ) -> ChildRun:
-    """Run one job of ``module`` in a fresh interpreter pinned to ``cpu``; its own peak RSS via wait4."""
+    """Run one job of ``module`` in a fresh interpreter pinned to ``cpu`` (None: every CPU); its own
+    peak RSS and CPU time via wait4."""
     result.unlink(missing_ok=True)
     with open(log, "ab") as err:
         proc = subprocess.Popen(
@@ -181,4 +194,4 @@ def run_child(
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     outcome = json.loads(result.read_text()) if result.exists() else {}
-    return ChildRun(proc.returncode, usage.ru_maxrss, outcome)
+    return ChildRun(proc.returncode, usage.ru_maxrss, outcome, usage.ru_utime + usage.ru_stime)

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-gzip", action="store_true")
     p.add_argument("--cache-dir", type=Path)
+    p.add_argument(
+        "--gzip-cached",
+        action="store_true",
+        help="with --cache-dir: compress a plain request's body once per date range and serve it from disk",
+    )
     p.add_argument("--today", type=date.fromisoformat, help="YYYY-MM-DD override of 'today'")
     p.add_argument(
         "--created",
@@ -81,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> ProjectConfig:
         max_per_hour=args.max_per_hour,
         gzip=not args.no_gzip,
         cache_dir=args.cache_dir,
+        gzip_cached=args.gzip_cached,
         profiles=args.profiles,
         anonymous_profiles=args.anonymous_profiles,
         query_max_per_hour=args.query_max_per_hour,

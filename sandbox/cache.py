@@ -2,7 +2,9 @@
 
 Benchmarks serve millions of lines per day; generating them per request would measure the sandbox, not the
 client. With `cfg.cache_dir` a day is generated once into `<cache_dir>/<key>/<YYYY-MM-DD>.jsonl` (exactly the
-served bytes: lines each followed by "\\n") with `<YYYY-MM-DD>.meta.json` holding rows and fingerprint.
+served bytes: lines each followed by "\\n") with `<YYYY-MM-DD>.meta.json` holding rows and fingerprint. With
+`cfg.gzip_cached` too, a date range's body is gzipped once (one member, level 1 as the streamed gzip) into
+`<FROM>_<TO>.jsonl.gz` beside them, and served as it is.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -75,6 +78,30 @@ def ensure_cached(cfg: ProjectConfig, day: date) -> Path:
         if not (meta.exists() and data.exists()):
             _write_day(cfg, day, data, meta)
     return data
+
+
+GZIP_LEVEL = 1  # as the streamed gzip (sandbox.stream): cheap to make, the client inflates it all the same
+
+
+def ensure_gzipped(cfg: ProjectConfig, days: list[date]) -> Path:
+    """Path of the gzipped body of ``days`` (consecutive), compressed on the first request for them."""
+    first = ensure_cached(cfg, days[0])
+    path = first.with_name(f"{days[0].isoformat()}_{days[-1].isoformat()}.jsonl.gz")
+    if path.exists():
+        return path
+    with _lock_for(path):
+        if path.exists():
+            return path
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        with open(tmp, "wb") as out:
+            for day in days:
+                with open(ensure_cached(cfg, day), "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        out.write(deflate.compress(chunk))
+            out.write(deflate.flush())
+        os.replace(tmp, path)
+    return path
 
 
 @lru_cache(maxsize=4096)

@@ -38,6 +38,9 @@ class ProjectConfig:
     max_per_hour: int | None = 60
     gzip: bool = True
     cache_dir: Path | None = None
+    # with cache_dir: a plain request's gzip body is compressed once per date range and served from disk
+    # (as a CDN would), so a benchmark measures the client's inflating, not the sandbox's compressing
+    gzip_cached: bool = False
     # Engage (user profiles): None derives one profile per identified user of the events (sandbox.people).
     profiles: int | None = None
     anonymous_profiles: int = 0  # extra `$device:` profiles of never-identified devices

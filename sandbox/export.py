@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from sandbox.auth import authenticate
-from sandbox.cache import ensure_cached
+from sandbox.cache import ensure_cached, ensure_gzipped
 from sandbox.config import ProjectConfig
 from sandbox.data import SMALL_DAY, day_lines, iter_day_lines, split_line
 from sandbox.faults import MALFORMED_LINE, Fault, Quirk, split_record
@@ -243,9 +243,21 @@ def _abort(req: Request) -> None:
         req.handler.connection.shutdown(socket.SHUT_RDWR)
 
 
+def _precompressed(state: SandboxState, params: ExportParams, fault: Fault | None) -> Path | None:
+    """The cached gzip body of a plain request that no fault, quirk or change touches, if asked for."""
+    cfg = state.cfg
+    if not cfg.gzip_cached or cfg.cache_dir is None or not params.plain or fault is not None:
+        return None
+    days = list(params.days())
+    if any(state.faults.quirks_for(day) or state.changes.touched(day) for day in days):
+        return None
+    return ensure_gzipped(cfg, days)
+
+
 def _send_stream(req: Request, params: ExportParams, fault: Fault | None) -> None:
     state, handler = req.state, req.handler
     gzip = state.cfg.gzip and "gzip" in req.headers.get("Accept-Encoding", "").lower()
+    cached = _precompressed(state, params, fault) if gzip else None
     handler.send_response(200)
     handler.send_header("Content-Type", "text/plain; charset=utf-8")
     handler.send_header("Transfer-Encoding", "chunked")
@@ -253,9 +265,14 @@ def _send_stream(req: Request, params: ExportParams, fault: Fault | None) -> Non
         handler.send_header("Content-Encoding", "gzip")
     handler.end_headers()
     drop = fault.bytes if fault is not None and fault.kind == "drop_after_bytes" else None
-    body = ChunkedBody(handler.wfile, gzip=gzip, drop_after=drop, on_bytes=state.stats.add_bytes)
+    body = ChunkedBody(
+        handler.wfile, gzip=gzip and cached is None, drop_after=drop, on_bytes=state.stats.add_bytes
+    )
     try:
-        _stream(state, params, fault, body)
+        if cached is not None:
+            _write_file(cached, body)  # compressed already: sent as it is
+        else:
+            _stream(state, params, fault, body)
         body.finish()
     except Dropped:
         _abort(req)

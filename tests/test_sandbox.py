@@ -147,6 +147,26 @@ def test_gzip_decodes_to_same_bytes(sb: SandboxServer) -> None:
     assert "content-encoding" not in plain.headers
 
 
+def test_gzip_body_cached_per_range_is_the_same_body(tmp_path: Path) -> None:
+    with SandboxServer(config(cache_dir=tmp_path, gzip_cached=True)).start() as sb:
+        plain = export(sb, "2024-03-01", "2024-03-02")
+        raws = []
+        for _ in range(2):
+            with HTTP.stream(
+                "GET",
+                f"{sb.url}/api/2.0/export",
+                params={"from_date": "2024-03-01", "to_date": "2024-03-02", "project_id": 1},
+                auth=AUTH,
+                headers={"Accept-Encoding": "gzip"},
+            ) as response:
+                assert response.headers["content-encoding"] == "gzip"
+                raws.append(b"".join(response.iter_raw()))
+    cached = list(tmp_path.rglob("2024-03-01_2024-03-02.jsonl.gz"))
+    assert len(cached) == 1 and cached[0].read_bytes() == raws[0] == raws[1]
+    assert zlib.decompress(raws[0], 31) == plain.content
+    assert len(body_lines(plain)) == 1000
+
+
 def test_gzip_can_be_disabled() -> None:
     with SandboxServer(config(gzip=False)).start() as sb:
         response = export(sb, headers={"Accept-Encoding": "gzip"})

@@ -164,9 +164,16 @@ class PartitionBuffer:
     the shared byte budget is reached: row groups stay large even when a multi-day response
     interleaves its days, and memory is bounded by ``budget_bytes`` whatever the days' sizes."""
 
-    def __init__(self, writers: dict[int, RollingFiles], budget_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self,
+        writers: dict[int, RollingFiles],
+        budget_bytes: int = 32 << 20,
+        write: Callable[[RollingFiles, pl.DataFrame], None] | None = None,
+    ) -> None:
+        """``write`` does a flush's write (default: at once; the export hands it to another thread)."""
         self.writers = writers
         self.budget_bytes = budget_bytes
+        self._write = write or RollingFiles.write
         self._frames: dict[int, list[pl.DataFrame]] = {key: [] for key in writers}
         self._bytes: dict[int, int] = dict.fromkeys(writers, 0)
 
@@ -179,7 +186,7 @@ class PartitionBuffer:
     def flush(self, key: int) -> None:
         frames = self._frames[key]
         if frames:
-            self.writers[key].write(pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0])
+            self._write(self.writers[key], pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0])
         self._frames[key] = []
         self._bytes[key] = 0
 

@@ -21,7 +21,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -63,6 +63,31 @@ INFLATE_STEP_BYTES = 1 << 20
 ERROR_BODY_BYTES = 64 << 10
 # what the client asks for (Accept-Encoding: gzip) and so all it reads; x-gzip is gzip (RFC 9110)
 GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
+
+
+class Body(Iterator[bytes]):
+    """A response's body as it arrives (``body_chunks``), read by whichever thread iterates it;
+    ``interrupt()``, from another thread, wakes a read blocked on the socket (it then ends in an error
+    the interrupter expects), so a reader thread never outlives a unit that stopped waiting for it."""
+
+    def __init__(self, chunks: Iterator[bytes], response: httpx.Response) -> None:
+        self._chunks = chunks
+        self._response = response
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    def interrupt(self) -> None:
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
 
 
 @dataclass(frozen=True)
@@ -238,12 +263,12 @@ class MixpanelClient:
         # service accounts must name the project; a legacy project secret implies it
         return {"project_id": str(self.settings.project_id)} if self.settings.uses_service_account else {}
 
-    def export(self, request: ExportRequest) -> AbstractContextManager[Iterator[bytes]]:
+    def export(self, request: ExportRequest) -> AbstractContextManager[Body]:
         """Open one export request; its decompressed body as byte chunks (export budget held)."""
         params = request.params(None) | self._project_param()
         return self._stream(self.budget, "GET", self.settings.export_url, self.export_gate, params=params)
 
-    def engage(self, form: dict[str, str]) -> AbstractContextManager[Iterator[bytes]]:
+    def engage(self, form: dict[str, str]) -> AbstractContextManager[Body]:
         """Open one Engage (profiles) page request (query-API budget held)."""
         url = f"{self.settings.query_base_url}/api/query/engage"
         return self._stream(
@@ -283,7 +308,7 @@ class MixpanelClient:
         url: str,
         gate: Callable[[], AbstractContextManager[object]],
         **kwargs: Any,
-    ) -> Iterator[Iterator[bytes]]:
+    ) -> Iterator[Body]:
         """Transport failures while streaming surface as ``RetriableError``; HTTP errors as the
         classified error. The request holds ``gate`` and one slot of ``budget`` while it streams."""
         with (
@@ -308,7 +333,7 @@ class MixpanelClient:
                 error = unrequested_error(refused)
             else:
                 self.answered.set()
-                yield body_chunks(response, self.settings.max_inflation_ratio)
+                yield Body(body_chunks(response, self.settings.max_inflation_ratio), response)
                 return
             if isinstance(error, FatalError):
                 self.fatal = error

@@ -1,6 +1,9 @@
 """One unit of work of the events pipeline: one export request covering consecutive days.
 
-Stream → parse → split by day → rolling files in a stage → (all went well) commit day by day.
+Stream → parse → split by day → rolling files in a stage → (all went well) commit day by day. The
+first three run at once, in threads handing on through bounded queues (``tasks.pipeline.stages``): the
+result is the one a single thread gives, and a failure in any of them fails the attempt with its own
+sentence, every thread stopped before the attempt's stage is thrown away.
 Any retriable failure throws the whole attempt's stage away and starts the request again, so a
 day is committed only from one complete, clean response. A response in which every line was rejected
 is a failure whatever ``max_rejected_lines`` allows; and a committed day is replaced only under the
@@ -13,9 +16,10 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -48,6 +52,7 @@ from tasks.pipeline.guard import (
 from tasks.pipeline.identity import IdentityMode, edges_from_events
 from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
+from tasks.pipeline.stages import Stages
 from tasks.schema import EVENT_COLUMNS, EVENTS_TABLE
 
 MAX_REJECTS_KEPT = 10_000
@@ -139,6 +144,9 @@ class _Attempt:
     stage: Stage
     days: dict[int, _Day]
     buffer: PartitionBuffer
+    # the file writes (and seals) the last block asked for, in order: the writing thread does them, so
+    # the files (and the stage's uploads they start) are only ever touched by that one thread
+    writes: list[Callable[[], None]]
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
     accepted: int = 0  # records decoded, wherever they belong
@@ -232,25 +240,23 @@ def _stream(
     scratch: Path,
 ) -> _Attempt:
     partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
-    state = _Attempt(stage, partitions, PartitionBuffer({k: d.files for k, d in partitions.items()}))
+    writes: list[Callable[[], None]] = []
+    buffer = PartitionBuffer(
+        {k: d.files for k, d in partitions.items()},
+        write=lambda files, frame: writes.append(partial(files.write, frame)),
+    )
+    state = _Attempt(stage, partitions, buffer, writes)
     state.label = str(days[0]) if len(days) == 1 else f"{days[0]}..{days[-1]}"
     parser = StreamParser(settings.block_bytes, settings.max_line_bytes)
     try:
-        with client.export(request) as chunks:
-            for chunk in chunks:
-                for block in parser.feed(chunk):
-                    _take(state, block, settings)
-            for block in parser.finish():
-                _take(state, block, settings)
-        if state.rejected and not state.accepted:
-            first = state.rejects[0]
-            raise MalformedRecordsError(
-                f"export {state.label}: every one of the {state.rejected} record line(s) of the response was "
-                "rejected, first at "
-                f"{_where(first)}: {first.error}; a response without one usable record is a failure whatever "
-                "max_rejected_lines allows, and the previous data is unchanged."
-            )
-        state.buffer.flush_all()
+        # four threads: the body read and inflated, its lines parsed into frames, the frames split by
+        # day and counted, and here the Parquet files written (tasks.pipeline.stages); closing the
+        # stages stops and joins them
+        with client.export(request) as body, Stages() as stages:
+            read = stages.ahead(_batches(body), "read", READ_AHEAD, interrupt=body.interrupt)
+            blocks = stages.ahead(_parsed(read, parser), "parse", PARSE_AHEAD)
+            for write in stages.ahead(_split(state, blocks, settings), "split", WRITE_AHEAD):
+                write()
     except BaseException:
         for day in partitions.values():
             day.files.abort()
@@ -261,6 +267,61 @@ def _stream(
         day.edges.close()
     stage.wait()
     return state
+
+
+# the reader hands the parser about this many bytes at a time (a few reads or inflate steps): few
+# hand-offs between threads; it may be READ_AHEAD of them ahead, the parser PARSE_AHEAD blocks ahead
+# of the splitter: with 8 MiB blocks, some 8 MiB of body and one block's frame waiting in the queues
+# (a 3M-event day peaked at 485 MiB with 16 and 2, 436 MiB at most in its steady state)
+HANDOFF_BYTES = 1 << 20
+READ_AHEAD = 8
+PARSE_AHEAD = 1
+WRITE_AHEAD = 1  # a write holds a row group's frames (up to the buffer's 32 MiB)
+
+
+def _batches(chunks: Iterator[bytes], size: int = HANDOFF_BYTES) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _split(
+    state: _Attempt, blocks: Iterator[ParsedBlock], settings: ExportSettings
+) -> Iterator[Callable[[], None]]:
+    """Each block split by day, counted and buffered; the file writes it calls for, in order."""
+    for block in blocks:
+        _take(state, block, settings)
+        yield from _drain(state.writes)
+    if state.rejected and not state.accepted:
+        first = state.rejects[0]
+        raise MalformedRecordsError(
+            f"export {state.label}: every one of the {state.rejected} record line(s) of the response was "
+            "rejected, first at "
+            f"{_where(first)}: {first.error}; a response without one usable record is a failure whatever "
+            "max_rejected_lines allows, and the previous data is unchanged."
+        )
+    state.buffer.flush_all()
+    yield from _drain(state.writes)
+
+
+def _drain(writes: list[Callable[[], None]]) -> Iterator[Callable[[], None]]:
+    taken = writes[:]
+    writes.clear()
+    yield from taken
+
+
+def _parsed(batches: Iterator[list[bytes]], parser: StreamParser) -> Iterator[ParsedBlock]:
+    for batch in batches:
+        for chunk in batch:
+            yield from parser.feed(chunk)
+    yield from parser.finish()
 
 
 def _day_files(stage: Stage, partition: str, settings: ExportSettings, scratch: Path) -> _Day:
@@ -295,8 +356,7 @@ def _seal_idle(state: _Attempt) -> None:
     for ordinal, day in state.days.items():
         if day.open and state.blocks - day.last_block > IDLE_BLOCKS:
             state.buffer.flush(ordinal)
-            day.files.seal()
-            day.edges.seal()
+            state.writes += [day.files.seal, day.edges.seal]  # after the day's last writes
             day.counter.spill()
             day.open = False
 
@@ -322,14 +382,23 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
             day.excluded += part.height - kept.height
             part = kept
         day.rows += part.height
-        day.hash_sum += sum(part["_hash"].to_list())
+        day.hash_sum += _hash_sum(part)
         ptime = cast("int | None", part["_ptime"].max())  # of an Int64 column: an int, or None
         if ptime is not None:
             day.max_ptime = max(day.max_ptime or 0, ptime)
         state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))
         if settings.identity_mode is not None:
             # a few rows per block at most: written as they come, so memory does not grow with the day
-            day.edges.write(edges_from_events(part, settings.identity_mode))
+            state.writes.append(partial(day.edges.write, edges_from_events(part, settings.identity_mode)))
+
+
+def _hash_sum(part: pl.DataFrame) -> int:
+    """The exact sum of the rows' hashes, in polars (off the GIL): halves of 32 bits summed as u64
+    cannot overflow below 2**32 rows."""
+    low, high = part.select(
+        (pl.col("_hash") % (1 << 32)).sum().alias("low"), (pl.col("_hash") // (1 << 32)).sum().alias("high")
+    ).row(0)
+    return int(low) + (int(high) << 32)
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:

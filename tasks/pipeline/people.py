@@ -1,8 +1,10 @@
 """The people table: every Engage profile, streamed page by page, swapped in whole.
 
-Each page's ``results`` are streamed with ijson (the page document is never loaded whole) and each
-``$properties`` object is re-encoded with every key, in order, with its numbers' exact digits
-(ijson yields Decimal; msgspec writes Decimal and big integers back as plain JSON numbers).
+A page (``page_size`` profiles, about a megabyte) is decoded whole by msgspec, in C, and each
+``$properties`` object is kept as the bytes Mixpanel sent (``msgspec.Raw``): every key in order, every
+number in its own form (``6.71445388176323e-05`` stays so, big integers keep every digit), as the
+events' ``properties`` are. A page that does not decode, or whose text is not UTF-8, was cut or
+corrupted on the way: the page is fetched again.
 Mixpanel quirks: ``total`` is reliable only on page 0; the ``session_id`` of page 0 must be sent
 with every later page, which may then be fetched concurrently; paging goes on while pages are full.
 """
@@ -15,10 +17,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-import ijson
 import msgspec
 import polars as pl
 
@@ -28,9 +28,6 @@ from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient, RetryStats
 from tasks.pipeline.exclude import id_rows_of
 from tasks.schema import PEOPLE_SCHEMA, PEOPLE_TABLE
-
-ENCODER = msgspec.json.Encoder(decimal_format="number")
-BACKENDS = ("yajl2_c", "python")  # yajl's C parser, with the exact pure-python one as a fallback
 
 
 @dataclass(frozen=True)
@@ -65,55 +62,57 @@ class Page:
 PAGE_SCHEMA = {"distinct_id": pl.String, "properties": pl.String}
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ENCODER.encode(value).decode()
+class _Profile(msgspec.Struct, gc=False):
+    distinct_id: msgspec.Raw = msgspec.field(default=msgspec.Raw(b"null"), name="$distinct_id")
+    properties: msgspec.Raw = msgspec.field(default=msgspec.Raw(b"{}"), name="$properties")
 
 
-def parse_page(number: int, chunks: Iterator[bytes], backend: str = "yajl2_c") -> Page:
-    """Stream one Engage page: profiles from ``results``, plus ``session_id`` and ``total`` on page 0
-    (later pages reuse page 0's session, and their ``total`` is not reliable anyway)."""
-    parser = ijson.get_backend(backend)
-    profiles, session, total = ijson.sendable_list(), ijson.sendable_list(), ijson.sendable_list()
-    # use_float=False: floats come as Decimal (exact digits) and yajl keeps big integers exact
-    coros = [parser.items_coro(profiles, "results.item", use_float=False)]
-    if number == 0:  # each coroutine parses the whole page: only page 0 pays for the metadata
-        coros += [parser.items_coro(session, "session_id"), parser.items_coro(total, "total")]
-    page = Page(number)
-    for chunk in chunks:
-        for coro in coros:
-            coro.send(chunk)
-        _take(page, profiles)
-    for coro in coros:
-        coro.close()
-    _take(page, profiles)
-    page.session_id = str(session[0]) if session else None
-    page.total = int(total[0]) if total and isinstance(total[0], int | Decimal) else None
-    return page
+class _Page(msgspec.Struct, gc=False):
+    results: list[_Profile] = []
+    session_id: Any = None
+    total: Any = None
 
 
-def _take(page: Page, profiles: list[Any]) -> None:
-    for item in profiles:
-        page.ids.append(_text(item["$distinct_id"]))
-        page.properties.append(ENCODER.encode(item.get("$properties", {})).decode())
-    profiles.clear()
+PAGE_DECODER = msgspec.json.Decoder(_Page)
+TEXT_DECODER = msgspec.json.Decoder(str)
+
+
+def _id_text(raw: msgspec.Raw) -> str:
+    """A distinct id as text: a string's value, a number's own digits (Mixpanel accepts numeric ids)."""
+    text = bytes(raw)
+    return TEXT_DECODER.decode(text) if text[:1] == b'"' else text.decode()
+
+
+def parse_page(number: int, body: bytes) -> Page:
+    """One Engage page: profiles from ``results``, plus ``session_id`` and ``total`` (read from page 0;
+    later pages reuse page 0's session, and their ``total`` is not reliable anyway)."""
+    try:
+        decoded = PAGE_DECODER.decode(body)
+        ids = [_id_text(p.distinct_id) for p in decoded.results]
+        # msgspec does not look inside the raw objects it skips: their text must be UTF-8 all the same
+        properties = [bytes(p.properties).decode() for p in decoded.results]
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RetriableError(
+            f"the Engage page {number} is not a whole JSON page ({reason}); retrying."
+        ) from exc
+    total = decoded.total
+    return Page(
+        number,
+        ids,
+        properties,
+        session_id=str(decoded.session_id) if decoded.session_id is not None else None,
+        total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+    )
 
 
 def fetch_page(client: MixpanelClient, query: EngageQuery, number: int, session_id: str | None) -> Page:
-    """One page, retried whole; re-read with the exact pure-python parser if yajl overflows."""
+    """One page, retried whole."""
     stats = RetryStats()
 
     def attempt() -> Page:
-        for backend in BACKENDS:
-            with client.engage(query.form(number, session_id)) as chunks:
-                try:
-                    return parse_page(number, chunks, backend)
-                except ijson.IncompleteJSONError as exc:
-                    if "integer overflow" in str(exc) and backend != BACKENDS[-1]:
-                        continue
-                    raise RetriableError(
-                        f"the Engage page {number} was cut short ({exc}); retrying."
-                    ) from exc
-        raise AssertionError("unreachable")
+        with client.engage(query.form(number, session_id)) as chunks:
+            return parse_page(number, b"".join(chunks))
 
     return client.with_retries(attempt, f"Engage page {number}", stats)
 
