@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from blocks.destinations.base import DestinationBlock
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
@@ -83,6 +84,7 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     destination = target.connect(cfg.project_id)
     days = [first + timedelta(days=i) for i in range(DAYS)]
     ok = report(destination, server, days)
+    ok &= sync_status(credentials, target)
     hook = format_hook(destination)
     if hook is not None:
         format_queries(hook, fmt)
@@ -108,6 +110,20 @@ def report(destination: ObjectStoreDestination, server: SandboxServer, days: lis
     return ok
 
 
+def sync_status(credentials: MixpanelCredentials, target: AnyDestination) -> bool:
+    """The status flow over the demo's week: the rows the UI's chart, `make status` and (DuckDB) the view
+    mp_sync_status show."""
+    from flows.status import status
+
+    rows = status(credentials, target, days=DAYS)
+    healthy = sum(row["state"] in ("in_sync", "purged") for row in rows)
+    print(
+        f"\nsync status: {healthy} of {len(rows)} day(s) in sync with Mixpanel's counts; the same table in the "
+        f"terminal: make status DATA_DIR={DATA_DIR}"
+    )
+    return healthy == len(rows)
+
+
 QUERIES = {
     "events per day": """
         SELECT CAST(time AS DATE) AS day, COUNT(*) AS events, COUNT(DISTINCT insert_id) AS insert_ids
@@ -122,6 +138,8 @@ QUERIES = {
         FROM mp_master_event_resolved
         WHERE distinct_id <> ''
         GROUP BY 1 ORDER BY 1""",
+    "each day's sync status (the view mp_sync_status)": """
+        SELECT day, state, rows_held, mixpanel_rows, difference FROM mp_sync_status ORDER BY day""",
     "profiles and mapped ids": """
         SELECT (SELECT COUNT(*) FROM mp_people_data) AS profiles,
                (SELECT COUNT(*) FROM mp_identity_mappings_data) AS mapped_ids""",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from flows.status import artifact_key, status
 from sandbox import SandboxServer
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.store import LocalStore
+from tests.cluster import _wait_healthy
 from tests.conftest import credentials_for, recent_days
 from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
@@ -51,26 +51,10 @@ def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_healthy(url, process, log)
+        _wait_healthy(url, process, log, seconds=240)
         yield url
     finally:
         stop_process(process)
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 240) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the Prefect server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the Prefect server did not answer within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def test_the_status_chart_and_the_days_states_show_in_the_ui(
