@@ -159,14 +159,16 @@ run: setup
 
 # the sync status of the local folder $(DATA_DIR) (or of BLOCK=<block type slug>/<name>, loaded from the
 # server) as a terminal table: Mixpanel's counts refreshed when the server and Mixpanel answer, else the ones
-# each day recorded; exit 0 only when every day is in sync. VERIFY=1 re-reads every committed file.
+# each day recorded; exit 0 only when every day is in sync. VERIFY=1 re-reads every committed file;
+# OFFLINE=1 asks neither the server nor Mixpanel (a folder of another project, such as the demo's).
 BLOCK ?=
 PROJECT ?=
 STATUS_DAYS ?= 90
 VERIFY ?=
+OFFLINE ?=
 status: setup
 	$(BIN)/python -m flows.status_terminal --data $(DATA_DIR) --days $(STATUS_DAYS) $(if $(BLOCK),--block $(BLOCK)) \
-	  $(if $(PROJECT),--project $(PROJECT)) $(if $(VERIFY),--verify)
+	  $(if $(PROJECT),--project $(PROJECT)) $(if $(VERIFY),--verify) $(if $(OFFLINE),--offline)
 
 # Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
 browser:

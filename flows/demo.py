@@ -119,7 +119,7 @@ def sync_status(credentials: MixpanelCredentials, target: AnyDestination) -> boo
     healthy = sum(row["state"] in ("in_sync", "purged") for row in rows)
     print(
         f"\nsync status: {healthy} of {len(rows)} day(s) in sync with Mixpanel's counts; the same table in the "
-        f"terminal: make status DATA_DIR={DATA_DIR}"
+        f"terminal: make status DATA_DIR={DATA_DIR} OFFLINE=1"
     )
     return healthy == len(rows)
 

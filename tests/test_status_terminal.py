@@ -60,7 +60,16 @@ def test_in_sync_exits_0_and_late_events_exit_1_then_offline_shows_the_recorded_
     with temporary_settings({PREFECT_API_URL: NOWHERE}):
         code, text = run("--data", str(data))  # the project found in the folder, the counts each day recorded
     assert code == 1 and f"{days[2]} differs" in text
-    assert "the Prefect server does not answer: the counts shown are the last ones each day recorded" in text
+    assert (
+        "offline, or the Prefect server does not answer: the counts shown are the last ones each day recorded"
+        in text
+    )
+
+    # asked to stay offline, a server that answers is not asked either: the same recorded counts
+    before = sandbox.stats()["counts_requests"]
+    code, text = run("--data", str(data), "--credentials", "status-terminal", "--offline")
+    assert code == 1 and f"{days[2]} differs" in text and "offline, or the Prefect server" in text
+    assert sandbox.stats()["counts_requests"] == before
 
 
 def test_a_lost_file_exits_1_and_says_how_to_mend_it(folder: tuple[Path, list[date]]) -> None:
