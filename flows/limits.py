@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import cache
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
@@ -69,14 +71,28 @@ def export_slot(notify: Callable[[str], None] | None = None) -> Iterator[None]:
         with _reported(item, say):
             OUTAGE.optional(functools.partial(rate_limit, item.name))
     slot = concurrency(IN_FLIGHT.name, occupy=1, lease_duration=LEASE_SECONDS)
+    pending = _unreleased()
     with _reported(IN_FLIGHT, say):
         held = OUTAGE.optional(lambda: _taken(slot)) is True
     try:
         yield
     finally:
-        if held:
-            # a release the server cannot hear is no leak: the slot's lease ends LEASE_SECONDS later
-            OUTAGE.optional(lambda: slot.__exit__(None, None, None))
+        if held and OUTAGE.optional(lambda: slot.__exit__(None, None, None)) is None and OUTAGE.ongoing:
+            # a release the server cannot hear is no leak: the slot's lease ends LEASE_SECONDS later.
+            # Prefect would release it again when the task ends, and log that failure with a traceback.
+            _forget_unreleased(pending)
+
+
+def _unreleased() -> set[UUID]:
+    """The leases Prefect still means to release when the current task ends."""
+    context = ConcurrencyContext.get()
+    return set(context.cleanup_lease_ids) if context else set()
+
+
+def _forget_unreleased(keep: set[UUID]) -> None:
+    context = ConcurrencyContext.get()
+    if context:
+        context.cleanup_lease_ids[:] = [lease for lease in context.cleanup_lease_ids if lease in keep]
 
 
 def _taken(slot: AbstractContextManager[None]) -> bool:

@@ -10,7 +10,8 @@ Invariants:
   ``REPORT_WAIT_SECONDS``; a run still without a server then ends as its engine makes it end.
 * A run the server marked Crashed while it could not hear from it (the heartbeat automation of
   ``flows.setup``) and that is alive is set back to Running before it reports its end: otherwise its
-  final state would be refused and a run that committed every day would read as crashed.
+  final state would be refused and a run that committed every day would read as crashed. A run that
+  lost its server gives the server ``SETTLE_SECONDS`` once it is back to do so before it looks.
 * Prefect's own reports of the meantime arrive when the server is back: task run states and heartbeats
   are events, which Prefect's events client keeps until the server confirms them. Logs written while the
   server was away may be lost (Prefect drops a batch it could not send): the summary artifact and the
@@ -41,6 +42,10 @@ T = TypeVar("T")
 REPORT_WAIT_SECONDS = 900.0  # how long a run waits for its server to report its end
 POLL_SECONDS = 2.0
 PROBE_SECONDS = 3.0
+# a server back from an outage marks the runs whose heartbeats it missed Crashed at its first evaluation
+# of the automations (every 5 s, once its services started): a run that lost its server waits this long
+# before it looks at its state, so that it finds the Crashed to undo instead of ending beside it
+SETTLE_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class Outage:
     def __init__(self) -> None:
         self._since: float | None = None
         self._cause = ""
+        self.happened = False  # whether this process lost the API once: its run may have been marked Crashed
         self._lock = threading.Lock()
 
     @property
@@ -87,7 +93,7 @@ class Outage:
         with self._lock:
             if self._since is not None:
                 return
-            self._since, self._cause = time.monotonic(), type(exc).__name__
+            self._since, self._cause, self.happened = time.monotonic(), type(exc).__name__, True
         _say(
             logging.WARNING,
             f"The Prefect server is unreachable ({type(exc).__name__}): the run goes on exporting and "
@@ -149,6 +155,10 @@ def report_when_back() -> None:
         return
     with contextlib.suppress(Exception):  # the engine's own report then says what is wrong
         state = OUTAGE.required(lambda: _read_state(run_id))
+        if OUTAGE.happened:
+            # a server just back acts on the heartbeats it missed within seconds: let it, then look
+            time.sleep(SETTLE_SECONDS)
+            state = OUTAGE.required(lambda: _read_state(run_id))
         if state is not None and state.type == StateType.CRASHED:
             _say(
                 logging.WARNING,
