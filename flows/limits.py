@@ -45,7 +45,9 @@ class Limit:
 
 PER_HOUR = Limit("mixpanel-export-per-hour", 30, 30 / 3600, "the hourly export budget (60/hour)")
 PER_SECOND = Limit("mixpanel-export-per-second", 1, 2.0, "the per-second export budget (3/s)")
-IN_FLIGHT = Limit("mixpanel-export-in-flight", 100, 0.0, "a free place among 100 exports in flight")
+# the in-flight slots also decay, one a minute: a restarted Prefect server forgets its leases (it keeps
+# them in memory), and the slots they held would otherwise stay taken for ever
+IN_FLIGHT = Limit("mixpanel-export-in-flight", 100, 1 / 60, "a free place among 100 exports in flight")
 # an in-flight slot is leased: renewed while its request runs, it frees itself this long after its holder
 # died (a killed worker, a server that could not hear the release) instead of staying taken for ever
 LEASE_SECONDS = 120.0
