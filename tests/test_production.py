@@ -251,7 +251,7 @@ def _all_slots_free(client: Any, name: str, limit: int) -> bool:
     except httpx.HTTPStatusError as refused:
         assert refused.response.status_code == 423, refused
         return False
-    client.release_concurrency_slots(names=[name], slots=limit, occupancy_seconds=0.0)
+    client.release_concurrency_slots(names=[name], slots=limit, occupancy_seconds=1.0)
     return True
 
 
