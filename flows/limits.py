@@ -64,25 +64,38 @@ def export_slot(notify: Callable[[str], None] | None = None) -> Iterator[None]:
     (default: the run's log). While the Prefect server is unreachable the host's own budget alone holds
     (``flows.outage``): the run goes on."""
     say = notify or _run_log().warning
-    if not OUTAGE.reachable() or not OUTAGE.optional(lambda: limits_exist(PREFECT_API_URL.value())):
-        yield
-        return
-    # one at a time: asked together, a refusal of the per-second limit makes the client wait as long
-    # as a slot of the per-hour one takes to free (minutes), not the half second it needs
-    for item in (PER_HOUR, PER_SECOND):
-        with _reported(item, say):
-            OUTAGE.optional(functools.partial(rate_limit, item.name))
-    slot = concurrency(IN_FLIGHT.name, occupy=1, lease_duration=LEASE_SECONDS)
-    pending = _unreleased()
-    with _reported(IN_FLIGHT, say):
-        held = OUTAGE.optional(lambda: _taken(slot)) is True
+    limited = OUTAGE.reachable() and OUTAGE.optional(lambda: limits_exist(PREFECT_API_URL.value()))
+    held = _take_slots(say) if limited else None
     try:
         yield
     finally:
-        if held and OUTAGE.optional(lambda: slot.__exit__(None, None, None)) is None and OUTAGE.ongoing:
-            # a release the server cannot hear is no leak: the slot's lease ends LEASE_SECONDS later.
-            # Prefect would release it again when the task ends, and log that failure with a traceback.
-            _forget_unreleased(pending)
+        if held is not None:
+            slot, pending = held
+            if OUTAGE.optional(lambda: slot.__exit__(None, None, None)) is None and OUTAGE.ongoing:
+                # a release the server cannot hear is no leak: the slot's lease ends LEASE_SECONDS later.
+                # Prefect would release it again when the task ends, and log that failure with a traceback.
+                _forget_unreleased(pending)
+
+
+def _take_slots(say: Callable[[str], None]) -> tuple[AbstractContextManager[None], set[UUID]] | None:
+    """Wait for the per-hour and per-second limits, then take an in-flight slot: the slot and the leases
+    Prefect meant to release before, or None once the server stops answering. Each limit is asked only
+    while the server answers (a quick probe): a call it no longer answers stalls for the minute Prefect's
+    client retries, once, not once per limit. One at a time: asked together, a refusal of the
+    per-second limit makes the client wait as long as a slot of the per-hour one takes to free
+    (minutes), not the half second it needs."""
+    for item in (PER_HOUR, PER_SECOND):
+        if not OUTAGE.reachable():
+            return None
+        with _reported(item, say):
+            OUTAGE.optional(functools.partial(rate_limit, item.name))
+    if not OUTAGE.reachable():
+        return None
+    slot = concurrency(IN_FLIGHT.name, occupy=1, lease_duration=LEASE_SECONDS)
+    pending = _unreleased()
+    with _reported(IN_FLIGHT, say):
+        taken = OUTAGE.optional(lambda: _taken(slot)) is True
+    return (slot, pending) if taken else None
 
 
 def _unreleased() -> set[UUID]:

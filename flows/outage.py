@@ -9,9 +9,11 @@ Invariants:
 * What a run must report (its summary artifact, its final state) waits for the server, up to
   ``REPORT_WAIT_SECONDS``; a run still without a server then ends as its engine makes it end.
 * A run the server marked Crashed while it could not hear from it (the heartbeat automation of
-  ``flows.setup``) and that is alive is set back to Running before it reports its end: otherwise its
-  final state would be refused and a run that committed every day would read as crashed. A run that
-  lost its server gives the server ``SETTLE_SECONDS`` once it is back to do so before it looks.
+  ``flows.setup`` fires as soon as a restarted server evaluates it) and that is alive is set back to
+  Running within ``POLL_SECONDS`` of seeing it: a watch thread probes the server through the outage and,
+  for ``WATCH_SECONDS`` once it is back, looks at the state of every flow run of this process that has
+  not reported its end. It never touches a run once that run reports its end (``report_when_back``),
+  and the server refuses a Crashed over a final state, so a finished run keeps its final state.
 * Prefect's own reports of the meantime arrive when the server is back: task run states and heartbeats
   are events, which Prefect's events client keeps until the server confirms them. Logs written while the
   server was away may be lost (Prefect drops a batch it could not send): the summary artifact and the
@@ -24,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 from uuid import UUID
 
@@ -43,9 +45,9 @@ REPORT_WAIT_SECONDS = 900.0  # how long a run waits for its server to report its
 POLL_SECONDS = 2.0
 PROBE_SECONDS = 3.0
 # a server back from an outage marks the runs whose heartbeats it missed Crashed at its first evaluation
-# of the automations (every 5 s, once its services started): a run that lost its server waits this long
-# before it looks at its state, so that it finds the Crashed to undo instead of ending beside it
-SETTLE_SECONDS = 30.0
+# of the automations (every 5 s once its services started, later on a loaded machine): a run looks out for
+# that Crashed this long after the server answers again
+WATCH_SECONDS = 180.0
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,10 @@ class Outage:
     def __init__(self) -> None:
         self._since: float | None = None
         self._cause = ""
-        self.happened = False  # whether this process lost the API once: its run may have been marked Crashed
         self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._runs: dict[str, str] = {}  # id -> name of this process's flow runs that have not ended
+        self._runs_lock = threading.Lock()  # a run reports its end or is revived, never both at once
 
     @property
     def ongoing(self) -> bool:
@@ -93,11 +97,15 @@ class Outage:
         with self._lock:
             if self._since is not None:
                 return
-            self._since, self._cause, self.happened = time.monotonic(), type(exc).__name__, True
+            self._since, self._cause = time.monotonic(), type(exc).__name__
+            if self._watcher is None and self._runs:  # a process without flow runs has none to revive
+                self._watcher = threading.Thread(target=self._watch, name="prefect-outage-watch", daemon=True)
+                self._watcher.start()
         _say(
             logging.WARNING,
             f"The Prefect server is unreachable ({type(exc).__name__}): the run goes on exporting and "
             "committing to the destination, and reports to the server when it is back.",
+            self._runs.copy(),
         )
 
     def end(self) -> None:
@@ -110,6 +118,7 @@ class Outage:
             logging.WARNING,
             f"The Prefect server was unreachable for {lasted:.0f} s ({self._cause}): the run went on "
             "exporting and committing meanwhile, and reports to it again.",
+            self._runs.copy(),
         )
 
     def reachable(self) -> bool:
@@ -144,8 +153,49 @@ class Outage:
             self.end()
             return result
 
+    def track(self, run_id: str, name: str) -> None:
+        """``run_id`` runs in this process: revive it if the server marks it Crashed after an outage."""
+        with self._runs_lock:
+            self._runs[run_id] = name
+
+    def finish(self, run_id: str) -> None:
+        """``run_id`` reports its end now: from here on, its state is the engine's to set."""
+        with self._runs_lock:
+            self._runs.pop(run_id, None)
+
+    def _watch(self) -> None:
+        """Through an outage, probe the server; once it is back, look out for a Crashed it gives a live
+        run, for WATCH_SECONDS; a new outage meanwhile starts the wait again."""
+        back_at: float | None = None
+        while True:
+            time.sleep(POLL_SECONDS)
+            if self.ongoing:
+                back_at = None
+                self.reachable()  # ends the outage, and says so, once the server answers
+                continue
+            back_at = back_at or time.monotonic()
+            if not self.reachable():  # gone again: Prefect's client would retry each call for a minute
+                continue
+            for run_id in list(self._runs):
+                self._revive(run_id)
+            with self._lock:
+                if self._since is None and time.monotonic() - back_at >= WATCH_SECONDS:
+                    self._watcher = None
+                    return
+
+    def _revive(self, run_id: str) -> None:
+        with self._runs_lock:
+            if run_id in self._runs:
+                self.optional(lambda: revive_if_crashed(run_id, self._runs))
+
 
 OUTAGE = Outage()
+
+
+def track_this_run() -> None:
+    """Called as a flow run starts: the outage watch looks after it until it reports its end."""
+    if run_id := flow_run.id:
+        OUTAGE.track(run_id, flow_run.name or run_id)
 
 
 def report_when_back() -> None:
@@ -153,20 +203,25 @@ def report_when_back() -> None:
     run_id = flow_run.id
     if not run_id:  # a flow called from Python without a server-side run
         return
+    OUTAGE.finish(run_id)
     with contextlib.suppress(Exception):  # the engine's own report then says what is wrong
-        state = OUTAGE.required(lambda: _read_state(run_id))
-        if OUTAGE.happened:
-            # a server just back acts on the heartbeats it missed within seconds: let it, then look
-            time.sleep(SETTLE_SECONDS)
-            state = OUTAGE.required(lambda: _read_state(run_id))
-        if state is not None and state.type == StateType.CRASHED:
-            _say(
-                logging.WARNING,
-                f"The server marked this run Crashed ({state.message}) while it could not hear from it; "
-                "the run was alive and went on: its state is set back to Running before it ends.",
-            )
-            with get_client(sync_client=True) as client:
-                client.set_flow_run_state(UUID(run_id), Running(), force=True)
+        OUTAGE.required(lambda: revive_if_crashed(run_id))
+
+
+def revive_if_crashed(run_id: str, names: Mapping[str, str] | None = None) -> bool:
+    """Set ``run_id``, alive in this process, back to Running if the server marked it Crashed."""
+    state = _read_state(run_id)
+    if state is None or state.type != StateType.CRASHED:
+        return False
+    _say(
+        logging.WARNING,
+        f"The server marked this run Crashed ({state.message}) while it could not hear from it; the run "
+        "is alive and goes on: its state is set back to Running.",
+        {run_id: (names or {}).get(run_id, run_id)},
+    )
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Running(), force=True)
+    return True
 
 
 def _read_state(run_id: str) -> State | None:
@@ -174,9 +229,17 @@ def _read_state(run_id: str) -> State | None:
         return client.read_flow_run(UUID(run_id)).state
 
 
-def _say(level: int, message: str) -> None:
+def _say(level: int, message: str, runs: Mapping[str, str] | None = None) -> None:
+    """Into the log of the flow run of this thread's context or, from a thread without one (the
+    outage watch, an export stage), into the logs of ``runs`` (id -> name): Prefect's API handler sends
+    a record to the run its ``flow_run_id`` names."""
     try:
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+        get_run_logger().log(level, message)
+        return
     except MissingContextError:
-        logger = log
-    logger.log(level, message)
+        pass
+    for run_id, name in (runs or {}).items():
+        extra = {"flow_run_id": UUID(run_id), "flow_run_name": name}
+        logging.getLogger("prefect.flow_runs").log(level, message, extra=extra)
+    if not runs:
+        log.log(level, message)

@@ -28,7 +28,7 @@ from uuid import UUID
 from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.outage import OUTAGE, report_when_back
+from flows.outage import OUTAGE, report_when_back, track_this_run
 from tasks.errors import PipelineError
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -98,7 +98,9 @@ def pipeline_flow(**options: Any) -> Callable[[Callable[P, T]], Flow[P, T]]:
 
 
 def prepare_run() -> None:
-    """Call first in every flow: installs the log filter once per process, and the orphan watch."""
+    """Call first in every flow: installs the log filter once per process, and the orphan watch; the
+    outage watch looks after the run until it reports its end."""
+    track_this_run()
     for name in RUN_LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
