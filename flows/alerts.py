@@ -1,10 +1,12 @@
-"""Being told when the pipelines need a person: three Prefect automations and the event one of them waits for.
+"""Being told when the pipelines need a person: four Prefect automations and the event one of them waits for.
 
 ``python -m flows.setup --notify BLOCK`` (``make deploy NOTIFY=BLOCK``) creates, each sending through the
 notification block the user named (any of Prefect's: Slack, Teams, e-mail, a custom webhook):
 
-* ``mixpanel-run-failed``: a run of a deployment of this project's flows (``mixpanel-*``) ends Failed or
-  Crashed;
+* ``mixpanel-run-failed``: a run of a deployment of this project's flows (``mixpanel-*``) ends Failed;
+* ``mixpanel-run-crashed``: such a run is Crashed and stays so for ``CRASH_CONFIRM``, a proactive
+  trigger: a live run the server marked Crashed while it could not hear from it (a restarted server,
+  ``flows.outage``) sets itself back to Running within seconds, and nobody is paged for it;
 * ``mixpanel-freshness``: no ``events-daily`` run has Completed for ``FRESHNESS`` since the newest one
   (or since the automation was made), a proactive trigger: it fires on the absence of events, and again
   each ``FRESHNESS`` while it lasts;
@@ -33,6 +35,21 @@ from prefect.events.schemas.events import ResourceSpecification
 from tasks.errors import redact
 
 FRESHNESS = timedelta(hours=26)
+CRASH_CONFIRM = timedelta(seconds=60)
+# any state a run can take after Crashed: the run revived itself, or a person ran it again
+AFTER_CRASHED = {
+    f"prefect.flow-run.{state}"
+    for state in (
+        "Running",
+        "Completed",
+        "Failed",
+        "Cancelled",
+        "Cancelling",
+        "Scheduled",
+        "Pending",
+        "Paused",
+    )
+}
 DAILY_FLOW, DAILY_DEPLOYMENT = "mixpanel-events", "events-daily"
 UNSYNCED_EVENT = "mixpanel.reconcile.unsynced"
 SUBJECT = "Mixpanel pipelines: {what}"
@@ -55,7 +72,7 @@ UNSYNCED_BODY = (
 
 
 def automations(block_id: Any, freshness: timedelta = FRESHNESS) -> list[Automation]:
-    """The three automations, sending through the notification block ``block_id``."""
+    """The four automations, sending through the notification block ``block_id``."""
     stale = (
         f"{DAILY_FLOW}/{DAILY_DEPLOYMENT}: no run has Completed for more than {_duration(freshness)}; "
         "the newest days may be missing from the destination."
@@ -67,13 +84,28 @@ def automations(block_id: Any, freshness: timedelta = FRESHNESS) -> list[Automat
     return [
         Automation(
             name="mixpanel-run-failed",
-            description="A run of a Mixpanel pipeline deployment failed or crashed.",
+            description="A run of a Mixpanel pipeline deployment failed.",
             trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                expect={"prefect.flow-run.Failed"},
                 match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
                 match_related=OUR_DEPLOYMENTS,
                 posture=Posture.Reactive,
                 threshold=1,
+            ),
+            actions=send("{{ deployment.name }} {{ flow_run.state.name }}", RUN_ENDED_BODY),
+        ),
+        Automation(
+            name="mixpanel-run-crashed",
+            description=f"A run of a Mixpanel pipeline deployment crashed and stayed so for {_duration(CRASH_CONFIRM)}.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.Crashed"},
+                expect=AFTER_CRASHED,
+                match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+                match_related=OUR_DEPLOYMENTS,
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=CRASH_CONFIRM,
             ),
             actions=send("{{ deployment.name }} {{ flow_run.state.name }}", RUN_ENDED_BODY),
         ),
@@ -172,7 +204,7 @@ def _notifier_named(document: Any, name: str, slug: str) -> bool:
 
 def _duration(span: timedelta) -> str:
     seconds = int(span.total_seconds())
-    for unit, size in (("hours", 3600), ("minutes", 60)):
+    for unit, size in (("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds // size} {unit}"
+            return f"{seconds // size} {unit}{'s' if seconds > size else ''}"
     return f"{seconds} seconds"

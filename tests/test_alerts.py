@@ -25,7 +25,14 @@ from typing import Any
 
 import pytest
 
-from flows.alerts import DAILY_DEPLOYMENT, DAILY_FLOW, RUN_ENDED_BODY, UNSYNCED_BODY, automations
+from flows.alerts import (
+    CRASH_CONFIRM,
+    DAILY_DEPLOYMENT,
+    DAILY_FLOW,
+    RUN_ENDED_BODY,
+    UNSYNCED_BODY,
+    automations,
+)
 from sandbox import SandboxServer
 from tasks.sync.reconcile import still_differing, unsynced_sentence
 from tests.checkout import copy_checkout, user_environment
@@ -37,6 +44,8 @@ from tests.stores.process import stop as stop_process
 BLOCK = "alerts-hook"
 HOOK_SECRET = "hook-secret-4f9c1e"  # the webhook block's own secret: in no message
 ARRIVES_WITHIN = 60.0
+CRASH_TOLD_WITHIN = CRASH_CONFIRM.total_seconds() + ARRIVES_WITHIN  # a crash is told once confirmed
+ALERTS = ("mixpanel-run-failed", "mixpanel-run-crashed", "mixpanel-freshness", "mixpanel-reconcile-unsynced")
 
 
 class Receiver:
@@ -248,10 +257,7 @@ def test_a_day_still_differing_after_its_export_is_told_in_one_sentence() -> Non
 
 
 def test_make_deploy_creates_each_alert_once_and_again_replaces_them(alerting: Alerting) -> None:
-    assert (
-        "alerts: mixpanel-run-failed, mixpanel-freshness, mixpanel-reconcile-unsynced"
-        in alerting.deploy_output
-    )
+    assert f"alerts: {', '.join(ALERTS)}" in alerting.deploy_output
     again = alerting.setup("--notify", f"custom-webhook/{BLOCK}")  # the type's slug may be written too
     assert again.returncode == 0, again.stderr
     missing = alerting.setup("--notify", "no-such-block")
@@ -261,7 +267,7 @@ def test_make_deploy_creates_each_alert_once_and_again_replaces_them(alerting: A
     assert "alerts: none: `make deploy NOTIFY=<block name>`" in without.stdout
     with alerting.client() as client:
         client.read_deployment_by_name(f"{DAILY_FLOW}/{DAILY_DEPLOYMENT}")  # what freshness watches exists
-        for name in ("mixpanel-run-failed", "mixpanel-freshness", "mixpanel-reconcile-unsynced"):
+        for name in ALERTS:
             (automation,) = client.read_automations_by_name(name)
             assert automation.enabled
 
@@ -294,7 +300,7 @@ def test_a_killed_run_is_told_once_as_crashed(alerting: Alerting) -> None:
         pid = _flow_run_process(alerting, str(run.id))
         since = time.time()
         os.kill(pid, signal.SIGKILL)
-        (message,) = alerting.receiver.wait_for(run.name, since)
+        (message,) = alerting.receiver.wait_for(run.name, since, seconds=CRASH_TOLD_WITHIN)
     finally:
         alerting.sandbox.state.faults.reset()
     assert message["subject"] == "Mixpanel pipelines: backfill Crashed"
@@ -312,27 +318,43 @@ def test_a_killed_run_is_told_once_as_crashed(alerting: Alerting) -> None:
     alerting.assert_no_secret()
 
 
-def test_a_run_marked_crashed_for_lack_of_heartbeats_is_told_once(alerting: Alerting) -> None:
-    """As `mixpanel-crashed-runs` ends a run whose worker is gone: its state forced to Crashed."""
-    from prefect.states import Crashed, Pending
+def test_a_run_left_crashed_is_told_once_and_a_run_revived_within_the_minute_is_not(
+    alerting: Alerting,
+) -> None:
+    """As `mixpanel-crashed-runs` ends a run whose worker is gone: its state forced to Crashed. A server
+    back from an outage does the same to a live run, which sets itself back to Running (flows.outage)."""
+    from prefect.states import Cancelled, Crashed, Pending, Running
 
     from flows.setup import CRASH_AUTOMATIONS
 
-    (day,) = recent_days(1, alerting.sandbox, back=21)
+    left_day, revived_day = recent_days(2, alerting.sandbox, back=21)
     why = CRASH_AUTOMATIONS["mixpanel-crashed-runs"][2]
     with alerting.client() as client:
         deployment = client.read_deployment_by_name("mixpanel-backfill/backfill")
-        run = client.create_flow_run_from_deployment(  # Pending: no worker takes it (they take Scheduled)
-            deployment.id, parameters={"from_date": day.isoformat()}, state=Pending()
+        left, revived = (  # Pending: no worker takes them (they take Scheduled)
+            client.create_flow_run_from_deployment(
+                deployment.id, parameters={"from_date": day.isoformat()}, state=Pending()
+            )
+            for day in (left_day, revived_day)
         )
         since = time.time()
-        client.set_flow_run_state(run.id, Crashed(message=why), force=True)
-    (message,) = alerting.receiver.wait_for(run.name, since)
+        for run in (left, revived):
+            client.set_flow_run_state(run.id, Crashed(message=why), force=True)
+        time.sleep(3)
+        client.set_flow_run_state(revived.id, Running(), force=True)
+    (message,) = alerting.receiver.wait_for(left.name, since, seconds=CRASH_TOLD_WITHIN)
+    told_after = alerting.receiver.arrived(left.name) - since
     assert message["subject"] == "Mixpanel pipelines: backfill Crashed"
-    assert message["body"] == f"mixpanel-backfill/backfill: run {run.name} Crashed (days {day}..{day}): {why}"
-    print(f"crashed for lack of heartbeats: told {alerting.receiver.arrived(run.name) - since:.1f} s after")
+    assert message["body"] == (
+        f"mixpanel-backfill/backfill: run {left.name} Crashed (days {left_day}..{left_day}): {why}"
+    )
+    assert told_after >= CRASH_CONFIRM.total_seconds() - 1, "told before the crash was confirmed"
+    print(f"crashed for lack of heartbeats: told {told_after:.1f} s after")
     time.sleep(5)
-    assert len(alerting.receiver.matching(run.name, since)) == 1
+    assert len(alerting.receiver.matching(left.name, since)) == 1
+    assert alerting.receiver.matching(revived.name, since) == [], "a revived run was told as crashed"
+    with alerting.client() as client:
+        client.set_flow_run_state(revived.id, Cancelled(), force=True)
     alerting.assert_no_secret()
 
 
