@@ -1,5 +1,5 @@
-# The image of a worker and of its flow runs, for Docker and Kubernetes work pools (README, "Other
-# work pools"): the pipelines in /opt/mixpanel-pipelines, their locked dependencies with the extras of
+# The image of a worker and of its flow runs, for Docker and Kubernetes work pools (docs/operations.md,
+# "Other work pools"): the pipelines in /opt/mixpanel-pipelines, their locked dependencies with the extras of
 # EXTRAS and no dev group, `prefect` on the PATH. Build from the clone:
 #   docker build --build-arg EXTRAS="s3" -t mixpanel-pipelines .
 # A Docker or Kubernetes pool starts it with its own command (`prefect flow-run execute`); run alone it

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A PostgreSQL cluster of its own for the Prefect server (`make postgres`, `make postgres-stop`; README,
-# "A production server"): SQLite serialises every write, and a server with workers polling it logs
+# "In production", and docs/operations.md): SQLite serialises every write, and a server with workers polling it logs
 # `database is locked`. Usage: ops/postgres.sh start|stop DIR. DIR holds `cluster/` (PostgreSQL's own
 # files and its log) and `url`, the connection URL `make server DB=postgres` reads (password inside:
 # readable by its owner only, never printed).

@@ -1,7 +1,8 @@
-"""Running the product unattended, as README.md's "In production" and "Other work pools" say: what the
-product's make targets install (no dev group), a Prefect server on a real PostgreSQL started by the
-README's own commands, and the worker image's install steps (docker/install.sh: no container engine
-runs here, so the Dockerfile's build step is run as the script it is, outside a container).
+"""Running the product unattended, as README.md's "In production" and docs/operations.md's "Other work
+pools" say: what the product's make targets install (no dev group), a Prefect server on a real
+PostgreSQL started by the README's own commands, and the worker image's install steps as
+docs/operations.md builds it (docker/install.sh: no container engine runs here, so the Dockerfile's
+build step is run as the script it is, outside a container).
 
 The README's PostgreSQL block runs word for word in a copy of the checkout bootstrapped as a fresh
 clone is; only where state goes (PREFECT_HOME) and the server's port (PREFECT_PORT, so that it runs
@@ -31,11 +32,12 @@ import pytest
 
 from tests.checkout import ROOT, copy_checkout, user_environment
 from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days, start_sandbox
+from tests.docs_text import marked_block, page_text
 from tests.stores.process import free_port
-from tests.test_readme_ops import readme_block
 
 pytestmark = pytest.mark.slow
 
+OPERATIONS = "docs/operations.md"  # "Other work pools": the worker image's block and prefect.yaml
 DEV_PACKAGES = ("pytest", "moto", "mypy", "ruff", "playwright", "fakesnow")
 
 # a flow run through the server, then the row the server wrote for it, read back from PostgreSQL
@@ -108,7 +110,7 @@ def clone() -> Iterator[Path]:
 
 
 def test_a_prefect_server_runs_flows_on_postgresql_as_the_readme_says(clone: Path) -> None:
-    commands = readme_block("postgres")
+    commands = marked_block("postgres")
     assert commands == ["make postgres", "make server DB=postgres"], "the README's PostgreSQL block changed"
     env = user_environment() | {
         "PREFECT_HOME": str(clone / "prefect-home"),
@@ -163,17 +165,17 @@ def test_a_test_sync_after_a_production_one_adds_the_dev_group_and_neither_remov
 
 
 def test_the_worker_image_installs_the_flows_without_test_tools(tmp_path: Path) -> None:
-    build = next(line for line in readme_block("image") if line.startswith("docker build"))
+    build = next(line for line in marked_block("image", OPERATIONS) if line.startswith("docker build"))
     words = shlex.split(build)
     extras = next(w.split("=", 1)[1] for w in words if w.startswith("EXTRAS=")).split()
     tag = words[words.index("-t") + 1]
-    readme = (ROOT / "README.md").read_text()
-    assert f"image: {tag}" in readme, "the README's prefect.yaml example must name the image it builds"
+    pools = page_text(OPERATIONS)
+    assert f"image: {tag}" in pools, "the prefect.yaml example must name the image the page builds"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "\nFROM python:3.11-slim\n" in dockerfile
     assert "    /tmp/src/docker/install.sh /opt/mixpanel-pipelines $EXTRAS" in dockerfile
     assert "WORKDIR /opt/mixpanel-pipelines" in dockerfile
-    assert "directory: /opt/mixpanel-pipelines" in readme
+    assert "directory: /opt/mixpanel-pipelines" in pools
 
     app = tmp_path / "opt" / "mixpanel-pipelines"
     done = subprocess.run(

@@ -30,8 +30,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.checkout import ROOT, copy_checkout, user_environment
+from tests.checkout import copy_checkout, user_environment
 from tests.conftest import local_destination
+from tests.docs_text import marked_block
 from tests.stores.process import descendants
 
 pytestmark = pytest.mark.slow
@@ -39,15 +40,6 @@ pytestmark = pytest.mark.slow
 SERVER_API = "http://127.0.0.1:4200/api"
 SANDBOX = "http://127.0.0.1:8765"
 LONG_RUNNING = ("make server", "make sandbox", "make worker")
-
-
-def readme_block(marker: str) -> list[str]:
-    """The command lines of the fenced block after ``<!-- ops:<marker> ... -->``, comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    found = re.search(rf"<!-- ops:{marker}\b[^>]*-->\s*```bash\n(.*?)```", text, re.S)
-    assert found, f"README.md has no block marked <!-- ops:{marker} -->"
-    lines = [line.split("#", 1)[0].strip() for line in found.group(1).splitlines()]
-    return [line for line in lines if line]
 
 
 @dataclass
@@ -155,7 +147,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_the_readme_operations_path_runs_as_written(stack: Stack) -> None:
-    services = readme_block("services")
+    services = marked_block("services")
     assert services == ["make server", "make sandbox", "make deploy", "make worker"], (
         "the README's services block changed: update this test's expectations of which commands keep running"
     )
@@ -174,7 +166,7 @@ def test_the_readme_operations_path_runs_as_written(stack: Stack) -> None:
     stack.pending_run = _a_run_left_pending(stack)
     stack.start("make worker", "worker")
 
-    run = readme_block("run")
+    run = marked_block("run")
     assert run[0] == f"export PREFECT_API_URL={SERVER_API}", (
         "the README must say which server prefect talks to"
     )

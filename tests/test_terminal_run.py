@@ -18,18 +18,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from flows.params import Day, OptionalDay, optional_dates_without_default
 from flows.run import RefusedError, one_sentence, parse_params
-from tests.checkout import ROOT
 from tests.cluster import Cluster
 from tests.conftest import assert_day_matches_sandbox, recent_days
+from tests.docs_text import marked_block
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def terminal_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- ops:terminal\b[^>]*-->\s*```bash\n(.*?)```", text, re.S)
-    assert found, "README.md has no block marked <!-- ops:terminal -->"
-    return [line.strip() for line in found.group(1).splitlines() if line.strip()]
 
 
 def run_line(cluster: Cluster, line: str) -> subprocess.CompletedProcess[str]:
@@ -92,7 +85,7 @@ def test_the_deployed_schema_accepts_an_empty_optional_date() -> None:
 
 def test_the_readmes_terminal_runs_print_the_days_and_end_completed(cluster: Cluster) -> None:
     days = recent_days(3, cluster.sandbox, back=30)
-    lines = terminal_lines()
+    lines = marked_block("terminal")
     assert [line.split()[2] for line in lines] == [
         "DEPLOYMENT=mixpanel-backfill/backfill",
         "DEPLOYMENT=mixpanel-reconcile/reconcile-nightly",

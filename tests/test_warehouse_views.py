@@ -37,11 +37,13 @@ from tasks.schema import (
 from tasks.warehouses.bigquery_loader import BigQueryLoader
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tasks.warehouses.warehouse import Loader, WarehouseHook, status_rows
+from tests.docs_text import fenced_blocks, page_text
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.test_spectrum import glue_database
 from tests.test_warehouses import WAREHOUSES, Warehouse
 
-ROOT = Path(__file__).resolve().parents[1]
+WAREHOUSES_PAGE = "docs/destinations/warehouses.md"  # the queries a user reads are the ones run here
+SPECTRUM_PAGE = "docs/destinations/spectrum.md"
 DAY = "2024-03-05"  # any day: nothing here depends on what the calendar brings
 # insert_id, distinct_id, and the resolved id the view must give
 EVENTS = [
@@ -111,12 +113,11 @@ def resolved(warehouse: Warehouse) -> list[tuple[Any, ...]]:
     )
 
 
-def readme_users_query() -> str:
-    """The README's unique-users query, verbatim (its line after ``-- unique users``)."""
-    text = (ROOT / "README.md").read_text()
-    found = re.search(r"^-- unique users[^\n]*\n(SELECT [^;]*);", text, re.MULTILINE)
-    assert found, "README.md has no unique-users query after a `-- unique users` comment"
-    assert RESOLVED_EVENTS_VIEW in found.group(1), "the README's unique-users query must use the view"
+def documented_users_query() -> str:
+    """The warehouses page's unique-users query, verbatim (its line after ``-- unique users``)."""
+    found = re.search(r"^-- unique users[^\n]*\n(SELECT [^;]*);", page_text(WAREHOUSES_PAGE), re.MULTILINE)
+    assert found, f"{WAREHOUSES_PAGE} has no unique-users query after a `-- unique users` comment"
+    assert RESOLVED_EVENTS_VIEW in found.group(1), "the documented unique-users query must use the view"
     return found.group(1)
 
 
@@ -125,7 +126,7 @@ def test_the_resolved_view_gives_each_event_its_user(warehouse: Warehouse, tmp_p
     commit_events(destination, tmp_path / "scratch")
     commit_mappings(destination)
     assert resolved(warehouse) == [(i, d, r) for i, d, r in EVENTS]
-    assert warehouse.query(readme_users_query(), []) == [(USERS,)]
+    assert warehouse.query(documented_users_query(), []) == [(USERS,)]
     columns = warehouse.query(f"SELECT * FROM {RESOLVED_EVENTS_VIEW} WHERE insert_id = 'e1'", [])
     assert len(columns[0]) == 8, "the events table's seven columns plus resolved_distinct_id"
 
@@ -244,9 +245,8 @@ def test_spectrum_publishes_the_status_as_a_parquet_table_switched_whole(s3_serv
 
 
 def spectrum_queries() -> list[str]:
-    """The README's Spectrum queries, verbatim: the SQL block that reads ``_mp_sync_status``."""
-    blocks = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-    (block,) = [b for b in blocks if '"_mp_sync_status"' in b]
+    """The Spectrum page's queries, verbatim: the SQL block that reads ``_mp_sync_status``."""
+    (block,) = [b for b in fenced_blocks(SPECTRUM_PAGE, "sql") if '"_mp_sync_status"' in b]
     return [statement.strip() for statement in block.split(";") if statement.strip()]
 
 
@@ -264,9 +264,9 @@ def glue_rows(destination: ObjectStoreDestination, location: str, symlinks: bool
     return pa.concat_tables(tables)
 
 
-def test_the_readme_spectrum_queries_answer_as_the_views_do(s3_server: S3Server, tmp_path: Path) -> None:
+def test_the_documented_spectrum_queries_answer_as_the_views_do(s3_server: S3Server, tmp_path: Path) -> None:
     """Spectrum's SQL semantics checked with DuckDB (moto's Redshift answers canned rows) over exactly
-    what the Glue locations name, in a schema ``mixpanel`` as in the README's external schema."""
+    what the Glue locations name, in a schema ``mixpanel`` as in the page's external schema."""
     block = RedshiftSpectrumDestination(
         s3=make_s3_destination(s3_server), glue_database=glue_database(s3_server)
     )

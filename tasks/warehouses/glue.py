@@ -13,7 +13,7 @@ folder removed. A query sees the old day or the new one, never a mix.
 one Glue call (then removes the previous folder): readers see one status or the next. Glue holds no
 view Spectrum can read (Athena's views are Presto text Spectrum ignores; Glue's multi-dialect views
 need Lake Formation and are created by SQL, not by this API), so ``mp_sync_status`` and
-``mp_master_event_resolved`` are the README's queries there.
+``mp_master_event_resolved`` are queries there (docs/destinations/spectrum.md).
 
 One identity per table: a Glue table found by name is used only if it is located in this
 destination's own ``<project>/_state/spectrum/<table>/`` folder (``table_identity``), so the run ids
