@@ -67,6 +67,12 @@ def _jsonl_bytes(frame: pl.DataFrame) -> bytes:
     return _ENCODER.encode_lines(rows)
 
 
+def _statistics_columns(schema: pa.Schema) -> list[str]:
+    """The columns whose min/max go into the row groups' statistics: all but the JSON text ones, whose
+    bounds (the first 4 KB of two documents) prune no query and cost some 5 % of the write."""
+    return [field.name for field in schema if (field.metadata or {}).get(b"format") != b"json"]
+
+
 class RollingFiles:
     """Writes one partition's frames into ``part-NNNNN`` files in ``directory``."""
 
@@ -139,6 +145,7 @@ class RollingFiles:
                 self.schema,
                 compression="zstd",
                 use_dictionary=dictionary,  # type: ignore[arg-type]  # a column list is valid; pyarrow-stubs say bool
+                write_statistics=_statistics_columns(self.schema),
             )
         else:
             self._writer = gzip.open(self._path, "wb", compresslevel=6)  # noqa: SIM115 - closed in _close_current
