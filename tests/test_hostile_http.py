@@ -20,6 +20,7 @@ import zstandard
 
 from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
 from tasks.errors import (
+    ConnectionDroppedError,
     InflatedBodyError,
     PipelineError,
     RetriableError,
@@ -235,4 +236,17 @@ def test_a_gzip_body_cut_before_its_member_ends_is_retried_not_committed(
         run(server, tmp_path, "cut")
     assert isinstance(info.value.__cause__, TruncatedStreamError), repr(info.value)
     assert "ended inside a gzip member" in str(info.value)
+    assert not list(tmp_path.rglob("manifest*"))
+
+
+def test_a_gzip_body_with_a_wrong_checksum_is_retried_not_committed(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    whole = bytearray(gzip.compress(b"\n".join(good_lines(DAY, ROWS)) + b"\n"))
+    whole[-8] ^= 0xFF  # the CRC-32 of the member's bytes: every line inflates, the check fails
+    server.serve(bytes(whole), Content_Encoding="gzip")
+    with pytest.raises(RetriableError) as info:
+        run(server, tmp_path, "corrupt")
+    assert isinstance(info.value.__cause__, ConnectionDroppedError), repr(info.value)
+    assert "gzip answer is corrupt" in str(info.value)
     assert not list(tmp_path.rglob("manifest*"))

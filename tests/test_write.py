@@ -44,3 +44,14 @@ def test_each_finished_file_is_handed_over_while_the_next_is_written(tmp_path: P
             assert handed == [("part-00000.parquet", 200, 0)], "the first file is out before the third frame"
     files.close()
     assert [h[:2] for h in handed] == [("part-00000.parquet", 200), ("part-00001.parquet", 200)]
+
+
+def test_row_groups_keep_statistics_of_every_column_but_the_json_text(tmp_path: Path) -> None:
+    files = RollingFiles(tmp_path)
+    files.write(frame(100, "s"))
+    (written,) = files.close()
+    group = pq.ParquetFile(written.path).metadata.row_group(0)
+    stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(group.num_columns)}
+    assert stats.pop("properties") is None
+    assert all(s is not None for s in stats.values()), stats  # all-null columns have counts, no bounds
+    assert stats["time"].has_min_max

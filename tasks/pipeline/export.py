@@ -276,7 +276,7 @@ def _stream(
 HANDOFF_BYTES = 1 << 20
 READ_AHEAD = 8
 PARSE_AHEAD = 1
-WRITE_AHEAD = 1  # a write holds a row group's frames (up to the buffer's 32 MiB)
+WRITE_AHEAD = 1  # a write holds a row group's frames (up to tasks.lake.files.ROW_GROUP_BYTES)
 
 
 def _batches(chunks: Iterator[bytes], size: int = HANDOFF_BYTES) -> Iterator[list[bytes]]:
