@@ -121,7 +121,7 @@ def backfill(
 def _incomplete(
     target: ObjectStoreDestination, days: list[date], credentials: MixpanelCredentials
 ) -> list[date]:
-    zone = credentials.zone()
+    zone = credentials.calendar().zone()
     return [d for d in days if not is_complete(target.manifest(EVENTS_TABLE, d.isoformat()), d, zone)]
 
 

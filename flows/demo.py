@@ -72,7 +72,7 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
         service_account_secret=cfg.secret,
         api_base_url=server.url,
     )
-    last = credentials.yesterday()
+    last = credentials.calendar().yesterday()
     first = last - timedelta(days=DAYS - 1)
     # the demo owns its folder; the blocks themselves refuse a missing one (an unmounted volume)
     DATA_DIR.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,8 @@ def events_hourly(
         file_format: parquet (zstd, the default) or jsonl.gz; use the daily run's format.
     """
     logger = get_run_logger()
-    days = [credentials.yesterday(), credentials.today()]
+    calendar = credentials.calendar()
+    days = [calendar.yesterday(), calendar.today()]
     target = (destination or LocalDestination()).connect(credentials.project_id)
     settings = without_registered_ids(
         settings_for(credentials, file_format, 0, None), credentials.project_id, target

@@ -20,7 +20,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from blocks.gdpr import load_project_registry, save_project_registry
-from blocks.mixpanel import MixpanelCredentials, TimeMode
+from blocks.mixpanel import MixpanelCredentials
 from flows.limits import export_slot
 from flows.outage import OUTAGE
 from flows.params import check_concurrency
@@ -65,10 +65,11 @@ def resolve_range(
     credentials: MixpanelCredentials, from_date: date | None, to_date: date | None
 ) -> tuple[date, date]:
     """Defaults: yesterday in the project's calendar; a lone ``from_date`` runs up to yesterday."""
-    yesterday = credentials.yesterday()
+    calendar = credentials.calendar()
+    yesterday = calendar.yesterday()
     start = from_date or to_date or yesterday
     end = to_date or max(yesterday, start)
-    check_range(start, end, credentials.today())
+    check_range(start, end, calendar.today())
     return start, end
 
 
@@ -160,24 +161,19 @@ def settings_for(
     allow_shrink: bool = False,
     force: bool = False,
 ) -> ExportSettings:
-    local = credentials.time_mode == TimeMode.LOCAL
     if max_rejected_lines < 0:
         raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
     return ExportSettings(
         run_id=uuid.uuid4().hex[:12],
         file_format=FileFormat(file_format),
         max_rejected_lines=max_rejected_lines,
-        local_zone=credentials.project_timezone if local else None,
-        time_mode=credentials.time_mode.value,
-        timezone=credentials.project_timezone if local else "UTC",
+        calendar=credentials.calendar(),
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         events=tuple(event_names or ()),
         identity_mode=credentials.identity_mode,
         max_line_bytes=credentials.tuning.max_line_bytes,
         allow_shrink=allow_shrink,
         force=force,
-        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
-        counts_comparable=local or credentials.project_timezone == "UTC",
     )
 
 

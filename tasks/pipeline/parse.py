@@ -40,10 +40,11 @@ import pyarrow as pa
 import xxhash
 
 from tasks.errors import NotJsonLinesError, TruncatedStreamError, redact
+from tasks.mixpanel.settings import Tuning
 
 BLOCK_BYTES = 8 << 20
 # a line above this many bytes is rejected (Mixpanel refuses events above 1 MB at ingestion)
-MAX_LINE_BYTES = 16 << 20
+MAX_LINE_BYTES = Tuning.max_line_bytes  # the default of the block's tuning
 MAX_REJECT_TEXT = 2000
 OPEN_BRACE = ord("{")  # a JSON object's first byte
 QUOTED_BYTES = 120
