@@ -20,7 +20,6 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.alerts import announce_unsynced
 from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_for
@@ -28,6 +27,7 @@ from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import pipeline_flow
 from flows.status import status
+from flows.targets import blocks_of, connect_all
 from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
@@ -75,7 +75,7 @@ def reconcile(
         raise BadRequestError(
             f"lookback_days must be at least 1 and settle_hours at least 0 (got {lookback_days}, {settle_hours})."
         )
-    targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
+    targets = connect_all(credentials, destinations)
     calendar = credentials.calendar()
     yesterday = calendar.yesterday()
     window = days_between(yesterday - timedelta(days=lookback_days - 1), yesterday)
@@ -105,7 +105,7 @@ def reconcile(
 def _status_of(credentials: MixpanelCredentials, destinations: list[AnyDestination] | None) -> None:
     """The status flow of each destination, as it stands after this reconciliation (flows/status.py); a
     status that cannot be drawn (a destination with no committed day) is logged, never this run's failure."""
-    for destination in destinations or [LocalDestination()]:
+    for destination in blocks_of(destinations):
         state = status(credentials, destination, return_state=True)
         if not state.is_completed():
             get_run_logger().warning("no sync status: %s", state.message)

@@ -16,10 +16,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.params import AtLeastOne
 from flows.runtime import pipeline_flow
+from flows.targets import connect
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.sync.chart import status_markdown
@@ -76,7 +76,7 @@ def status(
             the manifest (reads every file: slower).
     """
     logger = get_run_logger()
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     where = target.describe(target.project_prefix)
     result = sync_status(credentials, target, days, verify)
     for note in result.notes:
