@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 
-from tasks.mixpanel.settings import ApiSettings, check_inflation_ratio
+from tasks.mixpanel.calendar import ProjectCalendar, TimeMode, check_timezone
+from tasks.mixpanel.settings import ApiSettings, Tuning, check_inflation_ratio
 
 # an HttpUrl, as Prefect's own blocks give it: `Block._documentation_url` is typed so
 DOCS_URL = HttpUrl("https://github.com/mixpanel-pipelines/mixpanel-pipelines#blocks")
@@ -28,11 +26,8 @@ QUERY_HOSTS = {
 }
 
 
-class TimeMode(StrEnum):
-    """How the project's export answers: UTC (projects since 2023) or the legacy local epoch."""
-
-    UTC = "utc"
-    LOCAL = "local"
+# the defaults are the plain settings' (tasks/mixpanel/settings.py): this form describes and bounds them
+DEFAULT = Tuning()
 
 
 class MixpanelTuning(BaseModel):
@@ -41,48 +36,63 @@ class MixpanelTuning(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     connect_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Seconds to wait for a TCP/TLS connection to Mixpanel."
+        default=DEFAULT.connect_timeout_seconds,
+        gt=0,
+        description="Seconds to wait for a TCP/TLS connection to Mixpanel.",
     )
     read_timeout_seconds: float = Field(
-        default=900.0,
+        default=DEFAULT.read_timeout_seconds,
         gt=0,
         description="Seconds to wait for the next bytes of a response; large exports take minutes "
         "before the first byte.",
     )
     max_attempts: int = Field(
-        default=8, ge=1, le=50, description="Attempts per unit of work before the unit fails."
+        default=DEFAULT.max_attempts,
+        ge=1,
+        le=50,
+        description="Attempts per unit of work before the unit fails.",
     )
     retry_backoff_seconds: float = Field(
-        default=5.0,
+        default=DEFAULT.retry_backoff_seconds,
         ge=0,
         description="First pause between attempts when Mixpanel names no wait; it doubles each attempt "
         "(with jitter), capped at 5 minutes. A 429 or 5xx with Retry-After waits what it says (plus a "
         "little jitter).",
     )
     export_requests_per_second: int = Field(
-        default=3, ge=1, description="Export API budget per second for this project (Mixpanel: 3)."
+        default=DEFAULT.export_requests_per_second,
+        ge=1,
+        description="Export API budget per second for this project (Mixpanel: 3).",
     )
     export_requests_per_hour: int = Field(
-        default=60, ge=1, description="Export API budget per hour for this project (Mixpanel: 60)."
+        default=DEFAULT.export_requests_per_hour,
+        ge=1,
+        description="Export API budget per hour for this project (Mixpanel: 60).",
     )
     export_max_concurrent: int = Field(
-        default=100, ge=1, description="Export requests in flight at once for this project (Mixpanel: 100)."
+        default=DEFAULT.export_max_concurrent,
+        ge=1,
+        description="Export requests in flight at once for this project (Mixpanel: 100).",
     )
 
     query_requests_per_hour: int = Field(
-        default=60, ge=1, description="Query API (Engage) budget per hour for this project (Mixpanel: 60)."
+        default=DEFAULT.query_requests_per_hour,
+        ge=1,
+        description="Query API (Engage) budget per hour for this project (Mixpanel: 60).",
     )
     query_max_concurrent: int = Field(
-        default=5, ge=1, description="Query API (Engage) requests in flight at once (Mixpanel: 5)."
+        default=DEFAULT.query_max_concurrent,
+        ge=1,
+        description="Query API (Engage) requests in flight at once (Mixpanel: 5).",
     )
     max_line_bytes: int = Field(
-        default=16 << 20,
+        default=DEFAULT.max_line_bytes,
         ge=1 << 20,
-        description="Longest export line accepted, in bytes (default 16 MiB; Mixpanel refuses events above "
+        description="Longest export line accepted, in bytes (Mixpanel refuses events above "
         "1 MB at ingestion). A longer line is a rejected line, counted against max_rejected_lines.",
     )
     max_inflation_ratio: float = Field(
-        default=100.0,
+        default=DEFAULT.max_inflation_ratio,
         description="Largest ratio of decompressed to received bytes of a gzipped answer, checked once "
         "64 MiB have been decompressed; beyond it the answer is treated as a decompression bomb "
         "(a fatal error, not retried). Mixpanel's JSON lines compress about 5 to 15 times; allowed "
@@ -90,6 +100,10 @@ class MixpanelTuning(BaseModel):
     )
 
     _inflation_ratio_in_range = field_validator("max_inflation_ratio")(check_inflation_ratio)
+
+    def plain(self) -> Tuning:
+        """These values as the plain settings the pipeline takes."""
+        return Tuning(**self.model_dump())
 
 
 class MixpanelCredentials(Block):
@@ -173,16 +187,7 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
         rest = {k: v for k, v in data.items() if k not in flat}
         return rest | {"tuning": flat | current}
 
-    @field_validator("project_timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown timezone {value!r}: use an IANA name such as America/Los_Angeles"
-            ) from exc
-        return value
+    _known_timezone = field_validator("project_timezone")(check_timezone)
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> MixpanelCredentials:
@@ -220,26 +225,9 @@ mixpanel = MixpanelCredentials.load("BLOCK_NAME")
             uses_service_account=self.uses_service_account,
             export_url=self.export_url(),
             query_base_url=self.query_base_url(),
-            export_requests_per_second=self.tuning.export_requests_per_second,
-            export_requests_per_hour=self.tuning.export_requests_per_hour,
-            export_max_concurrent=self.tuning.export_max_concurrent,
-            query_requests_per_hour=self.tuning.query_requests_per_hour,
-            query_max_concurrent=self.tuning.query_max_concurrent,
-            max_attempts=self.tuning.max_attempts,
-            retry_backoff_seconds=self.tuning.retry_backoff_seconds,
-            connect_timeout_seconds=self.tuning.connect_timeout_seconds,
-            read_timeout_seconds=self.tuning.read_timeout_seconds,
-            max_inflation_ratio=self.tuning.max_inflation_ratio,
+            tuning=self.tuning.plain(),
         )
 
-    def zone(self) -> ZoneInfo:
-        """The zone Mixpanel uses for this project's dates (UTC unless the legacy local mode)."""
-        return ZoneInfo(self.project_timezone if self.time_mode == TimeMode.LOCAL else "UTC")
-
-    def today(self, now: datetime | None = None) -> date:
-        """Today as Mixpanel sees it for this project (its `from_date`/`to_date` calendar)."""
-        moment = now or datetime.now(tz=ZoneInfo("UTC"))
-        return moment.astimezone(self.zone()).date()
-
-    def yesterday(self, now: datetime | None = None) -> date:
-        return self.today(now) - timedelta(days=1)
+    def calendar(self) -> ProjectCalendar:
+        """The project's days, today, and whether Mixpanel's counts compare (tasks/mixpanel/calendar.py)."""
+        return ProjectCalendar(self.time_mode, self.project_timezone)

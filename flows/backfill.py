@@ -21,12 +21,12 @@ from prefect.runtime import deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import MAX_WORKERS, export_range, resolve_range, settings_for
 from flows.outage import OUTAGE
 from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay, check_concurrency
 from flows.runtime import pipeline_flow, synchronous
+from flows.targets import connect
 from tasks.errors import PipelineError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.pipeline.plan import days_between, group_days, plan_backfill
@@ -74,7 +74,7 @@ def backfill(
     check_concurrency(max_concurrent_requests)
     logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     days = days_between(start, end)
     todo = days if force else _incomplete(target, days, credentials)
     fan_out = days_per_run > 0 and len(todo) > days_per_run and bool(deployment.id)
@@ -121,7 +121,7 @@ def backfill(
 def _incomplete(
     target: ObjectStoreDestination, days: list[date], credentials: MixpanelCredentials
 ) -> list[date]:
-    zone = credentials.zone()
+    zone = credentials.calendar().zone()
     return [d for d in days if not is_complete(target.manifest(EVENTS_TABLE, d.isoformat()), d, zone)]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,7 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
         service_account_secret=cfg.secret,
         api_base_url=server.url,
     )
-    last = credentials.yesterday()
+    last = credentials.calendar().yesterday()
     first = last - timedelta(days=DAYS - 1)
     # the demo owns its folder; the blocks themselves refuse a missing one (an unmounted volume)
     DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     return 0 if ok else 1
 
 
-def report(destination: ObjectStoreDestination, server: SandboxServer, days: list) -> bool:
+def report(destination: ObjectStoreDestination, server: SandboxServer, days: list[date]) -> bool:
     expected = server.expected(days[0], days[-1])
     print(f"\n{'day':<12}{'rows':>8}  {'fingerprint':<18}{'matches sandbox':<17}files")
     ok = True

@@ -9,7 +9,6 @@ from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import (
     MAX_WORKERS,
@@ -23,9 +22,11 @@ from flows.exporting import (
 from flows.limits import export_slot
 from flows.params import AtLeastOne, AtLeastZero, OptionalDay, check_concurrency
 from flows.runtime import pipeline_flow
+from flows.targets import connect
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import DayResult
 from tasks.pipeline.plan import days_between
+from tasks.pipeline.prepare import prepare_days
 from tasks.schema import EVENTS_TABLE
 
 
@@ -69,7 +70,7 @@ def events(
     """
     check_concurrency(max_concurrent_requests)
     start, end = resolve_range(credentials, from_date, to_date)
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     return export_range(
         credentials,
         target,
@@ -102,16 +103,17 @@ def events_hourly(
         file_format: parquet (zstd, the default) or jsonl.gz; use the daily run's format.
     """
     logger = get_run_logger()
-    days = [credentials.yesterday(), credentials.today()]
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    calendar = credentials.calendar()
+    days = [calendar.yesterday(), calendar.today()]
+    target = connect(credentials, destination)
     settings = without_registered_ids(
         settings_for(credentials, file_format, 0, None), credentials.project_id, target
     )
+    prepare_days(target, days, settings)  # an unfiltered run is refused no day
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
     with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         for day in days:
-            target.repair(EVENTS_TABLE, day.isoformat())
             base = target.manifest(EVENTS_TABLE, day.isoformat())
             if base is not None and (base.event_names is not None or base.where is not None):
                 # unfiltered increments on a filtered day would mix two filters: redo the day whole

@@ -10,31 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import uuid
 from datetime import date
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
 
 from blocks.gdpr import load_project_registry, save_project_registry
-from blocks.mixpanel import MixpanelCredentials, TimeMode
+from blocks.mixpanel import MixpanelCredentials
 from flows.limits import export_slot
 from flows.outage import OUTAGE
 from flows.params import check_concurrency
 from flows.runtime import Progress
+from flows.targets import run_ids
 from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
 from tasks.lake.commit import ObjectStoreDestination
-from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import DayResult, ExportSettings, export_days
-from tasks.pipeline.guard import filter_conflicts
 from tasks.pipeline.plan import check_range, group_days
-from tasks.schema import EVENTS_TABLE
+from tasks.pipeline.prepare import prepare_days
 from tasks.sync.registry import adopt, excluded_of, load_registry, save_registry, shared
 
 MAX_WORKERS = 16
@@ -65,10 +62,11 @@ def resolve_range(
     credentials: MixpanelCredentials, from_date: date | None, to_date: date | None
 ) -> tuple[date, date]:
     """Defaults: yesterday in the project's calendar; a lone ``from_date`` runs up to yesterday."""
-    yesterday = credentials.yesterday()
+    calendar = credentials.calendar()
+    yesterday = calendar.yesterday()
     start = from_date or to_date or yesterday
     end = to_date or max(yesterday, start)
-    check_range(start, end, credentials.today())
+    check_range(start, end, calendar.today())
     return start, end
 
 
@@ -83,14 +81,9 @@ def export_range(
     """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
     logger = get_run_logger()
     check_concurrency(max_concurrent_requests)
-    target.remove_stale_staging()
-    for day in days:
-        target.repair(EVENTS_TABLE, day.isoformat())
-    # a day committed with a filter this run does not cover is refused before any request
-    refused = {} if settings.force else filter_conflicts(target, days, settings.filter)
+    refused = prepare_days(target, days, settings)
     for why in refused.values():
         logger.error(why)
-    note_refusals(target, {d.isoformat(): why for d, why in refused.items()})  # for the sync status
     days = [d for d in days if d not in refused]
     if not days:
         error = FilterMismatchError("; ".join(refused.values()) + ".")
@@ -160,24 +153,20 @@ def settings_for(
     allow_shrink: bool = False,
     force: bool = False,
 ) -> ExportSettings:
-    local = credentials.time_mode == TimeMode.LOCAL
     if max_rejected_lines < 0:
         raise BadRequestError(f"max_rejected_lines must be 0 or more (got {max_rejected_lines}).")
+    run = run_ids()
     return ExportSettings(
-        run_id=uuid.uuid4().hex[:12],
+        run_id=run.run_id,
         file_format=FileFormat(file_format),
         max_rejected_lines=max_rejected_lines,
-        local_zone=credentials.project_timezone if local else None,
-        time_mode=credentials.time_mode.value,
-        timezone=credentials.project_timezone if local else "UTC",
-        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        calendar=credentials.calendar(),
+        flow_run_id=run.flow_run_id,
         events=tuple(event_names or ()),
         identity_mode=credentials.identity_mode,
         max_line_bytes=credentials.tuning.max_line_bytes,
         allow_shrink=allow_shrink,
         force=force,
-        # Mixpanel counts days in the project timezone: comparable unless a UTC-mode project has another zone
-        counts_comparable=local or credentials.project_timezone == "UTC",
     )
 
 

@@ -15,22 +15,20 @@ to it before any purge, so every later export of the project, into any destinati
 
 from __future__ import annotations
 
-import uuid
 from typing import Literal
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials, save_project_registry
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
 from flows.runtime import pipeline_flow
+from flows.targets import connect_all, run_ids
 from tasks.errors import BadRequestError, PipelineError
 from tasks.mixpanel.gdpr_api import GdprClient
-from tasks.sync.gdpr import RunIds, poll, purge, register, submit
+from tasks.sync.gdpr import poll, purge, register, submit
 from tasks.sync.registry import shared
 
 
@@ -62,7 +60,7 @@ def gdpr(
             "distinct_ids are to be submitted to Mixpanel but no gdpr_credentials block was given: pass one, "
             "or set submit_to_mixpanel to false to purge them from the destinations only."
         )
-    targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
+    targets = connect_all(credentials, destinations)
     registered_ids(credentials.project_id, targets)  # the project's ids reach every destination listed
     registries = register(targets, ids, "mixpanel" if submit_to_mixpanel else "user", compliance_type)
     save_project_registry(credentials.project_id, shared(registries, {}))
@@ -76,7 +74,7 @@ def gdpr(
                 poll(client, targets, registries)
         except PipelineError as exc:  # the purge here does not wait for Mixpanel
             mixpanel_error = exc
-    run = RunIds(uuid.uuid4().hex[:12], str(flow_run.id) if flow_run.id else None)
+    run = run_ids()
     rows = [
         purge(target, registry, credentials.identity_mode, run, logger.info)
         for target, registry in zip(targets, registries, strict=True)

@@ -7,18 +7,15 @@ makes no Mixpanel request.
 
 from __future__ import annotations
 
-import uuid
-
 import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
 from flows.runtime import pipeline_flow
+from flows.targets import connect, run_ids
 from tasks.lake.tables import committed_edges, replace_table
 from tasks.pipeline.exclude import id_rows_of
 from tasks.pipeline.identity import refused_identifies, resolve
@@ -37,20 +34,21 @@ def identity(
             `local`, on ./data).
     """
     logger = get_run_logger()
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     edges, days = committed_edges(target)
     mappings = resolve(edges, credentials.identity_mode) if edges.height else _empty()
     # edges a purge has not reached yet (or a destination added since) still name deleted users
     excluded = registered_ids(credentials.project_id, [target])
     mappings = mappings.filter(~id_rows_of(excluded, ("distinct_id", "resolved_distinct_id")))
+    run = run_ids()
     manifest = replace_table(
         target,
         MAPPINGS_TABLE,
         MAPPINGS_SCHEMA,
         [mappings],
-        run_id=uuid.uuid4().hex[:12],
+        run_id=run.run_id,
         value_column="resolved_distinct_id",
-        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        flow_run_id=run.flow_run_id,
     )
     clusters = mappings["resolved_distinct_id"].n_unique() if mappings.height else 0
     summary: dict[str, object] = {

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.runtime import flow_run
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.exporting import registered_ids
 from flows.params import AtLeastOne
 from flows.runtime import pipeline_flow, synchronous
+from flows.targets import connect, run_ids
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.people import EngageQuery, export_people
 
@@ -37,7 +36,7 @@ def people(
         max_concurrent_pages: Pages fetched at once after the first (the query API allows 5).
     """
     logger = get_run_logger()
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     excluded = registered_ids(credentials.project_id, [target])
     query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))
     progress = synchronous(create_progress_artifact(0.0, description="Engage pages fetched"))
@@ -52,7 +51,7 @@ def people(
             target,
             query,
             max_concurrent_pages=max_concurrent_pages,
-            flow_run_id=str(flow_run.id) if flow_run.id else None,
+            run=run_ids(),
             progress=report,
             excluded_ids=excluded,
         )

@@ -20,17 +20,18 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
-from blocks.mixpanel import MixpanelCredentials, TimeMode
+from blocks.mixpanel import MixpanelCredentials
 from flows.alerts import announce_unsynced
 from flows.exporting import MAX_WORKERS, export_range, registered_ids, settings_for
 from flows.limits import export_slot
 from flows.params import AtLeastOne, NonNegativeHours
 from flows.runtime import pipeline_flow
 from flows.status import status
+from flows.targets import blocks_of, connect_all
 from tasks.errors import BadRequestError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.manifest import Manifest
+from tasks.mixpanel.calendar import ProjectCalendar
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.pipeline.guard import recorded_counts
 from tasks.pipeline.plan import days_between
@@ -74,8 +75,9 @@ def reconcile(
         raise BadRequestError(
             f"lookback_days must be at least 1 and settle_hours at least 0 (got {lookback_days}, {settle_hours})."
         )
-    targets = [d.connect(credentials.project_id) for d in destinations or [LocalDestination()]]
-    yesterday = credentials.yesterday()
+    targets = connect_all(credentials, destinations)
+    calendar = credentials.calendar()
+    yesterday = calendar.yesterday()
     window = days_between(yesterday - timedelta(days=lookback_days - 1), yesterday)
     checked = [_settled_days(t, window, settle_hours) for t in targets]
     days = sorted({day for one in checked for day in one})
@@ -91,7 +93,7 @@ def reconcile(
         _status_of(credentials, destinations)
         return []
     changes, theirs = _find_changes(
-        credentials, targets, checked, check_counts and _same_calendar(credentials, logger.warning)
+        credentials, targets, checked, check_counts and _counts_compare(calendar, logger.warning)
     )
     rows = _replace(credentials, targets, checked, changes, days_per_request, max_concurrent_requests)
     _report(rows, f"{len({r['day'] for r in rows})} of {len(days)} checked day(s) changed")
@@ -103,7 +105,7 @@ def reconcile(
 def _status_of(credentials: MixpanelCredentials, destinations: list[AnyDestination] | None) -> None:
     """The status flow of each destination, as it stands after this reconciliation (flows/status.py); a
     status that cannot be drawn (a destination with no committed day) is logged, never this run's failure."""
-    for destination in destinations or [LocalDestination()]:
+    for destination in blocks_of(destinations):
         state = status(credentials, destination, return_state=True)
         if not state.is_completed():
             get_run_logger().warning("no sync status: %s", state.message)
@@ -122,16 +124,11 @@ def _settled_days(
     return out
 
 
-def _same_calendar(credentials: MixpanelCredentials, warn: Callable[..., None]) -> bool:
-    # the query API counts per day in the project timezone; days are UTC days for projects that
-    # export in UTC, so counts compare only when both calendars are the same
-    if credentials.time_mode == TimeMode.LOCAL or credentials.project_timezone == "UTC":
-        return True
-    warn(
-        "count check skipped: Mixpanel counts days in %s while this project's days are UTC days",
-        credentials.project_timezone,
-    )
-    return False
+def _counts_compare(calendar: ProjectCalendar, warn: Callable[..., None]) -> bool:
+    why = calendar.uncomparable()
+    if why is not None:
+        warn("count check skipped: %s", why)
+    return why is None
 
 
 def _find_changes(
@@ -142,7 +139,6 @@ def _find_changes(
 ) -> tuple[list[dict[date, str]], dict[date, Counter[str]]]:
     logger = get_run_logger()
     excluded = registered_ids(credentials.project_id, targets)
-    local_zone = credentials.project_timezone if credentials.time_mode == TimeMode.LOCAL else None
     marks = [{day: m.max_processing_time_ms or 0 for day, m in one.items()} for one in checked]
     ours = [
         {day: recorded_counts(t, m) for day, m in one.items()}
@@ -150,7 +146,7 @@ def _find_changes(
     ]
     filters = [{day: m.event_names for day, m in one.items()} for one in checked]
     with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
-        late = late_events(client, marks, local_zone, excluded, filters)
+        late = late_events(client, marks, credentials.calendar().local_zone, excluded, filters)
         theirs: dict[date, Counter[str]] = {}
         if check_counts:
             names = {n for one in ours for counts in one.values() for n in counts}

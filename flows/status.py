@@ -16,10 +16,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
-from blocks.mixpanel import MixpanelCredentials, TimeMode
+from blocks.mixpanel import MixpanelCredentials
 from flows.params import AtLeastOne
 from flows.runtime import pipeline_flow
+from flows.targets import connect
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.sync.chart import status_markdown
@@ -27,17 +27,6 @@ from tasks.sync.status import DEFAULT_DAYS, HEALTHY, Status, build_status
 
 # the status is advisory: a count query Mixpanel keeps refusing is reported, not waited out for long
 STATUS_ATTEMPTS = 3
-
-
-def other_calendar(credentials: MixpanelCredentials) -> str | None:
-    """Why Mixpanel's per-day counts cannot be compared with the days (None: they can). The query API
-    counts days in the project timezone; a project exporting in UTC has UTC days."""
-    if credentials.time_mode == TimeMode.LOCAL or credentials.project_timezone == "UTC":
-        return None
-    return (
-        f"Mixpanel counts days in {credentials.project_timezone} while this project's days are UTC days, "
-        "so its counts cannot be compared."
-    )
 
 
 def sync_status(
@@ -49,18 +38,19 @@ def sync_status(
     attempts: int = STATUS_ATTEMPTS,
 ) -> Status:
     """The status of ``target``; with ``online``, Mixpanel's counts are asked first (and recorded)."""
-    last_day = credentials.yesterday()
-    calendar = other_calendar(credentials)
-    if not online or calendar is not None:
-        return build_status(target, last_day, days, None, verify, uncomparable=calendar)
+    calendar = credentials.calendar()
+    uncomparable = calendar.uncomparable()
+    if not online or uncomparable is not None:
+        return build_status(target, calendar.yesterday(), days, None, verify, uncomparable=uncomparable)
     settings = credentials.api_settings()
-    settings = replace(settings, max_attempts=min(settings.max_attempts, attempts))
+    tuning = replace(settings.tuning, max_attempts=min(settings.tuning.max_attempts, attempts))
+    settings = replace(settings, tuning=tuning)
     with MixpanelClient(settings) as client:
 
         def ask(wanted: list[date], names: set[str]) -> dict[date, dict[str, int]]:
             return {d: dict(c) for d, c in mixpanel_counts(client, wanted, names).items()}
 
-        return build_status(target, last_day, days, ask, verify)
+        return build_status(target, calendar.yesterday(), days, ask, verify)
 
 
 def artifact_key(target: ObjectStoreDestination) -> str:
@@ -86,7 +76,7 @@ def status(
             the manifest (reads every file: slower).
     """
     logger = get_run_logger()
-    target = (destination or LocalDestination()).connect(credentials.project_id)
+    target = connect(credentials, destination)
     where = target.describe(target.project_prefix)
     result = sync_status(credentials, target, days, verify)
     for note in result.notes:

@@ -65,7 +65,8 @@ def credentials_of(name: str, online: bool, notes: list[str]) -> MixpanelCredent
         )
         return None
     try:
-        return synchronous(MixpanelCredentials.load(name))
+        credentials: MixpanelCredentials = synchronous(MixpanelCredentials.load(name))
+        return credentials
     except ValueError:
         notes.append(
             f"no MixpanelCredentials block {name!r}: the counts shown are the last ones each day recorded."

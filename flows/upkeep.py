@@ -14,9 +14,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.destinations.catalog import AnyDestination
-from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
 from flows.runtime import pipeline_flow
+from flows.targets import connect_all
 from tasks.warehouses.tableformat import format_hook
 
 
@@ -32,8 +32,7 @@ def upkeep(
     """
     logger = get_run_logger()
     rows: list[dict[str, object]] = []
-    for block in destinations or [LocalDestination()]:
-        target = block.connect(credentials.project_id)
+    for target in connect_all(credentials, destinations):
         stale = target.remove_stale_staging()
         where = target.describe(str(credentials.project_id))
         hook = format_hook(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
 from tasks.errors import FatalError, MissingDestinationError
+from tasks.mixpanel.settings import Tuning
 
 
 @pytest.mark.parametrize("block_class", BLOCK_TYPES)
@@ -94,7 +96,7 @@ def test_a_credentials_block_saved_with_flat_tuning_fields_still_loads(prefect_s
         max_attempts=3, read_timeout_seconds=42.0, export_requests_per_hour=30, max_line_bytes=2 << 20
     )
     settings = loaded.api_settings()
-    assert (settings.max_attempts, settings.read_timeout_seconds) == (3, 42.0)
+    assert (settings.tuning.max_attempts, settings.tuning.read_timeout_seconds) == (3, 42.0)
     assert "s3cret" not in repr(settings), "secrets stay out of the settings' repr"
 
 
@@ -106,6 +108,13 @@ def test_the_credentials_form_puts_tuning_in_its_own_section() -> None:
     tuning = schema["definitions" if "definitions" in schema else "$defs"]["MixpanelTuning"]
     assert {"max_attempts", "read_timeout_seconds", "export_requests_per_hour"} <= set(tuning["properties"])
     assert all(field.get("description") for field in tuning["properties"].values())
+
+
+def test_the_tuning_form_shows_the_plain_settings_defaults_and_hands_them_back() -> None:
+    schema = MixpanelCredentials.model_json_schema()
+    tuning = schema["definitions" if "definitions" in schema else "$defs"]["MixpanelTuning"]
+    assert {name: field["default"] for name, field in tuning["properties"].items()} == asdict(Tuning())
+    assert MixpanelTuning(max_attempts=3).plain() == Tuning(max_attempts=3)
 
 
 def test_a_reference_to_a_saved_block_passes_the_servers_checks_when_only_default_only_blocks_are_offered() -> (

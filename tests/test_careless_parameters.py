@@ -26,7 +26,9 @@ def test_a_negative_max_concurrent_requests_is_refused_with_a_sentence() -> None
 
     for flow in (events, backfill):
         with pytest.raises(BadRequestError, match=r"max_concurrent_requests must be at least 1 \(got -2\)"):
-            kwargs = {"from_date": None} if flow is events else {"from_date": CREDENTIALS.yesterday()}
+            kwargs = (
+                {"from_date": None} if flow is events else {"from_date": CREDENTIALS.calendar().yesterday()}
+            )
             flow.fn(credentials=CREDENTIALS, max_concurrent_requests=-2, **kwargs)
 
 

@@ -30,7 +30,7 @@ from tasks.errors import (
 )
 from tasks.mixpanel.client import MixpanelClient
 from tasks.mixpanel.gdpr_api import GdprClient
-from tasks.mixpanel.settings import ApiSettings, GdprSettings
+from tasks.mixpanel.settings import GdprSettings, Tuning
 from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import local_destination
 from tests.hostile import HostileServer, good_lines
@@ -84,9 +84,9 @@ CHILD = """
 import json, resource, sys
 from datetime import date
 from tasks.mixpanel.client import ExportRequest, MixpanelClient
-from tasks.mixpanel.settings import ApiSettings
+from tasks.mixpanel.settings import ApiSettings, Tuning
 
-settings = ApiSettings(1, ("sa", "pw"), export_url=sys.argv[1] + "/api/2.0/export", max_attempts=1)
+settings = ApiSettings(1, ("sa", "pw"), export_url=sys.argv[1] + "/api/2.0/export", tuning=Tuning(max_attempts=1))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = {}
 try:
@@ -162,7 +162,7 @@ def test_a_multi_member_gzip_body_of_json_lines_is_read_exactly(
 @pytest.mark.parametrize("ratio", [1e12, 5.0, float("nan")])
 def test_a_max_inflation_ratio_out_of_range_is_refused_with_the_range(ratio: float) -> None:
     with pytest.raises(SettingsError) as plain:
-        ApiSettings(1, ("sa", "pw"), max_inflation_ratio=ratio)
+        Tuning(max_inflation_ratio=ratio)
     assert "between 10 and 1000" in str(plain.value)
     assert_one_sentence(str(plain.value))
     with pytest.raises(ValueError, match="between 10 and 1000"):

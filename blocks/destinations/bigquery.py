@@ -53,7 +53,8 @@ warehouse = BigQueryWarehouse.load("BLOCK_NAME")
 
     def _client(self) -> bigquery.Client:
         if self.api_endpoint is None:
-            return self.credentials.get_bigquery_client(location=self.location)
+            client: bigquery.Client = self.credentials.get_bigquery_client(location=self.location)
+            return client
         keyed = self.credentials.service_account_info or self.credentials.service_account_file
         return bigquery.Client(
             project=self.credentials.project,

@@ -52,7 +52,7 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
 
     def _connection(self) -> SnowflakeConnection:
         """A new DB-API connection per load (the block caches one, which threads must not share)."""
-        return self.connector.credentials.get_client(
+        connection: SnowflakeConnection = self.connector.credentials.get_client(
             database=self.connector.database,
             schema=self.connector.schema_,
             warehouse=self.connector.warehouse,
@@ -60,3 +60,4 @@ warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
             # which client-side interpolation would put in a string literal)
             paramstyle="qmark",
         )
+        return connection

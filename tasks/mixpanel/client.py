@@ -221,15 +221,15 @@ class MixpanelClient:
         self.budget = budget or RateBudget(
             key=f"export:{settings.project_id}",
             windows=[
-                Window(settings.export_requests_per_second, 1.0),
-                Window(settings.export_requests_per_hour, 3600.0),
+                Window(settings.tuning.export_requests_per_second, 1.0),
+                Window(settings.tuning.export_requests_per_hour, 3600.0),
             ],
-            max_concurrent=settings.export_max_concurrent,
+            max_concurrent=settings.tuning.export_max_concurrent,
         )
         self.query_budget = query_budget or RateBudget(
             key=f"query:{settings.project_id}",
-            windows=[Window(settings.query_requests_per_hour, 3600.0)],
-            max_concurrent=settings.query_max_concurrent,
+            windows=[Window(settings.tuning.query_requests_per_hour, 3600.0)],
+            max_concurrent=settings.tuning.query_max_concurrent,
         )
         self._sleep = sleep
         self._rng = random.Random()
@@ -239,12 +239,14 @@ class MixpanelClient:
             [password, user] if not settings.uses_service_account else [password], (user, password)
         )
         timeout = httpx.Timeout(
-            connect=settings.connect_timeout_seconds,
-            read=settings.read_timeout_seconds,
+            connect=settings.tuning.connect_timeout_seconds,
+            read=settings.tuning.read_timeout_seconds,
             write=60.0,
             pool=60.0,
         )
-        limits = httpx.Limits(max_connections=settings.export_max_concurrent + settings.query_max_concurrent)
+        limits = httpx.Limits(
+            max_connections=settings.tuning.export_max_concurrent + settings.tuning.query_max_concurrent
+        )
         # headers and a POST body may leave in two writes: TCP_NODELAY keeps Nagle's algorithm from
         # holding the second until the server's delayed ACK (tens of ms per small request)
         nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -325,7 +327,7 @@ class MixpanelClient:
         ):
             refused = unrequested_coding(response.headers)
             if response.status_code != 200:
-                body = read_body(response, self.settings.max_inflation_ratio, ERROR_BODY_BYTES)
+                body = read_body(response, self.settings.tuning.max_inflation_ratio, ERROR_BODY_BYTES)
                 error = classify_response(
                     response.status_code,
                     f"(a body in {refused} encoding, not read)"
@@ -338,7 +340,7 @@ class MixpanelClient:
                 error = unrequested_error(refused)
             else:
                 self.answered.set()
-                yield Body(body_chunks(response, self.settings.max_inflation_ratio), response)
+                yield Body(body_chunks(response, self.settings.tuning.max_inflation_ratio), response)
                 return
             if isinstance(error, FatalError):
                 self.fatal = error
@@ -379,11 +381,11 @@ def with_retries(
     rng: random.Random | None = None,
     stats: RetryStats | None = None,
 ) -> T:
-    """Run ``unit`` up to ``settings.max_attempts`` times, pausing with jittered backoff after each
+    """Run ``unit`` up to ``settings.tuning.max_attempts`` times, pausing with jittered backoff after each
     ``RetriableError``; the last one is raised with ``when_exhausted`` (what state is left, what to do)."""
     stats = stats if stats is not None else RetryStats()
     rng = rng or random.Random()
-    attempts = settings.max_attempts
+    attempts = settings.tuning.max_attempts
     for attempt in range(1, attempts + 1):
         stats.attempts = attempt
         try:
@@ -393,7 +395,7 @@ def with_retries(
                 raise RetriableError(
                     f"{what} failed {attempts} times, last: {exc}; {when_exhausted}", exc.retry_after
                 ) from exc
-            pause = backoff_seconds(attempt, settings.retry_backoff_seconds, exc.retry_after, rng)
+            pause = backoff_seconds(attempt, settings.tuning.retry_backoff_seconds, exc.retry_after, rng)
             stats.retries += 1
             stats.reasons.append(type(exc).__name__)
             notify(f"{what}: attempt {attempt}/{attempts} failed ({exc}); retrying in {pause:.1f} s")

@@ -138,7 +138,7 @@ class GdprClient:
         )
         self._http = httpx.Client(
             base_url=settings.query_base_url,
-            timeout=httpx.Timeout(60.0, connect=settings.connect_timeout_seconds),
+            timeout=httpx.Timeout(60.0, connect=settings.tuning.connect_timeout_seconds),
             # gzip only: httpx would otherwise ask for (and inflate whole) zstd and deflate too
             headers={"Authorization": f"Bearer {gdpr.oauth_token}", "Accept-Encoding": "gzip"},
             transport=transport,
@@ -178,7 +178,7 @@ class GdprClient:
             try:
                 with self._http.stream(method, path, params={"token": self._token}, **kwargs) as response:
                     limit = MAX_ANSWER_BYTES if response.status_code == 200 else ERROR_BODY_BYTES
-                    body = read_body(response, self.settings.max_inflation_ratio, limit)
+                    body = read_body(response, self.settings.tuning.max_inflation_ratio, limit)
                     refused = unrequested_coding(response.headers)
             except httpx.TransportError as exc:
                 raise ConnectionDroppedError(

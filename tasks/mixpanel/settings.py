@@ -29,6 +29,31 @@ def check_inflation_ratio(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """How hard and how fast the pipeline may use Mixpanel's APIs, and what it refuses.
+
+    The defaults are declared here only: the block's form (``blocks.mixpanel.MixpanelTuning``) shows
+    them, with what each means and its allowed range, and hands its values back as one of these."""
+
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 900.0
+    max_attempts: int = 8
+    retry_backoff_seconds: float = 5.0
+    # Mixpanel's documented budgets per project
+    export_requests_per_second: int = 3
+    export_requests_per_hour: int = 60
+    export_max_concurrent: int = 100
+    query_requests_per_hour: int = 60
+    query_max_concurrent: int = 5
+    # Mixpanel refuses events above 1 MB at ingestion: 16 MiB leaves room for any line it exports
+    max_line_bytes: int = 16 << 20
+    max_inflation_ratio: float = 100.0
+
+    def __post_init__(self) -> None:
+        check_inflation_ratio(self.max_inflation_ratio)
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     project_id: int
     # HTTP Basic auth: (service account username, secret), or (legacy project secret, "")
@@ -37,19 +62,7 @@ class ApiSettings:
     uses_service_account: bool = True
     export_url: str = "https://data.mixpanel.com/api/2.0/export"
     query_base_url: str = "https://mixpanel.com"
-    export_requests_per_second: int = 3
-    export_requests_per_hour: int = 60
-    export_max_concurrent: int = 100
-    query_requests_per_hour: int = 60
-    query_max_concurrent: int = 5
-    max_attempts: int = 8
-    retry_backoff_seconds: float = 5.0
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 900.0
-    max_inflation_ratio: float = 100.0
-
-    def __post_init__(self) -> None:
-        check_inflation_ratio(self.max_inflation_ratio)
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 @dataclass(frozen=True)

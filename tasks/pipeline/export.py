@@ -37,6 +37,7 @@ from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
+from tasks.mixpanel.calendar import ProjectCalendar
 from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
 from tasks.pipeline.counts import DedupCounter
 from tasks.pipeline.exclude import event_rows_of
@@ -63,9 +64,8 @@ class ExportSettings:
     run_id: str
     file_format: FileFormat = FileFormat.PARQUET
     max_rejected_lines: int = 0
-    local_zone: str | None = None
-    time_mode: str = "utc"
-    timezone: str = "UTC"
+    # which days Mixpanel means, the epoch it answers in, and whether its counts compare
+    calendar: ProjectCalendar = field(default_factory=ProjectCalendar)
     block_bytes: int = BLOCK_BYTES
     max_file_rows: int = 1_000_000
     max_file_bytes: int = 256 << 20
@@ -82,8 +82,6 @@ class ExportSettings:
     allow_shrink: bool = False
     # replace a committed day even when it was committed with a filter this run's does not cover
     force: bool = False
-    # whether Mixpanel's per-day counts (project timezone) count the same days as the partitions
-    counts_comparable: bool = True
 
     @property
     def filter(self) -> Filter:
@@ -222,7 +220,7 @@ CountSource = Callable[[list[date], set[str]], dict[date, dict[str, int]]]
 
 def _count_source(client: MixpanelClient, settings: ExportSettings) -> CountSource | None:
     """Mixpanel's deduplicated count of some event names per day (None: its days are not ours)."""
-    if not settings.counts_comparable:
+    if not settings.calendar.counts_comparable:
         return None
 
     def count(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
@@ -369,7 +367,7 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
     if block.frame.height == 0:
         return
     state.accepted += block.frame.height
-    frame = with_time_columns(block.frame, settings.local_zone)
+    frame = with_time_columns(block.frame, settings.calendar.local_zone)
     for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
         day = state.days.get(int(ordinal))
         if day is None:
@@ -478,8 +476,8 @@ def _commit(
             rejected_lines=state.rejected,
             source_from_date=days[0].isoformat(),
             source_to_date=days[-1].isoformat(),
-            time_mode=settings.time_mode,
-            timezone=settings.timezone,
+            time_mode=settings.calendar.time_mode.value,
+            timezone=settings.calendar.day_zone,
             event_counts=tallies[ordinal],
             event_names=events,
             where=where,

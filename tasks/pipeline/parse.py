@@ -40,11 +40,13 @@ import pyarrow as pa
 import xxhash
 
 from tasks.errors import NotJsonLinesError, TruncatedStreamError, redact
+from tasks.mixpanel.settings import Tuning
 
 BLOCK_BYTES = 8 << 20
 # a line above this many bytes is rejected (Mixpanel refuses events above 1 MB at ingestion)
-MAX_LINE_BYTES = 16 << 20
+MAX_LINE_BYTES = Tuning.max_line_bytes  # the default of the block's tuning
 MAX_REJECT_TEXT = 2000
+OPEN_BRACE = ord("{")  # a JSON object's first byte
 QUOTED_BYTES = 120
 # the lifted keys as member names of a JSON object: a row where they occur more often than lifted
 # values were found may hold a duplicate key, and is re-read with the first-wins rule (the quote is
@@ -142,7 +144,7 @@ def _string_series(name: str, values: list[Any]) -> pl.Series:
         return pl.Series(name, [_text(v) for v in values], dtype=pl.String)
 
 
-def _properties_array(raws: list[Buffer]) -> pa.Array:
+def _properties_array(raws: list[Buffer]) -> pa.Array[Any]:
     offsets = array("q", accumulate(map(len, raws), initial=0))
     data = b"".join(raws)
     arr = pa.LargeStringArray.from_buffers(len(raws), pa.py_buffer(offsets), pa.py_buffer(data))
@@ -220,7 +222,7 @@ def decode_record(line: bytes | memoryview) -> tuple[str, memoryview, tuple[Any,
     except Exception as exc:
         raise RecordError(f"invalid JSON record: {_why(exc)}") from exc
     props = memoryview(raw.properties)
-    if props[:1] != b"{":
+    if not props or props[0] != OPEN_BRACE:
         raise RecordError("properties is not a JSON object")
     try:
         bytes(props).decode("utf-8")

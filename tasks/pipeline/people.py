@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import polars as pl
 
 from tasks.errors import RetriableError
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.runs import RunIds
 from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient, RetryStats
 from tasks.pipeline.exclude import id_rows_of
@@ -131,11 +131,12 @@ def export_people(
     destination: ObjectStoreDestination,
     query: EngageQuery,
     max_concurrent_pages: int = 5,
-    flow_run_id: str | None = None,
+    run: RunIds | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     excluded_ids: frozenset[str] = frozenset(),
 ) -> PeopleResult:
     """All profiles into ``mp_people_data``, replaced atomically; any failure leaves the old table."""
+    run = run or RunIds()
     first = fetch_page(client, query, 0, None)
     pages: list[int] = [1]
 
@@ -176,9 +177,9 @@ def export_people(
         PEOPLE_TABLE,
         PEOPLE_SCHEMA,
         _without(frames(), excluded_ids),
-        run_id=uuid.uuid4().hex[:12],
+        run_id=run.run_id,
         value_column="properties",
-        flow_run_id=flow_run_id,
+        flow_run_id=run.flow_run_id,
     )
     return PeopleResult(
         manifest.rows,

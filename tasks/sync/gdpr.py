@@ -9,13 +9,13 @@ calls these in order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.runs import RunIds
 from tasks.lake.tables import committed_edges, read_table
 from tasks.mixpanel.gdpr_api import GdprClient, batches
 from tasks.pipeline.identity import IdentityMode, resolve
@@ -34,12 +34,6 @@ from tasks.sync.registry import (
     read_inbox,
     save_registry,
 )
-
-
-@dataclass(frozen=True)
-class RunIds:
-    run_id: str  # tags the files a purge rewrites
-    flow_run_id: str | None  # recorded in manifests and the audit
 
 
 def register(

@@ -159,7 +159,8 @@ class GlueCatalog:
             if _code(exc) == "EntityNotFoundException":
                 return None
             raise self._error(exc, f"read {table} {partition}") from exc
-        return found.get("Parameters", {}).get(RUN_PARAMETER)
+        run: str | None = found.get("Parameters", {}).get(RUN_PARAMETER)
+        return run
 
     def partitions(self, table: str) -> dict[str, str]:
         """Every registered partition of ``table`` and its location (for checks and tests)."""
@@ -178,7 +179,7 @@ class GlueCatalog:
         parameters = {RUN_PARAMETER: partition.manifest.run_id}
         if not partition.is_day:
             table = self.glue.get_table(DatabaseName=self.database, Name=partition.table)["Table"]
-            previous = table["StorageDescriptor"]["Location"]
+            previous: str = table["StorageDescriptor"]["Location"]
             self.glue.update_table(
                 DatabaseName=self.database,
                 TableInput=_table_input(partition.table, location, parameters, partitioned=False),

@@ -365,13 +365,19 @@ def _data_files(
         yield close_file(*current)
 
 
+def _bounds(values: pa.Array[Any]) -> tuple[object, object]:
+    """The least and the greatest of ``values``."""
+    both = pc.min_max(values)
+    return both["min"].as_py(), both["max"].as_py()
+
+
 def _row_groups(data: pa.RecordBatchReader, day: str | None) -> Iterator[list[pa.RecordBatch]]:
     """``data`` in groups of about ``ROW_GROUP_BYTES``; every row checked to be of ``day`` (if given)."""
     held: list[pa.RecordBatch] = []
     size = 0
     for batch in data:
         days = batch.column(DAY) if day is not None and batch.num_rows else None
-        if days is not None and (days.null_count or pc.min_max(days).as_py() != {"min": day, "max": day}):
+        if days is not None and (days.null_count or _bounds(days) != (day, day)):
             raise ValueError(f"a row outside the day {day} was written into its partition")
         held.append(batch)
         size += batch.nbytes
