@@ -12,6 +12,7 @@ from typing import Any
 from blocks.destinations.base import root_of
 from blocks.destinations.local import LocalDestination
 from tasks.errors import FatalError
+from tasks.lake.layout import Layout
 from tasks.warehouses.tableformat import Location
 
 # the storage options each library reads: key id, secret, region, session token, endpoint
@@ -29,8 +30,9 @@ OPTION_KEYS = {
 
 def location_of(files: Any, project_id: int, folder: str, style: str = "delta") -> Location:
     """``<root>/<project_id>/<folder>`` and the options ``style`` ("delta" or "iceberg") reads."""
+    own = Layout(str(project_id)).table_format_prefix(folder)
     if isinstance(files, LocalDestination):
-        return Location(str(Path(files.path).expanduser().resolve() / str(project_id) / folder))
+        return Location(str(Path(files.path).expanduser().resolve() / own))
     if type(files).__name__ != "S3Destination":  # the s3 extra may not be installed: no import
         raise FatalError(
             f"table formats are written on a local folder or S3 so far, not on a {type(files).__name__}: "
@@ -39,7 +41,7 @@ def location_of(files: Any, project_id: int, folder: str, style: str = "delta") 
     _, found, region = files.aws_session()  # the S3 destination's own lookup and its error sentence
     frozen = found.get_frozen_credentials()
     endpoint = files.bucket.credentials.aws_client_parameters.endpoint_url
-    root = root_of(files.bucket.bucket_folder, files.prefix, str(project_id), folder)
+    root = root_of(files.bucket.bucket_folder, files.prefix, own)
     uri = f"s3://{files.bucket.bucket_name}/{root}"
     values = (frozen.access_key, frozen.secret_key, region, frozen.token, endpoint and str(endpoint))
     options = {key: value for key, value in zip(OPTION_KEYS[style], values, strict=True) if value}

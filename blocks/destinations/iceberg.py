@@ -107,7 +107,12 @@ destination = IcebergDestination.load("BLOCK_NAME")
         )
         catalog = load_catalog(CATALOG_NAME, **properties)
         table_format = IcebergFormat(
-            catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours
+            catalog,
+            self.namespace,
+            location,
+            files.storage,
+            files.layout.table_format_prefix("iceberg"),
+            self.retention_hours,
         )
         table_format.check()
         return files.with_hooks(TableFormatHook(table_format))

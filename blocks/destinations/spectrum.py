@@ -45,6 +45,6 @@ destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.s3.connect(project_id)
         glue = self.s3.bucket.credentials.get_client("glue")
-        catalog = GlueCatalog(glue, self.glue_database, files.storage, f"{project_id}/_state/spectrum/")
+        catalog = GlueCatalog(glue, self.glue_database, files.storage, files.layout.spectrum_prefix())
         catalog.check()
         return files.with_hooks(WarehouseHook(catalog))

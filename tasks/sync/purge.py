@@ -28,6 +28,7 @@ import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
+from tasks.lake.layout import tagged
 from tasks.lake.manifest import Manifest, ManifestFile, PurgeNote, fingerprint_hex, held
 from tasks.lake.tables import WHOLE, read_table, replace_table
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
@@ -228,7 +229,7 @@ def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
     """Rewritten files get names unique within the day (``part-pNNNNN-…``), beside the kept ones."""
     out = []
     for item in written:
-        target = item.path.parent.parent / item.path.name.replace("part-", f"part-p{index:05d}-", 1)
+        target = item.path.parent.parent / tagged(item.path.name, f"p{index:05d}")
         item.path.rename(target)
         out.append(WrittenFile(target, item.rows, item.bytes))
     return out
@@ -285,7 +286,7 @@ def _note(destination: ObjectStoreDestination, table: str, partition: str, purge
 def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:
     """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
     removed = 0
-    for info in destination.storage.list(f"{destination.project_prefix}/{EVENTS_TABLE}/_rejects/"):
+    for info in destination.storage.list(destination.layout.rejects_prefix(EVENTS_TABLE)):
         key = f"_rejects/{info.key.rsplit('/', 1)[-1]}"
         ids = scope.ids_for(key, "scrubbed")
         scope.checked[key] = "scrubbed"
