@@ -27,6 +27,7 @@ import msgspec
 import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
 from tasks.lake.layout import tagged
 from tasks.lake.manifest import Manifest, ManifestFile, PurgeNote, fingerprint_hex, held
@@ -186,7 +187,7 @@ def _rewrite_events(
     removed = removed_hash = 0
     fmt = FileFormat(base.format)
     for index, item in enumerate(base.files):
-        data = _get(destination, item.key)
+        data = read_committed(destination.storage, item.key)
         if not any(batch.filter(event_rows_of(ids)).height for batch in event_batches(data, fmt)):
             kept.append(item)
             continue
@@ -213,7 +214,7 @@ def _rewrite_edges(
     kept: list[ManifestFile] = []
     removed = 0
     for index, item in enumerate(base.identity_edges):
-        edges = pl.read_parquet(io.BytesIO(_get(destination, item.key)))
+        edges = pl.read_parquet(io.BytesIO(read_committed(destination.storage, item.key)))
         gone = edges.filter(id_rows_of(ids, EDGE_IDS)).height
         if gone == 0:
             kept.append(item)
@@ -233,13 +234,6 @@ def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
         item.path.rename(target)
         out.append(WrittenFile(target, item.rows, item.bytes))
     return out
-
-
-def _get(destination: ObjectStoreDestination, key: str) -> bytes:
-    data = destination.storage.get_bytes(key)
-    if data is None:
-        raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
-    return data
 
 
 def _purge_table(

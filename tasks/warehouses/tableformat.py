@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tasks.errors import ConcurrentCommitError
 from tasks.lake.commit import At, ObjectStoreDestination
+from tasks.lake.committed import local_committed, read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.schema import (
@@ -262,15 +263,14 @@ def reader(
     def batches() -> Iterator[pa.RecordBatch]:
         for item in files:
             if manifest.format != FileFormat.PARQUET:  # jsonl.gz event files: decoded as purges do
-                for frame in event_batches(_read(lake, item.key), FileFormat(manifest.format)):
+                for frame in event_batches(
+                    read_committed(lake.storage, item.key), FileFormat(manifest.format)
+                ):
                     rows = frame.to_arrow()
                     yield from shaped(rows, _batch_rows(rows.nbytes, rows.num_rows))
                 continue
             with tempfile.TemporaryDirectory(prefix="mp-format-") as folder:
-                local = lake.storage.local_path(item.key)
-                if local is None:
-                    local = Path(folder) / "part.parquet"
-                    lake.storage.download(item.key, local)
+                local = local_committed(lake.storage, item.key, Path(folder) / "part.parquet")
                 # pre_buffer (pyarrow's default) reads every column chunk of the file ahead: for a
                 # 1M-event file ~150 MiB more than reading one row group at a time
                 source = pq.ParquetFile(local, pre_buffer=False)
@@ -286,10 +286,3 @@ def reader(
 def _batch_rows(size: int, rows: int) -> int:
     """Rows of a batch of about ``BATCH_BYTES``, for rows of ``size / rows`` bytes on average."""
     return max(MIN_BATCH_ROWS, BATCH_BYTES * rows // max(size, 1))
-
-
-def _read(lake: ObjectStoreDestination, key: str) -> bytes:
-    data = lake.storage.get_bytes(key)
-    if data is None:
-        raise FileNotFoundError(f"{lake.describe(key)} is named by a manifest but missing")
-    return data
