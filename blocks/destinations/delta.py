@@ -1,4 +1,4 @@
-"""Delta Lake tables beside a file destination (local folder or S3), written by delta-rs."""
+"""Delta Lake tables beside a file destination (local folder, S3, Azure Blob), written by delta-rs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination
-from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
@@ -35,7 +34,7 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
 
     files: FileDestination = Field(
         default_factory=lambda: LocalDestination(path="data"),
-        description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
+        description="The file destination (a local folder, an S3 bucket or an Azure container) that holds the tables, the "
         "manifests and the state; the Delta tables go under <its root>/<project_id>/delta/.",
     )
     retention_hours: int = Field(
@@ -51,7 +50,7 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
         table_format = DeltaFormat(
-            location_of(self.files, project_id, "delta"), self.retention_hours, self.target_file_mb
+            self.files.table_location(project_id, "delta", "delta"), self.retention_hours, self.target_file_mb
         )
         table_format.check()
         return files.with_hooks(TableFormatHook(table_format))

@@ -9,7 +9,9 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError, MissingDestinationError
+from tasks.lake.layout import Layout
 from tasks.lake.store import LocalStore, RetryPolicy
+from tasks.warehouses.tableformat import Location, Style
 
 # the embedded default: `data` in the worker's working directory, the product's own folder (never a
 # mount point a user names), so it is created when missing, like the demo's and make deploy's
@@ -55,6 +57,10 @@ destination = LocalDestination.load("BLOCK_NAME")
                 "choose a writable path in the LocalDestination block."
             ) from exc
         return LocalStore(root)
+
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        own = Layout(str(project_id)).table_format_prefix(folder)
+        return Location(str(Path(self.path).expanduser().resolve() / own))
 
 
 def ensure_folder(folder: Path, create_missing: bool, block: str, what: str) -> None:

@@ -18,11 +18,25 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import BadCredentialsError
+from tasks.lake.layout import Layout
 from tasks.lake.obstore_store import ObstoreStore, retry_config
 from tasks.lake.store import Owner, RetryPolicy
+from tasks.warehouses.tableformat import Location, Style
 
 if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
     from obstore.store import ClientConfig, S3Credential
+
+# the options each table format's library reads: key id, secret, region, session token, endpoint
+OPTION_KEYS = {
+    "iceberg": ("s3.access-key-id", "s3.secret-access-key", "s3.region", "s3.session-token", "s3.endpoint"),
+    "delta": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+    ),
+}
 
 RIGHTS = {
     "write": "s3:PutObject",
@@ -73,6 +87,19 @@ destination = S3Destination.load("BLOCK_NAME")
                 "block or give the worker an IAM role."
             )
         return session, found, credentials.region_name or session.region_name or "us-east-1"
+
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        """``s3://`` with the keys boto3 holds now (temporary ones are refreshed at each connect)."""
+        _, found, region = self.aws_session()
+        frozen = found.get_frozen_credentials()
+        endpoint = self.bucket.credentials.aws_client_parameters.endpoint_url
+        own = Layout(str(project_id)).table_format_prefix(folder)
+        uri = f"s3://{self.bucket.bucket_name}/{root_of(self.bucket.bucket_folder, self.prefix, own)}"
+        values = (frozen.access_key, frozen.secret_key, region, frozen.token, endpoint and str(endpoint))
+        options = {key: value for key, value in zip(OPTION_KEYS[style], values, strict=True) if value}
+        if style == "delta" and endpoint:
+            options["AWS_ALLOW_HTTP"] = "true" if str(endpoint).startswith("http:") else "false"
+        return Location(uri, options)
 
     def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
         credentials = self.bucket.credentials

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -92,11 +92,15 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# which library reads a location's options: delta-rs (object_store's keys) or pyiceberg (FileIO properties)
+Style = Literal["delta", "iceberg"]
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a project's tables live: a root URI and the storage options to reach it."""
 
-    uri: str  # a local folder or s3://bucket/prefix/<project_id>/<format>
+    uri: str  # a local folder, s3://bucket/<root>/<project_id>/<format>, az:// or abfs://container/…
     options: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never printed
 
     def table(self, name: str) -> str:
