@@ -1,16 +1,18 @@
 """Amazon S3 (or an S3-compatible store) as a destination, through prefect-aws's ``S3Bucket`` block.
 
 Credentials, region and a custom ``endpoint_url`` live only in the referenced ``S3Bucket`` /
-``AwsCredentials`` blocks; the store is obstore's ``S3Store``, fed by the block's boto3 session (keys,
-a profile, an assumed role or the worker's IAM role, refreshed as boto3 refreshes them). Commits
+``AwsCredentials`` blocks; the store is obstore's ``S3Store``, fed by obstore's own boto3 credential
+provider over the block's session (keys, a profile, an assumed role or the worker's IAM role,
+refreshed as boto3 refreshes them). Commits
 need conditional writes (``If-None-Match: *`` and ``If-Match``): S3 has them since 2024.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from obstore.auth.boto3 import Boto3CredentialProvider
 from obstore.store import S3Store
 from prefect_aws import S3Bucket
 from pydantic import Field
@@ -24,7 +26,7 @@ from tasks.lake.store import Owner, RetryPolicy
 from tasks.warehouses.tableformat import Location, Style
 
 if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
-    from obstore.store import ClientConfig, S3Credential
+    from obstore.store import ClientConfig
 
 # the options each table format's library reads: key id, secret, region, session token, endpoint
 OPTION_KEYS = {
@@ -105,7 +107,7 @@ destination = S3Destination.load("BLOCK_NAME")
         credentials = self.bucket.credentials
         bucket = self.bucket.bucket_name
         block = block_label(self.bucket, "S3Bucket", bucket)
-        _, found, region = self.aws_session()
+        session, _, region = self.aws_session()
         params = credentials.aws_client_parameters
         options: dict[str, Any] = {}
         if params.endpoint_url:
@@ -119,12 +121,9 @@ destination = S3Destination.load("BLOCK_NAME")
         root = root_of(self.bucket.bucket_folder, self.prefix)
         retry = retry or self.retry_policy()
 
-        def provider() -> S3Credential:  # boto3 refreshes temporary credentials; obstore asks again
-            frozen = found.get_frozen_credentials()
-            expires = datetime.now(tz=UTC) + timedelta(minutes=5)
-            return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
-                    "token": frozen.token, "expires_at": expires}  # fmt: skip
-
+        # boto3 refreshes temporary credentials (an assumed role, the worker's IAM role); obstore asks
+        # the provider again every few minutes, so it never holds expired ones
+        provider = Boto3CredentialProvider(session, ttl=timedelta(minutes=5))
         store = S3Store(
             bucket,
             prefix=root or None,
