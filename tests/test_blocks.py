@@ -182,3 +182,28 @@ def test_the_registry_lists_every_destination_block_once_with_its_true_kind() ->
     # what the flows, registration and the blocks built on files offer comes from it
     assert tuple(d.block() for d in DESTINATIONS) == catalog.DESTINATIONS
     assert tuple(d.block() for d in entries(Kind.FILES)) == files.FILE_DESTINATIONS
+
+
+def test_block_type_slugs_stay_what_saved_block_documents_reference() -> None:
+    """Prefect derives each slug from the block type's name; saved blocks and deployments name them."""
+    from blocks.gdpr import MixpanelGdprRegistry
+
+    slugs = {cls.__name__: cls.get_block_type_slug() for cls in (*BLOCK_TYPES, MixpanelGdprRegistry)}
+    assert slugs == {
+        "MixpanelCredentials": "mixpanel-credentials",
+        "MixpanelGdprCredentials": "mixpanel-gdpr-credentials",
+        "MixpanelGdprRegistry": "mixpanel-gdpr-registry",
+        "LocalDestination": "mixpanel-local-destination",
+        "DuckDBWarehouse": "mixpanel-duckdb-warehouse",
+        "SnowflakeWarehouse": "mixpanel-snowflake-warehouse",
+        "BigQueryWarehouse": "mixpanel-bigquery-warehouse",
+        "S3Destination": "mixpanel-s3-destination",
+        "RedshiftSpectrumDestination": "mixpanel-redshift-spectrum-destination",
+        "GcsDestination": "mixpanel-gcs-destination",
+        "AzureBlobDestination": "mixpanel-azure-blob-destination",
+        "DeltaLakeDestination": "mixpanel-delta-lake-destination",
+        "IcebergDestination": "mixpanel-iceberg-destination",
+    }
+    for cls in BLOCK_TYPES:  # Prefect's own example: load the block by name from its module
+        assert f"from {cls.__module__} import {cls.__name__}" in (cls.get_code_example() or "")
+        assert f'{cls.__name__}.load("BLOCK_NAME")' in (cls.get_code_example() or "")

@@ -45,19 +45,11 @@ class AzureBlobDestination(BucketDestination):
     <container>/<prefix>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel Azure Blob Destination"
-    _block_type_slug = "mixpanel-azure-blob-destination"
     _documentation_url = DOCS_URL
     _description = (
         "An Azure Blob Storage container (and optional folder) that receives the exported tables, "
         "reached through a prefect-azure Azure Blob Storage Credentials block."
     )
-    _code_example = """
-```python
-from blocks.destinations.azure import AzureBlobDestination
-
-destination = AzureBlobDestination.load("BLOCK_NAME")
-```
-"""
 
     credentials: AzureBlobStorageCredentials = Field(
         description="The prefect-azure Azure Blob Storage Credentials block: a connection string, or an "

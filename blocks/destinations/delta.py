@@ -17,20 +17,12 @@ class DeltaLakeDestination(DestinationBlock):
     """Delta tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
 
     _block_type_name = "Mixpanel Delta Lake Destination"
-    _block_type_slug = "mixpanel-delta-lake-destination"
     _documentation_url = DOCS_URL
     _description = (
         "Delta Lake tables under <root>/<project_id>/delta/: each exported day replaced in one Delta "
         "commit, hourly increments appended, people and identity tables overwritten whole. The staged "
         "files and manifests stay in the wrapped file destination."
     )
-    _code_example = """
-```python
-from blocks.destinations.delta import DeltaLakeDestination
-
-destination = DeltaLakeDestination.load("BLOCK_NAME")
-```
-"""
 
     files: FileDestination = Field(
         default_factory=lambda: LocalDestination(path="data"),

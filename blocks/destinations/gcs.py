@@ -30,19 +30,11 @@ class GcsDestination(BucketDestination):
     """A GCS bucket that receives Mixpanel's layout: <prefix>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel GCS Destination"
-    _block_type_slug = "mixpanel-gcs-destination"
     _documentation_url = DOCS_URL
     _description = (
         "A Google Cloud Storage bucket that receives the exported tables; the service account key stays "
         "in the referenced prefect-gcp GcsBucket block."
     )
-    _code_example = """
-```python
-from blocks.destinations.gcs import GcsDestination
-
-destination = GcsDestination.load("BLOCK_NAME")
-```
-"""
 
     bucket: GcsBucket = Field(
         default=...,

@@ -32,20 +32,12 @@ class IcebergDestination(DestinationBlock):
     """Iceberg tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
 
     _block_type_name = "Mixpanel Iceberg Destination"
-    _block_type_slug = "mixpanel-iceberg-destination"
     _documentation_url = DOCS_URL
     _description = (
         "Apache Iceberg tables under <root>/<project_id>/iceberg/, registered in a SQL (SQLite), Glue or "
         "REST catalog: each exported day replaced in one snapshot, hourly increments appended, people "
         "and identity tables overwritten whole."
     )
-    _code_example = """
-```python
-from blocks.destinations.iceberg import IcebergDestination
-
-destination = IcebergDestination.load("BLOCK_NAME")
-```
-"""
 
     files: FileDestination = Field(
         default_factory=lambda: LocalDestination(path="data"),

@@ -22,16 +22,8 @@ class LocalDestination(BucketDestination):
     """A local folder that receives Mixpanel's layout: <path>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel Local Destination"
-    _block_type_slug = "mixpanel-local-destination"
     _documentation_url = DOCS_URL
     _description = "A folder on the worker's disk that receives the exported tables (the embedded default)."
-    _code_example = """
-```python
-from blocks.destinations.local import LocalDestination
-
-destination = LocalDestination.load("BLOCK_NAME")
-```
-"""
 
     path: str = Field(
         default=str(DEFAULT_FOLDER),

@@ -52,19 +52,11 @@ class S3Destination(BucketDestination):
     """An S3 bucket that receives Mixpanel's layout: <prefix>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel S3 Destination"
-    _block_type_slug = "mixpanel-s3-destination"
     _documentation_url = DOCS_URL
     _description = (
         "An Amazon S3 bucket (or an S3-compatible store) that receives the exported tables; credentials "
         "stay in the referenced prefect-aws S3Bucket block."
     )
-    _code_example = """
-```python
-from blocks.destinations.s3 import S3Destination
-
-destination = S3Destination.load("BLOCK_NAME")
-```
-"""
 
     bucket: S3Bucket = Field(
         default=...,
