@@ -27,18 +27,10 @@ class MixpanelGdprCredentials(Block):
     """Project token and GDPR OAuth token for Mixpanel's data-deletion API."""
 
     _block_type_name = "Mixpanel GDPR Credentials"
-    _block_type_slug = "mixpanel-gdpr-credentials"
     _documentation_url = DOCS_URL
     _description = (
         "Project token and GDPR OAuth token used by the GDPR flow to ask Mixpanel to delete users' data."
     )
-    _code_example = """
-```python
-from blocks.gdpr import MixpanelGdprCredentials
-
-gdpr = MixpanelGdprCredentials.load("BLOCK_NAME")
-```
-"""
 
     project_token: SecretStr = Field(
         default=..., description="The project's token (Project Settings > Access Keys)."
@@ -57,7 +49,6 @@ class MixpanelGdprRegistry(Block):
     """The ids of a Mixpanel project deleted under GDPR/CCPA: never exported again anywhere."""
 
     _block_type_name = "Mixpanel GDPR Registry"
-    _block_type_slug = "mixpanel-gdpr-registry"
     _documentation_url = DOCS_URL
     _description = (
         "The project's GDPR/CCPA deletion registry, written by the GDPR flow and read by every export: "

@@ -111,19 +111,11 @@ class MixpanelCredentials(Block):
     data residency, the project's time mode and the API budget the pipeline may use."""
 
     _block_type_name = "Mixpanel Credentials"
-    _block_type_slug = "mixpanel-credentials"
     _documentation_url = DOCS_URL
     _description = (
         "Service-account credentials, data residency and time settings of one Mixpanel project, "
         "used by the events, people and identity flows."
     )
-    _code_example = """
-```python
-from blocks.mixpanel import MixpanelCredentials
-
-mixpanel = MixpanelCredentials.load("BLOCK_NAME")
-```
-"""
 
     project_id: int = Field(
         default=...,

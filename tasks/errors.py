@@ -90,6 +90,14 @@ class OutsideDestinationError(FatalError):
     """A key to read, write or delete does not lie under the destination root or the table's own prefix."""
 
 
+class MissingObjectError(FatalError):
+    """An object to read is not in the store."""
+
+
+class MissingCommittedFileError(MissingObjectError):
+    """A file a manifest names is not in the store: removed by hand, or by a newer commit meanwhile."""
+
+
 class MissingDestinationError(FatalError):
     """A local destination's folder does not exist and its block does not ask for it to be created."""
 

@@ -150,3 +150,69 @@ def test_a_destination_schema_is_prefects_made_once_and_handed_out_as_a_copy() -
     first["properties"].clear()
     first["definitions"]["LocalDestination"]["properties"].clear()
     assert DuckDBWarehouse.model_json_schema() == prefects
+
+
+def test_the_registry_lists_every_destination_block_once_with_its_true_kind() -> None:
+    """Every destination block module's classes are in the registry (nothing listed elsewhere), and
+    each entry's kind and capabilities are what the block is and does."""
+    import importlib
+    import inspect
+    import tomllib
+
+    from blocks.destinations import catalog, files
+    from blocks.destinations.base import BucketDestination, DestinationBlock
+    from blocks.destinations.registry import DESTINATIONS, Capability, Kind, entries
+
+    folder = Path(catalog.__file__).parent
+    defined = set()
+    for path in folder.glob("*.py"):
+        module = importlib.import_module(f"blocks.destinations.{path.stem}")
+        defined |= {
+            (module.__name__, name)
+            for name, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, DestinationBlock)
+            and cls.__module__ == module.__name__
+            and not inspect.isabstract(cls)
+        }
+    assert defined == {(d.module, d.name) for d in DESTINATIONS}, "a block is missing from the registry"
+    assert len({d.name for d in DESTINATIONS}) == len(DESTINATIONS)
+    extras = tomllib.loads((folder.parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for entry in DESTINATIONS:
+        block = entry.block()
+        assert issubclass(block, BucketDestination) == (entry.kind == Kind.FILES), entry.name
+        assert (entry.kind == Kind.TABLE_FORMAT) == (Capability.KEEPS_HISTORY in entry.capabilities), (
+            entry.name
+        )
+        assert (Capability.CARRIES_TABLE_FORMATS in entry.capabilities) <= (entry.kind == Kind.FILES)
+        assert entry.extra is None or entry.extra in extras, entry.name
+        assert entry.installed()  # the suite runs with every extra
+    # what the flows, registration and the blocks built on files offer comes from it
+    assert tuple(d.block() for d in DESTINATIONS) == catalog.DESTINATIONS
+    assert tuple(d.block() for d in entries(Kind.FILES)) == files.FILE_DESTINATIONS
+
+
+def test_block_type_slugs_stay_what_saved_block_documents_reference() -> None:
+    """Prefect derives each slug from the block type's name; saved blocks and deployments name them."""
+    from blocks.gdpr import MixpanelGdprRegistry
+
+    slugs = {cls.__name__: cls.get_block_type_slug() for cls in (*BLOCK_TYPES, MixpanelGdprRegistry)}
+    assert slugs == {
+        "MixpanelCredentials": "mixpanel-credentials",
+        "MixpanelGdprCredentials": "mixpanel-gdpr-credentials",
+        "MixpanelGdprRegistry": "mixpanel-gdpr-registry",
+        "LocalDestination": "mixpanel-local-destination",
+        "DuckDBWarehouse": "mixpanel-duckdb-warehouse",
+        "SnowflakeWarehouse": "mixpanel-snowflake-warehouse",
+        "BigQueryWarehouse": "mixpanel-bigquery-warehouse",
+        "S3Destination": "mixpanel-s3-destination",
+        "RedshiftSpectrumDestination": "mixpanel-redshift-spectrum-destination",
+        "GcsDestination": "mixpanel-gcs-destination",
+        "AzureBlobDestination": "mixpanel-azure-blob-destination",
+        "DeltaLakeDestination": "mixpanel-delta-lake-destination",
+        "IcebergDestination": "mixpanel-iceberg-destination",
+    }
+    for cls in BLOCK_TYPES:  # Prefect's own example: load the block by name from its module
+        assert f"from {cls.__module__} import {cls.__name__}" in (cls.get_code_example() or "")
+        assert f'{cls.__name__}.load("BLOCK_NAME")' in (cls.get_code_example() or "")

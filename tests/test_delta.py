@@ -1,4 +1,4 @@
-"""Delta Lake destination on a local folder and on S3 (moto): sandbox days read back through delta-rs and polars."""
+"""Delta Lake destination on a local folder, on S3 (moto) and on Azure Blob (Azurite): sandbox days read back through delta-rs and polars."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from blocks.destinations.delta import DeltaLakeDestination
-from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from sandbox import SandboxServer
+from tasks.errors import FatalError
 from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
+from tests.stores.azure import AzuriteServer, make_azure_destination
+from tests.stores.gcs import GcsServer, make_gcs_destination
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import (
     assert_no_file_holds,
@@ -80,7 +82,7 @@ def local_lake(tmp_path: Path) -> Lake:
 def s3_lake(server: S3Server) -> Lake:
     files_block = make_s3_destination(server, prefix="lake")
     block = DeltaLakeDestination(files=files_block)
-    location = location_of(files_block, 1, "delta")
+    location = files_block.table_location(1, "delta", "delta")
     bucket = files_block.bucket.bucket_name
     client = server.client()
 
@@ -92,9 +94,28 @@ def s3_lake(server: S3Server) -> Lake:
     return Lake(block, location.uri, location.options | {"AWS_ENDPOINT_URL": server.moto_url}, files)
 
 
-@pytest.fixture(params=["local", "s3"])
+def azure_lake(server: AzuriteServer) -> Lake:
+    files_block = make_azure_destination(server, prefix="lake")
+    location = files_block.table_location(1, "delta", "delta")
+    container = server.service().get_container_client(files_block.container)
+
+    def files() -> list[tuple[str, bytes]]:
+        listed = container.list_blobs(name_starts_with="lake/1/delta/")
+        return [(b.name, container.download_blob(b.name).readall()) for b in listed]
+
+    return Lake(DeltaLakeDestination(files=files_block), location.uri, location.options, files)
+
+
+LAKES = {
+    "local": lambda request, tmp_path: local_lake(tmp_path),
+    "s3": lambda request, tmp_path: s3_lake(request.getfixturevalue("s3_server")),
+    "azure": lambda request, tmp_path: azure_lake(request.getfixturevalue("azure_server")),
+}
+
+
+@pytest.fixture(params=list(LAKES))
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
-    yield local_lake(tmp_path) if request.param == "local" else s3_lake(request.getfixturevalue("s3_server"))
+    yield LAKES[request.param](request, tmp_path)
 
 
 def assert_day_is_the_sandbox(lake: Lake, sandbox: SandboxServer, day: date) -> None:
@@ -361,3 +382,17 @@ def test_upkeep_removes_files_no_version_references_once_older_than_the_grace(
     assert sorted(folder.glob("*.parquet")) == sorted([*live, uploading])
     assert_day_is_the_sandbox(lake, sandbox, day)
     lake.table(version=lake.table().version() - 1).to_pyarrow_table()  # time travel within the retention
+
+
+def test_table_formats_on_gcs_are_refused_with_the_reason(gcs_server: GcsServer) -> None:
+    """delta-rs uploads to GCS through the XML API, which no local GCS server serves: untested, so refused."""
+    from blocks.destinations.gcs import GcsDestination
+    from blocks.destinations.registry import Capability, entries
+
+    files = make_gcs_destination(gcs_server)
+    for style in ("delta", "iceberg"):
+        with pytest.raises(
+            FatalError, match="not written on GCS: delta-rs uploads to GCS through the XML API"
+        ):
+            files.table_location(1, "delta", style)  # type: ignore[arg-type]
+    assert GcsDestination not in [e.block() for e in entries(capability=Capability.CARRIES_TABLE_FORMATS)]

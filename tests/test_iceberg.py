@@ -1,4 +1,4 @@
-"""Iceberg destination (SQLite catalog) on a local folder and on S3 (moto): days read back via pyiceberg and polars."""
+"""Iceberg destination (SQLite catalog) on a local folder, on S3 (moto) and on Azure Blob (Azurite): days read back via pyiceberg and polars."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pyiceberg.catalog import load_catalog
 from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
 
-from blocks.destinations.formats import location_of
 from blocks.destinations.iceberg import IcebergDestination
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
@@ -31,6 +30,7 @@ from tasks.warehouses.iceberg_format import HELD, catalog_properties
 from tasks.warehouses.table_identity import owner_key
 from tasks.warehouses.tableformat import SCHEMAS, format_hook, reader
 from tests.conftest import credentials_for, recent_days
+from tests.stores.azure import AzuriteServer, make_azure_destination
 from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import (
     assert_no_file_holds,
@@ -66,7 +66,7 @@ class Warehouse:
 
     def held(self, day: date) -> int | None:
         """What the table records as held for this destination (the property keyed by its location)."""
-        own = owner_key(location_of(self.block.files, 1, "iceberg", style="iceberg").uri)
+        own = owner_key(self.block.files.table_location(1, "iceberg", "iceberg").uri)
         value = self.table().properties.get(f"{HELD}{own}.{day.isoformat()}")
         return None if value is None else int(value)
 
@@ -90,7 +90,7 @@ def s3_warehouse(server: S3Server, tmp_path: Path) -> Warehouse:
     files_block = make_s3_destination(server, prefix="lake")
     catalog_uri = f"sqlite:///{tmp_path / 'catalog.db'}"
     block = IcebergDestination(files=files_block, catalog_uri=catalog_uri)
-    location = location_of(files_block, 1, "iceberg", style="iceberg")
+    location = files_block.table_location(1, "iceberg", "iceberg")
     # readers go straight to moto (the fault proxy is for the pipeline's own requests)
     options = location.options | {"s3.endpoint": server.moto_url}
     properties = catalog_properties("sql", catalog_uri, location.uri, options)
@@ -105,16 +105,36 @@ def s3_warehouse(server: S3Server, tmp_path: Path) -> Warehouse:
 
 def polars_options(files_block: S3Destination, server: S3Server) -> dict[str, str]:
     """The same keys in object_store's names, straight to moto: what polars reads data files with."""
-    delta = location_of(files_block, 1, "iceberg")
+    delta = files_block.table_location(1, "iceberg", "delta")
     return {k.lower(): v for k, v in delta.options.items()} | {"aws_endpoint_url": server.moto_url}
 
 
-@pytest.fixture(params=["local", "s3"])
+def azure_warehouse(server: AzuriteServer, tmp_path: Path) -> Warehouse:
+    files_block = make_azure_destination(server, prefix="lake")
+    catalog_uri = f"sqlite:///{tmp_path / 'catalog.db'}"
+    block = IcebergDestination(files=files_block, catalog_uri=catalog_uri)
+    location = files_block.table_location(1, "iceberg", "iceberg")
+    properties = catalog_properties("sql", catalog_uri, location.uri, location.options)
+    container = server.service().get_container_client(files_block.container)
+
+    def files() -> list[tuple[str, bytes]]:
+        listed = container.list_blobs(name_starts_with="lake/1/iceberg/")
+        return [(b.name, container.download_blob(b.name).readall()) for b in listed]
+
+    # polars reads the data files itself, through object_store: the keys delta-rs reads
+    return Warehouse(block, properties, files, files_block.table_location(1, "iceberg", "delta").options)
+
+
+WAREHOUSES = {
+    "local": lambda request, tmp_path: local_warehouse(tmp_path),
+    "s3": lambda request, tmp_path: s3_warehouse(request.getfixturevalue("s3_server"), tmp_path),
+    "azure": lambda request, tmp_path: azure_warehouse(request.getfixturevalue("azure_server"), tmp_path),
+}
+
+
+@pytest.fixture(params=list(WAREHOUSES))
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "local":
-        yield local_warehouse(tmp_path)
-    else:
-        yield s3_warehouse(request.getfixturevalue("s3_server"), tmp_path)
+    yield WAREHOUSES[request.param](request, tmp_path)
 
 
 def assert_day_is_the_sandbox(warehouse: Warehouse, sandbox: SandboxServer, day: date) -> None:
@@ -280,7 +300,7 @@ def test_a_glue_catalog_on_moto_holds_the_tables(sandbox: SandboxServer, s3_serv
     days = recent_days(2, sandbox)
     export(sandbox, block, days, "first")
     export(sandbox, block, days, "second")
-    location = location_of(files_block, 1, "iceberg", style="iceberg")
+    location = files_block.table_location(1, "iceberg", "iceberg")
     options = location.options | {"s3.endpoint": s3_server.moto_url, "glue.endpoint": s3_server.moto_url}
     options |= {
         "glue.access-key-id": s3_server.access_key_id,
@@ -418,7 +438,7 @@ def test_a_second_destination_on_one_glue_namespace_is_refused_and_changes_nothi
     first = IcebergDestination(files=first_files, catalog="glue", namespace=namespace)
     (day,) = recent_days(1, sandbox)
     export(sandbox, first, [day], "project-1")
-    location = location_of(first_files, 1, "iceberg", style="iceberg")
+    location = first_files.table_location(1, "iceberg", "iceberg")
     options = location.options | {"s3.endpoint": s3_server.moto_url, "glue.endpoint": s3_server.moto_url}
     options |= {
         "glue.access-key-id": s3_server.access_key_id,

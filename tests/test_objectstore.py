@@ -7,7 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tasks.errors import FatalError, MissingCommittedFileError
 from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.committed import download_committed, local_committed, read_committed
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest
 from tasks.lake.tables import read_parquet
@@ -165,3 +167,24 @@ def test_written_columns_are_the_events_schema(dest: ObjectStoreDestination, tmp
     got = read(dest)
     assert tuple(got.columns) == EVENT_COLUMNS
     assert got.schema["time"] == pl.Datetime("us", "UTC")
+
+
+def test_a_committed_file_gone_missing_is_one_error_of_the_tree_for_every_reader(
+    dest: ObjectStoreDestination, tmp_path: Path
+) -> None:
+    manifest = commit(dest, tmp_path, "run1", 6)
+    gone = manifest.files[0].key
+    dest.storage.delete([gone])
+    readers = {
+        "bytes": lambda: read_committed(dest.storage, gone),
+        "a download": lambda: download_committed(dest.storage, gone, tmp_path / "copy.parquet"),
+        "a local file": lambda: local_committed(dest.storage, gone, tmp_path / "copy.parquet"),
+        "the table": lambda: read(dest),
+    }
+    for what, reading in readers.items():
+        with pytest.raises(MissingCommittedFileError, match="is named by a manifest but missing") as caught:
+            reading()
+        assert isinstance(caught.value, FatalError), what
+        assert dest.describe(gone) in str(caught.value), what
+    # the files still there read back whole
+    assert read_committed(dest.storage, manifest.files[1].key)[:4] == b"PAR1"

@@ -7,6 +7,7 @@ account URL with a service principal or the worker's default Azure identity; the
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -15,15 +16,27 @@ from obstore.store import AzureStore
 from prefect_azure import AzureBlobStorageCredentials
 from pydantic import Field, field_validator
 
-from blocks.destinations.base import BucketDestination
+from blocks.destinations.base import BucketDestination, root_of
 from blocks.mixpanel import DOCS_URL
-from tasks.errors import BadCredentialsError
+from tasks.errors import BadCredentialsError, FatalError
+from tasks.lake.layout import Layout
 from tasks.lake.obstore_store import ObstoreStore, retry_config
 from tasks.lake.store import Owner, RetryPolicy
+from tasks.warehouses.tableformat import Location, Style
 
 if TYPE_CHECKING:  # obstore's typed dicts exist in its stubs only
     from obstore.store import ClientConfig
 
+# obstore's (object_store's) Azure settings → pyiceberg's FileIO properties
+ICEBERG_KEYS = {
+    "account_name": "adls.account-name",
+    "account_key": "adls.account-key",
+    "sas_key": "adls.sas-token",
+    "client_id": "adls.client-id",
+    "client_secret": "adls.client-secret",
+    "tenant_id": "adls.tenant-id",
+}
+EMULATOR_VARIABLE = "AZURITE_BLOB_STORAGE_URL"
 CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -32,19 +45,11 @@ class AzureBlobDestination(BucketDestination):
     <container>/<prefix>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel Azure Blob Destination"
-    _block_type_slug = "mixpanel-azure-blob-destination"
     _documentation_url = DOCS_URL
     _description = (
         "An Azure Blob Storage container (and optional folder) that receives the exported tables, "
         "reached through a prefect-azure Azure Blob Storage Credentials block."
     )
-    _code_example = """
-```python
-from blocks.destinations.azure import AzureBlobDestination
-
-destination = AzureBlobDestination.load("BLOCK_NAME")
-```
-"""
 
     credentials: AzureBlobStorageCredentials = Field(
         description="The prefect-azure Azure Blob Storage Credentials block: a connection string, or an "
@@ -79,9 +84,34 @@ destination = AzureBlobDestination.load("BLOCK_NAME")
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.retry_total + 1, initial_backoff=self.retry_backoff_seconds)
 
-    def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
+    def _block(self) -> str:
         saved = getattr(self.credentials, "_block_document_name", None)
-        block = f"block '{saved}'" if saved else "the AzureBlobStorageCredentials block"
+        return f"block '{saved}'" if saved else "the AzureBlobStorageCredentials block"
+
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        """delta-rs reads object_store's keys (the store's own settings); pyiceberg reads ``adls.*``
+        FileIO properties for pyarrow's AzureFileSystem."""
+        config, endpoint, _ = _config(self.credentials, self._block())
+        root = root_of(self.prefix, Layout(str(project_id)).table_format_prefix(folder))
+        if style == "delta":
+            options = {k: str(v) for k, v in config.items()}
+            if endpoint.startswith("http:"):
+                options["allow_http"] = "true"
+            if urlsplit(endpoint).path.strip("/"):
+                options |= _emulated(options.pop("endpoint"))
+            return Location(f"az://{self.container}/{root}", options)
+        options = {ICEBERG_KEYS[k]: str(v) for k, v in config.items() if k in ICEBERG_KEYS}
+        url = urlsplit(endpoint)
+        if url.netloc != f"{config['account_name']}.blob.core.windows.net":  # an emulator, a custom domain
+            for service in ("blob", "dfs"):
+                options[f"adls.{service}-storage-authority"] = url.netloc
+                options[f"adls.{service}-storage-scheme"] = url.scheme
+        # pyarrow's AzureFileSystem, not fsspec's (adlfs is not a dependency)
+        options["py-io-impl"] = "pyiceberg.io.pyarrow.PyArrowFileIO"
+        return Location(f"abfs://{self.container}/{root}", options)
+
+    def store(self, retry: RetryPolicy | None = None) -> ObstoreStore:
+        block = self._block()
         config, endpoint, fix = _config(self.credentials, block)
         retry = retry or self.retry_policy()
         client: ClientConfig = {"allow_http": True} if endpoint.startswith("http:") else {}
@@ -146,6 +176,24 @@ def _config(credentials: AzureBlobStorageCredentials, block: str) -> tuple[dict[
         }
         return config, endpoint, "check the tenant id, client id and client secret"
     return config, endpoint, "check the Azure identity the worker runs as and the account URL"
+
+
+def _emulated(endpoint: str) -> dict[str, str]:
+    """delta-rs's options for an emulator's path-style endpoint (``http://host:port/<account>``).
+
+    delta-rs (1.6) reads such an endpoint's listings wrongly unless object_store is in emulator mode
+    ("Invalid table version" on the first commit that removes files), and object_store takes an
+    emulator's address only from ``AZURITE_BLOB_STORAGE_URL``: it is set here, once per process.
+    """
+    url = urlsplit(endpoint)
+    address = f"{url.scheme}://{url.netloc}"
+    current = os.environ.setdefault(EMULATOR_VARIABLE, address)
+    if current != address:
+        raise FatalError(
+            f"{EMULATOR_VARIABLE} is {current}, but this block's emulator is at {address}: a process "
+            "writes Delta tables on one Azure emulator only."
+        )
+    return {"use_emulator": "true"}
 
 
 def _account_of(endpoint: str) -> str:

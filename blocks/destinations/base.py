@@ -12,6 +12,7 @@ from pydantic import AfterValidator, ConfigDict
 from tasks.errors import FatalError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.store import RetryPolicy, Store
+from tasks.warehouses.tableformat import Location, Style
 from tasks.warehouses.warehouse import checked_identifier
 
 
@@ -101,6 +102,13 @@ class BucketDestination(DestinationBlock):
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy()
+
+    @abstractmethod
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        """Where a table format writes the project's tables (``<root>/<project_id>/<folder>``, from
+        ``tasks.lake.layout``) and the options its library reads to get there (``style``: delta-rs's
+        object_store keys or pyiceberg's FileIO properties), with this block's own credentials.
+        A destination a table format cannot be written on says why, in one sentence."""
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         store = self.store()

@@ -19,19 +19,11 @@ class BigQueryWarehouse(DestinationBlock):
     """A BigQuery dataset with mp_master_event (partitioned by day, properties JSON) and the other tables."""
 
     _block_type_name = "Mixpanel BigQuery Warehouse"
-    _block_type_slug = "mixpanel-bigquery-warehouse"
     _documentation_url = DOCS_URL
     _description = (
         "BigQuery through prefect-gcp's GcpCredentials: each day's Parquet files are loaded into a staging "
         "table and swapped in by one atomic MERGE; mp_master_event is partitioned by day, properties is JSON."
     )
-    _code_example = """
-```python
-from blocks.destinations.bigquery import BigQueryWarehouse
-
-warehouse = BigQueryWarehouse.load("BLOCK_NAME")
-```
-"""
 
     credentials: GcpCredentials = Field(
         default=..., description="The prefect-gcp GcpCredentials block (service account and project)."

@@ -1,4 +1,4 @@
-"""Delta Lake tables beside a file destination (local folder or S3), written by delta-rs."""
+"""Delta Lake tables beside a file destination (local folder, S3, Azure Blob), written by delta-rs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pydantic import Field
 
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination
-from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
@@ -18,24 +17,16 @@ class DeltaLakeDestination(DestinationBlock):
     """Delta tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
 
     _block_type_name = "Mixpanel Delta Lake Destination"
-    _block_type_slug = "mixpanel-delta-lake-destination"
     _documentation_url = DOCS_URL
     _description = (
         "Delta Lake tables under <root>/<project_id>/delta/: each exported day replaced in one Delta "
         "commit, hourly increments appended, people and identity tables overwritten whole. The staged "
         "files and manifests stay in the wrapped file destination."
     )
-    _code_example = """
-```python
-from blocks.destinations.delta import DeltaLakeDestination
-
-destination = DeltaLakeDestination.load("BLOCK_NAME")
-```
-"""
 
     files: FileDestination = Field(
         default_factory=lambda: LocalDestination(path="data"),
-        description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
+        description="The file destination (a local folder, an S3 bucket or an Azure container) that holds the tables, the "
         "manifests and the state; the Delta tables go under <its root>/<project_id>/delta/.",
     )
     retention_hours: int = Field(
@@ -51,7 +42,7 @@ destination = DeltaLakeDestination.load("BLOCK_NAME")
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
         table_format = DeltaFormat(
-            location_of(self.files, project_id, "delta"), self.retention_hours, self.target_file_mb
+            self.files.table_location(project_id, "delta", "delta"), self.retention_hours, self.target_file_mb
         )
         table_format.check()
         return files.with_hooks(TableFormatHook(table_format))

@@ -19,19 +19,11 @@ class DuckDBWarehouse(DestinationBlock):
     """A DuckDB database file holding mp_master_event, mp_people_data and mp_identity_mappings_data."""
 
     _block_type_name = "Mixpanel DuckDB Warehouse"
-    _block_type_slug = "mixpanel-duckdb-warehouse"
     _documentation_url = DOCS_URL
     _description = (
         "An embedded DuckDB database: each exported day is replaced in one transaction; people and "
         "identity tables are swapped whole. The Parquet files it loads from are kept beside it."
     )
-    _code_example = """
-```python
-from blocks.destinations.duckdb import DuckDBWarehouse
-
-warehouse = DuckDBWarehouse.load("BLOCK_NAME")
-```
-"""
 
     database: str = Field(
         default="data/mixpanel.duckdb",

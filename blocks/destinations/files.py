@@ -7,45 +7,18 @@ takes a file destination also takes a plain folder path, as blocks saved before 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, Field
 
 from blocks.destinations.local import LocalDestination
+from blocks.destinations.registry import Kind, classes
 
-
-def installed(package: str) -> bool:
-    """Whether ``package`` (an integration a block nests) is installed."""
-    try:
-        return importlib.util.find_spec(package) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is missing
-        return False
-
-
-def blocks_of(optional: tuple[tuple[str, str, str, str], ...]) -> tuple[type[Any], ...]:
-    """The block classes of ``(module, class, package, extra)`` rows whose package is installed."""
-    return tuple(
-        getattr(importlib.import_module(module), name)
-        for module, name, package, _ in optional
-        if installed(package)
-    )
-
-
-OPTIONAL_FILE_DESTINATIONS = (
-    ("blocks.destinations.s3", "S3Destination", "prefect_aws", "s3"),
-    ("blocks.destinations.gcs", "GcsDestination", "prefect_gcp", "gcs"),
-    ("blocks.destinations.azure", "AzureBlobDestination", "prefect_azure", "azure"),
-)
-FILE_DESTINATIONS: tuple[type[Any], ...] = (LocalDestination, *blocks_of(OPTIONAL_FILE_DESTINATIONS))
+FILE_DESTINATIONS: tuple[type[Any], ...] = classes(Kind.FILES)
 
 if TYPE_CHECKING:
-    from blocks.destinations.azure import AzureBlobDestination
-    from blocks.destinations.gcs import GcsDestination
-    from blocks.destinations.s3 import S3Destination
-
-    FileDestination = LocalDestination | S3Destination | GcsDestination | AzureBlobDestination
+    # what the blocks built on one call (connect, store, table_location) is the base's
+    from blocks.destinations.base import BucketDestination as FileDestination
 else:
 
     def _folder_or_destination(value: Any) -> Any:

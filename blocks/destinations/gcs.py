@@ -13,9 +13,10 @@ from pydantic import Field
 
 from blocks.destinations.base import BucketDestination, block_label, root_of
 from blocks.mixpanel import DOCS_URL
-from tasks.errors import BadCredentialsError
+from tasks.errors import BadCredentialsError, FatalError
 from tasks.lake.gcs_store import GcsStore
 from tasks.lake.store import Owner, RetryPolicy
+from tasks.warehouses.tableformat import Location, Style
 
 RIGHTS = {
     "write": "storage.objects.create",
@@ -29,19 +30,11 @@ class GcsDestination(BucketDestination):
     """A GCS bucket that receives Mixpanel's layout: <prefix>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel GCS Destination"
-    _block_type_slug = "mixpanel-gcs-destination"
     _documentation_url = DOCS_URL
     _description = (
         "A Google Cloud Storage bucket that receives the exported tables; the service account key stays "
         "in the referenced prefect-gcp GcsBucket block."
     )
-    _code_example = """
-```python
-from blocks.destinations.gcs import GcsDestination
-
-destination = GcsDestination.load("BLOCK_NAME")
-```
-"""
 
     bucket: GcsBucket = Field(
         default=...,
@@ -63,6 +56,15 @@ destination = GcsDestination.load("BLOCK_NAME")
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
             initial_backoff=1.0, max_backoff=32.0, deadline_seconds=self.retry_deadline_seconds
+        )
+
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        # delta-rs writes GCS through object_store, which uploads with the XML API that no local GCS
+        # server serves (tasks/lake/gcs_store.py), so a table format on GCS could not be tested here
+        raise FatalError(
+            "Delta and Iceberg tables are not written on GCS: delta-rs uploads to GCS through the XML "
+            "API, which no local GCS server serves, so it is untested; choose a LocalDestination, an "
+            "S3Destination or an AzureBlobDestination as the block's files."
         )
 
     def store(self, retry: RetryPolicy | None = None) -> GcsStore:

@@ -1,4 +1,4 @@
-"""Apache Iceberg tables beside a file destination (local folder or S3), written by pyiceberg."""
+"""Apache Iceberg tables beside a file destination (local folder, S3, Azure Blob), written by pyiceberg."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pyiceberg.catalog import load_catalog
 
 from blocks.destinations.base import DestinationBlock, plain_name
 from blocks.destinations.files import FileDestination
-from blocks.destinations.formats import location_of
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.lake.commit import ObjectStoreDestination
@@ -33,24 +32,16 @@ class IcebergDestination(DestinationBlock):
     """Iceberg tables mp_master_event (partitioned by day), mp_people_data, mp_identity_mappings_data."""
 
     _block_type_name = "Mixpanel Iceberg Destination"
-    _block_type_slug = "mixpanel-iceberg-destination"
     _documentation_url = DOCS_URL
     _description = (
         "Apache Iceberg tables under <root>/<project_id>/iceberg/, registered in a SQL (SQLite), Glue or "
         "REST catalog: each exported day replaced in one snapshot, hourly increments appended, people "
         "and identity tables overwritten whole."
     )
-    _code_example = """
-```python
-from blocks.destinations.iceberg import IcebergDestination
-
-destination = IcebergDestination.load("BLOCK_NAME")
-```
-"""
 
     files: FileDestination = Field(
         default_factory=lambda: LocalDestination(path="data"),
-        description="The file destination (a local folder or an S3 bucket) that holds the tables, the "
+        description="The file destination (a local folder, an S3 bucket or an Azure container) that holds the tables, the "
         "manifests and the state; the Iceberg tables go under <its root>/<project_id>/iceberg/.",
     )
     catalog: Literal["sql", "glue", "rest"] = Field(
@@ -96,7 +87,7 @@ destination = IcebergDestination.load("BLOCK_NAME")
 
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.files.connect(project_id)
-        location = location_of(self.files, project_id, "iceberg", style="iceberg")
+        location = self.files.table_location(project_id, "iceberg", "iceberg")
         options = dict(location.options)
         if self.catalog == "glue":
             options |= _glue_options(options)
@@ -107,7 +98,12 @@ destination = IcebergDestination.load("BLOCK_NAME")
         )
         catalog = load_catalog(CATALOG_NAME, **properties)
         table_format = IcebergFormat(
-            catalog, self.namespace, location, files.storage, f"{project_id}/iceberg", self.retention_hours
+            catalog,
+            self.namespace,
+            location,
+            files.storage,
+            files.layout.table_format_prefix("iceberg"),
+            self.retention_hours,
         )
         table_format.check()
         return files.with_hooks(TableFormatHook(table_format))

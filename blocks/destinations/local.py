@@ -9,7 +9,9 @@ from pydantic import Field
 from blocks.destinations.base import BucketDestination
 from blocks.mixpanel import DOCS_URL
 from tasks.errors import FatalError, MissingDestinationError
+from tasks.lake.layout import Layout
 from tasks.lake.store import LocalStore, RetryPolicy
+from tasks.warehouses.tableformat import Location, Style
 
 # the embedded default: `data` in the worker's working directory, the product's own folder (never a
 # mount point a user names), so it is created when missing, like the demo's and make deploy's
@@ -20,16 +22,8 @@ class LocalDestination(BucketDestination):
     """A local folder that receives Mixpanel's layout: <path>/<project_id>/mp_master_event/YYYY/MM/DD/."""
 
     _block_type_name = "Mixpanel Local Destination"
-    _block_type_slug = "mixpanel-local-destination"
     _documentation_url = DOCS_URL
     _description = "A folder on the worker's disk that receives the exported tables (the embedded default)."
-    _code_example = """
-```python
-from blocks.destinations.local import LocalDestination
-
-destination = LocalDestination.load("BLOCK_NAME")
-```
-"""
 
     path: str = Field(
         default=str(DEFAULT_FOLDER),
@@ -55,6 +49,10 @@ destination = LocalDestination.load("BLOCK_NAME")
                 "choose a writable path in the LocalDestination block."
             ) from exc
         return LocalStore(root)
+
+    def table_location(self, project_id: int, folder: str, style: Style) -> Location:
+        own = Layout(str(project_id)).table_format_prefix(folder)
+        return Location(str(Path(self.path).expanduser().resolve() / own))
 
 
 def ensure_folder(folder: Path, create_missing: bool, block: str, what: str) -> None:

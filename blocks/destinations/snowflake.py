@@ -22,19 +22,11 @@ class SnowflakeWarehouse(DestinationBlock):
     """A Snowflake schema (the connector block's database and schema) with the Json Pipelines tables."""
 
     _block_type_name = "Mixpanel Snowflake Warehouse"
-    _block_type_slug = "mixpanel-snowflake-warehouse"
     _documentation_url = DOCS_URL
     _description = (
         "Snowflake through a prefect-snowflake SnowflakeConnector: each day's Parquet files are PUT to an "
         "internal stage, COPY'd into a staging table and swapped in by one transaction; properties is VARIANT."
     )
-    _code_example = """
-```python
-from blocks.destinations.snowflake import SnowflakeWarehouse
-
-warehouse = SnowflakeWarehouse.load("BLOCK_NAME")
-```
-"""
 
     connector: SnowflakeConnector = Field(
         default=...,

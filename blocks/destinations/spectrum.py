@@ -18,19 +18,11 @@ class RedshiftSpectrumDestination(DestinationBlock):
     """S3 files in Mixpanel's layout, with Glue external tables that Redshift Spectrum and Athena query."""
 
     _block_type_name = "Mixpanel Redshift Spectrum Destination"
-    _block_type_slug = "mixpanel-redshift-spectrum-destination"
     _documentation_url = DOCS_URL
     _description = (
         "The tables as Parquet files in S3 (an S3 destination) and a Glue database whose external "
         "tables follow each committed day (partitions mp_date=YYYY-MM-DD), for Redshift Spectrum or Athena."
     )
-    _code_example = """
-```python
-from blocks.destinations.spectrum import RedshiftSpectrumDestination
-
-destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
-```
-"""
 
     s3: S3Destination = Field(
         default=...,
@@ -45,6 +37,6 @@ destination = RedshiftSpectrumDestination.load("BLOCK_NAME")
     def connect(self, project_id: int) -> ObjectStoreDestination:
         files = self.s3.connect(project_id)
         glue = self.s3.bucket.credentials.get_client("glue")
-        catalog = GlueCatalog(glue, self.glue_database, files.storage, f"{project_id}/_state/spectrum/")
+        catalog = GlueCatalog(glue, self.glue_database, files.storage, files.layout.spectrum_prefix())
         catalog.check()
         return files.with_hooks(WarehouseHook(catalog))

@@ -1,12 +1,6 @@
 """The commit protocol for destinations made of files: a local folder or an object store.
 
-Layout under the destination root (Mixpanel's own, so existing queries keep working)::
-
-    <project_id>/mp_master_event/YYYY/MM/DD/part-<run>-s<seq>-NNNNN.parquet committed data
-    <project_id>/_state/manifests/<table>/<partition>.json                  the truth per partition
-    <project_id>/_staging/<run>/<table>/<partition>/part-NNNNN.parquet      a run's uncommitted files
-    <project_id>/mp_master_event/_rejects/<from>_<to>.<run>.jsonl            lines that were set aside
-    <project_id>/_state/identity_edges/YYYY/MM/DD/part-<run>-s<seq>-NNNNN.parquet the day's ID-merge edges
+The key layout (Mixpanel's own for the data, the state beside it) is ``tasks.lake.layout``.
 
 A partition's manifest names its data files and, for event days, the day's identity-edge files:
 both are switched by the same manifest write, so a day's edges always match its events.
@@ -39,7 +33,6 @@ only under the table's own prefixes.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,35 +50,14 @@ from tasks.errors import (
     PreconditionFailedError,
 )
 from tasks.lake.files import WrittenFile
+from tasks.lake.layout import MANIFEST_SUFFIX, Layout, sequence_of, tagged
 from tasks.lake.manifest import Manifest, ManifestFile, combined
 from tasks.lake.store import Store, Versioned, check_key
-from tasks.schema import EVENTS_TABLE, WHOLE_PARTITION, is_day, is_partition
+from tasks.schema import EVENTS_TABLE, is_day
 
 log = logging.getLogger(__name__)
 
 STALE_STAGING_SECONDS = 24 * 3600.0
-TAGGED = re.compile(r"^part-[^/]*?-s(\d+)-[^/]*$")
-
-
-def check_partition(table: str, partition: str) -> str:
-    if is_partition(table, partition):
-        return partition
-    kind = "a real date YYYY-MM-DD" if table == EVENTS_TABLE else repr(WHOLE_PARTITION)
-    raise OutsideDestinationError(
-        f"{partition!r} is not a partition of {table} (its partitions are {kind}): nothing was touched."
-    )
-
-
-def partition_dir(table: str, partition: str) -> str:
-    """``2024-05-01`` → ``2024/05/01`` (Mixpanel's day folders); whole tables have no sub-folder."""
-    check_partition(table, partition)
-    return partition.replace("-", "/") if table == EVENTS_TABLE else ""
-
-
-def sequence_of(key: str) -> int:
-    """The sequence a published file was meant for; 0 for any other name (never a live run's)."""
-    found = TAGGED.match(key.rsplit("/", 1)[-1])
-    return int(found.group(1)) if found else 0
 
 
 @dataclass
@@ -103,7 +75,7 @@ class Stage:
 
     @property
     def prefix(self) -> str:
-        return f"{self.destination.project_prefix}/_staging/{self.run_id}/{self.table}"
+        return self.destination.layout.stage_prefix(self.run_id, self.table)
 
     def base(self, partition: str) -> tuple[Manifest | None, str | None]:
         """The manifest and version this run started from (read the first time it is asked)."""
@@ -114,14 +86,16 @@ class Stage:
     def directory(self, partition: str, scratch: Path) -> Path:
         """Where the writer should put this partition's files before ``add``."""
         self.base(partition)
-        local = self.destination.storage.local_path(f"{self.prefix}/{check_partition(self.table, partition)}")
+        local = self.destination.storage.local_path(
+            self.destination.layout.stage_folder(self.run_id, self.table, partition)
+        )
         return local if local is not None else scratch / self.run_id / self.table / partition
 
     def add(self, partition: str, written: Iterable[WrittenFile], edges: bool = False) -> None:
         """Upload files for ``partition``: its data, or (``edges``) its identity edges."""
         self.base(partition)
         staged = (self.edges if edges else self.files).setdefault(partition, [])
-        folder = f"{self.prefix}/{partition}/edges" if edges else f"{self.prefix}/{partition}"
+        folder = self.destination.layout.stage_folder(self.run_id, self.table, partition, edges)
         for item in written:
             key = f"{folder}/{item.path.name}"
             self.destination.storage.upload(item.path, key)
@@ -210,7 +184,8 @@ class ObjectStoreDestination:
 
     def __init__(self, storage: Store, project_id: int, hooks: Sequence[CommitHook] = ()) -> None:
         self.storage = storage
-        self.project_prefix = str(project_id)
+        self.layout = Layout(str(project_id))
+        self.project_prefix = self.layout.project
         self.hooks = tuple(hooks)
 
     def with_hooks(self, *hooks: CommitHook) -> ObjectStoreDestination:
@@ -218,14 +193,13 @@ class ObjectStoreDestination:
         return ObjectStoreDestination(self.storage, int(self.project_prefix), (*self.hooks, *hooks))
 
     def data_prefix(self, table: str, partition: str) -> str:
-        sub = partition_dir(table, partition)
-        return f"{self.project_prefix}/{table}/{sub}/" if sub else f"{self.project_prefix}/{table}/"
+        return self.layout.data_prefix(table, partition)
 
     def edges_prefix(self, partition: str) -> str:
-        return f"{self.project_prefix}/_state/identity_edges/{partition_dir(EVENTS_TABLE, partition)}/"
+        return self.layout.edges_prefix(partition)
 
     def manifest_key(self, table: str, partition: str) -> str:
-        return f"{self.project_prefix}/_state/manifests/{table}/{check_partition(table, partition)}.json"
+        return self.layout.manifest_key(table, partition)
 
     def describe(self, key: str) -> str:
         return self.storage.describe(key)
@@ -269,14 +243,13 @@ class ObjectStoreDestination:
         return manifest
 
     def partitions(self, table: str) -> list[str]:
-        prefix = f"{self.project_prefix}/_state/manifests/{table}/"
-        names = [
-            i.key[len(prefix) : -len(".json")] for i in self.storage.list(prefix) if i.key.endswith(".json")
-        ]
-        valid = [n for n in names if "/" not in n and is_partition(table, n)]
-        for name in sorted(set(names) - set(valid)):
-            log.warning("ignoring %s: not a partition's manifest", self.describe(f"{prefix}{name}.json"))
-        return sorted(valid)
+        listed = self.storage.list(self.layout.manifests_prefix(table))
+        found = {i.key: self.layout.manifest_partition(table, i.key) for i in listed}
+        for key in sorted(
+            k for k, partition in found.items() if partition is None and k.endswith(MANIFEST_SUFFIX)
+        ):
+            log.warning("ignoring %s: not a partition's manifest", self.describe(key))
+        return sorted(partition for partition in found.values() if partition is not None)
 
     # committing ---------------------------------------------------------------------------------
 
@@ -366,7 +339,7 @@ class ObjectStoreDestination:
         """Move staged files to final names that are unique per run, so nothing committed is overwritten."""
         published = []
         for item in staged:
-            name = item.key.rsplit("/", 1)[1].replace("part-", f"part-{run}-", 1)
+            name = tagged(item.key.rsplit("/", 1)[1], run)
             self.storage.move(item.key, folder + name)
             published.append(ManifestFile(folder + name, item.rows, item.bytes))
         return tuple(published)
@@ -437,7 +410,7 @@ class ObjectStoreDestination:
 
     def remove_stale_staging(self, older_than_seconds: float = STALE_STAGING_SECONDS) -> int:
         cutoff = time.time() - older_than_seconds
-        prefix = f"{self.project_prefix}/_staging/"
+        prefix = self.layout.staging_prefix()
         stale = [i.key for i in self.storage.list(prefix) if i.modified < cutoff]
         self.storage.delete(stale)
         self.storage.prune(prefix)
@@ -455,6 +428,6 @@ class ObjectStoreDestination:
         return len(publishers)
 
     def put_rejects(self, table: str, name: str, lines: bytes) -> str:
-        key = f"{self.project_prefix}/{table}/_rejects/{name}.jsonl"
+        key = self.layout.rejects_key(table, name)
         self.storage.put_bytes(key, lines)
         return key

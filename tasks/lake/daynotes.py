@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from tasks.lake.commit import ObjectStoreDestination, check_partition
-from tasks.schema import EVENTS_TABLE
+from tasks.lake.commit import ObjectStoreDestination
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,7 @@ class DayNote(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def note_key(destination: ObjectStoreDestination, day: str) -> str:
-    return (
-        f"{destination.project_prefix}/_state/status/{EVENTS_TABLE}/{check_partition(EVENTS_TABLE, day)}.json"
-    )
+    return destination.layout.note_key(day)
 
 
 def read_note(destination: ObjectStoreDestination, day: str) -> DayNote | None:

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.lake.layout import PART
 from tasks.schema import EVENT_COLUMNS, EVENTS_SCHEMA
 
 DICTIONARY_COLUMNS = ["device_id", "distinct_id", "event_name", "user_id"]
@@ -133,7 +134,7 @@ class RollingFiles:
 
     def _open(self, frame: pl.DataFrame) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._path = self.directory / f"part-{len(self.files):05d}.{self.fmt.value}"
+        self._path = self.directory / f"{PART}{len(self.files):05d}.{self.fmt.value}"
         self._rows = 0
         if self.fmt == FileFormat.PARQUET:
             if self.schema is None:

@@ -38,6 +38,7 @@ from typing import IO, NoReturn, TypeVar
 from tasks.errors import (
     BadCredentialsError,
     FatalError,
+    MissingObjectError,
     OutsideDestinationError,
     PermissionDeniedError,
     PipelineError,
@@ -196,7 +197,9 @@ class Store(ABC):
             return True
 
         if not self._call("read", key, fetch):
-            raise FatalError(f"{self.describe(key)} does not exist, so it cannot be read: re-run the unit.")
+            raise MissingObjectError(
+                f"{self.describe(key)} does not exist, so it cannot be read: re-run the unit."
+            )
 
     def get_bytes(self, key: str) -> bytes | None:
         found = self.get(key)
@@ -289,7 +292,9 @@ class Store(ABC):
         if kind == Failure.PRECONDITION:
             raise PreconditionFailedError(f"{where} was changed by another run ({detail}).") from exc
         if kind == Failure.NOT_FOUND:
-            raise FatalError(f"{where} does not exist, so it cannot be read: re-run the unit.") from exc
+            raise MissingObjectError(
+                f"{where} does not exist, so it cannot be read: re-run the unit."
+            ) from exc
         if kind == Failure.TRANSIENT:
             raise ServerError(
                 f"{o.service} kept failing ({detail}) to {action} {where} after {self.retry.max_attempts} "

@@ -18,6 +18,7 @@ import pyarrow as pa
 import xxhash
 
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.committed import read_committed
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest, PurgeNote, fingerprint_hex
 from tasks.schema import EVENTS_TABLE, WHOLE_PARTITION
@@ -82,10 +83,7 @@ def read_table(destination: ObjectStoreDestination, table: str) -> pl.DataFrame 
 def read_parquet(destination: ObjectStoreDestination, keys: list[str]) -> pl.DataFrame:
     frames = []
     for key in keys:
-        data = destination.storage.get_bytes(key)
-        if data is None:
-            raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
-        frames.append(pl.read_parquet(io.BytesIO(data)))
+        frames.append(pl.read_parquet(io.BytesIO(read_committed(destination.storage, key))))
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 

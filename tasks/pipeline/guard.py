@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from tasks.errors import PipelineError
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, held
 from tasks.pipeline.counts import KEY_COLUMNS, DedupCounter
@@ -154,7 +155,7 @@ def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> 
     with tempfile.TemporaryDirectory(prefix="mp-counts-") as scratch:
         counter = DedupCounter(Path(scratch))
         for item in manifest.files:
-            data = destination.storage.get_bytes(item.key) or b""
+            data = read_committed(destination.storage, item.key)
             if manifest.format == FileFormat.PARQUET.value:
                 keys = pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS)))
                 assert isinstance(keys, pl.DataFrame)  # a table makes a frame (typed frame or series)

@@ -27,7 +27,9 @@ import msgspec
 import polars as pl
 
 from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
+from tasks.lake.layout import tagged
 from tasks.lake.manifest import Manifest, ManifestFile, PurgeNote, fingerprint_hex, held
 from tasks.lake.tables import WHOLE, read_table, replace_table
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
@@ -185,7 +187,7 @@ def _rewrite_events(
     removed = removed_hash = 0
     fmt = FileFormat(base.format)
     for index, item in enumerate(base.files):
-        data = _get(destination, item.key)
+        data = read_committed(destination.storage, item.key)
         if not any(batch.filter(event_rows_of(ids)).height for batch in event_batches(data, fmt)):
             kept.append(item)
             continue
@@ -212,7 +214,7 @@ def _rewrite_edges(
     kept: list[ManifestFile] = []
     removed = 0
     for index, item in enumerate(base.identity_edges):
-        edges = pl.read_parquet(io.BytesIO(_get(destination, item.key)))
+        edges = pl.read_parquet(io.BytesIO(read_committed(destination.storage, item.key)))
         gone = edges.filter(id_rows_of(ids, EDGE_IDS)).height
         if gone == 0:
             kept.append(item)
@@ -228,17 +230,10 @@ def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
     """Rewritten files get names unique within the day (``part-pNNNNN-…``), beside the kept ones."""
     out = []
     for item in written:
-        target = item.path.parent.parent / item.path.name.replace("part-", f"part-p{index:05d}-", 1)
+        target = item.path.parent.parent / tagged(item.path.name, f"p{index:05d}")
         item.path.rename(target)
         out.append(WrittenFile(target, item.rows, item.bytes))
     return out
-
-
-def _get(destination: ObjectStoreDestination, key: str) -> bytes:
-    data = destination.storage.get_bytes(key)
-    if data is None:
-        raise FileNotFoundError(f"{destination.describe(key)} is named by a manifest but missing")
-    return data
 
 
 def _purge_table(
@@ -285,7 +280,7 @@ def _note(destination: ObjectStoreDestination, table: str, partition: str, purge
 def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:
     """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
     removed = 0
-    for info in destination.storage.list(f"{destination.project_prefix}/{EVENTS_TABLE}/_rejects/"):
+    for info in destination.storage.list(destination.layout.rejects_prefix(EVENTS_TABLE)):
         key = f"_rejects/{info.key.rsplit('/', 1)[-1]}"
         ids = scope.ids_for(key, "scrubbed")
         scope.checked[key] = "scrubbed"

@@ -154,15 +154,15 @@ def merged(registries: list[Registry], own: Registry) -> Registry:
 
 
 def registry_key(destination: ObjectStoreDestination) -> str:
-    return f"{destination.project_prefix}/_state/gdpr/registry.json"
+    return destination.layout.gdpr_registry_key()
 
 
 def inbox_prefix(destination: ObjectStoreDestination) -> str:
-    return f"{destination.project_prefix}/_state/gdpr/inbox/"
+    return destination.layout.gdpr_inbox_prefix()
 
 
 def audit_prefix(destination: ObjectStoreDestination) -> str:
-    return f"{destination.project_prefix}/_state/gdpr/audit/"
+    return destination.layout.gdpr_audit_prefix()
 
 
 def load_registry(destination: ObjectStoreDestination) -> Registry:

@@ -9,7 +9,9 @@ naming what changed and what mending it takes, or None when nothing did. Nothing
 
 from __future__ import annotations
 
+from tasks.errors import MissingCommittedFileError
 from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.pipeline.guard import describe, manifest_filter
@@ -32,8 +34,9 @@ def verify_day(destination: ObjectStoreDestination, manifest: Manifest) -> str |
     total = 0
     fmt = FileFormat(manifest.format)
     for item in manifest.files:
-        data = destination.storage.get_bytes(item.key)
-        if data is None:
+        try:
+            data = read_committed(destination.storage, item.key)
+        except MissingCommittedFileError:
             lost.append(item.key)
             continue
         rows = 0

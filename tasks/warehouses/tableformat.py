@@ -24,13 +24,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.errors import ConcurrentCommitError
 from tasks.lake.commit import At, ObjectStoreDestination
+from tasks.lake.committed import local_committed, read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.schema import (
@@ -91,11 +92,15 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# which library reads a location's options: delta-rs (object_store's keys) or pyiceberg (FileIO properties)
+Style = Literal["delta", "iceberg"]
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a project's tables live: a root URI and the storage options to reach it."""
 
-    uri: str  # a local folder or s3://bucket/prefix/<project_id>/<format>
+    uri: str  # a local folder, s3://bucket/<root>/<project_id>/<format>, az:// or abfs://container/…
     options: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never printed
 
     def table(self, name: str) -> str:
@@ -262,15 +267,14 @@ def reader(
     def batches() -> Iterator[pa.RecordBatch]:
         for item in files:
             if manifest.format != FileFormat.PARQUET:  # jsonl.gz event files: decoded as purges do
-                for frame in event_batches(_read(lake, item.key), FileFormat(manifest.format)):
+                for frame in event_batches(
+                    read_committed(lake.storage, item.key), FileFormat(manifest.format)
+                ):
                     rows = frame.to_arrow()
                     yield from shaped(rows, _batch_rows(rows.nbytes, rows.num_rows))
                 continue
             with tempfile.TemporaryDirectory(prefix="mp-format-") as folder:
-                local = lake.storage.local_path(item.key)
-                if local is None:
-                    local = Path(folder) / "part.parquet"
-                    lake.storage.download(item.key, local)
+                local = local_committed(lake.storage, item.key, Path(folder) / "part.parquet")
                 # pre_buffer (pyarrow's default) reads every column chunk of the file ahead: for a
                 # 1M-event file ~150 MiB more than reading one row group at a time
                 source = pq.ParquetFile(local, pre_buffer=False)
@@ -286,10 +290,3 @@ def reader(
 def _batch_rows(size: int, rows: int) -> int:
     """Rows of a batch of about ``BATCH_BYTES``, for rows of ``size / rows`` bytes on average."""
     return max(MIN_BATCH_ROWS, BATCH_BYTES * rows // max(size, 1))
-
-
-def _read(lake: ObjectStoreDestination, key: str) -> bytes:
-    data = lake.storage.get_bytes(key)
-    if data is None:
-        raise FileNotFoundError(f"{lake.describe(key)} is named by a manifest but missing")
-    return data

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from tasks.errors import FatalError
 from tasks.lake.commit import At, ObjectStoreDestination
+from tasks.lake.committed import download_committed
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
 from tasks.schema import EVENT_COLUMNS, SYNC_STATUS_SCHEMA, is_day
@@ -196,6 +197,5 @@ def _download(storage: Store, keys: list[str], folder: Path) -> list[Path]:
     paths = []
     for index, key in enumerate(keys):
         path = folder / f"{index:05d}-{key.rsplit('/', 1)[-1]}"
-        storage.download(key, path)
-        paths.append(path)
+        paths.append(download_committed(storage, key, path))
     return paths
