@@ -18,7 +18,9 @@ DESTINATIONS: tuple[type[Any], ...] = classes()
 
 if TYPE_CHECKING:
     # what the flows call on any destination (connect) is the base's: the checker needs no member list
-    from blocks.destinations.base import DestinationBlock as AnyDestination
+    from blocks.destinations.base import DestinationBlock
+
+    AnyDestination = DestinationBlock
 else:
     # the flows' parameter type: Prefect's UI offers one block picker per member
     AnyDestination = Union[DESTINATIONS]  # noqa: UP007  (a union built at run time)

@@ -18,7 +18,9 @@ FILE_DESTINATIONS: tuple[type[Any], ...] = classes(Kind.FILES)
 
 if TYPE_CHECKING:
     # what the blocks built on one call (connect, store, table_location) is the base's
-    from blocks.destinations.base import BucketDestination as FileDestination
+    from blocks.destinations.base import BucketDestination
+
+    FileDestination = BucketDestination
 else:
 
     def _folder_or_destination(value: Any) -> Any:
