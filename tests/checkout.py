@@ -4,6 +4,7 @@ for the tests that run the README's make targets from scratch (the cluster, the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,3 +33,12 @@ def copy_checkout(target: Path, *, with_uv: bool = False) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+
+
+def readme_block(marker: str) -> list[str]:
+    """The command lines of the fenced block after ``<!-- ops:<marker> ... -->``, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- ops:{marker}\b[^>]*-->\s*```bash\n(.*?)```", text, re.S)
+    assert found, f"README.md has no block marked <!-- ops:{marker} -->"
+    lines = [line.split("#", 1)[0].strip() for line in found.group(1).splitlines()]
+    return [line for line in lines if line]

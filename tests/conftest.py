@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.stores.snowflake",
     "tests.stores.bigquery",
     "tests.cluster",
+    "tests.kit.browser",
 ]
 
 

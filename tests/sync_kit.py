@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
+from blocks.gdpr import MixpanelGdprCredentials
+from sandbox import SandboxServer
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.tables import read_table
@@ -89,3 +91,22 @@ def whole_table(dest: ObjectStoreDestination, table: str) -> pl.DataFrame:
 def day_range_utc(day: date) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
+
+
+def tokens(sandbox: SandboxServer) -> MixpanelGdprCredentials:
+    return MixpanelGdprCredentials(
+        project_token=sandbox.cfg.project_token, oauth_token=sandbox.cfg.gdpr_oauth_token
+    )
+
+
+def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
+    """A user with devices merged into it, and every id of its cluster."""
+    mappings = whole_table(dest, MAPPINGS_TABLE)
+    sizes = (
+        mappings.group_by("resolved_distinct_id")
+        .len()
+        .filter(pl.col("len") >= 3)
+        .sort("resolved_distinct_id")
+    )
+    user = sizes["resolved_distinct_id"][0]
+    return user, set(mappings.filter(pl.col("resolved_distinct_id") == user)["distinct_id"]) | {user}

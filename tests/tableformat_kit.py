@@ -7,18 +7,27 @@ import io
 import pickle
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
 from blocks.destinations.base import DestinationBlock
+from blocks.destinations.delta import DeltaLakeDestination
+from blocks.destinations.formats import location_of
+from blocks.destinations.local import LocalDestination
 from sandbox import SandboxServer
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
+from tasks.schema import EVENTS_TABLE
+from tasks.warehouses.tableformat import APP_ID
 from tests.conftest import credentials_for, fingerprint_of_rows
 from tests.forked import run_python
+from tests.stores.s3 import S3Server, make_s3_destination
 
 
 def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
@@ -91,7 +100,7 @@ def synced_twice(server: SandboxServer, block: DestinationBlock) -> tuple[str, s
     from flows.identity import identity
     from flows.people import people
     from tests.conftest import recent_days
-    from tests.test_gdpr import merged_user
+    from tests.sync_kit import merged_user
 
     credentials = credentials_for(server)
     days = recent_days(2, server)
@@ -129,3 +138,54 @@ def assert_no_file_holds(files: Iterable[tuple[str, bytes]], cluster: set[str]) 
                 assert not rows[column].is_in(list(cluster)).any(), name
         else:
             assert all(i.encode() not in data for i in cluster), name
+
+
+@dataclass
+class Lake:
+    """A Delta destination block, where its tables are, and every file under them (for the GDPR check)."""
+
+    block: DeltaLakeDestination
+    uri: str
+    options: dict[str, str]
+    files: Callable[[], list[tuple[str, bytes]]]  # every object under the project's delta folder
+
+    def table(self, name: str = EVENTS_TABLE, version: int | None = None) -> DeltaTable:
+        return DeltaTable(f"{self.uri}/{name}", version=version, storage_options=self.options)
+
+    def day(self, day: date) -> pl.DataFrame:
+        """The day through delta-rs (pyarrow) with a partition filter."""
+        rows = self.table().to_pyarrow_table(filters=[("day", "=", day.isoformat())])
+        return pl.from_arrow(rows)  # type: ignore[return-value]
+
+    def scan_day(self, day: date) -> pl.DataFrame:
+        """The same day through polars' own Delta reader."""
+        scan = pl.scan_delta(f"{self.uri}/{EVENTS_TABLE}", storage_options=self.options or None)
+        return scan.filter(pl.col("day") == day.isoformat()).collect()
+
+    def held(self, day: date) -> int | None:
+        return self.table().transaction_version(f"{APP_ID}/{day.isoformat()}")
+
+
+def local_lake(tmp_path: Path) -> Lake:
+    block = DeltaLakeDestination(files=LocalDestination(path=str(tmp_path), create_missing=True))
+    folder = tmp_path / "1" / "delta"
+
+    def files() -> list[tuple[str, bytes]]:
+        return [(str(p), p.read_bytes()) for p in folder.rglob("*") if p.is_file()]
+
+    return Lake(block, str(folder), {}, files)
+
+
+def s3_lake(server: S3Server) -> Lake:
+    files_block = make_s3_destination(server, prefix="lake")
+    block = DeltaLakeDestination(files=files_block)
+    location = location_of(files_block, 1, "delta")
+    bucket = files_block.bucket.bucket_name
+    client = server.client()
+
+    def files() -> list[tuple[str, bytes]]:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/delta/").get("Contents", [])
+        return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
+
+    # readers go straight to moto (the fault proxy is for the pipeline's own requests)
+    return Lake(block, location.uri, location.options | {"AWS_ENDPOINT_URL": server.moto_url}, files)

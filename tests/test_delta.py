@@ -7,89 +7,34 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from blocks.destinations.delta import DeltaLakeDestination
-from blocks.destinations.formats import location_of
-from blocks.destinations.local import LocalDestination
 from sandbox import SandboxServer
 from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
-from tasks.warehouses.tableformat import APP_ID, TableFormatHook, format_hook, reader
+from tasks.warehouses.tableformat import TableFormatHook, format_hook, reader
 from tests.conftest import recent_days
-from tests.stores.s3 import S3Server, make_s3_destination
 from tests.tableformat_kit import (
+    Lake,
     assert_no_file_holds,
     export,
     killed_in_its_commit,
+    local_lake,
     race,
     rows_and_fingerprint,
     rows_of_cluster,
+    s3_lake,
     synced_twice,
     truth,
 )
-
-
-@dataclass
-class Lake:
-    """A Delta destination block, where its tables are, and every file under them (for the GDPR check)."""
-
-    block: DeltaLakeDestination
-    uri: str
-    options: dict[str, str]
-    files: Any  # () -> list of (name, bytes) of every object under the project's delta folder
-
-    def table(self, name: str = EVENTS_TABLE, version: int | None = None) -> DeltaTable:
-        return DeltaTable(f"{self.uri}/{name}", version=version, storage_options=self.options)
-
-    def day(self, day: date) -> pl.DataFrame:
-        """The day through delta-rs (pyarrow) with a partition filter."""
-        rows = self.table().to_pyarrow_table(filters=[("day", "=", day.isoformat())])
-        return pl.from_arrow(rows)  # type: ignore[return-value]
-
-    def scan_day(self, day: date) -> pl.DataFrame:
-        """The same day through polars' own Delta reader."""
-        scan = pl.scan_delta(f"{self.uri}/{EVENTS_TABLE}", storage_options=self.options or None)
-        return scan.filter(pl.col("day") == day.isoformat()).collect()
-
-    def held(self, day: date) -> int | None:
-        return self.table().transaction_version(f"{APP_ID}/{day.isoformat()}")
-
-
-def local_lake(tmp_path: Path) -> Lake:
-    block = DeltaLakeDestination(files=LocalDestination(path=str(tmp_path), create_missing=True))
-    folder = tmp_path / "1" / "delta"
-
-    def files() -> list[tuple[str, bytes]]:
-        return [(str(p), p.read_bytes()) for p in folder.rglob("*") if p.is_file()]
-
-    return Lake(block, str(folder), {}, files)
-
-
-def s3_lake(server: S3Server) -> Lake:
-    files_block = make_s3_destination(server, prefix="lake")
-    block = DeltaLakeDestination(files=files_block)
-    location = location_of(files_block, 1, "delta")
-    bucket = files_block.bucket.bucket_name
-    client = server.client()
-
-    def files() -> list[tuple[str, bytes]]:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/delta/").get("Contents", [])
-        return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
-
-    # readers go straight to moto (the fault proxy is for the pipeline's own requests)
-    return Lake(block, location.uri, location.options | {"AWS_ENDPOINT_URL": server.moto_url}, files)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -250,7 +195,7 @@ def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
 ) -> None:
     from flows.events import events, events_hourly
     from tests.conftest import credentials_for
-    from tests.test_hourly import epoch_ms
+    from tests.kit.expected import epoch_ms
 
     lake = local_lake(tmp_path)
     credentials = credentials_for(sandbox)
@@ -281,7 +226,7 @@ def test_upkeep_compacts_hourly_files_and_removes_versions_past_the_retention(
     from flows.events import events_hourly
     from flows.upkeep import upkeep
     from tests.conftest import credentials_for
-    from tests.test_hourly import epoch_ms
+    from tests.kit.expected import epoch_ms
 
     lake = local_lake(tmp_path)
     lake.block.retention_hours = 0  # keep no old version: everything replaced can go at once
@@ -311,7 +256,7 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_version(
     from flows.gdpr import gdpr
     from tasks.schema import PEOPLE_TABLE
     from tests.conftest import credentials_for
-    from tests.test_gdpr import tokens
+    from tests.sync_kit import tokens
 
     lake = local_lake(tmp_path)
     user, cluster = synced_twice(sandbox, lake.block)

@@ -20,7 +20,6 @@ from flows.identity import identity
 from flows.people import people
 from sandbox import SandboxServer
 from tasks.errors import BadRequestError
-from tasks.lake.commit import ObjectStoreDestination
 from tasks.pipeline.exclude import event_rows_of, id_rows_of
 from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
 from tasks.sync.gdpr import cluster_mappings
@@ -28,7 +27,7 @@ from tasks.sync.registry import EDGE_IDS, audit_prefix, cluster_members, id_hash
 from tests.conftest import credentials_for, fingerprint_of_rows, recent_days
 from tests.forked import run_python
 from tests.stores.s3 import S3Server
-from tests.sync_kit import Three, day_frame, edges_frame, three_destinations, whole_table
+from tests.sync_kit import Three, day_frame, edges_frame, merged_user, three_destinations, tokens, whole_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 DAYS = 6
@@ -45,25 +44,6 @@ def synced(sandbox: SandboxServer, tmp_path: Path, s3_server: S3Server) -> tuple
         people(credentials, block)
         identity(credentials, block)
     return kit, days
-
-
-def tokens(sandbox: SandboxServer) -> MixpanelGdprCredentials:
-    return MixpanelGdprCredentials(
-        project_token=sandbox.cfg.project_token, oauth_token=sandbox.cfg.gdpr_oauth_token
-    )
-
-
-def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
-    """A user with devices merged into it, and every id of its cluster."""
-    mappings = whole_table(dest, MAPPINGS_TABLE)
-    sizes = (
-        mappings.group_by("resolved_distinct_id")
-        .len()
-        .filter(pl.col("len") >= 3)
-        .sort("resolved_distinct_id")
-    )
-    user = sizes["resolved_distinct_id"][0]
-    return user, set(mappings.filter(pl.col("resolved_distinct_id") == user)["distinct_id"]) | {user}
 
 
 def rows_of_cluster(kit: Three, days: list[date], cluster: set[str]) -> dict[str, int]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import (
     FilterMismatchError,
     InflatedBodyError,
@@ -22,16 +21,11 @@ from tasks.errors import (
     ShrinkRefusedError,
     TruncatedStreamError,
 )
-from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.exclude import event_rows_of
-from tasks.pipeline.export import ExportSettings, export_days
 from tasks.pipeline.resume import is_complete
 from tests.conftest import local_destination, read_day
 from tests.hostile import HostileServer, counts_of, epoch, event_line, good_lines, gzip_bomb, in_pieces
-
-DAY = date(2024, 1, 2)
-ROWS = 40
-SECRET = "s3cr3t-proxy-token"
+from tests.kit.hostile import DAY, ROWS, SECRET, assert_one_sentence, run
 
 
 @pytest.fixture
@@ -39,26 +33,6 @@ def server() -> Iterator[HostileServer]:
     srv = HostileServer().start()
     yield srv
     srv.stop()
-
-
-def credentials(server: HostileServer, **overrides: object) -> MixpanelCredentials:
-    values: dict[str, object] = {
-        "project_id": 1,
-        "service_account_username": "sa",
-        "service_account_secret": "pw",
-        "api_base_url": server.url,
-        "retry_backoff_seconds": 0.01,
-        "max_attempts": 2,
-        "export_requests_per_second": 100,
-    }
-    return MixpanelCredentials(**(values | overrides))
-
-
-def run(server: HostileServer, root: Path, run_id: str, days: list[date] | None = None, **settings: object):
-    with MixpanelClient(credentials(server).api_settings()) as client:
-        return export_days(
-            client, local_destination(root), days or [DAY], ExportSettings(run_id=run_id, **settings)
-        )
 
 
 def run_lines(server: HostileServer, root: Path, run_id: str, rows: int, **settings: object):
@@ -85,12 +59,6 @@ def commit_good_day(server: HostileServer, root: Path) -> dict[str, bytes]:
     (result,) = run(server, root, "good")
     assert result.rows == ROWS
     return snapshot(root)
-
-
-def assert_one_sentence(message: str) -> None:
-    assert "\n" not in message and len(message) < 1200, message
-    assert message.rstrip().endswith("."), message
-    assert SECRET not in message
 
 
 NESTED = (

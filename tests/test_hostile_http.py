@@ -33,7 +33,7 @@ from tasks.mixpanel.settings import ApiSettings, GdprSettings
 from tasks.pipeline.export import ExportSettings, export_days
 from tests.conftest import local_destination
 from tests.hostile import HostileServer, good_lines
-from tests.test_hostile import DAY, ROWS, assert_one_sentence, credentials, run
+from tests.kit.hostile import DAY, ROWS, assert_one_sentence, credentials, run
 
 MiB = 1 << 20
 # the child may grow this much whatever it is served: far below any bomb here, far above one step

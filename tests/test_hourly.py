@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,9 @@ from tests.conftest import (
     local_destination,
     read_day,
 )
+from tests.kit.expected import epoch_ms
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def epoch_ms(day, hours: float) -> int:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return int((start + timedelta(hours=hours)).timestamp() * 1000)
 
 
 def assert_day_is_what_mixpanel_had_processed(root: Path, server: SandboxServer, day, cut: int) -> None:

@@ -222,7 +222,7 @@ def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     from flows.events import events, events_hourly
-    from tests.test_hourly import epoch_ms
+    from tests.kit.expected import epoch_ms
 
     warehouse = local_warehouse(tmp_path)
     credentials = credentials_for(sandbox)
@@ -309,7 +309,7 @@ def test_reconcile_replaces_only_the_changed_day_in_delta_and_iceberg(
 
     from flows.events import events
     from flows.reconcile import reconcile
-    from tests.test_delta import local_lake
+    from tests.tableformat_kit import local_lake
 
     warehouse = local_warehouse(tmp_path / "iceberg")
     lake = local_lake(tmp_path / "delta")
@@ -341,7 +341,7 @@ def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_snapshot(
 ) -> None:
     from flows.gdpr import gdpr
     from tasks.schema import PEOPLE_TABLE
-    from tests.test_gdpr import tokens
+    from tests.sync_kit import tokens
 
     warehouse = local_warehouse(tmp_path)
     user, cluster = synced_twice(sandbox, warehouse.block)

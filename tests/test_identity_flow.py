@@ -16,27 +16,11 @@ from sandbox import SandboxServer, day_lines
 from tasks.lake.tables import read_table
 from tasks.schema import MAPPINGS_TABLE
 from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
+from tests.kit.expected import expected_simplified
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 # written out here, not imported from the code under test
 UUID4 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}")
-
-
-def expected_simplified(server: SandboxServer, days) -> dict[str, str]:
-    """Written from the sandbox's served lines with json, not with the code under test: the first
-    user a device is seen with (in time order) owns it, users map to themselves."""
-    seen: list[tuple[int, str, str]] = []
-    for day in days:
-        for line in day_lines(server.cfg, day):
-            props = json.loads(line)["properties"]
-            if props.get("$device_id") and props.get("$user_id"):
-                seen.append((props["time"], "$device:" + props["$device_id"], props["$user_id"]))
-    owner: dict[str, str] = {}
-    for _, device, user in sorted(seen):
-        owner.setdefault(device, user)
-    mapping = dict(owner)
-    mapping.update({user: user for user in owner.values()})
-    return mapping
 
 
 def test_identity_mappings_follow_the_committed_days(sandbox: SandboxServer, tmp_path: Path) -> None:

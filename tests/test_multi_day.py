@@ -13,7 +13,7 @@ from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import IDLE_BLOCKS, ExportSettings, export_days
 from tests.conftest import fingerprint_of_rows, local_destination, read_day
 from tests.hostile import HostileServer, counts_of, good_lines
-from tests.test_hostile import credentials
+from tests.kit.hostile import credentials
 
 FIRST = date(2024, 1, 2)
 DAYS = [FIRST + timedelta(days=i) for i in range(3)]

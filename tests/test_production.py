@@ -28,10 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.checkout import ROOT, copy_checkout, user_environment
+from tests.checkout import ROOT, copy_checkout, readme_block, user_environment
 from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days, start_sandbox
 from tests.stores.process import free_port
-from tests.test_readme_ops import readme_block
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.checkout import ROOT, copy_checkout, user_environment
+from tests.checkout import copy_checkout, readme_block, user_environment
 from tests.conftest import local_destination
 from tests.stores.process import descendants
 
@@ -39,15 +39,6 @@ pytestmark = pytest.mark.slow
 SERVER_API = "http://127.0.0.1:4200/api"
 SANDBOX = "http://127.0.0.1:8765"
 LONG_RUNNING = ("make server", "make sandbox", "make worker")
-
-
-def readme_block(marker: str) -> list[str]:
-    """The command lines of the fenced block after ``<!-- ops:<marker> ... -->``, comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    found = re.search(rf"<!-- ops:{marker}\b[^>]*-->\s*```bash\n(.*?)```", text, re.S)
-    assert found, f"README.md has no block marked <!-- ops:{marker} -->"
-    lines = [line.split("#", 1)[0].strip() for line in found.group(1).splitlines()]
-    return [line for line in lines if line]
 
 
 @dataclass

@@ -220,7 +220,7 @@ def test_where_filters_time_and_processing_time(sb: SandboxServer) -> None:
     assert len(got) == sum(p["mp_processing_time_ms"] > watermark for p in props) > 0
 
 
-def test_where_parser() -> None:
+def test_the_export_where_parser() -> None:
     pred = parse_where(
         '(properties["time"] > datetime(10)) and (number(properties["mp_processing_time_ms"]) <= 5)'
     )

@@ -218,7 +218,7 @@ def test_distinct_ids_select_only_those_profiles(sb: SandboxServer) -> None:
     assert sb.people_expected(distinct_ids=ids)["fingerprint"] == client_fingerprint(rows)
 
 
-def test_where_parser() -> None:
+def test_the_people_where_parser() -> None:
     atoms = parse_atoms('(properties["note"] == "salt and pepper") and defined( properties["a\\"b"] )')
     assert [(a.name, a.value) for a in atoms] == [("note", "salt and pepper"), ('a"b', None)]
     pairs = [("n", '"n":"5"'), ("x", '"x":null'), ("m", '"m":5')]

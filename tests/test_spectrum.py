@@ -7,7 +7,6 @@ names are checked with DuckDB over the same Parquet files (moto's Redshift answe
 from __future__ import annotations
 
 import io
-import uuid
 from datetime import date
 
 import duckdb
@@ -25,13 +24,8 @@ from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE
 from tasks.warehouses.glue import GlueCatalog
 from tasks.warehouses.warehouse import WarehouseHook
 from tests.conftest import credentials_for, recent_days
+from tests.kit.warehouses import glue_database
 from tests.stores.s3 import S3Server, make_s3_destination
-
-
-def glue_database(server: S3Server) -> str:
-    name = f"mixpanel_{uuid.uuid4().hex[:8]}"
-    server.client("glue").create_database(DatabaseInput={"Name": name})
-    return name
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.store import LocalStore
 from tests.cluster import _wait_healthy
 from tests.conftest import credentials_for, recent_days
+from tests.kit.browser import ARTIFACTS
 from tests.stores.process import free_port
 from tests.stores.process import stop as stop_process
-from tests.test_ui import ARTIFACTS, browser  # noqa: F401  (the module's Chromium fixture)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_status_chart_and_the_days_states_show_in_the_ui(
     ui_api: str,
-    browser,  # noqa: F811
+    browser,
     sandbox: SandboxServer,
     tmp_path: Path,
 ) -> None:

@@ -27,8 +27,8 @@ from tasks.errors import (
 from tasks.lake.commit import ObjectStoreDestination, Stage
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.lake.store import Store
+from tests.kit.lake import DAY, TABLE, read, stage_rows
 from tests.stores.catalog import StoreFactory
-from tests.test_objectstore import DAY, TABLE, read, stage_rows
 
 OUTSIDE = {"outside.txt": b"another team's object", "raw-other/k": b"a sibling folder"}
 

@@ -9,10 +9,7 @@ front page opens by default.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -23,36 +20,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from tests.checkout import ROOT
 from tests.cluster import Cluster
 from tests.conftest import assert_day_matches_sandbox, recent_days
-
-ARTIFACTS = Path(os.environ.get("MP_TEST_ARTIFACTS", ROOT / ".artifacts"))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# without the background-networking flags Chromium keeps dialling Google on this closed network
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("MP_REQUIRE_BROWSER"):
-            pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make browser`.")
-        pytest.skip("Chromium is not installed: `make browser` installs Debian's package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
+from tests.kit.browser import ARTIFACTS
 
 
 def pick_date(page, value: str) -> None:

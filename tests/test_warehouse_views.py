@@ -37,9 +37,8 @@ from tasks.schema import (
 from tasks.warehouses.bigquery_loader import BigQueryLoader
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tasks.warehouses.warehouse import Loader, WarehouseHook, status_rows
+from tests.kit.warehouses import WAREHOUSES, Warehouse, glue_database
 from tests.stores.s3 import S3Server, make_s3_destination
-from tests.test_spectrum import glue_database
-from tests.test_warehouses import WAREHOUSES, Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = "2024-03-05"  # any day: nothing here depends on what the calendar brings

@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from tasks.lake.files import PartitionBuffer, RollingFiles
-from tests.test_objectstore import frame
+from tests.kit.lake import frame
 
 
 def test_the_buffer_bounds_memory_and_keeps_row_groups_large(tmp_path: Path) -> None:
