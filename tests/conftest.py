@@ -41,7 +41,7 @@ pytest_plugins = [
 # pytest 9.2: xdist 3.8 renames nodes through an attribute pytest no longer reads); xdist hands out the
 # largest groups first, so these long chains start at once.
 # The BigQuery emulator (DuckDB and its spatial extension) is the heaviest of the store servers to start:
-# its tests, and the `[bigquery]` cases of the warehouse tests, share one too.
+# its tests, and every `[bigquery]` case of the destination scenarios and warehouse tests, share one too.
 XDIST_GROUPS = {
     "tests/test_deployments.py": "prefect-cluster",
     "tests/test_ui.py": "prefect-cluster",
@@ -60,7 +60,7 @@ GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 def xdist_group(nodeid: str) -> str | None:
     """The group a test runs in (None: any worker)."""
     module = nodeid.split("::", 1)[0]
-    if module == "tests/test_warehouses.py" and "[bigquery" in nodeid:
+    if "[bigquery" in nodeid:  # a destination case of the emulator (tests/kit/destinations.py)
         return "bigquery"
     return XDIST_GROUPS.get(module)
 

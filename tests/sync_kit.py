@@ -1,4 +1,5 @@
-"""Three destinations at once (a local folder, S3 on moto, DuckDB) and how to read what each holds.
+"""Three destinations at once (a local folder, S3 on moto, DuckDB) and how to read what each holds; a
+synced project with a merged user to purge, and the rows of its cluster per table.
 
 The reconciliation and GDPR suites check every destination, so they share this kit.
 """
@@ -24,6 +25,7 @@ from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.tables import read_table
 from tasks.schema import EVENT_COLUMNS, EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
 from tasks.warehouses.duckdb_loader import DuckDBLoader
+from tests.conftest import credentials_for, recent_days
 from tests.stores.s3 import S3Server, make_s3_destination
 
 
@@ -110,3 +112,32 @@ def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
     )
     user = sizes["resolved_distinct_id"][0]
     return user, set(mappings.filter(pl.col("resolved_distinct_id") == user)["distinct_id"]) | {user}
+
+
+def synced_twice(server: SandboxServer, block: DestinationBlock) -> tuple[str, set[str]]:
+    """Two days of events, people and identity written twice (older versions of every table to travel
+    to), then a merged user and its identity cluster: what the GDPR scenarios purge."""
+    from flows.events import events
+    from flows.identity import identity
+    from flows.people import people
+
+    credentials = credentials_for(server)
+    days = recent_days(2, server)
+    for _ in range(2):
+        events(credentials, block, from_date=days[0], to_date=days[-1])
+        people(credentials, block)
+        identity(credentials, block)
+    return merged_user(block.connect(1))
+
+
+def rows_of_cluster(cluster: set[str]) -> list[tuple[str, pl.Expr]]:
+    """Per table, the rows that belong to the identity cluster."""
+    from tasks.pipeline.exclude import event_rows_of
+    from tasks.schema import EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
+
+    ids = list(cluster)
+    return [
+        (EVENTS_TABLE, event_rows_of(cluster)),
+        (PEOPLE_TABLE, pl.col("distinct_id").is_in(ids)),
+        (MAPPINGS_TABLE, pl.col("distinct_id").is_in(ids) | pl.col("resolved_distinct_id").is_in(ids)),
+    ]

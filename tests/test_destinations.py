@@ -1,10 +1,10 @@
-"""One destination suite for every store: the same exports, crashes and checks on each."""
+"""The object stores' own quirks (the scenarios every destination shares run in
+test_destination_scenarios): processes racing on S3, a failing background upload, and the store's errors."""
 
 from __future__ import annotations
 
 import base64
 import pickle
-import signal
 import threading
 import uuid
 from pathlib import Path
@@ -24,14 +24,10 @@ from tasks.pipeline.export import ExportSettings, export_days
 from tasks.schema import EVENTS_TABLE
 from tests.conftest import credentials_for, recent_days
 from tests.forked import run_python
+from tests.kit.destinations import export
 from tests.stores.catalog import Remote, StoreFactory, location_of
 from tests.stores.proxy import DROP
 from tests.stores.s3 import S3Server, make_s3_destination
-
-
-def export(server: SandboxServer, block: DestinationBlock, days, run_id: str) -> None:
-    with MixpanelClient(credentials_for(server).api_settings()) as client:
-        export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
 
 
 def rows_and_fingerprint(dest: ObjectStoreDestination, day) -> tuple[int, str, str]:
@@ -48,82 +44,6 @@ def rows_and_fingerprint(dest: ObjectStoreDestination, day) -> tuple[int, str, s
 def day_files(dest: ObjectStoreDestination, day) -> set[str]:
     prefix = dest.data_prefix(EVENTS_TABLE, day.isoformat())
     return {i.key for i in dest.storage.list(prefix) if "/" not in i.key[len(prefix) :]}
-
-
-def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, store: StoreFactory) -> None:
-    days = recent_days(2, sandbox)
-    export(sandbox, store(), days, "first")
-    export(sandbox, store(), days, "second")
-    dest = store().connect(1)
-    for day in days:
-        want = sandbox.expected(day, day)[day.isoformat()]
-        assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "second")
-        manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
-        assert day_files(dest, day) == {f.key for f in manifest.files}, "the first run's files are gone"
-
-
-KILLER = """
-import base64, os, pickle, signal, sys
-from datetime import date
-from tasks.lake import commit as objectstore
-from tasks.errors import BadCredentialsError, FatalError
-from tasks.pipeline.export import ExportSettings, export_days
-from tasks.mixpanel.client import MixpanelClient
-
-block, creds, days, where = pickle.loads(base64.b64decode(sys.argv[1]))
-
-def die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-if where == "upload":  # the files of the run are being staged
-    objectstore.Stage.add = die
-elif where == "publish":  # files moved to their final names, manifest not switched yet
-    real = objectstore.ObjectStoreDestination._publish
-    def publish_then_die(self, staged, folder, run):
-        real(self, staged, folder, run)
-        die()
-    objectstore.ObjectStoreDestination._publish = publish_then_die
-elif where == "switch":  # files published, killed as the manifest's conditional write starts
-    store = type(block.store())
-    real_put = store.put_bytes
-    def put_then_die(self, key, data, **condition):
-        if "/_state/manifests/" in key:
-            die()
-        return real_put(self, key, data, **condition)
-    store.put_bytes = put_then_die
-elif where == "cleanup":  # manifest switched, the old version not deleted yet
-    objectstore.ObjectStoreDestination._remove_unlisted = die
-with MixpanelClient(creds.api_settings()) as client:
-    export_days(client, block.connect(1), days, ExportSettings(run_id="killed", identity_mode="simplified"))
-"""
-
-
-@pytest.mark.parametrize("where", ["upload", "publish", "switch", "cleanup"])
-def test_sigkill_leaves_a_readable_day_and_the_next_run_completes(
-    sandbox: SandboxServer, store: StoreFactory, where: str
-) -> None:
-    days = recent_days(1, sandbox)
-    (day,) = days
-    export(sandbox, store(), days, "before")
-    want = sandbox.expected(day, day)[day.isoformat()]
-    payload = base64.b64encode(pickle.dumps((store(), credentials_for(sandbox), days, where))).decode()
-    done = run_python(KILLER, payload, timeout=120)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
-
-    dest = store().connect(1)
-    expected_run = "killed" if where == "cleanup" else "before"
-    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], expected_run)
-
-    export(sandbox, store(), days, "after")
-    dest = store().connect(1)
-    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "after")
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
-    assert day_files(dest, day) == {f.key for f in manifest.files}, "orphans of the killed run were removed"
-    assert not [i for i in dest.storage.list("1/_staging/") if "after" in i.key], "the run left no staging"
-    root = dest.storage.local_path("1")
-    if root is not None:  # a local folder: no empty folder, no lock file, no temporary file left behind
-        empty = [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
-        assert empty == [] and not list(root.parent.rglob("*.lock")) and not list(root.rglob(".tmp-*"))
 
 
 RACER = """

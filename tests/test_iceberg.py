@@ -1,22 +1,17 @@
-"""Iceberg destination (SQLite catalog) on a local folder and on S3 (moto): days read back via pyiceberg and polars."""
+"""Iceberg's own quirks (the scenarios every destination shares run in test_destination_scenarios): its
+schema, upkeep, a Glue catalog on moto, reconcile beside Delta, and one identity per table in a catalog."""
 
 from __future__ import annotations
 
-import io
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import load_catalog
-from pyiceberg.expressions import EqualTo
-from pyiceberg.table import Table
 
 from blocks.destinations.formats import location_of
 from blocks.destinations.iceberg import IcebergDestination
@@ -24,231 +19,43 @@ from blocks.destinations.local import LocalDestination
 from blocks.destinations.s3 import S3Destination
 from sandbox import SandboxServer
 from tasks.errors import TableIdentityError
-from tasks.pipeline.exclude import event_rows_of
 from tasks.schema import EVENTS_TABLE
-from tasks.sync.purge import PurgeScope, purge_destination
 from tasks.warehouses.iceberg_format import HELD, catalog_properties
 from tasks.warehouses.table_identity import owner_key
 from tasks.warehouses.tableformat import SCHEMAS, format_hook, reader
 from tests.conftest import credentials_for, recent_days
-from tests.stores.s3 import S3Server, make_s3_destination
-from tests.tableformat_kit import (
-    assert_no_file_holds,
+from tests.kit.destinations import (
+    IcebergTarget,
     export,
-    killed_in_its_commit,
+    local_delta,
+    local_iceberg,
     race,
-    rows_and_fingerprint,
-    rows_of_cluster,
-    synced_twice,
-    truth,
+    reading,
+    sandbox_day,
 )
+from tests.stores.s3 import S3Server, make_s3_destination
 
 
-@dataclass
-class Warehouse:
-    """An Iceberg destination block, a reader's own catalog on the same tables, and every file under them."""
-
-    block: IcebergDestination
-    catalog_properties: dict[str, str]
-    files: Callable[[], list[tuple[str, bytes]]]
-    polars_options: dict[str, str] | None = None  # polars reads the data files itself
-
-    def table(self, name: str = EVENTS_TABLE) -> Table:
-        return load_catalog("mixpanel", **self.catalog_properties).load_table(("mixpanel", name))
-
-    def day(self, day: date) -> pl.DataFrame:
-        rows = self.table().scan(row_filter=EqualTo("day", day.isoformat())).to_arrow()
-        return pl.from_arrow(rows)  # type: ignore[return-value]
-
-    def scan_day(self, day: date) -> pl.DataFrame:
-        scan = pl.scan_iceberg(self.table(), storage_options=self.polars_options)
-        return scan.filter(pl.col("day") == day.isoformat()).collect()
-
-    def held(self, day: date) -> int | None:
-        """What the table records as held for this destination (the property keyed by its location)."""
-        own = owner_key(location_of(self.block.files, 1, "iceberg", style="iceberg").uri)
-        value = self.table().properties.get(f"{HELD}{own}.{day.isoformat()}")
-        return None if value is None else int(value)
-
-    def commits(self) -> list[dict[str, str]]:
-        """Each snapshot's summary, oldest first."""
-        return [s.summary.additional_properties for s in self.table().snapshots() if s.summary]  # type: ignore[misc]
-
-
-def local_warehouse(tmp_path: Path) -> Warehouse:
-    block = IcebergDestination(files=LocalDestination(path=str(tmp_path), create_missing=True))
-    folder = tmp_path / "1" / "iceberg"
-    properties = catalog_properties("sql", f"sqlite:///{folder / 'catalog.db'}", str(folder), {})
-
-    def files() -> list[tuple[str, bytes]]:
-        return [(str(p), p.read_bytes()) for p in folder.rglob("*") if p.is_file() and p.name != "catalog.db"]
-
-    return Warehouse(block, properties, files)
-
-
-def s3_warehouse(server: S3Server, tmp_path: Path) -> Warehouse:
-    files_block = make_s3_destination(server, prefix="lake")
-    catalog_uri = f"sqlite:///{tmp_path / 'catalog.db'}"
-    block = IcebergDestination(files=files_block, catalog_uri=catalog_uri)
-    location = location_of(files_block, 1, "iceberg", style="iceberg")
-    # readers go straight to moto (the fault proxy is for the pipeline's own requests)
-    options = location.options | {"s3.endpoint": server.moto_url}
-    properties = catalog_properties("sql", catalog_uri, location.uri, options)
-    bucket, client = files_block.bucket.bucket_name, server.client()
-
-    def files() -> list[tuple[str, bytes]]:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix="lake/1/iceberg/").get("Contents", [])
-        return [(o["Key"], client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed]
-
-    return Warehouse(block, properties, files, polars_options(files_block, server))
-
-
-def polars_options(files_block: S3Destination, server: S3Server) -> dict[str, str]:
-    """The same keys in object_store's names, straight to moto: what polars reads data files with."""
-    delta = location_of(files_block, 1, "iceberg")
-    return {k.lower(): v for k, v in delta.options.items()} | {"aws_endpoint_url": server.moto_url}
-
-
-@pytest.fixture(params=["local", "s3"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "local":
-        yield local_warehouse(tmp_path)
-    else:
-        yield s3_warehouse(request.getfixturevalue("s3_server"), tmp_path)
-
-
-def assert_day_is_the_sandbox(warehouse: Warehouse, sandbox: SandboxServer, day: date) -> None:
-    want = truth(sandbox, day)
-    assert rows_and_fingerprint(warehouse.day(day)) == want
-    assert rows_and_fingerprint(warehouse.scan_day(day)) == want
-
-
-def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, warehouse: Warehouse) -> None:
-    days = recent_days(2, sandbox)
-    export(sandbox, warehouse.block, days, "first")
-    export(sandbox, warehouse.block, days, "second")
-    destination = warehouse.block.connect(1)
-    newest = {c["mp.partition"]: c for c in warehouse.commits() if "mp.partition" in c}
-    for day in days:
-        assert_day_is_the_sandbox(warehouse, sandbox, day)
-        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
-        assert manifest is not None and warehouse.held(day) == manifest.sequence
-        commit = newest[day.isoformat()]
-        assert (commit["mp.run_id"], commit["mp.fingerprint"], commit["mp.rows"]) == (
-            manifest.run_id,
-            manifest.fingerprint,
-            str(manifest.rows),
-        )
-    schema = warehouse.table().scan().to_arrow().schema
-    assert schema.field("time").type == pa.timestamp("us", tz="UTC")
-    assert schema.field("properties").type in (pa.string(), pa.large_string())
+def assert_day_is_the_sandbox(warehouse: IcebergTarget, sandbox: SandboxServer, day: date) -> None:
+    assert set(warehouse.readings(day)) == {sandbox_day(sandbox, day)}
 
 
 def test_properties_are_the_exported_text(sandbox: SandboxServer, tmp_path: Path) -> None:
-    warehouse = local_warehouse(tmp_path)
+    warehouse = local_iceberg(tmp_path)
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "types")
-    files_frame = pl.read_parquet(list((tmp_path / "1" / "mp_master_event").rglob("*.parquet")))
+    schema = warehouse.table().scan().to_arrow().schema
+    assert schema.field("time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("properties").type in (pa.string(), pa.large_string())
+    files_frame = pl.read_parquet(list((tmp_path / "dest" / "1" / "mp_master_event").rglob("*.parquet")))
     key = ["insert_id", "event_name", "properties"]
-    assert warehouse.day(day).select(key).sort(key).equals(files_frame.select(key).sort(key))
-
-
-def test_sigkill_in_the_middle_of_a_commit_keeps_the_previous_version_and_the_next_run_completes(
-    sandbox: SandboxServer, warehouse: Warehouse
-) -> None:
-    (day,) = recent_days(1, sandbox)
-    export(sandbox, warehouse.block, [day], "before")
-    snapshot = warehouse.table().current_snapshot()
-    killed_in_its_commit(sandbox, warehouse.block, day)
-
-    assert warehouse.table().current_snapshot() == snapshot, "no Iceberg commit happened"
-    assert_day_is_the_sandbox(warehouse, sandbox, day)
-
-    destination = warehouse.block.connect(1)
-    destination.repair(EVENTS_TABLE, day.isoformat())  # what every run does first
-    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
-    assert manifest is not None and manifest.run_id == "killed" and warehouse.held(day) == manifest.sequence
-    export(sandbox, warehouse.block, [day], "after")
-    assert_day_is_the_sandbox(warehouse, sandbox, day)
-    assert warehouse.commits()[-1]["mp.run_id"] == "after"
-
-
-def test_two_racing_runs_of_one_day_end_with_one_complete_day(
-    sandbox: SandboxServer, warehouse: Warehouse
-) -> None:
-    days = recent_days(2, sandbox)
-    export(sandbox, warehouse.block, days, "seed")
-    errors = race(sandbox, warehouse.block, days[1], ["racer-a", "racer-b", "racer-c"])
-    assert not errors, errors
-    destination = warehouse.block.connect(1)
-    manifest = destination.manifest(EVENTS_TABLE, days[1].isoformat())
-    assert manifest is not None and manifest.run_id.startswith("racer-")
-    assert warehouse.held(days[1]) == manifest.sequence
-    for day in days:
-        assert_day_is_the_sandbox(warehouse, sandbox, day)
-
-
-def test_a_purge_leaves_no_row_in_any_readable_snapshot_nor_in_any_file(
-    sandbox: SandboxServer, warehouse: Warehouse
-) -> None:
-    days = recent_days(2, sandbox)
-    export(sandbox, warehouse.block, days, "first")
-    export(sandbox, warehouse.block, days, "second")
-    frame = warehouse.day(days[0])
-    user = frame.filter(pl.col("user_id").is_not_null())["distinct_id"][0]
-    cluster = {user}
-    destination = warehouse.block.connect(1)
-    report = purge_destination(destination, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "purge")
-    assert sum(report.events.values()) > 0
-
-    table = warehouse.table()
-    for day in days:
-        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
-        assert manifest is not None
-        assert rows_and_fingerprint(warehouse.day(day)) == (manifest.rows, manifest.fingerprint)
-    for snapshot in table.snapshots():  # every snapshot time travel can still reach
-        rows = pl.from_arrow(table.scan(snapshot_id=snapshot.snapshot_id).to_arrow())
-        assert rows.filter(event_rows_of(cluster)).height == 0, snapshot  # type: ignore[union-attr]
-    for name, data in warehouse.files():
-        if name.endswith(".parquet"):
-            rows = pl.from_arrow(pq.read_table(io.BytesIO(data)))
-            assert rows.filter(event_rows_of(cluster)).height == 0, name  # type: ignore[union-attr]
-        else:
-            assert user.encode() not in data, name
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_hourly_increments_append_then_the_nightly_run_replaces_the_day(
-    sandbox: SandboxServer, tmp_path: Path
-) -> None:
-    from flows.events import events, events_hourly
-    from tests.kit.expected import epoch_ms
-
-    warehouse = local_warehouse(tmp_path)
-    credentials = credentials_for(sandbox)
-    today = sandbox.cfg.current_day()
-    for cut in (epoch_ms(today, 7.5), epoch_ms(today, 13.5)):
-        sandbox.set_processed_until(cut)
-        events_hourly(credentials, warehouse.block)
-        want = sandbox.expected(today, today, processed_until_ms=cut)[today.isoformat()]
-        assert rows_and_fingerprint(warehouse.day(today)) == (want["rows"], want["fingerprint"])
-    ours = [
-        s for s in warehouse.table().snapshots() if s.summary and s.summary.get("mp.partition") == str(today)
-    ]
-    assert ours[-1].summary is not None and ours[-1].summary.operation.value == "append"
-    manifest = warehouse.block.connect(1).manifest(EVENTS_TABLE, today.isoformat())
-    assert manifest is not None and manifest.increments == 1 and warehouse.held(today) == manifest.sequence
-
-    sandbox.set_processed_until(None)
-    events(credentials, warehouse.block, from_date=today, to_date=today)
-    assert_day_is_the_sandbox(warehouse, sandbox, today)
-    assert warehouse.commits()[-1]["mp.increments"] == "0"
+    assert warehouse.frame(day).select(key).sort(key).equals(files_frame.select(key).sort(key))
 
 
 def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    warehouse = local_warehouse(tmp_path)
+    warehouse = local_iceberg(tmp_path)
     warehouse.block.retention_hours = 0
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "one")
@@ -259,7 +66,7 @@ def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     for _ in range(3):  # three more files in the day, as hourly increments leave them
         rows = reader(destination, EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
         hook.table_format.append(EVENTS_TABLE, day.isoformat(), manifest, rows)
-    before = warehouse.day(day)
+    before = warehouse.frame(day)
     assert len(warehouse.table().inspect.files()) == 4
 
     report = hook.table_format.upkeep()
@@ -268,9 +75,9 @@ def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     table = warehouse.table()
     assert len(table.inspect.files()) == 1 and len(table.snapshots()) == 1
     key = ["insert_id", "properties"]
-    assert warehouse.day(day).select(key).sort(key).equals(before.select(key).sort(key))
+    assert warehouse.frame(day).select(key).sort(key).equals(before.select(key).sort(key))
     assert warehouse.held(day) == manifest.sequence
-    data = {p.name for p in (tmp_path / "1" / "iceberg" / EVENTS_TABLE / "data").rglob("*.parquet")}
+    data = {p.name for p in (tmp_path / "dest" / "1" / "iceberg" / EVENTS_TABLE / "data").rglob("*.parquet")}
     assert data == {Path(f).name for f in table.inspect.files()["file_path"].to_pylist()}
 
 
@@ -288,7 +95,8 @@ def test_a_glue_catalog_on_moto_holds_the_tables(sandbox: SandboxServer, s3_serv
     }
     options |= {"glue.region": "us-east-1"}
     properties = catalog_properties("glue", "", location.uri, options)
-    reader = Warehouse(block, properties, lambda: [], polars_options(files_block, s3_server))
+    polars = {k.lower(): v for k, v in location_of(files_block, 1, "iceberg").options.items()}
+    reader = IcebergTarget(block, properties, polars | {"aws_endpoint_url": s3_server.moto_url})
     glue = s3_server.client("glue").get_table(DatabaseName="mixpanel", Name=EVENTS_TABLE)["Table"]
     assert glue["Parameters"]["table_type"] == "ICEBERG", "Athena and Spark find it as an Iceberg table"
     destination = block.connect(1)
@@ -309,10 +117,9 @@ def test_reconcile_replaces_only_the_changed_day_in_delta_and_iceberg(
 
     from flows.events import events
     from flows.reconcile import reconcile
-    from tests.tableformat_kit import local_lake
 
-    warehouse = local_warehouse(tmp_path / "iceberg")
-    lake = local_lake(tmp_path / "delta")
+    warehouse = local_iceberg(tmp_path / "iceberg")
+    lake = local_delta(tmp_path / "delta")
     credentials = credentials_for(sandbox)
     days = recent_days(4, sandbox)
     for block in (warehouse.block, lake.block):
@@ -327,35 +134,12 @@ def test_reconcile_replaces_only_the_changed_day_in_delta_and_iceberg(
     assert {r["day"] for r in rows} == {late_day.isoformat()} and len(rows) == 2
     for day in days:
         assert_day_is_the_sandbox(warehouse, sandbox, day)
-        assert rows_and_fingerprint(lake.day(day)) == truth(sandbox, day)
+        assert reading(lake.frame(day)) == sandbox_day(sandbox, day)
     assert lake.table().version() == version + 1, "one Delta commit: the changed day"
     assert warehouse.commits()[-1]["mp.partition"] == late_day.isoformat()
     assert len(warehouse.table().snapshots()) - snapshots == 2, (
         "one catalog commit (delete + append snapshots)"
     )
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_the_gdpr_flow_removes_a_cluster_from_every_table_and_every_snapshot(
-    sandbox: SandboxServer, tmp_path: Path
-) -> None:
-    from flows.gdpr import gdpr
-    from tasks.schema import PEOPLE_TABLE
-    from tests.sync_kit import tokens
-
-    warehouse = local_warehouse(tmp_path)
-    user, cluster = synced_twice(sandbox, warehouse.block)
-    people_rows = pl.from_arrow(warehouse.table(PEOPLE_TABLE).scan().to_arrow())
-    assert people_rows.filter(pl.col("distinct_id").is_in(list(cluster))).height == 1  # type: ignore[union-attr]
-
-    gdpr(credentials_for(sandbox), [warehouse.block], gdpr_credentials=tokens(sandbox), distinct_ids=[user])
-
-    for table, rows_of in rows_of_cluster(cluster):
-        current = warehouse.table(table)
-        for snapshot in current.snapshots():
-            rows = pl.from_arrow(current.scan(snapshot_id=snapshot.snapshot_id).to_arrow())
-            assert rows.filter(rows_of).height == 0, f"{table} snapshot {snapshot.snapshot_id}"  # type: ignore[union-attr]
-    assert_no_file_holds(warehouse.files(), cluster)
 
 
 # one identity per table: a catalog finds tables by name, so a second destination must be refused ---------
@@ -390,7 +174,7 @@ def test_a_second_destination_on_one_sql_catalog_and_namespace_is_refused_and_ch
     properties = catalog_properties("sql", shared, str(tmp_path / "a" / "1" / "iceberg"), {})
     before = catalog_state(properties)
     files_before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
-    assert Warehouse(first, properties, lambda: []).held(day) is not None
+    assert IcebergTarget(first, properties, None).held(day) is not None
 
     second = IcebergDestination(
         files=LocalDestination(path=str(tmp_path / "b"), create_missing=True), catalog_uri=shared
@@ -448,13 +232,13 @@ def test_a_second_destination_on_one_glue_namespace_is_refused_and_changes_nothi
 def test_held_versions_are_keyed_by_the_destination_and_another_ones_is_never_read(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    warehouse = local_warehouse(tmp_path)
+    warehouse = local_iceberg(tmp_path)
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "one")
     destination = warehouse.block.connect(1)
     manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None and warehouse.held(day) == manifest.sequence
-    ours = f"{HELD}{owner_key(str(tmp_path / '1' / 'iceberg'))}.{day.isoformat()}"
+    ours = f"{HELD}{owner_key(str(tmp_path / 'dest' / '1' / 'iceberg'))}.{day.isoformat()}"
     theirs = f"{HELD}{owner_key('s3://elsewhere/lake/2/iceberg')}.{day.isoformat()}"
     with warehouse.table().transaction() as tx:  # as a table written before the key existed looks
         tx.remove_properties(ours)

@@ -7,7 +7,6 @@ names are checked with DuckDB over the same Parquet files (moto's Redshift answe
 from __future__ import annotations
 
 import io
-from datetime import date
 
 import duckdb
 import polars as pl
@@ -18,12 +17,11 @@ from sandbox import SandboxServer
 from tasks.errors import FatalError, TableIdentityError
 from tasks.lake.commit import ObjectStoreDestination
 from tasks.lake.tables import replace_table
-from tasks.mixpanel.client import MixpanelClient
-from tasks.pipeline.export import ExportSettings, export_days
 from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE
 from tasks.warehouses.glue import GlueCatalog
 from tasks.warehouses.warehouse import WarehouseHook
-from tests.conftest import credentials_for, recent_days
+from tests.conftest import recent_days
+from tests.kit.destinations import export
 from tests.kit.warehouses import glue_database
 from tests.stores.s3 import S3Server, make_s3_destination
 
@@ -42,11 +40,6 @@ def catalog_of(destination: ObjectStoreDestination) -> GlueCatalog:
     return hook.loader
 
 
-def export(server: SandboxServer, destination: ObjectStoreDestination, days: list[date], run: str) -> None:
-    with MixpanelClient(credentials_for(server).api_settings()) as client:
-        export_days(client, destination, days, ExportSettings(run_id=run))
-
-
 def symlinked(destination: ObjectStoreDestination, location: str) -> list[str]:
     prefix = destination.describe("")
     body = destination.storage.get_bytes(location[len(prefix) :] + "symlink.txt")
@@ -59,8 +52,8 @@ def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, bl
     catalog = catalog_of(destination)
     assert isinstance(catalog, GlueCatalog)
     days = recent_days(3, sandbox)
-    export(sandbox, destination, days, "first")
-    export(sandbox, destination, days[1:], "second")  # two days replaced
+    export(sandbox, block, days, "first")
+    export(sandbox, block, days[1:], "second")  # two days replaced
     locations = catalog.partitions("mp_master_event")
     assert sorted(locations) == [d.isoformat() for d in days]
     for day in days:
@@ -80,7 +73,7 @@ def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, bl
 def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxServer, block) -> None:
     destination = block.connect(1)
     days = recent_days(2, sandbox)
-    export(sandbox, destination, days, "sql")
+    export(sandbox, block, days, "sql")
     locations = catalog_of(destination).partitions("mp_master_event")
     prefix = destination.describe("")
     frames = []
@@ -150,8 +143,8 @@ def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
 def test_an_existing_glue_table_located_outside_the_destination_is_refused(
     sandbox: SandboxServer, s3_server: S3Server, block, where: str
 ) -> None:
-    destination = block.connect(1)
-    export(sandbox, destination, recent_days(1, sandbox), "first")
+    block.connect(1)
+    export(sandbox, block, recent_days(1, sandbox), "first")
     bucket = block.s3.bucket.bucket_name
     s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
     table = s3_server.client("glue").get_table(DatabaseName=block.glue_database, Name="mp_people_data")[
@@ -176,9 +169,9 @@ def test_an_existing_glue_table_located_outside_the_destination_is_refused(
 def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
     sandbox: SandboxServer, s3_server: S3Server, block
 ) -> None:
-    destination = block.connect(1)
+    block.connect(1)
     (day,) = days = recent_days(1, sandbox)
-    export(sandbox, destination, days, "first")
+    export(sandbox, block, days, "first")
     bucket = block.s3.bucket.bucket_name
     s3_server.client().put_object(Bucket=bucket, Key="team/theirs.parquet", Body=b"another team's data")
     partition = s3_server.client("glue").get_partition(
@@ -193,10 +186,13 @@ def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
             PartitionInput={k: partition[k] for k in ("Values", "StorageDescriptor", "Parameters")},
         )
         before = bucket_objects(s3_server, bucket)
-        export(sandbox, destination, days, f"again{len(location)}")
+        export(sandbox, block, days, f"again{len(location)}")
         after = bucket_objects(s3_server, bucket)
         removed = set(before) - set(after)
-        assert all(k.startswith("raw/1/mp_master_event/") for k in removed), removed
+        # only the day's own replaced files (its data and its identity edges) are removed
+        assert all(
+            k.startswith(("raw/1/mp_master_event/", "raw/1/_state/identity_edges/")) for k in removed
+        ), removed
         assert after["team/theirs.parquet"] == b"another team's data"
 
 

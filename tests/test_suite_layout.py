@@ -4,6 +4,7 @@ modules that are not tests (tests/kit/, tests/stores/, tests/conftest.py)."""
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -11,6 +12,16 @@ TESTS = Path(__file__).resolve().parent
 
 def _test_modules() -> list[Path]:
     return sorted(TESTS.rglob("test_*.py"))
+
+
+def test_no_two_test_functions_share_a_name() -> None:
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in _test_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"):
+                where[node.name].append(str(path.relative_to(TESTS)))
+    repeated = {name: files for name, files in where.items() if len(files) > 1}
+    assert not repeated, f"one scenario, one test: write it once in the kit and parametrize ({repeated})"
 
 
 def test_no_test_module_imports_another() -> None:

@@ -1,17 +1,15 @@
-"""One warehouse suite: sandbox days exported into each warehouse, then queried back with its SQL."""
+"""Warehouses' own quirks (the scenarios every destination shares run in test_destination_scenarios):
+their JSON paths, the identity join, staging from a bucket, and the errors of a bad name or path."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
 from prefect_gcp import GcpCredentials
 
-from blocks.destinations.base import DestinationBlock
 from blocks.destinations.bigquery import BigQueryWarehouse
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
@@ -19,12 +17,10 @@ from flows.identity import identity
 from sandbox import SandboxServer
 from sandbox.data import day_lines
 from tasks.errors import FatalError
-from tasks.lake.manifest import fingerprint_hex
-from tasks.mixpanel.client import MixpanelClient
-from tasks.pipeline.export import ExportSettings, export_days
 from tasks.warehouses.bigquery_loader import BigQueryLoader
 from tasks.warehouses.warehouse import WarehouseHook
 from tests.conftest import credentials_for, recent_days
+from tests.kit.destinations import WarehouseTarget, export, sandbox_day
 from tests.kit.expected import expected_simplified
 from tests.kit.warehouses import WAREHOUSES, Warehouse
 from tests.stores.s3 import make_s3_destination
@@ -35,54 +31,6 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 @pytest.fixture(params=list(WAREHOUSES))
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
     return WAREHOUSES[request.param](tmp_path, request)
-
-
-def export(server: SandboxServer, block: DestinationBlock, days: list[date], run_id: str) -> None:
-    with MixpanelClient(credentials_for(server).api_settings()) as client:
-        export_days(client, block.connect(1), days, ExportSettings(run_id=run_id, identity_mode="simplified"))
-
-
-def canonical(text: str) -> str:
-    """JSON-equal texts give the same string (big integers stay exact: Python's json keeps them)."""
-    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def fingerprint(rows: list[tuple[str, str]], exact: bool) -> tuple[int, str]:
-    digest = xxhash.xxh3_64_intdigest
-    texts = ((n, p if exact else canonical(p)) for n, p in rows)
-    return len(rows), fingerprint_hex(sum(digest(p.encode(), seed=digest(n.encode())) for n, p in texts))
-
-
-def day_rows(warehouse: Warehouse, day: date) -> tuple[int, str]:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    rows = warehouse.query(
-        f"SELECT event_name, {warehouse.as_text} FROM mp_master_event "
-        f"WHERE time >= {warehouse.mark} AND time < {warehouse.mark}",
-        [start, start + timedelta(days=1)],
-    )
-    return fingerprint(rows, warehouse.exact_json)
-
-
-def sandbox_day(server: SandboxServer, day: date, exact: bool) -> tuple[int, str]:
-    """The sandbox's rows and fingerprint of the day: its own figures, or over parsed values."""
-    if exact:
-        want = server.expected(day, day)[day.isoformat()]
-        return want["rows"], want["fingerprint"]
-    served = [json.loads(line) for line in day_lines(server.cfg, day)]
-    return fingerprint([(e["event"], json.dumps(e["properties"])) for e in served], exact=False)
-
-
-def test_days_land_exactly_and_a_rerun_replaces_them(sandbox: SandboxServer, warehouse: Warehouse) -> None:
-    days = recent_days(2, sandbox)
-    export(sandbox, warehouse.block, days, "first")
-    export(sandbox, warehouse.block, days, "second")
-    for day in days:
-        assert day_rows(warehouse, day) == sandbox_day(sandbox, day, warehouse.exact_json), "each row once"
-    loaded = warehouse.query(
-        f"SELECT partition, run_id FROM _mp_manifests WHERE table_name = {warehouse.mark}",
-        ["mp_master_event"],
-    )
-    assert sorted(loaded) == [(d.isoformat(), "second") for d in days]
 
 
 def test_properties_are_reachable_with_the_warehouse_json_path(
@@ -118,31 +66,32 @@ def test_the_identity_join_counts_the_sandbox_users(sandbox: SandboxServer, ware
     assert users == len({truth.get(i, i) for i in served if i})
 
 
-def test_a_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
-    sandbox: SandboxServer, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+def test_a_snowflake_load_that_fails_midway_leaves_the_day_and_the_next_repair_loads_it(
+    sandbox: SandboxServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Snowflake's form of the SIGKILL scenario (test_destination_scenarios): fakesnow cannot outlive a
+    killed client's open transaction, so the connection is lost with an error instead."""
+    warehouse = WAREHOUSES["snowflake"](tmp_path, request)
+    target = WarehouseTarget(warehouse)
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "before")
-    want = sandbox_day(sandbox, day, warehouse.exact_json)
+    want = [sandbox_day(sandbox, day, warehouse.exact_json)]
     (hook,) = warehouse.block.connect(1).hooks
     assert isinstance(hook, WarehouseHook)
-    loader_type = type(hook.loader)
 
     def lost(*args: Any) -> None:  # the day's rows are deleted and inserted, then the connection drops
         raise RuntimeError("the warehouse went away in the middle of the load")
 
-    monkeypatch.setattr(loader_type, "_record", lost)
+    monkeypatch.setattr(type(hook.loader), "_record", lost)
     with pytest.raises(RuntimeError, match="went away"):
         export(sandbox, warehouse.block, [day], "broken")
     monkeypatch.undo()
-    assert day_rows(warehouse, day) == want, "the previous day is intact"
-    assert warehouse.query("SELECT run_id FROM _mp_manifests", []) == [("before",)]
+    assert target.readings(day) == want, "the previous day is intact"
+    assert target.recorded_run(day) == "before"
 
     destination = warehouse.block.connect(1)
-    assert any(isinstance(hook, WarehouseHook) for hook in destination.hooks)
     destination.repair("mp_master_event", day.isoformat())  # the files hold "broken": load them
-    assert day_rows(warehouse, day) == want
-    assert warehouse.query("SELECT run_id FROM _mp_manifests", []) == [("broken",)]
+    assert target.readings(day) == want and target.recorded_run(day) == "broken"
 
 
 @pytest.mark.parametrize("name", list(WAREHOUSES))
@@ -157,7 +106,7 @@ def test_a_warehouse_stages_from_a_bucket(
     days = recent_days(2, sandbox)
     export(sandbox, block, days, "from-s3")
     for day in days:
-        assert day_rows(warehouse, day) == sandbox_day(sandbox, day, warehouse.exact_json)
+        assert WarehouseTarget(warehouse).readings(day) == [sandbox_day(sandbox, day, warehouse.exact_json)]
     lake = bucket.connect(1)
     assert {d.isoformat() for d in days} <= set(lake.partitions("mp_master_event")), "committed in the bucket"
     assert not (tmp_path / "files").exists()
