@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkout import ROOT
+from tests.kit.checkout import ROOT
 
 ARTIFACTS = Path(os.environ.get("MP_TEST_ARTIFACTS", ROOT / ".artifacts"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

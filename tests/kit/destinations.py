@@ -1,6 +1,6 @@
 """Every destination as one case (the pattern of dlt's ``destinations_configs``): how to build it, how to
 read a day back through its own reader, what it records as committed, its readable versions and objects,
-and what it can do. The scenarios (tests/test_destination_scenarios.py) are written once over ``CASES``.
+and what it can do. The scenarios (tests/destinations/test_destination_scenarios.py) are written once over ``CASES``.
 
 A case is one entry of ``CASES``. A new destination needs one entry and, if it has one, a ``Target``
 subclass for its reader; a new store under Delta or Iceberg needs its name in ``TABLE_FORMAT_STORES``
@@ -49,7 +49,7 @@ from tasks.pipeline.export import ExportSettings, export_days
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.warehouse import WarehouseHook
 from tests.conftest import credentials_for, fingerprint_of_rows
-from tests.forked import run_python
+from tests.kit.forked import run_python
 from tests.kit.warehouses import WAREHOUSES, Warehouse, glue_database
 from tests.stores.azure import make_azure_destination
 from tests.stores.gcs import make_gcs_destination
@@ -319,7 +319,7 @@ class DeltaTarget(Target):
         return int(self.commit_of(day)["mp.increments"])
 
     def assert_clean(self, day: date, run: str) -> None:
-        pass  # replaced files stay for time travel until upkeep (tests/test_delta.py)
+        pass  # replaced files stay for time travel until upkeep (tests/destinations/test_delta.py)
 
     def versions(self, table: str) -> Iterator[tuple[str, pl.DataFrame]]:
         from deltalake.exceptions import DeltaError
@@ -394,7 +394,7 @@ class IcebergTarget(Target):
         return int(self.commit_of(day)["mp.increments"])
 
     def assert_clean(self, day: date, run: str) -> None:
-        pass  # replaced files stay for time travel until upkeep (tests/test_iceberg.py)
+        pass  # replaced files stay for time travel until upkeep (tests/destinations/test_iceberg.py)
 
     def versions(self, table: str) -> Iterator[tuple[str, pl.DataFrame]]:
         current = self.table(table)
@@ -569,7 +569,7 @@ def _warehouse_case(name: str) -> Case:
         return warehouse_target(name, request, tmp_path)
 
     # fakesnow keeps a SIGKILLed client's transaction open and answers HTTP 500 to every later query:
-    # a limit of the stand-in, not of Snowflake; its load failing midway is tests/test_warehouses.py's
+    # a limit of the stand-in, not of Snowflake; its load failing midway is tests/destinations/test_warehouses.py's
     can = {DAYS} if name == "snowflake" else {DAYS, KILL}
     return Case(name, build, frozenset(can), 0 if name == "duckdb" else 2, (LOAD_POINT,))
 

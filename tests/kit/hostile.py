@@ -1,4 +1,4 @@
-"""Exports of one fixed day from the hostile server (tests/hostile.py) into a local folder, and the
+"""Exports of one fixed day from the hostile server (tests/kit/hostile_server.py) into a local folder, and the
 shape every refusal's message must have."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from blocks.mixpanel import MixpanelCredentials
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import DayResult, ExportSettings, export_days
 from tests.conftest import local_destination
-from tests.hostile import HostileServer
+from tests.kit.hostile_server import HostileServer
 
 DAY = date(2024, 1, 2)
 ROWS = 40
