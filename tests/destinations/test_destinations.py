@@ -7,6 +7,7 @@ import base64
 import pickle
 import threading
 import uuid
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from tests.stores.proxy import DROP
 from tests.stores.s3 import S3Server, make_s3_destination
 
 
-def rows_and_fingerprint(dest: ObjectStoreDestination, day) -> tuple[int, str, str]:
+def rows_and_fingerprint(dest: ObjectStoreDestination, day: date) -> tuple[int, str, str]:
     manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None
     frame = read_parquet(dest, [f.key for f in manifest.files])
@@ -41,7 +42,7 @@ def rows_and_fingerprint(dest: ObjectStoreDestination, day) -> tuple[int, str, s
     return frame.height, fingerprint_hex(total), manifest.run_id
 
 
-def day_files(dest: ObjectStoreDestination, day) -> set[str]:
+def day_files(dest: ObjectStoreDestination, day: date) -> set[str]:
     prefix = dest.data_prefix(EVENTS_TABLE, day.isoformat())
     return {i.key for i in dest.storage.list(prefix) if "/" not in i.key[len(prefix) :]}
 
@@ -100,7 +101,7 @@ def test_six_processes_racing_one_day_on_s3_end_with_one_complete_version(
 
 
 def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
-    sandbox: SandboxServer, s3_server
+    sandbox: SandboxServer, s3_server: S3Server
 ) -> None:
     from tests.stores.s3 import inject_s3_errors
 
@@ -165,7 +166,8 @@ def test_transient_store_errors_are_retried_and_the_days_land(sandbox: SandboxSe
     for day in days:
         want = sandbox.expected(day, day)[day.isoformat()]
         assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "dropped")
-        assert day_files(dest, day) == {f.key for f in dest.manifest(EVENTS_TABLE, day.isoformat()).files}
+        manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None and day_files(dest, day) == {f.key for f in manifest.files}
 
 
 def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
@@ -194,6 +196,7 @@ def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
     want = sandbox.expected(day, day)[day.isoformat()]
     assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "loser")
     manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert manifest is not None
     assert day_files(dest, day) == {f.key for f in manifest.files}, (
         "nothing of the winner's version or the lost try"
     )

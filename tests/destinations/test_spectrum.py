@@ -47,7 +47,9 @@ def symlinked(destination: ObjectStoreDestination, location: str) -> list[str]:
     return body.decode().splitlines()
 
 
-def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, block) -> None:
+def test_partitions_follow_exactly_the_committed_days(
+    sandbox: SandboxServer, block: RedshiftSpectrumDestination
+) -> None:
     destination = block.connect(1)
     catalog = catalog_of(destination)
     assert isinstance(catalog, GlueCatalog)
@@ -70,7 +72,9 @@ def test_partitions_follow_exactly_the_committed_days(sandbox: SandboxServer, bl
     )
 
 
-def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxServer, block) -> None:
+def test_the_files_a_partition_names_answer_the_spectrum_query(
+    sandbox: SandboxServer, block: RedshiftSpectrumDestination
+) -> None:
     destination = block.connect(1)
     days = recent_days(2, sandbox)
     export(sandbox, block, days, "sql")
@@ -79,7 +83,7 @@ def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxS
     frames = []
     for day, location in locations.items():
         for uri in symlinked(destination, location):
-            data = destination.storage.get_bytes(uri[len(prefix) :])
+            data = destination.storage.get_bytes(uri[len(prefix) :]) or b""
             frames.append(pl.read_parquet(io.BytesIO(data)).with_columns(mp_date=pl.lit(day)))
     events = pl.concat(frames)  # what Spectrum reads: the partition column plus the files' columns
     # the README's query, in DuckDB's dialect: json_extract_path_text(properties, '$browser') ≙ ->> '$."$browser"'
@@ -93,12 +97,13 @@ def test_the_files_a_partition_names_answer_the_spectrum_query(sandbox: SandboxS
     assert all(0 < browsers <= n for _, n, browsers in rows)
 
 
-def test_whole_tables_switch_their_location(block) -> None:
+def test_whole_tables_switch_their_location(block: RedshiftSpectrumDestination) -> None:
     destination = block.connect(1)
     frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
     for run in ("one", "two"):
         replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], run, "resolved_distinct_id")
     manifest = destination.manifest(MAPPINGS_TABLE, "all")
+    assert manifest is not None
     table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
         "Table"
     ]
@@ -141,7 +146,7 @@ def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
     ],
 )
 def test_an_existing_glue_table_located_outside_the_destination_is_refused(
-    sandbox: SandboxServer, s3_server: S3Server, block, where: str
+    sandbox: SandboxServer, s3_server: S3Server, block: RedshiftSpectrumDestination, where: str
 ) -> None:
     block.connect(1)
     export(sandbox, block, recent_days(1, sandbox), "first")
@@ -167,7 +172,7 @@ def test_an_existing_glue_table_located_outside_the_destination_is_refused(
 
 
 def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
-    sandbox: SandboxServer, s3_server: S3Server, block
+    sandbox: SandboxServer, s3_server: S3Server, block: RedshiftSpectrumDestination
 ) -> None:
     block.connect(1)
     (day,) = days = recent_days(1, sandbox)
@@ -196,11 +201,12 @@ def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
         assert after["team/theirs.parquet"] == b"another team's data"
 
 
-def test_the_first_whole_table_load_keeps_its_symlink_manifest(block) -> None:
+def test_the_first_whole_table_load_keeps_its_symlink_manifest(block: RedshiftSpectrumDestination) -> None:
     destination = block.connect(1)
     frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
     replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "one", "resolved_distinct_id")
     manifest = destination.manifest(MAPPINGS_TABLE, "all")
+    assert manifest is not None
     table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
         "Table"
     ]

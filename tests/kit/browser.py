@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
 from tests.kit.checkout import ROOT
 
@@ -29,7 +31,7 @@ FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("MP_REQUIRE_BROWSER"):
             pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make browser`.")

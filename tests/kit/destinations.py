@@ -34,6 +34,7 @@ import pytest
 import xxhash
 
 from blocks.destinations.base import DestinationBlock
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.formats import location_of
 from blocks.destinations.iceberg import IcebergDestination
@@ -203,7 +204,7 @@ class Target:
     exact = True  # False: the warehouse's JSON type re-serialises: fingerprints over parsed values
     folder = EVENTS_TABLE  # where under the project its own objects are
 
-    def __init__(self, block: DestinationBlock) -> None:
+    def __init__(self, block: AnyDestination) -> None:
         self.block = block
 
     def destination(self) -> ObjectStoreDestination:
@@ -275,6 +276,7 @@ class DeltaTarget(Target):
     """A Delta table, read by delta-rs (pyarrow, a partition filter) and by polars' own Delta reader."""
 
     folder = "delta"
+    block: DeltaLakeDestination
 
     def __init__(self, block: DeltaLakeDestination, uri: str, options: dict[str, str]) -> None:
         super().__init__(block)
@@ -336,6 +338,7 @@ class IcebergTarget(Target):
     """An Iceberg table through a reader's own catalog on the same tables: pyiceberg and polars."""
 
     folder = "iceberg"
+    block: IcebergDestination
 
     def __init__(
         self, block: IcebergDestination, properties: dict[str, str], polars_options: dict[str, str] | None
@@ -349,11 +352,8 @@ class IcebergTarget(Target):
         return load_catalog("mixpanel", **self.properties).load_table(("mixpanel", name))
 
     def frame(self, day: date) -> pl.DataFrame:
-        from pyiceberg.expressions import EqualTo
-
-        return pl.DataFrame(
-            pl.from_arrow(self.table().scan(row_filter=EqualTo("day", day.isoformat())).to_arrow())
-        )
+        rows = self.table().scan(row_filter=f"day == '{day.isoformat()}'").to_arrow()
+        return pl.DataFrame(pl.from_arrow(rows))
 
     def readings(self, day: date) -> list[Reading]:
         scan = pl.scan_iceberg(self.table(), storage_options=self.polars_options)
@@ -457,7 +457,7 @@ class SpectrumTarget(Target):
 # ---- the stores, and the table formats on each store they support --------------------------------
 
 
-def files_block(store: str, request: pytest.FixtureRequest | None, tmp_path: Path) -> DestinationBlock:
+def files_block(store: str, request: pytest.FixtureRequest | None, tmp_path: Path) -> AnyDestination:
     """A file destination on ``store``, on a fresh location (a local one under ``tmp_path/dest``)."""
     if store == "local":
         return LocalDestination(path=str(tmp_path / "dest"), create_missing=True)

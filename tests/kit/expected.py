@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
 
 from sandbox import SandboxServer, day_lines
 
 
-def epoch_ms(day, hours: float) -> int:
+def epoch_ms(day: date, hours: float) -> int:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return int((start + timedelta(hours=hours)).timestamp() * 1000)
 
 
-def expected_simplified(server: SandboxServer, days) -> dict[str, str]:
+def expected_simplified(server: SandboxServer, days: Iterable[date]) -> dict[str, str]:
     """Written from the sandbox's served lines with json, not with the code under test: the first
     user a device is seen with (in time order) owns it, users map to themselves."""
     seen: list[tuple[int, str, str]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from blocks.mixpanel import MixpanelCredentials
 from tasks.mixpanel.client import MixpanelClient
@@ -31,7 +32,7 @@ def credentials(server: HostileServer, **overrides: object) -> MixpanelCredentia
 
 
 def run(
-    server: HostileServer, root: Path, run_id: str, days: list[date] | None = None, **settings: object
+    server: HostileServer, root: Path, run_id: str, days: list[date] | None = None, **settings: Any
 ) -> list[DayResult]:
     with MixpanelClient(credentials(server).api_settings()) as client:
         return export_days(

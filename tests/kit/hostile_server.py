@@ -68,8 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"data": {"series": [], "values": values}}).encode()
             self._answer({"Content-Type": "application/json"}, [body])
         elif self.path.startswith("/api/2.0/export"):
-            body = self.server.body
-            self._answer(self.server.headers, [body] if isinstance(body, bytes) else body())
+            served = self.server.body
+            self._answer(self.server.headers, [served] if isinstance(served, bytes) else served())
         else:
             self._answer({"Content-Type": "text/plain"}, [b"not found"], 404)
 

@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from blocks.destinations.base import DestinationBlock
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
@@ -81,7 +82,7 @@ def edges_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
     frames = [
         pq.read_table(io.BytesIO(dest.storage.get_bytes(f.key) or b"")) for f in manifest.identity_edges
     ]
-    return pl.concat([pl.from_arrow(t) for t in frames]) if frames else pl.DataFrame()  # type: ignore[misc]
+    return pl.concat([pl.DataFrame(pl.from_arrow(t)) for t in frames]) if frames else pl.DataFrame()
 
 
 def whole_table(dest: ObjectStoreDestination, table: str) -> pl.DataFrame:
@@ -114,7 +115,7 @@ def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
     return user, set(mappings.filter(pl.col("resolved_distinct_id") == user)["distinct_id"]) | {user}
 
 
-def synced_twice(server: SandboxServer, block: DestinationBlock) -> tuple[str, set[str]]:
+def synced_twice(server: SandboxServer, block: AnyDestination) -> tuple[str, set[str]]:
     """Two days of events, people and identity written twice (older versions of every table to travel
     to), then a merged user and its identity cluster: what the GDPR scenarios purge."""
     from flows.events import events

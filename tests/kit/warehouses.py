@@ -15,8 +15,8 @@ import pytest
 from google.cloud import bigquery
 from prefect_gcp import GcpCredentials
 
-from blocks.destinations.base import DestinationBlock
 from blocks.destinations.bigquery import BigQueryWarehouse
+from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.destinations.snowflake import SnowflakeWarehouse
@@ -29,7 +29,7 @@ from tests.stores.snowflake import unique_name
 class Warehouse:
     """A block, and how to run a query on what it holds (rows as tuples)."""
 
-    block: DestinationBlock
+    block: AnyDestination
     query: Callable[[str, list[Any]], list[tuple[Any, ...]]]
     json_text: str  # SQL of properties.distinct_id as text, in the warehouse's JSON syntax
     mark: str  # the driver's placeholder for a bound value

@@ -29,11 +29,12 @@ def test_no_test_module_imports_another() -> None:
     found = []
     for path in _test_modules():
         for node in ast.walk(ast.parse(path.read_text())):
-            names = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            else:
+                continue
             if any(n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_") for n in names):
                 found.append(f"{path.relative_to(TESTS)}:{node.lineno}")
     assert not found, f"move what they share into tests/kit/: {found}"
