@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # each server, each test process. Empty means unset to Python.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup test test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker run status postgres postgres-stop browser clean
+.PHONY: setup test test-fast test-dates faketime lint demo sandbox bench bench-flow bench-people bench-destinations server deploy worker run status postgres postgres-stop browser clean
 
 # one bootstrap at a time: `make server` and `make sandbox` started together on a fresh clone would
 # otherwise both create .tools/ and one would run a half-installed uv
@@ -34,7 +34,7 @@ $(UV):
 # under it; `make clean` starts over. The tests and bench-destinations use every destination, the
 # demo the table format of its FORMAT.
 EXTRAS ?=
-test lint bench-destinations: EXTRAS = all
+test test-fast lint bench-destinations: EXTRAS = all
 demo: EXTRAS += $(filter delta iceberg,$(FORMAT))
 EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
 # the dev group (pytest, linters, the local stand-ins of the clouds: ~170 packages) only for the targets
@@ -42,7 +42,7 @@ EXTRA_FLAGS := $(foreach extra,$(EXTRAS),--extra $(extra))
 # sandbox) gets the locked dependencies and its extras alone. A sync without it after one with it
 # removes nothing (--inexact), so a test running from the same .venv keeps its tools.
 DEV ?=
-test lint test-dates bench bench-flow bench-people bench-destinations: DEV = 1
+test test-fast lint test-dates bench bench-flow bench-people bench-destinations: DEV = 1
 GROUP_FLAGS := $(if $(DEV),--group dev,--no-dev)
 EXTRAS_STAMP := $(TOOLS)/.extras-$(subst $() ,-,$(or $(strip $(EXTRAS)),none))$(if $(DEV),+dev)
 
@@ -69,6 +69,12 @@ PYTEST_ARGS ?= -n 4 --dist loadgroup --durations=10
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# the unit tests alone (tests/unit/: no server, no subprocess, no sandbox), in one process: seconds. The
+# other folders are tests/destinations, flows, ops, sandbox and emulators (what the local stand-ins of
+# the clouds do, marked `emulator`); `make test` runs them all.
+test-fast: setup
+	$(BIN)/pytest tests/unit -q -n 0
 
 # the tests that take their days from the calendar, as if today were each of DAYS dates from START
 # (default: the 30 days up to today), under libfaketime; `make test-dates DAYS=1 START=2025-12-31`
@@ -170,7 +176,7 @@ status: setup
 	$(BIN)/python -m flows.status_terminal --data $(DATA_DIR) --days $(STATUS_DAYS) $(if $(BLOCK),--block $(BLOCK)) \
 	  $(if $(PROJECT),--project $(PROJECT)) $(if $(VERIFY),--verify) $(if $(OFFLINE),--offline)
 
-# Debian's Chromium for the UI test (tests/test_ui.py); Playwright drives it, no browser download
+# Debian's Chromium for the UI test (tests/ops/test_ui.py); Playwright drives it, no browser download
 browser:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The worker image's build steps (Dockerfile), a script so that they run, and are tested, outside a
-# container too (tests/test_production.py). Installs the pipelines into DEST as a worker runs them:
+# container too (tests/ops/test_production.py). Installs the pipelines into DEST as a worker runs them:
 # the flows' source, prefect.yaml and .venv/ synced from uv.lock with the named extras and no dev
 # group, by the uv version the Makefile pins. Usage: docker/install.sh DEST [EXTRA...]
 set -eu

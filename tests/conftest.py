@@ -30,7 +30,8 @@ pytest_plugins = [
     "tests.stores.catalog",
     "tests.stores.snowflake",
     "tests.stores.bigquery",
-    "tests.cluster",
+    "tests.kit.cluster",
+    "tests.kit.browser",
 ]
 
 
@@ -40,18 +41,18 @@ pytest_plugins = [
 # pytest 9.2: xdist 3.8 renames nodes through an attribute pytest no longer reads); xdist hands out the
 # largest groups first, so these long chains start at once.
 # The BigQuery emulator (DuckDB and its spatial extension) is the heaviest of the store servers to start:
-# its tests, and the `[bigquery]` cases of the warehouse tests, share one too.
+# its tests, and every `[bigquery]` case of the destination scenarios and warehouse tests, share one too.
 XDIST_GROUPS = {
-    "tests/test_deployments.py": "prefect-cluster",
-    "tests/test_ui.py": "prefect-cluster",
-    "tests/test_terminal_run.py": "prefect-cluster",
-    "tests/test_readme_ops.py": "readme-ops",
-    "tests/test_alerts.py": "alerts",
-    "tests/test_bigquery_emulator.py": "bigquery",
+    "tests/ops/test_deployments.py": "prefect-cluster",
+    "tests/ops/test_ui.py": "prefect-cluster",
+    "tests/ops/test_terminal_run.py": "prefect-cluster",
+    "tests/ops/test_readme_ops.py": "readme-ops",
+    "tests/ops/test_alerts.py": "alerts",
+    "tests/emulators/test_bigquery_emulator.py": "bigquery",
     # one copy of the checkout and its environment for both demo runs, one after the other
-    "tests/test_demo.py": "demo",
+    "tests/ops/test_demo.py": "demo",
     # one copy of the checkout, its PostgreSQL and its environment for both tests that use it
-    "tests/test_production.py": "production",
+    "tests/ops/test_production.py": "production",
 }
 GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 
@@ -59,7 +60,7 @@ GROUPED_FIXTURES = {"cluster": "prefect-cluster", "stack": "readme-ops"}
 def xdist_group(nodeid: str) -> str | None:
     """The group a test runs in (None: any worker)."""
     module = nodeid.split("::", 1)[0]
-    if module == "tests/test_warehouses.py" and "[bigquery" in nodeid:
+    if "[bigquery" in nodeid:  # a destination case of the emulator (tests/kit/destinations.py)
         return "bigquery"
     return XDIST_GROUPS.get(module)
 
@@ -74,7 +75,7 @@ def _calendar_helpers() -> frozenset[str]:
     """Names of the functions in tests/ (not tests themselves) that read the calendar."""
     functions = (
         node
-        for path in Path(__file__).parent.glob("*.py")
+        for path in Path(__file__).parent.rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_")
     )
@@ -165,7 +166,7 @@ def prefect_server() -> Iterator[None]:
     and every installed integration's, ~9 s of CPU each time): a block saved by a test registers its
     own type, as it does on any server. It runs no automations and keeps no event history (the
     triggers and the event persister, which act on every event of every run): the tests of those run
-    on the cluster's server (tests/cluster.py). Task runs are still recorded from their events."""
+    on the cluster's server (tests/kit/cluster.py). Task runs are still recorded from their events."""
     from prefect.settings import (
         PREFECT_API_BLOCKS_REGISTER_ON_START,
         PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION,

@@ -127,7 +127,7 @@ def s3_server() -> Iterator[S3Server]:
     admin, reader = moto["users"]["admin"], moto["users"]["reader"]
     proxy = FaultProxy(int(moto["moto_url"].rsplit(":", 1)[1]), s3_error).serve_in_background()
     try:
-        yield S3Server(proxy.url, moto["moto_url"], *admin, *reader, proxy)
+        yield S3Server(proxy.url, moto["moto_url"], admin[0], admin[1], reader[0], reader[1], proxy)
     finally:
         proxy.stop()
 

@@ -8,7 +8,7 @@ Both sides need ``snowflake-connector-python<5``: fakesnow 0.12.1 imports
 ``snowflake.connector.converter`` (gone in 5), and connector 5's login fails against it
 ("Missing response field: master token").
 
-What to know about the emulator (pinned down by tests/test_snowflake_emulator.py):
+What to know about the emulator (pinned down by tests/emulators/test_snowflake_emulator.py):
 
 * there is no authentication: any user and password log in;
 * connecting with a database or schema that does not exist creates it (real Snowflake leaves

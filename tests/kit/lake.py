@@ -1,0 +1,64 @@
+"""Rows staged and committed straight through the commit protocol, for one fixed day of the events
+table (no Mixpanel export): what the store contract and the writer tests build on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.files import RollingFiles
+from tasks.lake.manifest import Manifest
+from tasks.lake.tables import read_parquet
+
+TABLE = "mp_master_event"
+DAY = "2026-05-01"
+
+
+def frame(n: int, tag: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "device_id": [None] * n,
+            "distinct_id": [f"{tag}{i}" for i in range(n)],
+            "event_name": ["e"] * n,
+            "insert_id": [str(i) for i in range(n)],
+            "properties": ['{"time":1}'] * n,
+            "time": pl.Series([0] * n).cast(pl.Datetime("us", "UTC")),
+            "user_id": [None] * n,
+        }
+    )
+
+
+def stage_rows(
+    dest: ObjectStoreDestination, scratch: Path, run: str, n: int, frame_rows: int = 2
+) -> tuple[Stage, Manifest]:
+    """A stage of ``n`` rows of run ``run`` in files of at most 4 rows, and its draft manifest."""
+    stage = dest.open_stage(TABLE, run)
+    files = RollingFiles(stage.directory(DAY, scratch / run), max_file_rows=4)
+    rows = frame(n, run)
+    for start in range(0, n, frame_rows):  # frames of 2 rows: a file rolls over once it holds 4
+        files.write(rows.slice(start, frame_rows))
+    stage.add(DAY, files.close())
+    draft = Manifest(
+        table=TABLE,
+        partition=DAY,
+        files=(),
+        rows=n,
+        fingerprint="0",
+        format="parquet",
+        run_id=run,
+        exported_at="x",
+    )
+    return stage, draft
+
+
+def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
+    stage, draft = stage_rows(dest, scratch, run, n)
+    return dest.commit(stage, DAY, draft)
+
+
+def read(dest: ObjectStoreDestination) -> pl.DataFrame:
+    manifest = dest.manifest(TABLE, DAY)
+    assert manifest is not None
+    return read_parquet(dest, [f.key for f in manifest.files])
