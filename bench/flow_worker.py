@@ -118,7 +118,7 @@ def run_flow(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, Any]
 def run_pipeline(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, Any]:
     from datetime import date, timedelta
 
-    from tasks.lake.commit import ObjectStoreDestination
+    from tasks.lake.commit import Lake
     from tasks.lake.store import LocalStore
     from tasks.mixpanel.client import MixpanelClient
     from tasks.pipeline.export import ExportSettings, export_days
@@ -126,7 +126,7 @@ def run_pipeline(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, 
     marks = {"imports_rss_kib": rss_kib()}
     first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    destination = ObjectStoreDestination(LocalStore(out), 1)
+    lake = Lake(LocalStore(out), 1)
     identity = job.get("identity_mode", "simplified")
     settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
     # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
@@ -158,7 +158,7 @@ def run_pipeline(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, 
         tasks.lake.files.RollingFiles.write = write_and_close  # type: ignore[method-assign]
     started, cpu = time.perf_counter(), time.process_time()
     with MixpanelClient(credentials(job).api_settings()) as client:
-        results = export_days(client, destination, days, settings)
+        results = export_days(client, lake, days, settings)
     return marks | {
         "rows": sum(r.rows for r in results),
         "task_seconds": time.perf_counter() - started,

@@ -26,7 +26,7 @@ from pathlib import Path
 from blocks.mixpanel import MixpanelCredentials
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.people import EngageQuery, export_people
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.store import LocalStore
 
 url, out, page_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -34,7 +34,7 @@ creds = MixpanelCredentials(project_id=1, service_account_username="sandbox-user
     service_account_secret="sandbox-secret", api_base_url=url, query_requests_per_hour=1_000_000)
 start = time.perf_counter()
 with MixpanelClient(creds.api_settings()) as client:
-    result = export_people(client, ObjectStoreDestination(LocalStore(Path(out)), 1),
+    result = export_people(client, Lake(LocalStore(Path(out)), 1),
         EngageQuery(page_size=page_size), max_concurrent_pages=5)
 seconds = time.perf_counter() - start
 print(json.dumps({"rows": result.rows, "pages": result.pages, "seconds": seconds,

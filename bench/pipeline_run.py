@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.common import PROJECT_ID, SECRET, USERNAME, Job, Mismatch, Outcome, check_rows
 from blocks.mixpanel import MixpanelCredentials
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.store import LocalStore
 from tasks.mixpanel.client import MixpanelClient
 from tasks.pipeline.export import ExportSettings, export_days
@@ -20,10 +20,10 @@ def run(job: Job, out: Path) -> Outcome:
         service_account_secret=SECRET,
         api_base_url=job.url,
     )
-    destination = ObjectStoreDestination(LocalStore(out), PROJECT_ID)
+    lake = Lake(LocalStore(out), PROJECT_ID)
     settings = ExportSettings(run_id="bench", file_format="parquet")
     with MixpanelClient(credentials.api_settings()) as client:
-        (result,) = export_days(client, destination, [date.fromisoformat(job.day)], settings)
+        (result,) = export_days(client, lake, [date.fromisoformat(job.day)], settings)
     check_rows(job, result.rows)
     # The fingerprint covers every row's event name and exact properties bytes: same data, not just same count.
     if result.fingerprint != job.expected_fingerprint:

@@ -28,7 +28,7 @@ from flows.params import AtLeastOne, AtLeastZero, Day, OptionalDay, check_concur
 from flows.runtime import pipeline_flow, synchronous
 from flows.targets import connect
 from tasks.errors import PipelineError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.pipeline.plan import days_between, group_days, plan_backfill
 from tasks.pipeline.resume import is_complete
 from tasks.schema import EVENTS_TABLE
@@ -74,9 +74,9 @@ def backfill(
     check_concurrency(max_concurrent_requests)
     logger = get_run_logger()
     start, end = resolve_range(credentials, from_date, to_date)
-    target = connect(credentials, destination)
+    lake = connect(credentials, destination)
     days = days_between(start, end)
-    todo = days if force else _incomplete(target, days, credentials)
+    todo = days if force else _incomplete(lake, days, credentials)
     fan_out = days_per_run > 0 and len(todo) > days_per_run and bool(deployment.id)
     plan = plan_backfill(
         start,
@@ -104,7 +104,7 @@ def backfill(
         return {"days": len(days), "exported": 0, "skipped": len(days)}
     if fan_out:
         _fan_out(
-            target,
+            lake,
             group_days(todo, days_per_run),
             force,
             days_per_request,
@@ -114,19 +114,17 @@ def backfill(
         )
     else:
         settings = settings_for(credentials, file_format, 0, None, allow_shrink=allow_shrink)
-        export_range(credentials, target, todo, settings, days_per_request, max_concurrent_requests)
+        export_range(credentials, lake, todo, settings, days_per_request, max_concurrent_requests)
     return {"days": len(days), "exported": len(todo), "skipped": len(days) - len(todo)}
 
 
-def _incomplete(
-    target: ObjectStoreDestination, days: list[date], credentials: MixpanelCredentials
-) -> list[date]:
+def _incomplete(lake: Lake, days: list[date], credentials: MixpanelCredentials) -> list[date]:
     zone = credentials.calendar().zone()
-    return [d for d in days if not is_complete(target.manifest(EVENTS_TABLE, d.isoformat()), d, zone)]
+    return [d for d in days if not is_complete(lake.manifest(EVENTS_TABLE, d.isoformat()), d, zone)]
 
 
 def _fan_out(
-    target: ObjectStoreDestination,
+    lake: Lake,
     chunks: list[list[date]],
     force: bool,
     days_per_request: int,
@@ -166,7 +164,7 @@ def _fan_out(
     OUTAGE.required(
         lambda: create_table_artifact(
             key="mixpanel-backfill-summary",
-            table=backfill_summary(target, children, states),
+            table=backfill_summary(lake, children, states),
             description=f"{sum(len(children[r]) for r, s in states.items() if s == 'Completed')} of {total} day(s) "
             "committed by the child runs",
         )
@@ -188,13 +186,13 @@ def _days_done(done: int, total: int) -> str:
 
 
 def backfill_summary(
-    target: ObjectStoreDestination, children: dict[UUID, list[date]], states: dict[UUID, str]
+    lake: Lake, children: dict[UUID, list[date]], states: dict[UUID, str]
 ) -> list[dict[str, object]]:
     """One row per day of the fan-out: what its manifest holds now and which child run it fell to."""
     rows: list[dict[str, object]] = []
     for run, chunk in children.items():
         for day in chunk:
-            manifest = target.manifest(EVENTS_TABLE, day.isoformat())
+            manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
             committed = manifest is not None and manifest.flow_run_id == str(run)
             rows.append(
                 {

@@ -27,7 +27,7 @@ from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.schema import EVENTS_TABLE
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tasks.warehouses.tableformat import TableFormatHook, format_hook
@@ -81,11 +81,11 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     events(credentials, target, from_date=first, to_date=last)
     people(credentials, target)
     identity(credentials, target)
-    destination = target.connect(cfg.project_id)
+    lake = target.connect(cfg.project_id)
     days = [first + timedelta(days=i) for i in range(DAYS)]
-    ok = report(destination, server, days)
+    ok = report(lake, server, days)
     ok &= sync_status(credentials, target)
-    hook = format_hook(destination)
+    hook = format_hook(lake)
     if hook is not None:
         format_queries(hook, fmt)
     else:
@@ -93,17 +93,17 @@ def run_demo(server: SandboxServer, fmt: str = "duckdb") -> int:
     return 0 if ok else 1
 
 
-def report(destination: ObjectStoreDestination, server: SandboxServer, days: list[date]) -> bool:
+def report(lake: Lake, server: SandboxServer, days: list[date]) -> bool:
     expected = server.expected(days[0], days[-1])
     print(f"\n{'day':<12}{'rows':>8}  {'fingerprint':<18}{'matches sandbox':<17}files")
     ok = True
     for day in days:
-        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
         assert manifest is not None
         want = expected[day.isoformat()]
         same = (manifest.rows, manifest.fingerprint) == (want["rows"], want["fingerprint"])
         ok &= same
-        where = destination.describe(destination.data_prefix(EVENTS_TABLE, day.isoformat()))
+        where = lake.describe(lake.data_prefix(EVENTS_TABLE, day.isoformat()))
         print(
             f"{day!s:<12}{manifest.rows:>8}  {manifest.fingerprint:<18}{'yes' if same else 'NO':<17}{where}"
         )

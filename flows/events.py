@@ -70,10 +70,10 @@ def events(
     """
     check_concurrency(max_concurrent_requests)
     start, end = resolve_range(credentials, from_date, to_date)
-    target = connect(credentials, destination)
+    lake = connect(credentials, destination)
     return export_range(
         credentials,
-        target,
+        lake,
         days_between(start, end),
         settings_for(
             credentials, file_format, max_rejected_lines, event_names, allow_shrink=allow_shrink, force=force
@@ -105,22 +105,22 @@ def events_hourly(
     logger = get_run_logger()
     calendar = credentials.calendar()
     days = [calendar.yesterday(), calendar.today()]
-    target = connect(credentials, destination)
+    lake = connect(credentials, destination)
     settings = without_registered_ids(
-        settings_for(credentials, file_format, 0, None), credentials.project_id, target
+        settings_for(credentials, file_format, 0, None), credentials.project_id, lake
     )
-    prepare_days(target, days, settings)  # an unfiltered run is refused no day
+    prepare_days(lake, days, settings)  # an unfiltered run is refused no day
     gate = threading.Semaphore(1)
     results: list[DayResult] = []
     with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
         for day in days:
-            base = target.manifest(EVENTS_TABLE, day.isoformat())
+            base = lake.manifest(EVENTS_TABLE, day.isoformat())
             if base is not None and (base.event_names is not None or base.where is not None):
                 # unfiltered increments on a filtered day would mix two filters: redo the day whole
                 logger.info("%s: committed with a filter, exported whole", day)
                 base = None
             mark = "none (whole day)" if base is None else base.max_processing_time_ms
             logger.info("%s: adding events processed after watermark %s", day, mark)
-            results += export_days_task(client, target, [day], settings, str(day), gate, base)
+            results += export_days_task(client, lake, [day], settings, str(day), gate, base)
     summarize(results, {}, len(days))
     return [r.as_row() for r in results]

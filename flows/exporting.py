@@ -25,7 +25,7 @@ from flows.params import check_concurrency
 from flows.runtime import Progress
 from flows.targets import run_ids
 from tasks.errors import BadRequestError, FilterMismatchError, PipelineError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.files import FileFormat
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.client import MixpanelClient
@@ -40,7 +40,7 @@ MAX_WORKERS = 16
 @task(name="export-days", cache_policy=NO_CACHE, task_run_name="export {label}")
 def export_days_task(
     client: MixpanelClient,
-    destination: ObjectStoreDestination,
+    lake: Lake,
     days: list[date],
     settings: ExportSettings,
     label: str,
@@ -51,7 +51,7 @@ def export_days_task(
     with gate:
         if client.fatal is not None:  # the run already failed and said why: skip quietly
             return []
-        results = export_days(client, destination, days, settings, base)
+        results = export_days(client, lake, days, settings, base)
     logger = get_run_logger()
     for r in results:
         logger.info("%s", r.describe())
@@ -72,7 +72,7 @@ def resolve_range(
 
 def export_range(
     credentials: MixpanelCredentials,
-    target: ObjectStoreDestination,
+    lake: Lake,
     days: list[date],
     settings: ExportSettings,
     days_per_request: int,
@@ -81,7 +81,7 @@ def export_range(
     """Export ``days`` (gaps allowed) in requests of consecutive days, as tasks of the calling flow."""
     logger = get_run_logger()
     check_concurrency(max_concurrent_requests)
-    refused = prepare_days(target, days, settings)
+    refused = prepare_days(lake, days, settings)
     for why in refused.values():
         logger.error(why)
     days = [d for d in days if d not in refused]
@@ -90,20 +90,20 @@ def export_range(
         summarize([], {str(d): error for d in refused}, len(refused))
         raise error
     groups = group_days(days, days_per_request)
-    settings = without_registered_ids(settings, credentials.project_id, target)
+    settings = without_registered_ids(settings, credentials.project_id, lake)
     logger.info(
         "exporting %d day(s) %s..%s in %d request(s) to %s",
         len(days),
         days[0],
         days[-1],
         len(groups),
-        target.describe(str(credentials.project_id)),
+        lake.describe(str(credentials.project_id)),
     )
     progress = Progress(len(days), logger)
     with MixpanelClient(
         credentials.api_settings(), notify=progress.note, export_gate=lambda: export_slot(progress.note)
     ) as client:
-        results, failures = run_groups(client, target, groups, settings, max_concurrent_requests, progress)
+        results, failures = run_groups(client, lake, groups, settings, max_concurrent_requests, progress)
     failures |= {str(d): FilterMismatchError(why + ".") for d, why in refused.items()}
     summarize(results, failures, len(days) + len(refused))
     if failures:
@@ -120,24 +120,22 @@ def export_range(
     return [r.as_row() for r in results]
 
 
-def without_registered_ids(
-    settings: ExportSettings, project_id: int, target: ObjectStoreDestination
-) -> ExportSettings:
+def without_registered_ids(settings: ExportSettings, project_id: int, lake: Lake) -> ExportSettings:
     """Exports leave out the ids of the project's GDPR registry, so deleted users never return."""
-    return dataclasses.replace(settings, excluded_ids=registered_ids(project_id, [target]))
+    return dataclasses.replace(settings, excluded_ids=registered_ids(project_id, [lake]))
 
 
-def registered_ids(project_id: int, targets: list[ObjectStoreDestination]) -> frozenset[str]:
+def registered_ids(project_id: int, lakes: list[Lake]) -> frozenset[str]:
     """Every id deleted under GDPR in the project (with their clusters): the project's registry
     united with each destination's own. A destination's registry receives the project's ids it
     lacks (its first export copies them all), and the project's receives the destinations' (ids a
     user dropped in an inbox), so both only grow. Ids are never logged, only counted."""
     # the ids to leave out cannot wait for later: an unreachable server is waited for, never skipped
     project = OUTAGE.required(lambda: load_project_registry(project_id))
-    registries = [load_registry(t) for t in targets]
-    for target, registry in zip(targets, registries, strict=True):
+    registries = [load_registry(lake) for lake in lakes]
+    for lake, registry in zip(lakes, registries, strict=True):
         if adopt(registry, project):
-            save_registry(target, registry)
+            save_registry(lake, registry)
     union = shared(registries, project)
     OUTAGE.required(lambda: save_project_registry(project_id, union))
     excluded = excluded_of(union)
@@ -172,7 +170,7 @@ def settings_for(
 
 def run_groups(
     client: MixpanelClient,
-    target: ObjectStoreDestination,
+    lake: Lake,
     groups: list[list[date]],
     settings: ExportSettings,
     max_concurrent: int,
@@ -182,7 +180,7 @@ def run_groups(
 
     def submit(group: list[date]) -> PrefectFuture[list[DayResult]]:
         label = f"{group[0]}..{group[-1]}" if len(group) > 1 else str(group[0])
-        return export_days_task.submit(client, target, group, settings, label, gate)
+        return export_days_task.submit(client, lake, group, settings, label, gate)
 
     first = submit(groups[0])
     client.wait_for_first_answer(lambda: first.state.is_final())

@@ -60,9 +60,9 @@ def gdpr(
             "distinct_ids are to be submitted to Mixpanel but no gdpr_credentials block was given: pass one, "
             "or set submit_to_mixpanel to false to purge them from the destinations only."
         )
-    targets = connect_all(credentials, destinations)
-    registered_ids(credentials.project_id, targets)  # the project's ids reach every destination listed
-    registries = register(targets, ids, "mixpanel" if submit_to_mixpanel else "user", compliance_type)
+    lakes = connect_all(credentials, destinations)
+    registered_ids(credentials.project_id, lakes)  # the project's ids reach every destination listed
+    registries = register(lakes, ids, "mixpanel" if submit_to_mixpanel else "user", compliance_type)
     save_project_registry(credentials.project_id, shared(registries, {}))
     mixpanel_error: PipelineError | None = None
     if gdpr_credentials is not None:
@@ -70,14 +70,14 @@ def gdpr(
             with GdprClient(
                 credentials.api_settings(), gdpr_credentials.settings(), notify=logger.warning
             ) as client:
-                submit(client, targets, registries, logger.info)
-                poll(client, targets, registries)
+                submit(client, lakes, registries, logger.info)
+                poll(client, lakes, registries)
         except PipelineError as exc:  # the purge here does not wait for Mixpanel
             mixpanel_error = exc
     run = run_ids()
     rows = [
-        purge(target, registry, credentials.identity_mode, run, logger.info)
-        for target, registry in zip(targets, registries, strict=True)
+        purge(lake, registry, credentials.identity_mode, run, logger.info)
+        for lake, registry in zip(lakes, registries, strict=True)
     ]
     save_project_registry(credentials.project_id, shared(registries, {}))  # the clusters found
     create_table_artifact(key="mixpanel-gdpr-summary", table=rows, description="GDPR deletions")

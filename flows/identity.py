@@ -34,15 +34,15 @@ def identity(
             `local`, on ./data).
     """
     logger = get_run_logger()
-    target = connect(credentials, destination)
-    edges, days = committed_edges(target)
+    lake = connect(credentials, destination)
+    edges, days = committed_edges(lake)
     mappings = resolve(edges, credentials.identity_mode) if edges.height else _empty()
     # edges a purge has not reached yet (or a destination added since) still name deleted users
-    excluded = registered_ids(credentials.project_id, [target])
+    excluded = registered_ids(credentials.project_id, [lake])
     mappings = mappings.filter(~id_rows_of(excluded, ("distinct_id", "resolved_distinct_id")))
     run = run_ids()
     manifest = replace_table(
-        target,
+        lake,
         MAPPINGS_TABLE,
         MAPPINGS_SCHEMA,
         [mappings],

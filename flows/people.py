@@ -36,8 +36,8 @@ def people(
         max_concurrent_pages: Pages fetched at once after the first (the query API allows 5).
     """
     logger = get_run_logger()
-    target = connect(credentials, destination)
-    excluded = registered_ids(credentials.project_id, [target])
+    lake = connect(credentials, destination)
+    excluded = registered_ids(credentials.project_id, [lake])
     query = EngageQuery(page_size=page_size, where=where, output_properties=tuple(output_properties or ()))
     progress = synchronous(create_progress_artifact(0.0, description="Engage pages fetched"))
 
@@ -48,7 +48,7 @@ def people(
     with MixpanelClient(credentials.api_settings(), notify=logger.warning) as client:
         result = export_people(
             client,
-            target,
+            lake,
             query,
             max_concurrent_pages=max_concurrent_pages,
             run=run_ids(),

@@ -29,7 +29,7 @@ from flows.runtime import pipeline_flow
 from flows.status import status
 from flows.targets import blocks_of, connect_all
 from tasks.errors import BadRequestError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.manifest import Manifest
 from tasks.mixpanel.calendar import ProjectCalendar
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
@@ -75,29 +75,29 @@ def reconcile(
         raise BadRequestError(
             f"lookback_days must be at least 1 and settle_hours at least 0 (got {lookback_days}, {settle_hours})."
         )
-    targets = connect_all(credentials, destinations)
+    lakes = connect_all(credentials, destinations)
     calendar = credentials.calendar()
     yesterday = calendar.yesterday()
     window = days_between(yesterday - timedelta(days=lookback_days - 1), yesterday)
-    checked = [_settled_days(t, window, settle_hours) for t in targets]
+    checked = [_settled_days(lake, window, settle_hours) for lake in lakes]
     days = sorted({day for one in checked for day in one})
     logger.info(
         "checking %d settled day(s) of %s..%s in %d destination(s)",
         len(days),
         window[0],
         window[-1],
-        len(targets),
+        len(lakes),
     )
     if not days:
         _report([], f"no settled committed day in {window[0]}..{window[-1]}")
         _status_of(credentials, destinations)
         return []
     changes, theirs = _find_changes(
-        credentials, targets, checked, check_counts and _counts_compare(calendar, logger.warning)
+        credentials, lakes, checked, check_counts and _counts_compare(calendar, logger.warning)
     )
-    rows = _replace(credentials, targets, checked, changes, days_per_request, max_concurrent_requests)
+    rows = _replace(credentials, lakes, checked, changes, days_per_request, max_concurrent_requests)
     _report(rows, f"{len({r['day'] for r in rows})} of {len(days)} checked day(s) changed")
-    _tell_unsynced(str(credentials.project_id), targets, changes, theirs)
+    _tell_unsynced(str(credentials.project_id), lakes, changes, theirs)
     _status_of(credentials, destinations)
     return rows
 
@@ -111,14 +111,12 @@ def _status_of(credentials: MixpanelCredentials, destinations: list[AnyDestinati
             get_run_logger().warning("no sync status: %s", state.message)
 
 
-def _settled_days(
-    target: ObjectStoreDestination, window: list[date], settle_hours: float
-) -> dict[date, Manifest]:
+def _settled_days(lake: Lake, window: list[date], settle_hours: float) -> dict[date, Manifest]:
     now = now_utc()
     wanted = {day.isoformat(): day for day in window}
     out = {}
-    for name in target.partitions(EVENTS_TABLE):
-        manifest = target.manifest(EVENTS_TABLE, name) if name in wanted else None
+    for name in lake.partitions(EVENTS_TABLE):
+        manifest = lake.manifest(EVENTS_TABLE, name) if name in wanted else None
         if manifest is not None and settled(manifest, now, settle_hours):
             out[wanted[name]] = manifest
     return out
@@ -133,16 +131,16 @@ def _counts_compare(calendar: ProjectCalendar, warn: Callable[..., None]) -> boo
 
 def _find_changes(
     credentials: MixpanelCredentials,
-    targets: list[ObjectStoreDestination],
+    lakes: list[Lake],
     checked: list[dict[date, Manifest]],
     check_counts: bool,
 ) -> tuple[list[dict[date, str]], dict[date, Counter[str]]]:
     logger = get_run_logger()
-    excluded = registered_ids(credentials.project_id, targets)
+    excluded = registered_ids(credentials.project_id, lakes)
     marks = [{day: m.max_processing_time_ms or 0 for day, m in one.items()} for one in checked]
     ours = [
-        {day: recorded_counts(t, m) for day, m in one.items()}
-        for t, one in zip(targets, checked, strict=True)
+        {day: recorded_counts(lake, m) for day, m in one.items()}
+        for lake, one in zip(lakes, checked, strict=True)
     ]
     filters = [{day: m.event_names for day, m in one.items()} for one in checked]
     with MixpanelClient(credentials.api_settings(), notify=logger.warning, export_gate=export_slot) as client:
@@ -169,27 +167,25 @@ def _find_changes(
 
 def _replace(
     credentials: MixpanelCredentials,
-    targets: list[ObjectStoreDestination],
+    lakes: list[Lake],
     checked: list[dict[date, Manifest]],
     changes: list[dict[date, str]],
     days_per_request: int,
     max_concurrent_requests: int,
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
-    for target, one, found in zip(targets, checked, changes, strict=True):
+    for lake, one, found in zip(lakes, checked, changes, strict=True):
         # each day is exported again as it was committed: same format, same event filter
         for file_format, names in sorted({(one[d].format, one[d].event_names or ()) for d in found}):
             days = sorted(
                 d for d in found if (one[d].format, one[d].event_names or ()) == (file_format, names)
             )
             settings = settings_for(credentials, _format(file_format), 0, list(names) or None)
-            after = export_range(
-                credentials, target, days, settings, days_per_request, max_concurrent_requests
-            )
+            after = export_range(credentials, lake, days, settings, days_per_request, max_concurrent_requests)
             rows_after = {str(r["day"]): r["rows"] for r in after}
             rows += [
                 {
-                    "destination": target.describe(str(credentials.project_id)),
+                    "destination": lake.describe(str(credentials.project_id)),
                     "day": day.isoformat(),
                     "reason": found[day],
                     "rows before": one[day].rows,
@@ -202,23 +198,23 @@ def _replace(
 
 def _tell_unsynced(
     project: str,
-    targets: list[ObjectStoreDestination],
+    lakes: list[Lake],
     changes: list[dict[date, str]],
     theirs: dict[date, Counter[str]],
 ) -> None:
     """Days exported again whose counts still differ from Mixpanel's: a warning and one event for all."""
     days: set[str] = set()
     sentences = []
-    for target, found in zip(targets, changes, strict=True):
+    for lake, found in zip(lakes, changes, strict=True):
         after = {}
         for day in found:
-            manifest = target.manifest(EVENTS_TABLE, day.isoformat())
+            manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
             if manifest is not None:
-                after[day] = recorded_counts(target, manifest)
+                after[day] = recorded_counts(lake, manifest)
         differing = still_differing(after, theirs)
         if differing:
             days |= {day.isoformat() for day in differing}
-            sentences.append(unsynced_sentence(differing, target.describe(project)))
+            sentences.append(unsynced_sentence(differing, lake.describe(project)))
     if sentences:
         reason = " ".join(sentences)
         get_run_logger().warning("reconciliation: %s", reason)

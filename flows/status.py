@@ -20,7 +20,7 @@ from blocks.mixpanel import MixpanelCredentials
 from flows.params import AtLeastOne
 from flows.runtime import pipeline_flow
 from flows.targets import connect
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.mixpanel.client import MixpanelClient, mixpanel_counts
 from tasks.sync.chart import status_markdown
 from tasks.sync.status import DEFAULT_DAYS, HEALTHY, Status, build_status
@@ -31,7 +31,7 @@ STATUS_ATTEMPTS = 3
 
 def sync_status(
     credentials: MixpanelCredentials,
-    target: ObjectStoreDestination,
+    lake: Lake,
     days: int = DEFAULT_DAYS,
     verify: bool = False,
     online: bool = True,
@@ -41,7 +41,7 @@ def sync_status(
     calendar = credentials.calendar()
     uncomparable = calendar.uncomparable()
     if not online or uncomparable is not None:
-        return build_status(target, calendar.yesterday(), days, None, verify, uncomparable=uncomparable)
+        return build_status(lake, calendar.yesterday(), days, None, verify, uncomparable=uncomparable)
     settings = credentials.api_settings()
     tuning = replace(settings.tuning, max_attempts=min(settings.tuning.max_attempts, attempts))
     settings = replace(settings, tuning=tuning)
@@ -50,13 +50,13 @@ def sync_status(
         def ask(wanted: list[date], names: set[str]) -> dict[date, dict[str, int]]:
             return {d: dict(c) for d, c in mixpanel_counts(client, wanted, names).items()}
 
-        return build_status(target, calendar.yesterday(), days, ask, verify)
+        return build_status(lake, calendar.yesterday(), days, ask, verify)
 
 
-def artifact_key(target: ObjectStoreDestination) -> str:
+def artifact_key(lake: Lake) -> str:
     """One key per destination and project (the UI keeps each key's history): lowercase, digits, dashes."""
-    where = target.describe(target.project_prefix)
-    return f"mixpanel-status-{target.project_prefix}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+    where = lake.describe(lake.project_prefix)
+    return f"mixpanel-status-{lake.project_prefix}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
 @pipeline_flow(name="mixpanel-status", log_prints=True)
@@ -76,19 +76,19 @@ def status(
             the manifest (reads every file: slower).
     """
     logger = get_run_logger()
-    target = connect(credentials, destination)
-    where = target.describe(target.project_prefix)
-    result = sync_status(credentials, target, days, verify)
+    lake = connect(credentials, destination)
+    where = lake.describe(lake.project_prefix)
+    result = sync_status(credentials, lake, days, verify)
     for note in result.notes:
         logger.warning(note)
-    key = artifact_key(target)
+    key = artifact_key(lake)
     healthy = sum(r["state"] in HEALTHY for r in result.rows)
     summary = (
         f"{where}: {healthy} of {len(result.rows)} day(s) in sync; {result.freshness(datetime.now(tz=UTC))}"
     )
     create_table_artifact(key=key, table=[_cells(r) for r in result.rows], description=summary)
     create_markdown_artifact(key=f"{key}-chart", markdown=status_markdown(result, where), description=summary)
-    published = target.publish_status(result.table())
+    published = lake.publish_status(result.table())
     logger.info("%s%s", summary, " (published to the warehouse's mp_sync_status)" if published else "")
     for row in result.rows:
         if row["state"] not in HEALTHY:

@@ -170,17 +170,17 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             project = project_of(args.data, None) if not args.block else None
         if project is None:
             raise Refused("name the project with PROJECT=<id>: no MixpanelCredentials block could be loaded.")
-        target = block.connect(project)
+        lake = block.connect(project)
         if credentials is not None:
-            status = sync_status(credentials, target, args.days, args.verify)
+            status = sync_status(credentials, lake, args.days, args.verify)
         else:
             yesterday = datetime.now(tz=UTC).date() - timedelta(days=1)
-            status = build_status(target, yesterday, args.days, None, args.verify)
+            status = build_status(lake, yesterday, args.days, None, args.verify)
     except (Refused, PipelineError) as exc:
         print(exc, file=sys.stderr)
         return 2
     status.notes[:0] = notes
-    draw(status, target.describe(target.project_prefix), out)
+    draw(status, lake.describe(lake.project_prefix), out)
     return 0 if status.healthy else 1
 
 

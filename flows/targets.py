@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.runs import RunIds
 
 
@@ -21,14 +21,12 @@ def blocks_of(destinations: list[AnyDestination] | None) -> list[AnyDestination]
     return destinations or [LocalDestination()]
 
 
-def connect(credentials: MixpanelCredentials, destination: AnyDestination | None) -> ObjectStoreDestination:
+def connect(credentials: MixpanelCredentials, destination: AnyDestination | None) -> Lake:
     """The project's tables in ``destination`` (default: the local folder)."""
     return (destination or LocalDestination()).connect(credentials.project_id)
 
 
-def connect_all(
-    credentials: MixpanelCredentials, destinations: list[AnyDestination] | None
-) -> list[ObjectStoreDestination]:
+def connect_all(credentials: MixpanelCredentials, destinations: list[AnyDestination] | None) -> list[Lake]:
     return [connect(credentials, block) for block in blocks_of(destinations)]
 
 

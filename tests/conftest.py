@@ -16,7 +16,7 @@ import xxhash
 
 from blocks.mixpanel import MixpanelCredentials
 from sandbox import ProjectConfig, SandboxServer
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.manifest import fingerprint_hex
 from tasks.lake.store import LocalStore
 from tests.stores import shared
@@ -251,8 +251,8 @@ def recent_days(count: int, server: SandboxServer, back: int = 1) -> list[date]:
     return [last - timedelta(days=i) for i in reversed(range(count))]
 
 
-def local_destination(root: Path, project_id: int = 1) -> ObjectStoreDestination:
-    return ObjectStoreDestination(LocalStore(root), project_id)
+def local_destination(root: Path, project_id: int = 1) -> Lake:
+    return Lake(LocalStore(root), project_id)
 
 
 def read_day(root: Path, day: date, project_id: int = 1) -> pl.DataFrame:

@@ -10,7 +10,7 @@ from prefect.blocks.core import Block, schema_extra
 from pydantic import AfterValidator, ConfigDict
 
 from tasks.errors import FatalError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.store import RetryPolicy, Store
 from tasks.warehouses.tableformat import Location, Style
 from tasks.warehouses.warehouse import checked_identifier
@@ -78,7 +78,7 @@ class DestinationBlock(Block):
         return copy.deepcopy(_SCHEMAS[key])
 
     @abstractmethod
-    def connect(self, project_id: int) -> ObjectStoreDestination:
+    def connect(self, project_id: int) -> Lake:
         """The destination for one Mixpanel project, checked to be writable."""
 
 
@@ -110,7 +110,7 @@ class BucketDestination(DestinationBlock):
         object_store keys or pyiceberg's FileIO properties), with this block's own credentials.
         A destination a table format cannot be written on says why, in one sentence."""
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
+    def connect(self, project_id: int) -> Lake:
         store = self.store()
         store.probe()  # one sentence naming the block, the right and the fix if anything is missing
-        return ObjectStoreDestination(store, project_id)
+        return Lake(store, project_id)

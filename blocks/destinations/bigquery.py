@@ -10,7 +10,7 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination, files_field
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.bigquery_loader import BigQueryLoader
 from tasks.warehouses.warehouse import WarehouseHook
 
@@ -37,11 +37,11 @@ class BigQueryWarehouse(DestinationBlock):
         description="Another BigQuery API endpoint (a private endpoint or an emulator); empty for Google's.",
     )
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.files.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.files.connect(project_id)
         loader = BigQueryLoader(self._client(), self.dataset)
         loader.check()
-        return files.with_hooks(WarehouseHook(loader))
+        return lake.with_hooks(WarehouseHook(loader))
 
     def _client(self) -> bigquery.Client:
         if self.api_endpoint is None:

@@ -8,7 +8,7 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.delta_format import DeltaFormat
 from tasks.warehouses.tableformat import TableFormatHook
 
@@ -39,10 +39,10 @@ class DeltaLakeDestination(DestinationBlock):
         default=128, gt=0, description="Size of the files written and compacted by the upkeep flow."
     )
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.files.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.files.connect(project_id)
         table_format = DeltaFormat(
             self.files.table_location(project_id, "delta", "delta"), self.retention_hours, self.target_file_mb
         )
         table_format.check()
-        return files.with_hooks(TableFormatHook(table_format))
+        return lake.with_hooks(TableFormatHook(table_format))

@@ -10,7 +10,7 @@ from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination, files_field
 from blocks.destinations.local import ensure_folder
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.duckdb_loader import DuckDBLoader
 from tasks.warehouses.warehouse import WarehouseHook
 
@@ -52,12 +52,12 @@ class DuckDBWarehouse(DestinationBlock):
         "own disk. The files' folder has its own setting.",
     )
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.files.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.files.connect(project_id)
         database = Path(self.database).expanduser()
         ensure_folder(
             database.parent, self.create_missing, "DuckDBWarehouse", "folder of the DuckDB database"
         )
         loader = DuckDBLoader(database, self.lock_wait_seconds, self.memory_limit_mb)
         loader.check()
-        return files.with_hooks(WarehouseHook(loader))
+        return lake.with_hooks(WarehouseHook(loader))

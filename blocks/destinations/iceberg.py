@@ -12,7 +12,7 @@ from blocks.destinations.base import DestinationBlock, plain_name
 from blocks.destinations.files import FileDestination
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.iceberg_format import (
     IcebergFormat,
     catalog_properties,
@@ -85,8 +85,8 @@ class IcebergDestination(DestinationBlock):
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.files.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.files.connect(project_id)
         location = self.files.table_location(project_id, "iceberg", "iceberg")
         options = dict(location.options)
         if self.catalog == "glue":
@@ -101,12 +101,12 @@ class IcebergDestination(DestinationBlock):
             catalog,
             self.namespace,
             location,
-            files.storage,
-            files.layout.table_format_prefix("iceberg"),
+            lake.storage,
+            lake.layout.table_format_prefix("iceberg"),
             self.retention_hours,
         )
         table_format.check()
-        return files.with_hooks(TableFormatHook(table_format))
+        return lake.with_hooks(TableFormatHook(table_format))
 
 
 def _glue_options(s3: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock
 from blocks.destinations.files import FileDestination, files_field
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.snowflake_loader import SnowflakeLoader
 from tasks.warehouses.warehouse import WarehouseHook
 
@@ -35,12 +35,12 @@ class SnowflakeWarehouse(DestinationBlock):
     )
     files: FileDestination = files_field("the tables are loaded from")
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.files.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.files.connect(project_id)
         where = f"{self.connector.database}.{self.connector.schema_}"
         loader = SnowflakeLoader(self._connection, where)
         loader.check()
-        return files.with_hooks(WarehouseHook(loader))
+        return lake.with_hooks(WarehouseHook(loader))
 
     def _connection(self) -> SnowflakeConnection:
         """A new DB-API connection per load (the block caches one, which threads must not share)."""

@@ -9,7 +9,7 @@ from pydantic import Field
 from blocks.destinations.base import DestinationBlock, plain_name
 from blocks.destinations.s3 import S3Destination
 from blocks.mixpanel import DOCS_URL
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.warehouses.glue import GlueCatalog
 from tasks.warehouses.warehouse import WarehouseHook
 
@@ -34,9 +34,9 @@ class RedshiftSpectrumDestination(DestinationBlock):
         "created in it on the first run).",
     )
 
-    def connect(self, project_id: int) -> ObjectStoreDestination:
-        files = self.s3.connect(project_id)
+    def connect(self, project_id: int) -> Lake:
+        lake = self.s3.connect(project_id)
         glue = self.s3.bucket.credentials.get_client("glue")
-        catalog = GlueCatalog(glue, self.glue_database, files.storage, files.layout.spectrum_prefix())
+        catalog = GlueCatalog(glue, self.glue_database, lake.storage, lake.layout.spectrum_prefix())
         catalog.check()
-        return files.with_hooks(WarehouseHook(catalog))
+        return lake.with_hooks(WarehouseHook(catalog))

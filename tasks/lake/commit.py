@@ -64,7 +64,7 @@ STALE_STAGING_SECONDS = 24 * 3600.0
 class Stage:
     """A run's uncommitted files for one table, grouped by partition, and the version each started from."""
 
-    destination: ObjectStoreDestination
+    destination: Lake
     table: str
     run_id: str
     files: dict[str, list[ManifestFile]] = field(default_factory=dict)
@@ -140,7 +140,7 @@ class Stage:
 class At:
     """One partition of one table of the lake: what a commit hook is told about."""
 
-    lake: ObjectStoreDestination
+    lake: Lake
     table: str
     partition: str
 
@@ -179,7 +179,7 @@ class PublishesStatus(Protocol):
         ...
 
 
-class ObjectStoreDestination:
+class Lake:
     """The destination interface over any ``Store``, with the hooks that follow its commits."""
 
     def __init__(self, storage: Store, project_id: int, hooks: Sequence[CommitHook] = ()) -> None:
@@ -188,9 +188,9 @@ class ObjectStoreDestination:
         self.project_prefix = self.layout.project
         self.hooks = tuple(hooks)
 
-    def with_hooks(self, *hooks: CommitHook) -> ObjectStoreDestination:
+    def with_hooks(self, *hooks: CommitHook) -> Lake:
         """The same files with ``hooks`` after every commit (a warehouse or a table format)."""
-        return ObjectStoreDestination(self.storage, int(self.project_prefix), (*self.hooks, *hooks))
+        return Lake(self.storage, int(self.project_prefix), (*self.hooks, *hooks))
 
     def data_prefix(self, table: str, partition: str) -> str:
         return self.layout.data_prefix(table, partition)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +28,31 @@ class DayNote(msgspec.Struct, kw_only=True, frozen=True):
     refused_at: str | None = None
 
 
-def note_key(destination: ObjectStoreDestination, day: str) -> str:
-    return destination.layout.note_key(day)
+def note_key(lake: Lake, day: str) -> str:
+    return lake.layout.note_key(day)
 
 
-def read_note(destination: ObjectStoreDestination, day: str) -> DayNote | None:
-    data = destination.storage.get_bytes(note_key(destination, day))
+def read_note(lake: Lake, day: str) -> DayNote | None:
+    data = lake.storage.get_bytes(note_key(lake, day))
     if data is None:
         return None
     try:
         return msgspec.json.decode(data, type=DayNote)
     except msgspec.DecodeError:
         # advisory only: an unreadable note is as good as none, and the next write replaces it
-        log.warning("ignoring %s: not a readable day note", destination.describe(note_key(destination, day)))
+        log.warning("ignoring %s: not a readable day note", lake.describe(note_key(lake, day)))
         return None
 
 
-def write_note(destination: ObjectStoreDestination, day: str, **changes: object) -> DayNote:
+def write_note(lake: Lake, day: str, **changes: object) -> DayNote:
     """The day's note with ``changes`` applied, written back; the fields not named are kept."""
-    note = msgspec.structs.replace(read_note(destination, day) or DayNote(), **changes)
-    destination.storage.put_bytes(note_key(destination, day), msgspec.json.encode(note))
+    note = msgspec.structs.replace(read_note(lake, day) or DayNote(), **changes)
+    lake.storage.put_bytes(note_key(lake, day), msgspec.json.encode(note))
     return note
 
 
-def note_refusals(
-    destination: ObjectStoreDestination, refusals: Mapping[str, str], at: str | None = None
-) -> None:
+def note_refusals(lake: Lake, refusals: Mapping[str, str], at: str | None = None) -> None:
     """Record the guard's refusal of each day (``{day: sentence}``), at ``at`` (default: now)."""
     when = at or datetime.now(tz=UTC).isoformat(timespec="seconds")
     for day, why in refusals.items():
-        write_note(destination, day, refusal=why, refused_at=when)
+        write_note(lake, day, refusal=why, refused_at=when)

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.committed import read_committed
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest, PurgeNote, fingerprint_hex
@@ -33,7 +33,7 @@ def keyed_fingerprint(keys: list[str], values: list[str]) -> int:
 
 
 def replace_table(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     table: str,
     schema: pa.Schema,
     frames: Iterable[pl.DataFrame],
@@ -43,7 +43,7 @@ def replace_table(
     purge: PurgeNote | None = None,
 ) -> Manifest:
     """Stage every frame, then swap the whole table in one commit; on any error nothing changes."""
-    stage = destination.open_stage(table, run_id)
+    stage = lake.open_stage(table, run_id)
     try:
         with tempfile.TemporaryDirectory(prefix="mp-table-") as scratch:
             files = RollingFiles(stage.directory(WHOLE, Path(scratch)), schema=schema)
@@ -65,7 +65,7 @@ def replace_table(
                 exported_at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
                 purge=purge,
             )
-            final = destination.commit(stage, WHOLE, manifest)
+            final = lake.commit(stage, WHOLE, manifest)
     except BaseException:
         stage.abort()
         raise
@@ -73,26 +73,26 @@ def replace_table(
     return final
 
 
-def read_table(destination: ObjectStoreDestination, table: str) -> pl.DataFrame | None:
-    manifest = destination.manifest(table, WHOLE)
+def read_table(lake: Lake, table: str) -> pl.DataFrame | None:
+    manifest = lake.manifest(table, WHOLE)
     if manifest is None:
         return None
-    return read_parquet(destination, [f.key for f in manifest.files])
+    return read_parquet(lake, [f.key for f in manifest.files])
 
 
-def read_parquet(destination: ObjectStoreDestination, keys: list[str]) -> pl.DataFrame:
+def read_parquet(lake: Lake, keys: list[str]) -> pl.DataFrame:
     frames = []
     for key in keys:
-        frames.append(pl.read_parquet(io.BytesIO(read_committed(destination.storage, key))))
+        frames.append(pl.read_parquet(io.BytesIO(read_committed(lake.storage, key))))
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
-def committed_edges(destination: ObjectStoreDestination) -> tuple[pl.DataFrame, int]:
+def committed_edges(lake: Lake) -> tuple[pl.DataFrame, int]:
     """All identity edges of the committed event days, and how many days they came from."""
     keys: list[str] = []
-    days = destination.partitions(EVENTS_TABLE)
+    days = lake.partitions(EVENTS_TABLE)
     for day in days:
-        manifest = destination.manifest(EVENTS_TABLE, day)
+        manifest = lake.manifest(EVENTS_TABLE, day)
         if manifest is not None:
             keys.extend(f.key for f in manifest.identity_edges)
-    return read_parquet(destination, keys), len(days)
+    return read_parquet(lake, keys), len(days)

@@ -33,7 +33,7 @@ from tasks.errors import (
     RetriableError,
     ShrinkRefusedError,
 )
-from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.commit import Lake, Stage
 from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
@@ -159,7 +159,7 @@ def processed_after(watermark: int) -> str:
 
 def export_days(
     client: MixpanelClient,
-    destination: ObjectStoreDestination,
+    lake: Lake,
     days: list[date],
     settings: ExportSettings,
     base: Manifest | None = None,
@@ -184,9 +184,7 @@ def export_days(
     with tempfile.TemporaryDirectory(prefix="mp-export-", dir=settings.scratch_dir) as scratch:
 
         def attempt() -> _Attempt:
-            stage = destination.open_stage(
-                EVENTS_TABLE, f"{settings.run_id}-{days[0]:%Y%m%d}-a{stats.attempts}"
-            )
+            stage = lake.open_stage(EVENTS_TABLE, f"{settings.run_id}-{days[0]:%Y%m%d}-a{stats.attempts}")
             try:
                 return _stream(client, request, stage, days, settings, Path(scratch))
             except BaseException:
@@ -196,18 +194,14 @@ def export_days(
         counts = _count_source(client, settings)
         if base is not None:  # an increment that lost its base is exported again by the next run
             result = client.with_retries(attempt, what, stats)
-            _keep_rejects(destination, result, days, settings)
-            return _commit(
-                destination, result, days, settings, stats, time.monotonic() - started, base, counts
-            )
+            _keep_rejects(lake, result, days, settings)
+            return _commit(lake, result, days, settings, stats, time.monotonic() - started, base, counts)
 
         def attempt_and_commit() -> list[DayResult]:
             result = attempt()
-            _keep_rejects(destination, result, days, settings)
+            _keep_rejects(lake, result, days, settings)
             try:
-                return _commit(
-                    destination, result, days, settings, stats, time.monotonic() - started, None, counts
-                )
+                return _commit(lake, result, days, settings, stats, time.monotonic() - started, None, counts)
             except RetriableError:  # e.g. another run committed a day first: retried from its version
                 result.stage.abort()
                 raise
@@ -429,19 +423,17 @@ def _where(reject: Reject) -> str:
     return f"line {reject.line}" if reject.line else "a line"
 
 
-def _keep_rejects(
-    destination: ObjectStoreDestination, state: _Attempt, days: list[date], settings: ExportSettings
-) -> None:
+def _keep_rejects(lake: Lake, state: _Attempt, days: list[date], settings: ExportSettings) -> None:
     if not state.rejects:
         return
     body = msgspec.json.Encoder().encode_lines(
         [{"line": r.line, "error": r.error, "text": r.text} for r in state.rejects]
     )
-    destination.put_rejects(EVENTS_TABLE, f"{days[0]}_{days[-1]}.{settings.run_id}", body)
+    lake.put_rejects(EVENTS_TABLE, f"{days[0]}_{days[-1]}.{settings.run_id}", body)
 
 
 def _commit(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     state: _Attempt,
     days: list[date],
     settings: ExportSettings,
@@ -455,7 +447,7 @@ def _commit(
     events, where = settings.filter
     tallies = {ordinal: day.counter.counts() for ordinal, day in state.days.items()}
     mismatched, refused, confirmed = (
-        ({}, {}, set()) if base is not None else _refusals(destination, state, settings, tallies, counts)
+        ({}, {}, set()) if base is not None else _refusals(lake, state, settings, tallies, counts)
     )
     for ordinal in sorted(state.days):
         day = state.days[ordinal]
@@ -485,11 +477,11 @@ def _commit(
             held_most=held_after(state.stage.base(partition)[0], day.rows, ordinal in confirmed),
         )
         if base is None:
-            final = destination.commit(state.stage, partition, manifest)
+            final = lake.commit(state.stage, partition, manifest)
         elif day.rows == 0:
             final = base  # nothing new since the watermark: the day stays byte-identical
         else:
-            final = destination.append(state.stage, partition, manifest, base)
+            final = lake.append(state.stage, partition, manifest, base)
         results.append(
             DayResult(
                 day=day_of(ordinal),
@@ -507,7 +499,7 @@ def _commit(
     state.stage.abort()  # drops the emptied staging folders (and the files of refused days)
     # what the sync status shows (tasks.sync.status)
     note_refusals(
-        destination, {day_of(o).isoformat(): why for o, why in (mismatched | refused).items()}, exported_at
+        lake, {day_of(o).isoformat(): why for o, why in (mismatched | refused).items()}, exported_at
     )
     if mismatched:
         raise FilterMismatchError("; ".join(mismatched.values()) + ".")
@@ -517,7 +509,7 @@ def _commit(
 
 
 def _refusals(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     state: _Attempt,
     settings: ExportSettings,
     tallies: dict[int, dict[str, int]],
@@ -531,14 +523,14 @@ def _refusals(
     shrinking: dict[int, tuple[Manifest, set[str]]] = {}
     for ordinal, day in state.days.items():
         when = day_of(ordinal).isoformat()
-        committed = destination.manifest(EVENTS_TABLE, when)
+        committed = lake.manifest(EVENTS_TABLE, when)
         if committed is None:
             continue
         why = None if settings.force else filter_refusal(when, committed, settings.filter)
         if why is not None:
             mismatched[ordinal] = why
         elif not settings.allow_shrink and shrinks(committed, day.rows):
-            recorded = set(recorded_counts(destination, committed))
+            recorded = set(recorded_counts(lake, committed))
             # a filtered run answers for the events of its filter only
             required = recorded & set(settings.events) if settings.events else recorded
             shrinking[ordinal] = (committed, required)

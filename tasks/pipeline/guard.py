@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from tasks.errors import PipelineError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, held
@@ -148,14 +148,14 @@ def confirm_shrink(
     )
 
 
-def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> dict[str, int]:
+def recorded_counts(lake: Lake, manifest: Manifest) -> dict[str, int]:
     """The manifest's deduplicated counts; older manifests and hourly increments: from the files."""
     if manifest.event_counts is not None:
         return manifest.event_counts
     with tempfile.TemporaryDirectory(prefix="mp-counts-") as scratch:
         counter = DedupCounter(Path(scratch))
         for item in manifest.files:
-            data = read_committed(destination.storage, item.key)
+            data = read_committed(lake.storage, item.key)
             if manifest.format == FileFormat.PARQUET.value:
                 keys = pl.from_arrow(pq.read_table(io.BytesIO(data), columns=list(KEY_COLUMNS)))
                 assert isinstance(keys, pl.DataFrame)  # a table makes a frame (typed frame or series)
@@ -166,11 +166,11 @@ def recorded_counts(destination: ObjectStoreDestination, manifest: Manifest) -> 
         return counter.counts()
 
 
-def filter_conflicts(target: ObjectStoreDestination, days: list[date], run_filter: Filter) -> dict[date, str]:
+def filter_conflicts(lake: Lake, days: list[date], run_filter: Filter) -> dict[date, str]:
     """Days committed with a filter ``run_filter`` does not cover, each with the sentence saying so."""
     out = {}
     for day in days:
-        committed = target.manifest(EVENTS_TABLE, day.isoformat())
+        committed = lake.manifest(EVENTS_TABLE, day.isoformat())
         why = None if committed is None else filter_refusal(day.isoformat(), committed, run_filter)
         if why is not None:
             out[day] = why

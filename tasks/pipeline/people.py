@@ -22,7 +22,7 @@ import msgspec
 import polars as pl
 
 from tasks.errors import RetriableError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.runs import RunIds
 from tasks.lake.tables import replace_table
 from tasks.mixpanel.client import MixpanelClient, RetryStats
@@ -128,7 +128,7 @@ class PeopleResult:
 
 def export_people(
     client: MixpanelClient,
-    destination: ObjectStoreDestination,
+    lake: Lake,
     query: EngageQuery,
     max_concurrent_pages: int = 5,
     run: RunIds | None = None,
@@ -173,7 +173,7 @@ def export_people(
             number += 1
 
     manifest = replace_table(
-        destination,
+        lake,
         PEOPLE_TABLE,
         PEOPLE_SCHEMA,
         _without(frames(), excluded_ids),

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 from datetime import date
 
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.daynotes import note_refusals
 from tasks.pipeline.export import ExportSettings
 from tasks.pipeline.guard import filter_conflicts
 from tasks.schema import EVENTS_TABLE
 
 
-def prepare_days(
-    destination: ObjectStoreDestination, days: list[date], settings: ExportSettings
-) -> dict[date, str]:
+def prepare_days(lake: Lake, days: list[date], settings: ExportSettings) -> dict[date, str]:
     """Repair ``days``; returns those refused, each with the sentence saying why (the others are ready)."""
-    destination.remove_stale_staging()
+    lake.remove_stale_staging()
     for day in days:
-        destination.repair(EVENTS_TABLE, day.isoformat())
-    refused = {} if settings.force else filter_conflicts(destination, days, settings.filter)
-    note_refusals(destination, {day.isoformat(): why for day, why in refused.items()})
+        lake.repair(EVENTS_TABLE, day.isoformat())
+    refused = {} if settings.force else filter_conflicts(lake, days, settings.filter)
+    note_refusals(lake, {day.isoformat(): why for day, why in refused.items()})
     return refused

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
-from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.commit import Lake, Stage
 from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, RollingFiles, WrittenFile, event_batches
 from tasks.lake.layout import tagged
@@ -75,7 +75,7 @@ class PurgeScope:
 
 
 def purge_destination(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     scope: PurgeScope,
     run_id: str,
     flow_run_id: str | None = None,
@@ -90,33 +90,33 @@ def purge_destination(
         return report
     # leftovers of crashed runs may hold the ids too: orphan files, stale staging, a warehouse load
     # that did not happen (``repair`` reloads it, so the warehouse holds what the manifest names)
-    destination.remove_stale_staging()
-    for day in destination.partitions(EVENTS_TABLE):
-        destination.repair(EVENTS_TABLE, day)
+    lake.remove_stale_staging()
+    for day in lake.partitions(EVENTS_TABLE):
+        lake.repair(EVENTS_TABLE, day)
 
         def purge_events(ids: frozenset[str], d: str = day) -> tuple[int, int]:
-            return purge_day(destination, d, ids, run_id, flow_run_id, purge_id)
+            return purge_day(lake, d, ids, run_id, flow_run_id, purge_id)
 
-        report.events[day], report.edges[day] = _checked(destination, EVENTS_TABLE, day, scope, purge_events)
+        report.events[day], report.edges[day] = _checked(lake, EVENTS_TABLE, day, scope, purge_events)
     for table, columns in (
         (PEOPLE_TABLE, ("distinct_id",)),
         (MAPPINGS_TABLE, ("distinct_id", "resolved_distinct_id")),
     ):
-        destination.repair(table, WHOLE)
+        lake.repair(table, WHOLE)
 
         def purge_rows(ids: frozenset[str], t: str = table, c: tuple[str, ...] = columns) -> tuple[int, int]:
-            return _purge_table(destination, t, ids, c, run_id, flow_run_id, purge_id), 0
+            return _purge_table(lake, t, ids, c, run_id, flow_run_id, purge_id), 0
 
-        report.tables[table], _ = _checked(destination, table, WHOLE, scope, purge_rows)
-    report.rejects = _purge_rejects(destination, scope)
+        report.tables[table], _ = _checked(lake, table, WHOLE, scope, purge_rows)
+    report.rejects = _purge_rejects(lake, scope)
     # table formats keep replaced versions for time travel: a deleted user must not survive there
     # (run on every purge, so a purge that crashed after its commits is completed by the next one)
-    destination.forget_history()
+    lake.forget_history()
     return report
 
 
 def _checked(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     table: str,
     partition: str,
     scope: PurgeScope,
@@ -124,19 +124,19 @@ def _checked(
 ) -> tuple[int, int]:
     """Purge one partition of the ids it must be checked for, then record the version checked."""
     key = f"{table}/{partition}"
-    manifest = destination.manifest(table, partition)
+    manifest = lake.manifest(table, partition)
     if manifest is None:
         return 0, 0
     ids = scope.ids_for(key, manifest.run_id)
     removed = purge(ids) if ids else (0, 0)
-    after = destination.manifest(table, partition)
+    after = lake.manifest(table, partition)
     if after is not None:
         scope.checked[key] = after.run_id
     return removed
 
 
 def purge_day(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     day: str,
     ids: Collection[str],
     run_id: str,
@@ -144,15 +144,15 @@ def purge_day(
     purge_id: str | None = None,
 ) -> tuple[int, int]:
     """(event rows, edge rows) removed from ``day``; (0, 0) leaves the day untouched."""
-    base = destination.manifest(EVENTS_TABLE, day)
+    base = lake.manifest(EVENTS_TABLE, day)
     if base is None:
         return 0, 0
-    stage = destination.open_stage(EVENTS_TABLE, f"{run_id}-purge-{day.replace('-', '')}")
+    stage = lake.open_stage(EVENTS_TABLE, f"{run_id}-purge-{day.replace('-', '')}")
     try:
         with tempfile.TemporaryDirectory(prefix="mp-purge-") as scratch:
             folder = stage.directory(day, Path(scratch))
-            kept, removed, removed_hash = _rewrite_events(destination, stage, day, base, ids, folder)
-            kept_edges, removed_edges = _rewrite_edges(destination, stage, day, base, ids, folder / "edges")
+            kept, removed, removed_hash = _rewrite_events(lake, stage, day, base, ids, folder)
+            kept_edges, removed_edges = _rewrite_edges(lake, stage, day, base, ids, folder / "edges")
             if removed == 0 and removed_edges == 0:
                 return 0, 0
             manifest = msgspec.structs.replace(
@@ -168,14 +168,14 @@ def purge_day(
                 held_most=held(base) - removed,
                 purge=PurgeNote(purge_id or run_id, removed, removed_edges),
             )
-            destination.commit(stage, day, manifest, expected=base)
+            lake.commit(stage, day, manifest, expected=base)
     finally:
         stage.abort()  # drops what is left in staging (all of it, if the commit did not happen)
     return removed, removed_edges
 
 
 def _rewrite_events(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     stage: Stage,
     day: str,
     base: Manifest,
@@ -187,7 +187,7 @@ def _rewrite_events(
     removed = removed_hash = 0
     fmt = FileFormat(base.format)
     for index, item in enumerate(base.files):
-        data = read_committed(destination.storage, item.key)
+        data = read_committed(lake.storage, item.key)
         if not any(batch.filter(event_rows_of(ids)).height for batch in event_batches(data, fmt)):
             kept.append(item)
             continue
@@ -204,7 +204,7 @@ def _rewrite_events(
 
 
 def _rewrite_edges(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     stage: Stage,
     day: str,
     base: Manifest,
@@ -214,7 +214,7 @@ def _rewrite_edges(
     kept: list[ManifestFile] = []
     removed = 0
     for index, item in enumerate(base.identity_edges):
-        edges = pl.read_parquet(io.BytesIO(read_committed(destination.storage, item.key)))
+        edges = pl.read_parquet(io.BytesIO(read_committed(lake.storage, item.key)))
         gone = edges.filter(id_rows_of(ids, EDGE_IDS)).height
         if gone == 0:
             kept.append(item)
@@ -237,7 +237,7 @@ def _renamed(written: list[WrittenFile], index: int) -> list[WrittenFile]:
 
 
 def _purge_table(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     table: str,
     ids: Collection[str],
     columns: tuple[str, ...],
@@ -245,7 +245,7 @@ def _purge_table(
     flow_run_id: str | None,
     purge_id: str,
 ) -> int:
-    rows = read_table(destination, table)
+    rows = read_table(lake, table)
     if rows is None or rows.height == 0:
         return 0
     gone = rows.filter(id_rows_of(ids, columns)).height
@@ -254,42 +254,42 @@ def _purge_table(
             (PEOPLE_SCHEMA, "properties") if table == PEOPLE_TABLE else (MAPPINGS_SCHEMA, columns[1])
         )
         kept = [rows.filter(~id_rows_of(ids, columns))]
-        replace_table(destination, table, schema, kept, run_id, value, flow_run_id, PurgeNote(purge_id, gone))
+        replace_table(lake, table, schema, kept, run_id, value, flow_run_id, PurgeNote(purge_id, gone))
     return gone
 
 
-def committed_by(destination: ObjectStoreDestination, purge_id: str, rejects: int = 0) -> PurgeReport:
+def committed_by(lake: Lake, purge_id: str, rejects: int = 0) -> PurgeReport:
     """What the commits of ``purge_id`` removed, read from the manifests they wrote: rows a crashed
     run of the same purge removed are counted too (``rejects``: lines scrubbed, not in manifests)."""
     report = PurgeReport(rejects=rejects)
-    for day in destination.partitions(EVENTS_TABLE):
-        note = _note(destination, EVENTS_TABLE, day, purge_id)
+    for day in lake.partitions(EVENTS_TABLE):
+        note = _note(lake, EVENTS_TABLE, day, purge_id)
         report.events[day], report.edges[day] = (note.rows, note.edges) if note else (0, 0)
     for table in (PEOPLE_TABLE, MAPPINGS_TABLE):
-        note = _note(destination, table, WHOLE, purge_id)
+        note = _note(lake, table, WHOLE, purge_id)
         report.tables[table] = note.rows if note else 0
     return report
 
 
-def _note(destination: ObjectStoreDestination, table: str, partition: str, purge_id: str) -> PurgeNote | None:
-    manifest = destination.manifest(table, partition)
+def _note(lake: Lake, table: str, partition: str, purge_id: str) -> PurgeNote | None:
+    manifest = lake.manifest(table, partition)
     note = manifest.purge if manifest is not None else None
     return note if note is not None and note.id == purge_id else None
 
 
-def _purge_rejects(destination: ObjectStoreDestination, scope: PurgeScope) -> int:
+def _purge_rejects(lake: Lake, scope: PurgeScope) -> int:
     """Lines set aside by exports are kept for inspection: scrub those that mention an id."""
     removed = 0
-    for info in destination.storage.list(destination.layout.rejects_prefix(EVENTS_TABLE)):
+    for info in lake.storage.list(lake.layout.rejects_prefix(EVENTS_TABLE)):
         key = f"_rejects/{info.key.rsplit('/', 1)[-1]}"
         ids = scope.ids_for(key, "scrubbed")
         scope.checked[key] = "scrubbed"
         if not ids:
             continue
         needles = [i.encode() for i in ids] + [msgspec.json.encode(i)[1:-1] for i in ids]
-        lines = (destination.storage.get_bytes(info.key) or b"").splitlines(keepends=True)
+        lines = (lake.storage.get_bytes(info.key) or b"").splitlines(keepends=True)
         kept = [line for line in lines if not any(n in line for n in needles)]
         if len(kept) != len(lines):
             removed += len(lines) - len(kept)
-            destination.storage.put_bytes(info.key, b"".join(kept))
+            lake.storage.put_bytes(info.key, b"".join(kept))
     return removed

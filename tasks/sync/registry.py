@@ -27,7 +27,7 @@ from typing import Literal
 import msgspec
 import polars as pl
 
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 
 ComplianceType = Literal["GDPR", "CCPA"]
 Source = Literal["mixpanel", "user"]
@@ -153,34 +153,34 @@ def merged(registries: list[Registry], own: Registry) -> Registry:
     return out
 
 
-def registry_key(destination: ObjectStoreDestination) -> str:
-    return destination.layout.gdpr_registry_key()
+def registry_key(lake: Lake) -> str:
+    return lake.layout.gdpr_registry_key()
 
 
-def inbox_prefix(destination: ObjectStoreDestination) -> str:
-    return destination.layout.gdpr_inbox_prefix()
+def inbox_prefix(lake: Lake) -> str:
+    return lake.layout.gdpr_inbox_prefix()
 
 
-def audit_prefix(destination: ObjectStoreDestination) -> str:
-    return destination.layout.gdpr_audit_prefix()
+def audit_prefix(lake: Lake) -> str:
+    return lake.layout.gdpr_audit_prefix()
 
 
-def load_registry(destination: ObjectStoreDestination) -> Registry:
-    data = destination.storage.get_bytes(registry_key(destination))
+def load_registry(lake: Lake) -> Registry:
+    data = lake.storage.get_bytes(registry_key(lake))
     return msgspec.json.decode(data, type=Registry) if data else Registry({})
 
 
-def save_registry(destination: ObjectStoreDestination, registry: Registry) -> None:
+def save_registry(lake: Lake, registry: Registry) -> None:
     body = msgspec.json.format(msgspec.json.encode(registry), indent=2)
-    destination.storage.put_bytes(registry_key(destination), body)
+    lake.storage.put_bytes(registry_key(lake), body)
 
 
-def read_inbox(destination: ObjectStoreDestination) -> tuple[list[str], list[str]]:
+def read_inbox(lake: Lake) -> tuple[list[str], list[str]]:
     """Ids in the inbox files (one per line; ``#`` starts a comment) and the files' keys."""
-    keys = [i.key for i in destination.storage.list(inbox_prefix(destination))]
+    keys = [i.key for i in lake.storage.list(inbox_prefix(lake))]
     ids: list[str] = []
     for key in keys:
-        text = (destination.storage.get_bytes(key) or b"").decode("utf-8-sig")
+        text = (lake.storage.get_bytes(key) or b"").decode("utf-8-sig")
         ids += [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [i for i in ids if i], keys
 

@@ -52,7 +52,7 @@ from tasks.errors import (
     NothingCommittedError,
     PipelineError,
 )
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.daynotes import DayNote, read_note, write_note
 from tasks.lake.manifest import Manifest
 from tasks.pipeline.guard import describe, manifest_filter, recorded_counts
@@ -213,8 +213,8 @@ def _state(facts: DayFacts, last_committed: date | None, now: datetime) -> tuple
 # reading the destination --------------------------------------------------------------------------------
 
 
-def committed_days(destination: ObjectStoreDestination) -> list[date]:
-    return [date.fromisoformat(p) for p in destination.partitions(EVENTS_TABLE)]
+def committed_days(lake: Lake) -> list[date]:
+    return [date.fromisoformat(p) for p in lake.partitions(EVENTS_TABLE)]
 
 
 def window(last_day: date, days: int, first_committed: date) -> list[date]:
@@ -223,15 +223,15 @@ def window(last_day: date, days: int, first_committed: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((last_day - start).days + 1)]
 
 
-def read_days(destination: ObjectStoreDestination, days: list[date], verify: bool = False) -> list[DayFacts]:
+def read_days(lake: Lake, days: list[date], verify: bool = False) -> list[DayFacts]:
     """Each day's manifest, note and recorded counts; every committed file checked to exist (``verify``:
     re-read against the manifest)."""
     out = []
     for day in days:
         name = day.isoformat()
-        note = read_note(destination, name)
+        note = read_note(lake, name)
         try:
-            manifest = destination.manifest(EVENTS_TABLE, name)
+            manifest = lake.manifest(EVENTS_TABLE, name)
         except CorruptManifestError as exc:
             out.append(DayFacts(day, note=note, damage=str(exc)))
             continue
@@ -239,17 +239,15 @@ def read_days(destination: ObjectStoreDestination, days: list[date], verify: boo
             out.append(DayFacts(day, note=note))
             continue
         found = (
-            verify_day(destination, manifest)
-            if verify
-            else damage(destination, manifest, lost_files(destination, manifest), [])
+            verify_day(lake, manifest) if verify else damage(lake, manifest, lost_files(lake, manifest), [])
         )
-        ours = None if found else recorded_counts(destination, manifest)
+        ours = None if found else recorded_counts(lake, manifest)
         out.append(DayFacts(day, manifest, ours, note, found))
     return out
 
 
 def refresh_counts(
-    destination: ObjectStoreDestination, facts: list[DayFacts], ask: AskCounts, now: datetime
+    lake: Lake, facts: list[DayFacts], ask: AskCounts, now: datetime
 ) -> tuple[list[DayFacts], str | None]:
     """Ask Mixpanel's counts of the committed days once and record them in each day's note.
 
@@ -276,7 +274,7 @@ def refresh_counts(
     stamp = now.isoformat(timespec="seconds")
     refreshed = {
         f.day: write_note(
-            destination, f.day.isoformat(), mixpanel_counts=dict(answer.get(f.day, {})), checked_at=stamp
+            lake, f.day.isoformat(), mixpanel_counts=dict(answer.get(f.day, {})), checked_at=stamp
         )
         for f in asked
     }
@@ -284,7 +282,7 @@ def refresh_counts(
 
 
 def build_status(
-    destination: ObjectStoreDestination,
+    lake: Lake,
     last_day: date,
     days: int = DEFAULT_DAYS,
     ask: AskCounts | None = None,
@@ -298,19 +296,19 @@ def build_status(
     now = now or datetime.now(tz=UTC)
     if days < 1:
         raise FatalError(f"days must be at least 1 (got {days}).")
-    committed = committed_days(destination)
+    committed = committed_days(lake)
     if not committed:
         raise NothingCommittedError(
-            f"{destination.describe(destination.project_prefix)} holds no committed day of {EVENTS_TABLE}: "
+            f"{lake.describe(lake.project_prefix)} holds no committed day of {EVENTS_TABLE}: "
             "export a day first (make run DEPLOYMENT=mixpanel-events/events-daily), then ask again."
         )
-    facts = read_days(destination, window(max(last_day, committed[-1]), days, committed[0]), verify)
+    facts = read_days(lake, window(max(last_day, committed[-1]), days, committed[0]), verify)
     notes: list[str] = []
     if uncomparable is not None:
         facts = [replace(f, count_error=uncomparable) if f.manifest else f for f in facts]
         notes.append(uncomparable)
     elif ask is not None:
-        facts, sentence = refresh_counts(destination, facts, ask, now)
+        facts, sentence = refresh_counts(lake, facts, ask, now)
         notes += [sentence] if sentence else []
     last = committed[-1]
     rows = [day_row(f, last, now) for f in facts]

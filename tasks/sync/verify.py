@@ -10,7 +10,7 @@ naming what changed and what mending it takes, or None when nothing did. Nothing
 from __future__ import annotations
 
 from tasks.errors import MissingCommittedFileError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.committed import read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, fingerprint_hex
@@ -19,15 +19,13 @@ from tasks.pipeline.parse import row_hash
 from tasks.schema import EVENTS_TABLE
 
 
-def lost_files(destination: ObjectStoreDestination, manifest: Manifest) -> list[str]:
+def lost_files(lake: Lake, manifest: Manifest) -> list[str]:
     """The keys the manifest names that the day's folder no longer holds."""
-    present = {
-        i.key for i in destination.storage.list(destination.data_prefix(EVENTS_TABLE, manifest.partition))
-    }
+    present = {i.key for i in lake.storage.list(lake.data_prefix(EVENTS_TABLE, manifest.partition))}
     return [f.key for f in manifest.files if f.key not in present]
 
 
-def verify_day(destination: ObjectStoreDestination, manifest: Manifest) -> str | None:
+def verify_day(lake: Lake, manifest: Manifest) -> str | None:
     """Re-read every file of the day: None when rows and fingerprint match the manifest."""
     lost: list[str] = []
     changed: list[str] = []
@@ -35,7 +33,7 @@ def verify_day(destination: ObjectStoreDestination, manifest: Manifest) -> str |
     fmt = FileFormat(manifest.format)
     for item in manifest.files:
         try:
-            data = read_committed(destination.storage, item.key)
+            data = read_committed(lake.storage, item.key)
         except MissingCommittedFileError:
             lost.append(item.key)
             continue
@@ -53,19 +51,17 @@ def verify_day(destination: ObjectStoreDestination, manifest: Manifest) -> str |
         changed.append(
             f"the day's rows (fingerprint {fingerprint_hex(total)}, the manifest says {manifest.fingerprint})"
         )
-    return damage(destination, manifest, lost, changed)
+    return damage(lake, manifest, lost, changed)
 
 
-def damage(
-    destination: ObjectStoreDestination, manifest: Manifest, lost: list[str], changed: list[str]
-) -> str | None:
+def damage(lake: Lake, manifest: Manifest, lost: list[str], changed: list[str]) -> str | None:
     """One sentence: what was lost or changed outside the pipeline, and what repair or a re-export does."""
     if not lost and not changed:
         return None
     found = []
     if lost:
         found.append(
-            f"{len(lost)} committed file(s) are gone ({destination.describe(lost[0])}{', …' if len(lost) > 1 else ''})"
+            f"{len(lost)} committed file(s) are gone ({lake.describe(lost[0])}{', …' if len(lost) > 1 else ''})"
         )
     if changed:
         found.append(

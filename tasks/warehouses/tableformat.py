@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.errors import ConcurrentCommitError
-from tasks.lake.commit import At, ObjectStoreDestination
+from tasks.lake.commit import At, Lake
 from tasks.lake.committed import local_committed, read_committed
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.manifest import Manifest, ManifestFile
@@ -189,7 +189,7 @@ class TableFormatHook:
     def forget(self) -> int:
         return self.table_format.forget()
 
-    def load(self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest) -> None:
+    def load(self, lake: Lake, table: str, partition: str, manifest: Manifest) -> None:
         """Write ``manifest``'s version into the table, then make sure the newest manifest is the one held."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
@@ -213,7 +213,7 @@ class TableFormatHook:
             )
         self._converge(lake, table, partition)
 
-    def _converge(self, lake: ObjectStoreDestination, table: str, partition: str) -> None:
+    def _converge(self, lake: Lake, table: str, partition: str) -> None:
         """A slower racing run may have loaded an older version last: reload the manifest's."""
         for _ in range(COMMIT_ATTEMPTS):
             manifest = lake.manifest(table, partition)
@@ -227,9 +227,7 @@ class TableFormatHook:
                 if not self._lost(exc, lake, table, partition, manifest):
                     raise
 
-    def _lost(
-        self, exc: Exception, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest
-    ) -> bool:
+    def _lost(self, exc: Exception, lake: Lake, table: str, partition: str, manifest: Manifest) -> bool:
         """Whether a failed write of ``manifest`` lost a race: the format commit was refused, or a
         newer manifest was committed meanwhile (its run removed this version's files as they were read).
         """
@@ -239,13 +237,13 @@ class TableFormatHook:
         return newest is not None and newest.sequence != manifest.sequence
 
 
-def format_hook(lake: ObjectStoreDestination) -> TableFormatHook | None:
+def format_hook(lake: Lake) -> TableFormatHook | None:
     """The table-format hook of a destination, if it has one."""
     return next((h for h in lake.hooks if isinstance(h, TableFormatHook)), None)
 
 
 def reader(
-    lake: ObjectStoreDestination,
+    lake: Lake,
     table: str,
     partition: str,
     manifest: Manifest,

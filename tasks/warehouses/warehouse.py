@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from tasks.errors import FatalError
-from tasks.lake.commit import At, ObjectStoreDestination
+from tasks.lake.commit import At, Lake
 from tasks.lake.committed import download_committed
 from tasks.lake.manifest import Manifest
 from tasks.lake.store import Store
@@ -182,7 +182,7 @@ class WarehouseHook:
                 at.lake, at.table, at.partition, manifest
             )  # the files were committed, the load was not
 
-    def _load(self, lake: ObjectStoreDestination, table: str, partition: str, manifest: Manifest) -> None:
+    def _load(self, lake: Lake, table: str, partition: str, manifest: Manifest) -> None:
         keys = [item.key for item in manifest.files]
         paths = [lake.storage.local_path(key) for key in keys]
         local = None if any(p is None for p in paths) else [p for p in paths if p is not None]

@@ -151,5 +151,5 @@ def test_table_formats_on_gcs_are_refused_with_the_reason(gcs_server: GcsServer)
         with pytest.raises(
             FatalError, match="not written on GCS: delta-rs uploads to GCS through the XML API"
         ):
-            files.table_location(1, "delta", style)  # type: ignore[arg-type]
+            files.table_location(1, "delta", style)
     assert GcsDestination not in [e.block() for e in entries(capability=Capability.CARRIES_TABLE_FORMATS)]

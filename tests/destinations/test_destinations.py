@@ -17,7 +17,7 @@ from blocks.destinations.base import DestinationBlock
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.manifest import fingerprint_hex
 from tasks.lake.tables import read_parquet
 from tasks.mixpanel.client import MixpanelClient
@@ -31,10 +31,10 @@ from tests.stores.proxy import DROP
 from tests.stores.s3 import S3Server, make_s3_destination
 
 
-def rows_and_fingerprint(dest: ObjectStoreDestination, day: date) -> tuple[int, str, str]:
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+def rows_and_fingerprint(lake: Lake, day: date) -> tuple[int, str, str]:
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None
-    frame = read_parquet(dest, [f.key for f in manifest.files])
+    frame = read_parquet(lake, [f.key for f in manifest.files])
     total = sum(
         xxhash.xxh3_64_intdigest(p.encode(), seed=xxhash.xxh3_64_intdigest(n.encode()))
         for n, p in zip(frame["event_name"].to_list(), frame["properties"].to_list(), strict=True)
@@ -42,9 +42,9 @@ def rows_and_fingerprint(dest: ObjectStoreDestination, day: date) -> tuple[int, 
     return frame.height, fingerprint_hex(total), manifest.run_id
 
 
-def day_files(dest: ObjectStoreDestination, day: date) -> set[str]:
-    prefix = dest.data_prefix(EVENTS_TABLE, day.isoformat())
-    return {i.key for i in dest.storage.list(prefix) if "/" not in i.key[len(prefix) :]}
+def day_files(lake: Lake, day: date) -> set[str]:
+    prefix = lake.data_prefix(EVENTS_TABLE, day.isoformat())
+    return {i.key for i in lake.storage.list(prefix) if "/" not in i.key[len(prefix) :]}
 
 
 RACER = """
@@ -90,14 +90,14 @@ def test_six_processes_racing_one_day_on_s3_end_with_one_complete_version(
         thread.join()
     failed = {r: d.stderr.decode()[-1500:] for r, d in done.items() if d.returncode != 0}  # type: ignore[attr-defined]
     assert len(done) == 6 and not failed, failed
-    dest = store().connect(1)
+    lake = store().connect(1)
     want = sandbox.expected(day, day)[day.isoformat()]
-    rows, fingerprint, run_id = rows_and_fingerprint(dest, day)
+    rows, fingerprint, run_id = rows_and_fingerprint(lake, day)
     assert (rows, fingerprint) == (want["rows"], want["fingerprint"]) and run_id in racers
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None
-    assert day_files(dest, day) == {f.key for f in manifest.files}, "nothing of the other versions is left"
-    assert not [i.key for i in dest.storage.list("1/_staging/") if "racer-" in i.key]
+    assert day_files(lake, day) == {f.key for f in manifest.files}, "nothing of the other versions is left"
+    assert not [i.key for i in lake.storage.list("1/_staging/") if "racer-" in i.key]
 
 
 def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
@@ -108,14 +108,14 @@ def test_a_background_upload_that_keeps_failing_retries_the_whole_unit(
     days = recent_days(1, sandbox)
     (day,) = days
     block = make_s3_destination(s3_server)
-    dest = block.connect(1)
+    lake = block.connect(1)
     inject_s3_errors(s3_server, 503, 8)  # more than botocore's 8 attempts: the first upload fails for good
     with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
-        (result,) = export_days(client, dest, days, ExportSettings(run_id="retried"))
+        (result,) = export_days(client, lake, days, ExportSettings(run_id="retried"))
     want = sandbox.expected(day, day)[day.isoformat()]
     assert (result.rows, result.fingerprint, result.retries) == (want["rows"], want["fingerprint"], 1)
-    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "retried")
-    assert not [i for i in dest.storage.list("1/_staging/")], "the failed attempt's staging was removed"
+    assert rows_and_fingerprint(lake, day) == (want["rows"], want["fingerprint"], "retried")
+    assert not [i for i in lake.storage.list("1/_staging/")], "the failed attempt's staging was removed"
 
 
 # errors of the store: clear, before any Mixpanel request, and transient ones retried -------------------
@@ -162,12 +162,12 @@ def test_transient_store_errors_are_retried_and_the_days_land(sandbox: SandboxSe
     remote.proxy.fail(DROP, 1, after=3)  # and a dropped connection in a third
     export(sandbox, block, days, "dropped")
     assert remote.proxy.failed - failed == 3
-    dest = block.connect(1)
+    lake = block.connect(1)
     for day in days:
         want = sandbox.expected(day, day)[day.isoformat()]
-        assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "dropped")
-        manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
-        assert manifest is not None and day_files(dest, day) == {f.key for f in manifest.files}
+        assert rows_and_fingerprint(lake, day) == (want["rows"], want["fingerprint"], "dropped")
+        manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
+        assert manifest is not None and day_files(lake, day) == {f.key for f in manifest.files}
 
 
 def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
@@ -176,28 +176,28 @@ def test_a_run_that_loses_the_race_for_a_day_retries_from_the_new_version(
     days = recent_days(1, sandbox)
     (day,) = days
     export(sandbox, store(), days, "before")
-    real_commit = ObjectStoreDestination.commit
+    real_commit = Lake.commit
     raced: list[str] = []
 
     def commit_after_a_rival(self, stage, partition, manifest, expected=None):  # type: ignore[no-untyped-def]
         if manifest.run_id == "loser" and not raced:
             raced.append(partition)  # another run commits the same day first, from the same base
-            monkeypatch.setattr(ObjectStoreDestination, "commit", real_commit)
+            monkeypatch.setattr(Lake, "commit", real_commit)
             export(sandbox, store(), days, "winner")
-            monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+            monkeypatch.setattr(Lake, "commit", commit_after_a_rival)
         return real_commit(self, stage, partition, manifest, expected)
 
-    monkeypatch.setattr(ObjectStoreDestination, "commit", commit_after_a_rival)
+    monkeypatch.setattr(Lake, "commit", commit_after_a_rival)
     with MixpanelClient(credentials_for(sandbox).api_settings()) as client:
         (result,) = export_days(client, store().connect(1), days, ExportSettings(run_id="loser"))
     monkeypatch.undo()
     assert raced == [day.isoformat()] and result.retries == 1
-    dest = store().connect(1)
+    lake = store().connect(1)
     want = sandbox.expected(day, day)[day.isoformat()]
-    assert rows_and_fingerprint(dest, day) == (want["rows"], want["fingerprint"], "loser")
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    assert rows_and_fingerprint(lake, day) == (want["rows"], want["fingerprint"], "loser")
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None
-    assert day_files(dest, day) == {f.key for f in manifest.files}, (
+    assert day_files(lake, day) == {f.key for f in manifest.files}, (
         "nothing of the winner's version or the lost try"
     )
-    assert dest.storage.list("1/_staging/") == []
+    assert lake.storage.list("1/_staging/") == []

@@ -58,12 +58,12 @@ def test_upkeep_compacts_a_day_of_many_files_and_expires_old_snapshots(
     warehouse.block.retention_hours = 0
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "one")
-    destination = warehouse.block.connect(1)
-    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
-    hook = format_hook(destination)
+    lake = warehouse.block.connect(1)
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
+    hook = format_hook(lake)
     assert manifest is not None and hook is not None
     for _ in range(3):  # three more files in the day, as hourly increments leave them
-        rows = reader(destination, EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
+        rows = reader(lake, EVENTS_TABLE, day.isoformat(), manifest, manifest.files)
         hook.table_format.append(EVENTS_TABLE, day.isoformat(), manifest, rows)
     before = warehouse.frame(day)
     assert len(warehouse.table().inspect.files()) == 4
@@ -98,10 +98,10 @@ def test_a_glue_catalog_on_moto_holds_the_tables(sandbox: SandboxServer, s3_serv
     reader = IcebergTarget(block, properties, polars | {"aws_endpoint_url": s3_server.moto_url})
     glue = s3_server.client("glue").get_table(DatabaseName="mixpanel", Name=EVENTS_TABLE)["Table"]
     assert glue["Parameters"]["table_type"] == "ICEBERG", "Athena and Spark find it as an Iceberg table"
-    destination = block.connect(1)
+    lake = block.connect(1)
     for day in days:
         assert_day_is_the_sandbox(reader, sandbox, day)
-        manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+        manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
         assert manifest is not None and reader.held(day) == manifest.sequence
     errors = race(sandbox, block, days[1], ["racer-a", "racer-b"])
     assert not errors, errors
@@ -234,8 +234,8 @@ def test_held_versions_are_keyed_by_the_destination_and_another_ones_is_never_re
     warehouse = local_iceberg(tmp_path)
     (day,) = recent_days(1, sandbox)
     export(sandbox, warehouse.block, [day], "one")
-    destination = warehouse.block.connect(1)
-    manifest = destination.manifest(EVENTS_TABLE, day.isoformat())
+    lake = warehouse.block.connect(1)
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None and warehouse.held(day) == manifest.sequence
     ours = f"{HELD}{owner_key(str(tmp_path / 'dest' / '1' / 'iceberg'))}.{day.isoformat()}"
     theirs = f"{HELD}{owner_key('s3://elsewhere/lake/2/iceberg')}.{day.isoformat()}"
@@ -243,15 +243,15 @@ def test_held_versions_are_keyed_by_the_destination_and_another_ones_is_never_re
         tx.remove_properties(ours)
         tx.set_properties({f"{HELD}{day.isoformat()}": str(manifest.sequence), theirs: "99"})
 
-    destination = warehouse.block.connect(1)  # the unkeyed value is moved to this destination's key
+    lake = warehouse.block.connect(1)  # the unkeyed value is moved to this destination's key
     properties = warehouse.table().properties
     assert f"{HELD}{day.isoformat()}" not in properties and properties[ours] == str(manifest.sequence)
 
     with warehouse.table().transaction() as tx:  # only another destination's value is left
         tx.remove_properties(ours)
-    hook = format_hook(destination)
+    hook = format_hook(lake)
     assert hook is not None and hook.table_format.held(EVENTS_TABLE, day.isoformat()) is None
-    destination.repair(EVENTS_TABLE, day.isoformat())  # the day is reloaded, not taken as held
+    lake.repair(EVENTS_TABLE, day.isoformat())  # the day is reloaded, not taken as held
     assert warehouse.held(day) == manifest.sequence and warehouse.table().properties[theirs] == "99"
     assert_day_is_the_sandbox(warehouse, sandbox, day)
 

@@ -15,7 +15,7 @@ import pytest
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
 from tasks.errors import FatalError, TableIdentityError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.tables import replace_table
 from tasks.schema import MAPPINGS_SCHEMA, MAPPINGS_TABLE
 from tasks.warehouses.glue import GlueCatalog
@@ -33,16 +33,16 @@ def block(s3_server: S3Server) -> RedshiftSpectrumDestination:
     )
 
 
-def catalog_of(destination: ObjectStoreDestination) -> GlueCatalog:
+def catalog_of(lake: Lake) -> GlueCatalog:
     """The Glue catalog the destination's commits keep in step."""
-    (hook,) = destination.hooks
+    (hook,) = lake.hooks
     assert isinstance(hook, WarehouseHook) and isinstance(hook.loader, GlueCatalog)
     return hook.loader
 
 
-def symlinked(destination: ObjectStoreDestination, location: str) -> list[str]:
-    prefix = destination.describe("")
-    body = destination.storage.get_bytes(location[len(prefix) :] + "symlink.txt")
+def symlinked(lake: Lake, location: str) -> list[str]:
+    prefix = lake.describe("")
+    body = lake.storage.get_bytes(location[len(prefix) :] + "symlink.txt")
     assert body is not None, f"no symlink manifest at {location}"
     return body.decode().splitlines()
 
@@ -50,8 +50,8 @@ def symlinked(destination: ObjectStoreDestination, location: str) -> list[str]:
 def test_partitions_follow_exactly_the_committed_days(
     sandbox: SandboxServer, block: RedshiftSpectrumDestination
 ) -> None:
-    destination = block.connect(1)
-    catalog = catalog_of(destination)
+    lake = block.connect(1)
+    catalog = catalog_of(lake)
     assert isinstance(catalog, GlueCatalog)
     days = recent_days(3, sandbox)
     export(sandbox, block, days, "first")
@@ -59,14 +59,12 @@ def test_partitions_follow_exactly_the_committed_days(
     locations = catalog.partitions("mp_master_event")
     assert sorted(locations) == [d.isoformat() for d in days]
     for day in days:
-        manifest = destination.manifest("mp_master_event", day.isoformat())
+        manifest = lake.manifest("mp_master_event", day.isoformat())
         assert manifest is not None
         assert locations[day.isoformat()].endswith(f"/mp_date={day.isoformat()}/{manifest.run_id}/")
-        assert symlinked(destination, locations[day.isoformat()]) == [
-            destination.describe(f.key) for f in manifest.files
-        ]
+        assert symlinked(lake, locations[day.isoformat()]) == [lake.describe(f.key) for f in manifest.files]
         assert catalog.loaded_run("mp_master_event", day.isoformat()) == manifest.run_id
-    spectrum = destination.storage.list("1/_state/spectrum/mp_master_event/")
+    spectrum = lake.storage.list("1/_state/spectrum/mp_master_event/")
     assert len({i.key.rsplit("/", 2)[0] for i in spectrum}) == 3, (
         "one symlink folder per day: old ones removed"
     )
@@ -75,15 +73,15 @@ def test_partitions_follow_exactly_the_committed_days(
 def test_the_files_a_partition_names_answer_the_spectrum_query(
     sandbox: SandboxServer, block: RedshiftSpectrumDestination
 ) -> None:
-    destination = block.connect(1)
+    lake = block.connect(1)
     days = recent_days(2, sandbox)
     export(sandbox, block, days, "sql")
-    locations = catalog_of(destination).partitions("mp_master_event")
-    prefix = destination.describe("")
+    locations = catalog_of(lake).partitions("mp_master_event")
+    prefix = lake.describe("")
     frames = []
     for day, location in locations.items():
-        for uri in symlinked(destination, location):
-            data = destination.storage.get_bytes(uri[len(prefix) :]) or b""
+        for uri in symlinked(lake, location):
+            data = lake.storage.get_bytes(uri[len(prefix) :]) or b""
             frames.append(pl.read_parquet(io.BytesIO(data)).with_columns(mp_date=pl.lit(day)))
     events = pl.concat(frames)  # what Spectrum reads: the partition column plus the files' columns
     # the README's query, in DuckDB's dialect: json_extract_path_text(properties, '$browser') ≙ ->> '$."$browser"'
@@ -98,18 +96,16 @@ def test_the_files_a_partition_names_answer_the_spectrum_query(
 
 
 def test_whole_tables_switch_their_location(block: RedshiftSpectrumDestination) -> None:
-    destination = block.connect(1)
+    lake = block.connect(1)
     frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
     for run in ("one", "two"):
-        replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], run, "resolved_distinct_id")
-    manifest = destination.manifest(MAPPINGS_TABLE, "all")
+        replace_table(lake, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], run, "resolved_distinct_id")
+    manifest = lake.manifest(MAPPINGS_TABLE, "all")
     assert manifest is not None
-    table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
-        "Table"
-    ]
+    table = catalog_of(lake).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
     location = table["StorageDescriptor"]["Location"]
     assert location.endswith("/mp_identity_mappings_data/table/two/")
-    assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]
+    assert symlinked(lake, location) == [lake.describe(f.key) for f in manifest.files]
     assert table["Parameters"]["mp_run_id"] == "two"
 
 
@@ -202,14 +198,12 @@ def test_a_day_partition_located_elsewhere_is_switched_but_never_cleaned(
 
 
 def test_the_first_whole_table_load_keeps_its_symlink_manifest(block: RedshiftSpectrumDestination) -> None:
-    destination = block.connect(1)
+    lake = block.connect(1)
     frame = pl.DataFrame({"distinct_id": ["a", "b"], "resolved_distinct_id": ["a", "a"]})
-    replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "one", "resolved_distinct_id")
-    manifest = destination.manifest(MAPPINGS_TABLE, "all")
+    replace_table(lake, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "one", "resolved_distinct_id")
+    manifest = lake.manifest(MAPPINGS_TABLE, "all")
     assert manifest is not None
-    table = catalog_of(destination).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)[
-        "Table"
-    ]
+    table = catalog_of(lake).glue.get_table(DatabaseName=block.glue_database, Name=MAPPINGS_TABLE)["Table"]
     location = table["StorageDescriptor"]["Location"]
     assert location.endswith("/mp_identity_mappings_data/table/one/")
-    assert symlinked(destination, location) == [destination.describe(f.key) for f in manifest.files]
+    assert symlinked(lake, location) == [lake.describe(f.key) for f in manifest.files]

@@ -24,7 +24,7 @@ from tasks.errors import (
     OutsideDestinationError,
     PreconditionFailedError,
 )
-from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.commit import Lake, Stage
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.lake.store import Store
 from tests.kit.lake import DAY, TABLE, read, stage_rows
@@ -129,26 +129,26 @@ def test_keys_that_leave_the_root_are_refused(block: BucketDestination, outside:
 # the commit protocol -----------------------------------------------------------------------------------
 
 
-def all_keys(dest: ObjectStoreDestination) -> list[str]:
-    return [i.key for i in dest.storage.list("7/")]
+def all_keys(lake: Lake) -> list[str]:
+    return [i.key for i in lake.storage.list("7/")]
 
 
 @pytest.mark.parametrize("first_version", [True, False])
 def test_two_runs_racing_commit_exactly_one_version_and_the_loser_retries(
     block: BucketDestination, tmp_path: Path, first_version: bool
 ) -> None:
-    dest = block.connect(7)
+    lake = block.connect(7)
     if not first_version:
-        stage, draft = stage_rows(dest, tmp_path, "before", 2)
-        dest.commit(stage, DAY, draft)
+        stage, draft = stage_rows(lake, tmp_path, "before", 2)
+        lake.commit(stage, DAY, draft)
         stage.abort()
-    a, b = stage_rows(dest, tmp_path, "runa", 5), stage_rows(dest, tmp_path, "runb", 3)
+    a, b = stage_rows(lake, tmp_path, "runa", 5), stage_rows(lake, tmp_path, "runb", 3)
     barrier, outcomes = threading.Barrier(2), {}
 
     def race(name: str, stage: Stage, draft: Manifest) -> None:
         barrier.wait()
         try:
-            outcomes[name] = dest.commit(stage, DAY, draft).run_id
+            outcomes[name] = lake.commit(stage, DAY, draft).run_id
         except ConcurrentCommitError as exc:
             outcomes[name] = exc
         stage.abort()
@@ -161,56 +161,56 @@ def test_two_runs_racing_commit_exactly_one_version_and_the_loser_retries(
     winners = [n for n, o in outcomes.items() if isinstance(o, str)]
     (loser,) = [n for n, o in outcomes.items() if isinstance(o, ConcurrentCommitError)]
     assert len(winners) == 1, outcomes
-    manifest = dest.manifest(TABLE, DAY)
+    manifest = lake.manifest(TABLE, DAY)
     assert manifest is not None and manifest.run_id == winners[0]
-    assert not [k for k in all_keys(dest) if loser in k], "nothing of the loser is left"
+    assert not [k for k in all_keys(lake) if loser in k], "nothing of the loser is left"
     # the loser's retry starts from the new version and completes the day
-    stage, draft = stage_rows(dest, tmp_path / "retry", loser, 4)
-    final = dest.commit(stage, DAY, draft)
+    stage, draft = stage_rows(lake, tmp_path / "retry", loser, 4)
+    final = lake.commit(stage, DAY, draft)
     stage.abort()
-    assert read(dest)["distinct_id"].to_list() == [f"{loser}{i}" for i in range(4)]
-    data = [k for k in all_keys(dest) if k.startswith("7/mp_master_event/")]
+    assert read(lake)["distinct_id"].to_list() == [f"{loser}{i}" for i in range(4)]
+    data = [k for k in all_keys(lake) if k.startswith("7/mp_master_event/")]
     assert sorted(data) == sorted(f.key for f in final.files), "only the committed version's files remain"
-    assert not [k for k in all_keys(dest) if "_staging" in k]
+    assert not [k for k in all_keys(lake) if "_staging" in k]
 
 
 def test_a_stage_that_started_before_another_commit_loses_even_if_it_commits_later(
     block: BucketDestination, tmp_path: Path
 ) -> None:
-    dest = block.connect(7)
-    slow = stage_rows(dest, tmp_path, "slow", 2)  # read the (absent) manifest first
-    fast = stage_rows(dest, tmp_path, "fast", 3)
-    dest.commit(*fast[:1], DAY, fast[1])
+    lake = block.connect(7)
+    slow = stage_rows(lake, tmp_path, "slow", 2)  # read the (absent) manifest first
+    fast = stage_rows(lake, tmp_path, "fast", 3)
+    lake.commit(*fast[:1], DAY, fast[1])
     with pytest.raises(ConcurrentCommitError, match="committed by run fast"):
-        dest.commit(slow[0], DAY, slow[1])
+        lake.commit(slow[0], DAY, slow[1])
     slow[0].abort()
     fast[0].abort()
-    assert read(dest).height == 3
-    assert not [k for k in all_keys(dest) if "slow" in k]
+    assert read(lake).height == 3
+    assert not [k for k in all_keys(lake) if "slow" in k]
 
 
 def test_repair_fences_a_run_still_working_and_removes_its_files(
     block: BucketDestination, tmp_path: Path
 ) -> None:
-    dest = block.connect(7)
-    stage, draft = stage_rows(dest, tmp_path, "first", 2)
-    dest.commit(stage, DAY, draft)
-    working = stage_rows(dest, tmp_path, "working", 3)
-    files = dest._publish(working[0].files[DAY], dest.data_prefix(TABLE, DAY), "working-s2")
-    assert dest.repair(TABLE, DAY) == len(files)
+    lake = block.connect(7)
+    stage, draft = stage_rows(lake, tmp_path, "first", 2)
+    lake.commit(stage, DAY, draft)
+    working = stage_rows(lake, tmp_path, "working", 3)
+    files = lake._publish(working[0].files[DAY], lake.data_prefix(TABLE, DAY), "working-s2")
+    assert lake.repair(TABLE, DAY) == len(files)
     with pytest.raises(ConcurrentCommitError):  # its base is no longer the manifest's version
-        dest.commit(working[0], DAY, working[1])
-    assert read(dest).height == 2
+        lake.commit(working[0], DAY, working[1])
+    assert read(lake).height == 2
 
 
 # containment -----------------------------------------------------------------------------------------------
 
 
-def corrupt(dest: ObjectStoreDestination, key: str) -> None:
-    manifest = dest.manifest(TABLE, DAY)
+def corrupt(lake: Lake, key: str) -> None:
+    manifest = lake.manifest(TABLE, DAY)
     assert manifest is not None
     bad = msgspec.structs.replace(manifest, files=(ManifestFile(key, 1, 1),))
-    dest.storage.put_bytes(dest.manifest_key(TABLE, DAY), bad.encode())
+    lake.storage.put_bytes(lake.manifest_key(TABLE, DAY), bad.encode())
 
 
 @pytest.mark.parametrize(
@@ -221,55 +221,55 @@ def corrupt(dest: ObjectStoreDestination, key: str) -> None:
 def test_a_manifest_naming_a_key_outside_its_partition_is_corrupt_and_nothing_is_deleted(
     block: BucketDestination, outside: Store, tmp_path: Path, key: str
 ) -> None:
-    dest = block.connect(7)
-    stage, draft = stage_rows(dest, tmp_path, "run1", 2)
-    dest.commit(stage, DAY, draft)
-    dest.storage.put_bytes("7/mp_master_event/2026/05/02/part-x.parquet", b"another day")
-    dest.storage.put_bytes("7/mp_people_data/part-x.parquet", b"another table")
-    corrupt(dest, key)
-    before = {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")}
+    lake = block.connect(7)
+    stage, draft = stage_rows(lake, tmp_path, "run1", 2)
+    lake.commit(stage, DAY, draft)
+    lake.storage.put_bytes("7/mp_master_event/2026/05/02/part-x.parquet", b"another day")
+    lake.storage.put_bytes("7/mp_people_data/part-x.parquet", b"another table")
+    corrupt(lake, key)
+    before = {i.key: lake.storage.get_bytes(i.key) for i in lake.storage.list("7/")}
     with pytest.raises(CorruptManifestError, match="outside its partition"):
-        dest.manifest(TABLE, DAY)
+        lake.manifest(TABLE, DAY)
     with pytest.raises(CorruptManifestError):
-        dest.repair(TABLE, DAY)
+        lake.repair(TABLE, DAY)
     with pytest.raises(CorruptManifestError):  # a run reads its base first: it writes nothing
-        stage_rows(dest, tmp_path / "2", "run2", 1)
-    assert {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")} == before
+        stage_rows(lake, tmp_path / "2", "run2", 1)
+    assert {i.key: lake.storage.get_bytes(i.key) for i in lake.storage.list("7/")} == before
     assert_outside_untouched(outside)
 
 
 def test_partition_names_must_be_real_dates(block: BucketDestination, outside: Store) -> None:
-    dest = block.connect(7)
-    dest.storage.put_bytes("7/_state/manifests/mp_master_event/....-..-...json", b"{}")
-    dest.storage.put_bytes("7/_state/manifests/mp_master_event/2026-02-30.json", b"{}")
-    assert dest.partitions(TABLE) == []
+    lake = block.connect(7)
+    lake.storage.put_bytes("7/_state/manifests/mp_master_event/....-..-...json", b"{}")
+    lake.storage.put_bytes("7/_state/manifests/mp_master_event/2026-02-30.json", b"{}")
+    assert lake.partitions(TABLE) == []
     for name in ("....-..-..", "2026-02-30", "../..", "2026/05/01"):
         with pytest.raises(OutsideDestinationError):
-            dest.repair(TABLE, name)
+            lake.repair(TABLE, name)
     assert_outside_untouched(outside)
 
 
 def test_only_days_are_partitions_of_the_events_table_and_only_all_of_a_whole_table(
     block: BucketDestination, outside: Store, tmp_path: Path
 ) -> None:
-    dest = block.connect(7)
-    stage, draft = stage_rows(dest, tmp_path, "run1", 2)
-    committed = dest.commit(stage, DAY, draft)
+    lake = block.connect(7)
+    stage, draft = stage_rows(lake, tmp_path, "run1", 2)
+    committed = lake.commit(stage, DAY, draft)
     # a hand-made manifest named like a whole table's, among the days, and a day among a whole table's
     fake = msgspec.structs.replace(committed, partition="all", files=())
-    dest.storage.put_bytes("7/_state/manifests/mp_master_event/all.json", fake.encode())
-    dest.storage.put_bytes(f"7/_state/manifests/mp_people_data/{DAY}.json", fake.encode())
-    dest.storage.put_bytes("7/mp_master_event/part-x-s1-00000.parquet", b"lies directly in the table folder")
-    dest.storage.put_bytes("7/mp_people_data/part-x-s1-00000.parquet", b"the people table")
-    before = {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")}
-    assert dest.partitions(TABLE) == [DAY]
-    assert dest.partitions("mp_people_data") == []
+    lake.storage.put_bytes("7/_state/manifests/mp_master_event/all.json", fake.encode())
+    lake.storage.put_bytes(f"7/_state/manifests/mp_people_data/{DAY}.json", fake.encode())
+    lake.storage.put_bytes("7/mp_master_event/part-x-s1-00000.parquet", b"lies directly in the table folder")
+    lake.storage.put_bytes("7/mp_people_data/part-x-s1-00000.parquet", b"the people table")
+    before = {i.key: lake.storage.get_bytes(i.key) for i in lake.storage.list("7/")}
+    assert lake.partitions(TABLE) == [DAY]
+    assert lake.partitions("mp_people_data") == []
     with pytest.raises(OutsideDestinationError, match="'all' is not a partition of mp_master_event") as info:
-        dest.repair(TABLE, "all")
+        lake.repair(TABLE, "all")
     assert str(info.value).count(".") == 1 and "\n" not in str(info.value)
     with pytest.raises(OutsideDestinationError, match="is not a partition of mp_people_data"):
-        dest.repair("mp_people_data", DAY)
-    assert {i.key: dest.storage.get_bytes(i.key) for i in dest.storage.list("7/")} == before
+        lake.repair("mp_people_data", DAY)
+    assert {i.key: lake.storage.get_bytes(i.key) for i in lake.storage.list("7/")} == before
     assert_outside_untouched(outside)
 
 
@@ -277,21 +277,21 @@ def test_local_deletions_and_listings_never_follow_a_symbolic_link(tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "part-x-00000.parquet").write_bytes(b"not ours")
-    dest = LocalDestination(path=str(tmp_path / "dest"), create_missing=True).connect(7)
-    stage, draft = stage_rows(dest, tmp_path, "run1", 2)
-    dest.commit(stage, DAY, draft)
+    lake = LocalDestination(path=str(tmp_path / "dest"), create_missing=True).connect(7)
+    stage, draft = stage_rows(lake, tmp_path, "run1", 2)
+    lake.commit(stage, DAY, draft)
     day = tmp_path / "dest" / "7" / "mp_master_event" / "2026" / "05" / "02"
     day.parent.mkdir(parents=True, exist_ok=True)
     day.symlink_to(elsewhere, target_is_directory=True)  # a day folder that is a link out
     (tmp_path / "dest" / "7" / "mp_master_event" / "2026" / "05" / "01" / "link.parquet").symlink_to(
         elsewhere / "part-x-00000.parquet"
     )
-    assert dest.repair(TABLE, "2026-05-02") == 0
-    assert [i.key for i in dest.storage.list("7/mp_master_event/2026/05/02")] == []
-    assert "link.parquet" not in {i.key.rsplit("/", 1)[1] for i in dest.storage.list("7/")}
+    assert lake.repair(TABLE, "2026-05-02") == 0
+    assert [i.key for i in lake.storage.list("7/mp_master_event/2026/05/02")] == []
+    assert "link.parquet" not in {i.key.rsplit("/", 1)[1] for i in lake.storage.list("7/")}
     with pytest.raises(OutsideDestinationError, match="symbolic link"):
-        dest.storage.delete(["7/mp_master_event/2026/05/02/part-x-00000.parquet"])
-    assert dest.repair(TABLE, DAY) == 0
+        lake.storage.delete(["7/mp_master_event/2026/05/02/part-x-00000.parquet"])
+    assert lake.repair(TABLE, DAY) == 0
     assert (elsewhere / "part-x-00000.parquet").read_bytes() == b"not ours"
 
 

@@ -22,7 +22,7 @@ from google.cloud import bigquery
 
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from tasks.errors import FatalError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest
 from tasks.lake.tables import replace_table
@@ -61,14 +61,14 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
     return WAREHOUSES[request.param](tmp_path, request)
 
 
-def connected(warehouse: Warehouse) -> tuple[ObjectStoreDestination, Loader]:
-    destination = warehouse.block.connect(1)
-    (hook,) = destination.hooks
+def connected(warehouse: Warehouse) -> tuple[Lake, Loader]:
+    lake = warehouse.block.connect(1)
+    (hook,) = lake.hooks
     assert isinstance(hook, WarehouseHook)
-    return destination, hook.loader
+    return lake, hook.loader
 
 
-def commit_events(destination: ObjectStoreDestination, scratch: Path) -> None:
+def commit_events(lake: Lake, scratch: Path) -> None:
     """The day's events committed to the lake; the commit's hook loads them into the warehouse."""
     at = datetime(2024, 3, 5, 12, tzinfo=UTC)
     frame = pl.DataFrame(
@@ -82,7 +82,7 @@ def commit_events(destination: ObjectStoreDestination, scratch: Path) -> None:
             "user_id": [None] * len(EVENTS),
         }
     )
-    stage = destination.open_stage(EVENTS_TABLE, "views")
+    stage = lake.open_stage(EVENTS_TABLE, "views")
     files = RollingFiles(stage.directory(DAY, scratch))
     files.write(frame)
     stage.add(DAY, files.close())
@@ -96,12 +96,12 @@ def commit_events(destination: ObjectStoreDestination, scratch: Path) -> None:
         run_id="views",
         exported_at=at.isoformat(),
     )
-    destination.commit(stage, DAY, draft)
+    lake.commit(stage, DAY, draft)
 
 
-def commit_mappings(destination: ObjectStoreDestination) -> None:
+def commit_mappings(lake: Lake) -> None:
     frame = pl.DataFrame({"distinct_id": list(MAPPINGS), "resolved_distinct_id": list(MAPPINGS.values())})
-    replace_table(destination, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "views", "resolved_distinct_id")
+    replace_table(lake, MAPPINGS_TABLE, MAPPINGS_SCHEMA, [frame], "views", "resolved_distinct_id")
 
 
 def resolved(warehouse: Warehouse) -> list[tuple[Any, ...]]:
@@ -226,8 +226,8 @@ def test_spectrum_publishes_the_status_as_a_parquet_table_switched_whole(s3_serv
     block = RedshiftSpectrumDestination(
         s3=make_s3_destination(s3_server), glue_database=glue_database(s3_server)
     )
-    destination = block.connect(1)
-    (hook,) = destination.hooks
+    lake = block.connect(1)
+    (hook,) = lake.hooks
     assert isinstance(hook, WarehouseHook)
     first, second = status(("2024-03-05", "differs", 5, 6)), status(("2024-03-05", "in_sync", 6, 6))
     locations = []
@@ -235,10 +235,10 @@ def test_spectrum_publishes_the_status_as_a_parquet_table_switched_whole(s3_serv
         hook.loader.publish_status(rows)
         table = s3_server.client("glue").get_table(DatabaseName=block.glue_database, Name="_mp_sync_status")
         locations.append(table["Table"]["StorageDescriptor"]["Location"])
-    root = destination.describe("")
-    keys = [i.key for i in destination.storage.list("1/_state/spectrum/_mp_sync_status/")]
-    assert [destination.describe(k).rsplit("/", 1)[0] + "/" for k in keys] == [locations[1]], "one folder"
-    body = destination.storage.get_bytes(keys[0])
+    root = lake.describe("")
+    keys = [i.key for i in lake.storage.list("1/_state/spectrum/_mp_sync_status/")]
+    assert [lake.describe(k).rsplit("/", 1)[0] + "/" for k in keys] == [locations[1]], "one folder"
+    body = lake.storage.get_bytes(keys[0])
     assert body is not None and locations[0] != locations[1] and locations[1].startswith(root)
     assert pq.read_table(io.BytesIO(body)).to_pylist() == second.to_pylist()
 
@@ -249,17 +249,17 @@ def spectrum_queries() -> list[str]:
     return [statement.strip() for statement in block.split(";") if statement.strip()]
 
 
-def glue_rows(destination: ObjectStoreDestination, location: str, symlinks: bool) -> pa.Table:
+def glue_rows(lake: Lake, location: str, symlinks: bool) -> pa.Table:
     """What Spectrum reads at a Glue location: the files its symlink manifest lists, or its Parquet files."""
-    root = destination.describe("")
+    root = lake.describe("")
     key = location[len(root) :]
     if symlinks:
-        body = destination.storage.get_bytes(key + "symlink.txt")
+        body = lake.storage.get_bytes(key + "symlink.txt")
         assert body is not None
         keys = [uri[len(root) :] for uri in body.decode().splitlines()]
     else:
-        keys = [i.key for i in destination.storage.list(key)]
-    tables = [pq.read_table(io.BytesIO(destination.storage.get_bytes(k) or b"")) for k in keys]
+        keys = [i.key for i in lake.storage.list(key)]
+    tables = [pq.read_table(io.BytesIO(lake.storage.get_bytes(k) or b"")) for k in keys]
     return pa.concat_tables(tables)
 
 
@@ -269,10 +269,10 @@ def test_the_documented_spectrum_queries_answer_as_the_views_do(s3_server: S3Ser
     block = RedshiftSpectrumDestination(
         s3=make_s3_destination(s3_server), glue_database=glue_database(s3_server)
     )
-    destination = block.connect(1)
-    commit_events(destination, tmp_path / "scratch")
-    commit_mappings(destination)
-    (hook,) = destination.hooks
+    lake = block.connect(1)
+    commit_events(lake, tmp_path / "scratch")
+    commit_mappings(lake)
+    (hook,) = lake.hooks
     rows = status(("2024-03-05", "in_sync", 5, 5))
     hook.loader.publish_status(rows)
     glue = s3_server.client("glue")
@@ -285,9 +285,9 @@ def test_the_documented_spectrum_queries_answer_as_the_views_do(s3_server: S3Ser
     con = duckdb.connect()
     con.execute("CREATE SCHEMA mixpanel")
     for name, data in {
-        EVENTS_TABLE: glue_rows(destination, day["StorageDescriptor"]["Location"], symlinks=True),
-        MAPPINGS_TABLE: glue_rows(destination, location(MAPPINGS_TABLE), symlinks=True),
-        "_mp_sync_status": glue_rows(destination, location("_mp_sync_status"), symlinks=False),
+        EVENTS_TABLE: glue_rows(lake, day["StorageDescriptor"]["Location"], symlinks=True),
+        MAPPINGS_TABLE: glue_rows(lake, location(MAPPINGS_TABLE), symlinks=True),
+        "_mp_sync_status": glue_rows(lake, location("_mp_sync_status"), symlinks=False),
     }.items():
         con.register("rows", data)
         con.execute(f'CREATE TABLE mixpanel."{name}" AS SELECT * FROM rows')

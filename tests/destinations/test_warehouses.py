@@ -89,8 +89,8 @@ def test_a_snowflake_load_that_fails_midway_leaves_the_day_and_the_next_repair_l
     assert target.readings(day) == want, "the previous day is intact"
     assert target.recorded_run(day) == "before"
 
-    destination = warehouse.block.connect(1)
-    destination.repair("mp_master_event", day.isoformat())  # the files hold "broken": load them
+    lake = warehouse.block.connect(1)
+    lake.repair("mp_master_event", day.isoformat())  # the files hold "broken": load them
     assert target.readings(day) == want and target.recorded_run(day) == "broken"
 
 

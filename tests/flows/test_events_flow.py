@@ -15,7 +15,7 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.lake.commit import STALE_STAGING_SECONDS, ObjectStoreDestination
+from tasks.lake.commit import STALE_STAGING_SECONDS, Lake
 from tasks.pipeline.plan import InvalidDateRangeError
 from tests.conftest import (
     assert_day_matches_sandbox,
@@ -141,7 +141,7 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     events(credentials_for(sandbox), target, from_date=day, to_date=day)
     before = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
 
-    real_move = ObjectStoreDestination.commit
+    real_move = Lake.commit
 
     def crash_mid_commit(self, stage, partition, manifest):  # files published, manifest not switched
         for item in stage.files.get(partition, []):
@@ -150,13 +150,13 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
             )
         raise FatalError("simulated crash between staging and commit")
 
-    monkeypatch.setattr(ObjectStoreDestination, "commit", crash_mid_commit)
+    monkeypatch.setattr(Lake, "commit", crash_mid_commit)
     with pytest.raises(FatalError, match="simulated crash"):
         events(credentials_for(sandbox), target, from_date=day, to_date=day)
     assert local_destination(tmp_path).manifest("mp_master_event", day.isoformat()) == before
     assert read_day(tmp_path, day).height == before.rows
 
-    monkeypatch.setattr(ObjectStoreDestination, "commit", real_move)
+    monkeypatch.setattr(Lake, "commit", real_move)
     events(credentials_for(sandbox), target, from_date=day, to_date=day)
     assert_day_matches_sandbox(tmp_path, sandbox, day)
     day_dir = tmp_path / "1" / "mp_master_event" / day.strftime("%Y/%m/%d")
@@ -179,11 +179,11 @@ def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_s
     (day,) = recent_days(1, sandbox)
     block = make_s3_destination(s3_server, prefix="pipelines")
     events(credentials_for(sandbox), block, from_date=day, to_date=day)
-    dest = block.connect(1)
-    manifest = dest.manifest("mp_master_event", day.isoformat())
+    lake = block.connect(1)
+    manifest = lake.manifest("mp_master_event", day.isoformat())
     want = sandbox.expected(day, day)[day.isoformat()]
     assert (manifest.rows, manifest.fingerprint) == (want["rows"], want["fingerprint"])
-    assert read_parquet(dest, [f.key for f in manifest.files]).height == want["rows"]
-    assert dest.describe(manifest.files[0].key).startswith(
+    assert read_parquet(lake, [f.key for f in manifest.files]).height == want["rows"]
+    assert lake.describe(manifest.files[0].key).startswith(
         f"s3://{block.bucket.bucket_name}/pipelines/1/mp_master_event/"
     )

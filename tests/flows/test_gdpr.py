@@ -177,14 +177,14 @@ registry.register([user], "user", "GDPR")
 registry.deletions[user].cluster = tuple(sorted(cluster))
 save_registry(dest, registry)
 
-real, calls = objectstore.ObjectStoreDestination._publish, []
+real, calls = objectstore.Lake._publish, []
 def publish_then_die(self, staged, folder, run):  # the third day: files moved, manifest not switched
     published = real(self, staged, folder, run)
     calls.append(folder)
     if len(calls) == 5:
         os.kill(os.getpid(), signal.SIGKILL)
     return published
-objectstore.ObjectStoreDestination._publish = publish_then_die
+objectstore.Lake._publish = publish_then_die
 purge_destination(dest, PurgeScope(frozenset(cluster), frozenset(cluster), {}), "killed")
 """
 
@@ -195,32 +195,32 @@ def test_a_crash_during_a_purge_leaves_each_day_purged_or_untouched(
     kit, days = synced
     user, cluster = merged_user(kit.connected()[0])
     for block in (kit.local, kit.s3):
-        dest = block.connect(1)
-        before = {d: dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
+        lake = block.connect(1)
+        before = {d: lake.storage.get_bytes(lake.manifest_key(EVENTS_TABLE, d.isoformat())) for d in days}
         payload = base64.b64encode(pickle.dumps((block, user, cluster))).decode()
         done = run_python(KILLER, payload, timeout=120)
         assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
         purged = untouched = 0
         for day in days:
-            raw = dest.storage.get_bytes(dest.manifest_key(EVENTS_TABLE, day.isoformat()))
+            raw = lake.storage.get_bytes(lake.manifest_key(EVENTS_TABLE, day.isoformat()))
             if raw == before[day]:
                 untouched += 1
             else:
-                assert day_frame(dest, day).filter(event_rows_of(cluster)).height == 0
+                assert day_frame(lake, day).filter(event_rows_of(cluster)).height == 0
                 purged += 1
         assert purged == 2 and untouched == DAYS - 2, (purged, untouched)
 
     gdpr(credentials_for(sandbox), [kit.local, kit.s3])
 
-    for dest in kit.connected()[:2]:
-        assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    for lake in kit.connected()[:2]:
+        assert all(day_frame(lake, d).filter(event_rows_of(cluster)).height == 0 for d in days)
         for day in days:
-            manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+            manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
             assert manifest is not None
             listed = {f.key for f in manifest.files}
-            folder = dest.data_prefix(EVENTS_TABLE, day.isoformat())
-            on_store = {i.key for i in dest.storage.list(folder) if "/" not in i.key[len(folder) :]}
+            folder = lake.data_prefix(EVENTS_TABLE, day.isoformat())
+            on_store = {i.key for i in lake.storage.list(folder) if "/" not in i.key[len(folder) :]}
             assert on_store == listed, "the killed run's files were removed"
     assert_days_consistent(Three(kit.local, kit.s3, kit.duckdb), days)
 
@@ -298,8 +298,8 @@ def test_mixpanel_refusing_the_token_does_not_stop_the_purge(sandbox: SandboxSer
     days = recent_days(2, sandbox)
     events(credentials, block, from_date=days[0], to_date=days[-1])
     identity(credentials, block)
-    dest = block.connect(1)
-    user, cluster = merged_user(dest)
+    lake = block.connect(1)
+    user, cluster = merged_user(lake)
     wrong = MixpanelGdprCredentials(
         project_token=sandbox.cfg.project_token, oauth_token="expired-oauth-token"
     )
@@ -308,10 +308,10 @@ def test_mixpanel_refusing_the_token_does_not_stop_the_purge(sandbox: SandboxSer
         gdpr(credentials, [block], gdpr_credentials=wrong, distinct_ids=[user])
 
     assert "expired-oauth-token" not in str(error.value)
-    assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
-    assert load_registry(dest).deletions[user].task_id is None and sandbox.gdpr_tasks() == {}
+    assert all(day_frame(lake, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    assert load_registry(lake).deletions[user].task_id is None and sandbox.gdpr_tasks() == {}
     gdpr(credentials, [block], gdpr_credentials=tokens(sandbox))  # renewed: the id is sent now
-    assert load_registry(dest).deletions[user].task_id in sandbox.gdpr_tasks()
+    assert load_registry(lake).deletions[user].task_id in sandbox.gdpr_tasks()
 
 
 DIE_AFTER_FIRST_DAY = """
@@ -326,12 +326,12 @@ registry = load_registry(dest)
 registry.register([user], "user", "GDPR")
 save_registry(dest, registry)
 
-real = objectstore.ObjectStoreDestination.commit
+real = objectstore.Lake.commit
 def commit_then_die(self, stage, partition, manifest, expected=None):  # the first purged day, committed
     committed = real(self, stage, partition, manifest, expected)
     os.kill(os.getpid(), signal.SIGKILL)
     return committed
-objectstore.ObjectStoreDestination.commit = commit_then_die
+objectstore.Lake.commit = commit_then_die
 purge(dest, load_registry(dest), "simplified", RunIds("killed", None), print)
 """
 
@@ -346,26 +346,26 @@ def test_a_purge_completed_after_a_crash_audits_the_rows_of_both_runs(
     block = LocalDestination(path=str(tmp_path / "data"), create_missing=True)
     days = [date(2024, 3, 5), date(2024, 3, 6), date(2024, 3, 7)]
     events(credentials, block, from_date=days[0], to_date=days[-1])
-    dest = block.connect(1)
-    frames = {d.isoformat(): day_frame(dest, d) for d in days}
+    lake = block.connect(1)
+    frames = {d.isoformat(): day_frame(lake, d) for d in days}
     every = pl.concat(frames.values())["distinct_id"].drop_nulls().value_counts(sort=True)
     user = next(
         u for u in every["distinct_id"] if all(f.filter(event_rows_of({u})).height for f in frames.values())
     )
-    cluster = set(cluster_members([user], cluster_mappings(dest, "simplified"))[user])
+    cluster = set(cluster_members([user], cluster_mappings(lake, "simplified"))[user])
     held = {day: frame.filter(event_rows_of(cluster)).height for day, frame in frames.items()}
 
     payload = base64.b64encode(pickle.dumps((block, user))).decode()
     done = run_python(DIE_AFTER_FIRST_DAY, payload, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
-    assert dest.storage.list(audit_prefix(dest)) == [], "killed before its audit"
-    assert sum(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days) == 1
+    assert lake.storage.list(audit_prefix(lake)) == [], "killed before its audit"
+    assert sum(day_frame(lake, d).filter(event_rows_of(cluster)).height == 0 for d in days) == 1
 
     gdpr(credentials, [block])
 
-    assert all(day_frame(dest, d).filter(event_rows_of(cluster)).height == 0 for d in days)
-    (audit,) = dest.storage.list(audit_prefix(dest))
-    record = json.loads(dest.storage.get_bytes(audit.key) or b"{}")
+    assert all(day_frame(lake, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    (audit,) = lake.storage.list(audit_prefix(lake))
+    record = json.loads(lake.storage.get_bytes(audit.key) or b"{}")
     assert record["rows_removed"][EVENTS_TABLE] == held, "the rows the killed run removed are audited too"
     assert record["ids"] == 1 and record["id_sha256"] == [id_hash(user)]
 
@@ -383,20 +383,20 @@ def test_a_deleted_user_never_lands_in_a_destination_added_later(
     first = LocalDestination(path=str(tmp_path / "data"), create_missing=True)
     events(credentials, first, from_date=days[0], to_date=days[-1])
     people(credentials, first)
-    dest = first.connect(1)
-    profiles = set(whole_table(dest, PEOPLE_TABLE)["distinct_id"].to_list())
-    user = next(u for u in day_frame(dest, days[0])["distinct_id"].to_list() if u in profiles)
+    lake = first.connect(1)
+    profiles = set(whole_table(lake, PEOPLE_TABLE)["distinct_id"].to_list())
+    user = next(u for u in day_frame(lake, days[0])["distinct_id"].to_list() if u in profiles)
     gdpr(credentials, [first], distinct_ids=[user], submit_to_mixpanel=False)
-    cluster = set(load_registry(dest).deletions[user].cluster) | {user}
+    cluster = set(load_registry(lake).deletions[user].cluster) | {user}
 
     later = LocalDestination(path=str(tmp_path / "later"), create_missing=True)
     events(credentials, later, from_date=days[0], to_date=days[-1])
     people(credentials, later)
     identity(credentials, later)
 
-    added = later.connect(1)
-    assert all(day_frame(added, d).height for d in days)
-    assert all(day_frame(added, d).filter(event_rows_of(cluster)).height == 0 for d in days)
-    assert whole_table(added, PEOPLE_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
-    assert whole_table(added, MAPPINGS_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
-    assert user in load_registry(added).deletions, "the destination's first export copied the registry"
+    lake = later.connect(1)
+    assert all(day_frame(lake, d).height for d in days)
+    assert all(day_frame(lake, d).filter(event_rows_of(cluster)).height == 0 for d in days)
+    assert whole_table(lake, PEOPLE_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert whole_table(lake, MAPPINGS_TABLE).filter(id_rows_of(cluster, ("distinct_id",))).height == 0
+    assert user in load_registry(lake).deletions, "the destination's first export copied the registry"

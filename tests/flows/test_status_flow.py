@@ -18,7 +18,7 @@ from flows.events import events
 from flows.gdpr import gdpr
 from flows.status import artifact_key, status
 from sandbox import SandboxServer
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.store import LocalStore
 from tasks.schema import EVENTS_TABLE
 from tests.conftest import credentials_for, recent_days
@@ -34,8 +34,8 @@ def exported(sandbox: SandboxServer, tmp_path: Path) -> tuple[LocalDestination, 
     return block, days
 
 
-def lake(block: LocalDestination, sandbox: SandboxServer) -> ObjectStoreDestination:
-    return ObjectStoreDestination(LocalStore(Path(block.path)), sandbox.cfg.project_id)
+def lake(block: LocalDestination, sandbox: SandboxServer) -> Lake:
+    return Lake(LocalStore(Path(block.path)), sandbox.cfg.project_id)
 
 
 def states(rows: list[dict[str, object]]) -> dict[date, str]:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from blocks.destinations.base import DestinationBlock
+from blocks.destinations.base import BucketDestination, DestinationBlock
 from blocks.destinations.catalog import AnyDestination
 from blocks.destinations.delta import DeltaLakeDestination
 from blocks.destinations.iceberg import IcebergDestination
@@ -41,7 +41,7 @@ from blocks.destinations.local import LocalDestination
 from blocks.destinations.spectrum import RedshiftSpectrumDestination
 from sandbox import SandboxServer
 from sandbox.data import day_lines
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.lake.tables import read_parquet
 from tasks.mixpanel.client import MixpanelClient
@@ -153,11 +153,11 @@ destination = block.connect(1)
 if where == "upload":
     objectstore.Stage.add = die
 elif where == "publish":
-    real = objectstore.ObjectStoreDestination._publish
+    real = objectstore.Lake._publish
     def publish_then_die(self, staged, folder, run):
         real(self, staged, folder, run)
         die()
-    objectstore.ObjectStoreDestination._publish = publish_then_die
+    objectstore.Lake._publish = publish_then_die
 elif where == "switch":
     store = type(destination.storage)
     real_put = store.put_bytes
@@ -167,7 +167,7 @@ elif where == "switch":
         return real_put(self, key, data, **condition)
     store.put_bytes = put_then_die
 elif where == "cleanup":
-    objectstore.ObjectStoreDestination._remove_unlisted = die
+    objectstore.Lake._remove_unlisted = die
 elif where == "table-format":
     from tasks.warehouses import tableformat
     real_reader = tableformat.reader
@@ -206,7 +206,7 @@ class Target:
     def __init__(self, block: AnyDestination) -> None:
         self.block = block
 
-    def destination(self) -> ObjectStoreDestination:
+    def destination(self) -> Lake:
         return self.block.connect(1)
 
     def manifest(self, day: date) -> Manifest:
@@ -458,7 +458,7 @@ class SpectrumTarget(Target):
 
 def files_block(
     store: str, request: pytest.FixtureRequest | None, tmp_path: Path, proxied: bool = True
-) -> AnyDestination:
+) -> BucketDestination:
     """A file destination on ``store``, on a fresh location (a local one under ``tmp_path/dest``).
     ``proxied=False`` talks to Azurite itself: delta-rs finds an emulator by one address per process
     (blocks/destinations/azure.py), which the fault proxy's port would contradict."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.lake.commit import ObjectStoreDestination, Stage
+from tasks.lake.commit import Lake, Stage
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest
 from tasks.lake.tables import read_parquet
@@ -30,11 +30,9 @@ def frame(n: int, tag: str) -> pl.DataFrame:
     )
 
 
-def stage_rows(
-    dest: ObjectStoreDestination, scratch: Path, run: str, n: int, frame_rows: int = 2
-) -> tuple[Stage, Manifest]:
+def stage_rows(lake: Lake, scratch: Path, run: str, n: int, frame_rows: int = 2) -> tuple[Stage, Manifest]:
     """A stage of ``n`` rows of run ``run`` in files of at most 4 rows, and its draft manifest."""
-    stage = dest.open_stage(TABLE, run)
+    stage = lake.open_stage(TABLE, run)
     files = RollingFiles(stage.directory(DAY, scratch / run), max_file_rows=4)
     rows = frame(n, run)
     for start in range(0, n, frame_rows):  # frames of 2 rows: a file rolls over once it holds 4
@@ -53,12 +51,12 @@ def stage_rows(
     return stage, draft
 
 
-def commit(dest: ObjectStoreDestination, scratch: Path, run: str, n: int) -> Manifest:
-    stage, draft = stage_rows(dest, scratch, run, n)
-    return dest.commit(stage, DAY, draft)
+def commit(lake: Lake, scratch: Path, run: str, n: int) -> Manifest:
+    stage, draft = stage_rows(lake, scratch, run, n)
+    return lake.commit(stage, DAY, draft)
 
 
-def read(dest: ObjectStoreDestination) -> pl.DataFrame:
-    manifest = dest.manifest(TABLE, DAY)
+def read(lake: Lake) -> pl.DataFrame:
+    manifest = lake.manifest(TABLE, DAY)
     assert manifest is not None
-    return read_parquet(dest, [f.key for f in manifest.files])
+    return read_parquet(lake, [f.key for f in manifest.files])

@@ -21,7 +21,7 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from sandbox import SandboxServer
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.files import FileFormat, event_batches
 from tasks.lake.tables import read_table
 from tasks.schema import EVENT_COLUMNS, EVENTS_TABLE, MAPPINGS_TABLE, PEOPLE_TABLE
@@ -40,7 +40,7 @@ class Three:
     def blocks(self) -> list[DestinationBlock]:
         return [self.local, self.s3, self.duckdb]
 
-    def connected(self) -> list[ObjectStoreDestination]:
+    def connected(self) -> list[Lake]:
         return [block.connect(1) for block in self.blocks]
 
     def manifests(self, days: list[date]) -> list[dict[date, bytes | None]]:
@@ -66,28 +66,28 @@ def three_destinations(tmp_path: Path, s3_server: S3Server) -> Three:
     )
 
 
-def day_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
+def day_frame(lake: Lake, day: date) -> pl.DataFrame:
     """The committed rows of ``day``, following its manifest; ``properties`` as the stored JSON text,
     in either file format."""
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None, f"no manifest for {day}"
     fmt = FileFormat(manifest.format)
-    batches = [b for f in manifest.files for b in event_batches(dest.storage.get_bytes(f.key) or b"", fmt)]
+    batches = [b for f in manifest.files for b in event_batches(lake.storage.get_bytes(f.key) or b"", fmt)]
     return pl.concat(batches) if batches else pl.DataFrame(schema=dict.fromkeys(EVENT_COLUMNS, pl.String))
 
 
-def edges_frame(dest: ObjectStoreDestination, day: date) -> pl.DataFrame:
-    manifest = dest.manifest(EVENTS_TABLE, day.isoformat())
+def edges_frame(lake: Lake, day: date) -> pl.DataFrame:
+    manifest = lake.manifest(EVENTS_TABLE, day.isoformat())
     assert manifest is not None
     frames = [
-        pq.read_table(io.BytesIO(dest.storage.get_bytes(f.key) or b"")) for f in manifest.identity_edges
+        pq.read_table(io.BytesIO(lake.storage.get_bytes(f.key) or b"")) for f in manifest.identity_edges
     ]
     return pl.concat([pl.DataFrame(pl.from_arrow(t)) for t in frames]) if frames else pl.DataFrame()
 
 
-def whole_table(dest: ObjectStoreDestination, table: str) -> pl.DataFrame:
+def whole_table(lake: Lake, table: str) -> pl.DataFrame:
     assert table in (PEOPLE_TABLE, MAPPINGS_TABLE)
-    found = read_table(dest, table)
+    found = read_table(lake, table)
     return found if found is not None else pl.DataFrame()
 
 
@@ -102,9 +102,9 @@ def tokens(sandbox: SandboxServer) -> MixpanelGdprCredentials:
     )
 
 
-def merged_user(dest: ObjectStoreDestination) -> tuple[str, set[str]]:
+def merged_user(lake: Lake) -> tuple[str, set[str]]:
     """A user with devices merged into it, and every id of its cluster."""
-    mappings = whole_table(dest, MAPPINGS_TABLE)
+    mappings = whole_table(lake, MAPPINGS_TABLE)
     sizes = (
         mappings.group_by("resolved_distinct_id")
         .len()

@@ -20,7 +20,7 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from flows.status import artifact_key, status
 from sandbox import SandboxServer
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.store import LocalStore
 from tests.conftest import credentials_for, recent_days
 from tests.kit.browser import ARTIFACTS
@@ -68,7 +68,7 @@ def test_the_status_chart_and_the_days_states_show_in_the_ui(
     with temporary_settings({PREFECT_API_URL: ui_api}):
         events(credentials_for(sandbox), block, from_date=days[0], to_date=days[-1])
         sandbox.add_events(days[3], 40, user="late")  # a day that differs
-        lake = ObjectStoreDestination(LocalStore(Path(block.path)), sandbox.cfg.project_id)
+        lake = Lake(LocalStore(Path(block.path)), sandbox.cfg.project_id)
         manifest = lake.manifest("mp_master_event", days[1].isoformat())
         assert manifest is not None
         (Path(block.path) / manifest.files[0].key).unlink()  # a day damaged by hand

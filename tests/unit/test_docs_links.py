@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkout import ROOT
+from tests.kit.checkout import ROOT
 
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from tasks.errors import ConnectionDroppedError, NothingCommittedError, RetriableError, ServerError
-from tasks.lake.commit import ObjectStoreDestination
+from tasks.lake.commit import Lake
 from tasks.lake.daynotes import DayNote, note_key, read_note, write_note
 from tasks.lake.manifest import Manifest, ManifestFile
 from tasks.lake.store import LocalStore
@@ -144,39 +144,39 @@ def test_the_window_starts_at_the_first_committed_day_or_days_back() -> None:
 # over a real local destination ------------------------------------------------------------------------
 
 
-def commit_day(dest: ObjectStoreDestination, day: date, rows: int = 10, **extra: object) -> Manifest:
+def commit_day(lake: Lake, day: date, rows: int = 10, **extra: object) -> Manifest:
     """A committed day: one real file named by a real manifest written where the commit puts it."""
-    key = f"{dest.data_prefix(EVENTS_TABLE, day.isoformat())}part-x-s1-00000.parquet"
-    dest.storage.put_bytes(key, b"not read unless verified")
+    key = f"{lake.data_prefix(EVENTS_TABLE, day.isoformat())}part-x-s1-00000.parquet"
+    lake.storage.put_bytes(key, b"not read unless verified")
     m = manifest(day, rows, files=(ManifestFile(key, rows, 24),), sequence=1, **extra)
-    dest.storage.put_bytes(dest.manifest_key(EVENTS_TABLE, day.isoformat()), m.encode())
+    lake.storage.put_bytes(lake.manifest_key(EVENTS_TABLE, day.isoformat()), m.encode())
     return m
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> ObjectStoreDestination:
-    return ObjectStoreDestination(LocalStore(tmp_path), 1)
+def lake(tmp_path: Path) -> Lake:
+    return Lake(LocalStore(tmp_path), 1)
 
 
-def test_an_empty_destination_says_so_in_one_sentence(dest: ObjectStoreDestination) -> None:
+def test_an_empty_destination_says_so_in_one_sentence(lake: Lake) -> None:
     with pytest.raises(
         NothingCommittedError, match=r"holds no committed day of mp_master_event: export a day first"
     ):
-        build_status(dest, DAY)
+        build_status(lake, DAY)
 
 
 def test_counts_are_asked_once_for_every_day_and_recorded_for_offline_use(
-    dest: ObjectStoreDestination,
+    lake: Lake,
 ) -> None:
     for offset in (0, 2):
-        commit_day(dest, DAY - timedelta(days=offset))
+        commit_day(lake, DAY - timedelta(days=offset))
     asked: list[tuple[list[date], set[str]]] = []
 
     def ask(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
         asked.append((days, names))
         return {d: {"a": 6, "b": 4 if d == DAY else 5} for d in days}
 
-    status = build_status(dest, DAY, ask=ask, now=NOW)
+    status = build_status(lake, DAY, ask=ask, now=NOW)
     assert asked == [([DAY - timedelta(days=2), DAY], {"a", "b"})]
     assert [(r["day"], r["state"]) for r in status.rows] == [
         (DAY - timedelta(days=2), "differs"),
@@ -184,47 +184,47 @@ def test_counts_are_asked_once_for_every_day_and_recorded_for_offline_use(
         (DAY, "in_sync"),
     ]
     assert not status.healthy and status.table().schema == SYNC_STATUS_SCHEMA
-    assert read_note(dest, DAY.isoformat()) == DayNote(
+    assert read_note(lake, DAY.isoformat()) == DayNote(
         mixpanel_counts={"a": 6, "b": 4}, checked_at=NOW.isoformat(timespec="seconds")
     )
     # offline: the same states from the notes alone
-    offline = build_status(dest, DAY, now=NOW + timedelta(hours=1))
+    offline = build_status(lake, DAY, now=NOW + timedelta(hours=1))
     assert [r["state"] for r in offline.rows] == ["differs", "missing", "in_sync"]
     assert "last committed day 2026-03-10: up to date" in offline.freshness(NOW)
 
 
 def test_a_429_or_5xx_marks_the_days_unchecked_and_unreachable_keeps_the_recorded_counts(
-    dest: ObjectStoreDestination,
+    lake: Lake,
 ) -> None:
-    commit_day(dest, DAY)
-    write_note(dest, DAY.isoformat(), mixpanel_counts={"a": 6, "b": 4}, checked_at=CHECKED.isoformat())
+    commit_day(lake, DAY)
+    write_note(lake, DAY.isoformat(), mixpanel_counts={"a": 6, "b": 4}, checked_at=CHECKED.isoformat())
 
     def busy(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
         raise RetriableError(
             "event counts failed 3 times, last: Mixpanel answered 429 (slow down); retrying."
         ) from ServerError("x")
 
-    status = build_status(dest, DAY, ask=busy, now=NOW)
+    status = build_status(lake, DAY, ask=busy, now=NOW)
     assert status.rows[0]["state"] == "unchecked" and "429" in str(status.rows[0]["reason"])
     assert status.rows[0]["mixpanel_rows"] == 10 and status.notes and "could not be read" in status.notes[0]
 
     def away(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
         raise RetriableError("failed") from ConnectionDroppedError("the connection to Mixpanel broke")
 
-    status = build_status(dest, DAY, ask=away, now=NOW)
+    status = build_status(lake, DAY, ask=away, now=NOW)
     assert status.rows[0]["state"] == "in_sync" and "could not be reached" in status.notes[0]
 
 
 def test_a_lost_file_or_a_corrupt_manifest_is_damaged_with_what_mends_it(
-    dest: ObjectStoreDestination,
+    lake: Lake,
 ) -> None:
-    m = commit_day(dest, DAY)
-    commit_day(dest, DAY - timedelta(days=1))
-    dest.storage.delete([m.files[0].key])
-    dest.storage.put_bytes(
-        dest.manifest_key(EVENTS_TABLE, (DAY - timedelta(days=1)).isoformat()), b"{not json"
+    m = commit_day(lake, DAY)
+    commit_day(lake, DAY - timedelta(days=1))
+    lake.storage.delete([m.files[0].key])
+    lake.storage.put_bytes(
+        lake.manifest_key(EVENTS_TABLE, (DAY - timedelta(days=1)).isoformat()), b"{not json"
     )
-    rows = build_status(dest, DAY, now=NOW).rows
+    rows = build_status(lake, DAY, now=NOW).rows
     assert [r["state"] for r in rows] == ["damaged", "damaged"]
     assert "is not readable" in str(rows[0]["reason"])
     assert "1 committed file(s) are gone" in str(rows[1]["reason"])
@@ -234,14 +234,14 @@ def test_a_lost_file_or_a_corrupt_manifest_is_damaged_with_what_mends_it(
     )
 
 
-def test_an_unreadable_note_is_as_good_as_none(dest: ObjectStoreDestination) -> None:
-    commit_day(dest, DAY)
-    dest.storage.put_bytes(note_key(dest, DAY.isoformat()), b"[]")
-    assert build_status(dest, DAY, now=NOW).rows[0]["state"] == "unchecked"
+def test_an_unreadable_note_is_as_good_as_none(lake: Lake) -> None:
+    commit_day(lake, DAY)
+    lake.storage.put_bytes(note_key(lake, DAY.isoformat()), b"[]")
+    assert build_status(lake, DAY, now=NOW).rows[0]["state"] == "unchecked"
 
 
 def test_the_chart_is_an_svg_image_with_every_day_and_a_table_of_the_days_to_act_on(
-    dest: ObjectStoreDestination,
+    lake: Lake,
 ) -> None:
     import base64
     import re
@@ -250,12 +250,12 @@ def test_the_chart_is_an_svg_image_with_every_day_and_a_table_of_the_days_to_act
     from tasks.sync.chart import COLORS, status_markdown
 
     for offset in range(3):
-        commit_day(dest, DAY - timedelta(days=offset))
+        commit_day(lake, DAY - timedelta(days=offset))
 
     def ask(days: list[date], names: set[str]) -> dict[date, dict[str, int]]:
         return {d: {"a": 6, "b": 4 if d != DAY else 9} for d in days}
 
-    markdown = status_markdown(build_status(dest, DAY, ask=ask, now=NOW), "data/1")
+    markdown = status_markdown(build_status(lake, DAY, ask=ask, now=NOW), "data/1")
     found = re.search(r"\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert found is not None and "<svg" not in markdown  # the UI strips inline SVG, shows a data: image
     svg = ElementTree.fromstring(base64.b64decode(found.group(1)))
