@@ -143,7 +143,8 @@ def test_two_runs_racing_commit_exactly_one_version_and_the_loser_retries(
         lake.commit(stage, DAY, draft)
         stage.abort()
     a, b = stage_rows(lake, tmp_path, "runa", 5), stage_rows(lake, tmp_path, "runb", 3)
-    barrier, outcomes = threading.Barrier(2), {}
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str | ConcurrentCommitError] = {}
 
     def race(name: str, stage: Stage, draft: Manifest) -> None:
         barrier.wait()

@@ -273,6 +273,7 @@ def test_the_documented_spectrum_queries_answer_as_the_views_do(s3_server: S3Ser
     commit_events(lake, tmp_path / "scratch")
     commit_mappings(lake)
     (hook,) = lake.hooks
+    assert isinstance(hook, WarehouseHook)
     rows = status(("2024-03-05", "in_sync", 5, 5))
     hook.loader.publish_status(rows)
     glue = s3_server.client("glue")

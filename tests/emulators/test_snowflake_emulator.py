@@ -66,7 +66,7 @@ def connector(snowflake_server: SnowflakeServer, database: str) -> Iterator[Snow
 def run(conn: SnowflakeConnection, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()  # type: ignore[return-value]
+        return cursor.fetchall()
 
 
 def events_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,11 +20,12 @@ from tests.conftest import (
     recent_days,
     start_sandbox,
 )
+from tests.kit.lake import committed
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def manifests(root: Path, days) -> dict[str, bytes]:
+def manifests(root: Path, days: list[date]) -> dict[str, bytes | None]:
     dest = local_destination(root)
     return {
         d.isoformat(): dest.storage.get_bytes(dest.manifest_key("mp_master_event", d.isoformat()))
@@ -151,4 +152,4 @@ def test_a_filtered_run_is_refused_over_full_days_and_a_forced_one_is_redone_by_
     assert done == {"days": 2, "exported": 1, "skipped": 1}
     for day in days:
         assert_day_matches_sandbox(tmp_path, sandbox, day)
-    assert local_destination(tmp_path).manifest("mp_master_event", days[1].isoformat()).event_names is None
+    assert committed(local_destination(tmp_path), "mp_master_event", days[1].isoformat()).event_names is None

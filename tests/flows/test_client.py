@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds(httpx.Headers({})) is None
 
 
-def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path) -> None:
+def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path: Path) -> None:
     """Against the sandbox over HTTP: five 429 answers naming Retry-After: 1, then the data. The waits
     the client computes (recorded, not slept) add up to 5-6 s; the old exponential backoff from
     5 s took 3.8 + 9.8 + 13.4 + 22.1 + 77 = 126 s."""
@@ -135,7 +136,7 @@ def test_five_429s_with_retry_after_1_cost_about_5_seconds_not_minutes(tmp_path)
         server.stop()
 
 
-def test_answers_that_name_no_wait_keep_the_exponential_backoff(tmp_path) -> None:
+def test_answers_that_name_no_wait_keep_the_exponential_backoff(tmp_path: Path) -> None:
     slept: list[float] = []
     budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
     client = MixpanelClient(
@@ -164,7 +165,7 @@ def credentials(**overrides: object) -> MixpanelCredentials:
     return MixpanelCredentials(**(values | overrides))
 
 
-def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_path) -> None:
+def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_path: Path) -> None:
     slept: list[float] = []
     budget = RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
     client = MixpanelClient(credentials().api_settings(), budget=budget, sleep=slept.append)
@@ -180,7 +181,7 @@ def test_retries_run_the_whole_unit_again_then_give_up_with_a_clear_message(tmp_
     assert len(calls) == 3 and stats.retries == 2 and all(9.0 <= s <= 10.8 for s in slept) and len(slept) == 2
 
 
-def test_fatal_errors_are_not_retried(tmp_path) -> None:
+def test_fatal_errors_are_not_retried(tmp_path: Path) -> None:
     client = MixpanelClient(
         credentials().api_settings(), budget=RateBudget("t", [Window(10, 1.0)], 10, tmp_path / "b.db")
     )

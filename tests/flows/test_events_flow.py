@@ -15,7 +15,8 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, FatalError
-from tasks.lake.commit import STALE_STAGING_SECONDS, Lake
+from tasks.lake.commit import STALE_STAGING_SECONDS, Lake, Stage
+from tasks.lake.manifest import Manifest
 from tasks.pipeline.plan import InvalidDateRangeError
 from tests.conftest import (
     assert_day_matches_sandbox,
@@ -26,6 +27,8 @@ from tests.conftest import (
     staging_files,
     start_sandbox,
 )
+from tests.kit.lake import committed
+from tests.stores.s3 import S3Server
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -139,11 +142,13 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     (day,) = recent_days(1, sandbox)
     target = LocalDestination(path=str(tmp_path))
     events(credentials_for(sandbox), target, from_date=day, to_date=day)
-    before = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    before = committed(local_destination(tmp_path), "mp_master_event", day.isoformat())
 
     real_move = Lake.commit
 
-    def crash_mid_commit(self, stage, partition, manifest):  # files published, manifest not switched
+    def crash_mid_commit(
+        self: Lake, stage: Stage, partition: str, manifest: Manifest, expected: Manifest | None = None
+    ) -> Manifest:  # files published, manifest not switched
         for item in stage.files.get(partition, []):
             self.storage.move(
                 item.key, self.data_prefix(stage.table, partition) + "part-crashed-00000.parquet"
@@ -172,7 +177,7 @@ def test_a_crash_between_staging_and_commit_keeps_the_old_day_and_the_next_run_r
     assert staging_files(tmp_path) == []
 
 
-def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_server) -> None:
+def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_server: S3Server) -> None:
     from tasks.lake.tables import read_parquet
     from tests.stores.s3 import make_s3_destination
 
@@ -180,7 +185,7 @@ def test_the_flow_takes_an_object_store_destination(sandbox: SandboxServer, s3_s
     block = make_s3_destination(s3_server, prefix="pipelines")
     events(credentials_for(sandbox), block, from_date=day, to_date=day)
     lake = block.connect(1)
-    manifest = lake.manifest("mp_master_event", day.isoformat())
+    manifest = committed(lake, "mp_master_event", day.isoformat())
     want = sandbox.expected(day, day)[day.isoformat()]
     assert (manifest.rows, manifest.fingerprint) == (want["rows"], want["fingerprint"])
     assert read_parquet(lake, [f.key for f in manifest.files]).height == want["rows"]

@@ -3,14 +3,16 @@ day complete and exact, or with the previous data untouched."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError, MalformedRecordsError, RetriableError
 from tasks.mixpanel.client import MixpanelClient
-from tasks.pipeline.export import ExportSettings, export_days
+from tasks.pipeline.export import DayResult, ExportSettings, export_days
 from tests.conftest import (
     assert_day_matches_sandbox,
     credentials_for,
@@ -19,9 +21,12 @@ from tests.conftest import (
     recent_days,
     staging_files,
 )
+from tests.kit.lake import committed
 
 
-def run(server: SandboxServer, root: Path, days, run_id: str = "r1", **settings):
+def run(
+    server: SandboxServer, root: Path, days: list[date], run_id: str = "r1", **settings: Any
+) -> list[DayResult]:
     with MixpanelClient(credentials_for(server).api_settings()) as client:
         return export_days(client, local_destination(root), days, ExportSettings(run_id=run_id, **settings))
 
@@ -62,10 +67,10 @@ FAULTS = {
 
 @pytest.mark.parametrize("faults", FAULTS.values(), ids=FAULTS.keys())
 def test_each_failure_mode_ends_with_the_days_complete(
-    sandbox: SandboxServer, tmp_path: Path, faults
+    sandbox: SandboxServer, tmp_path: Path, faults: list[dict[str, Any]]
 ) -> None:
     days = recent_days(2, sandbox)
-    sandbox.add_faults(faults)
+    sandbox.add_faults([*faults])  # a new list: add_faults takes list[Fault | dict] (list is invariant)
     results = run(sandbox, tmp_path, days)
     for day in days:
         assert_day_matches_sandbox(tmp_path, sandbox, day)
@@ -96,7 +101,7 @@ def test_a_malformed_line_fails_the_day_with_its_line_number_and_keeps_the_old_d
         run(sandbox, tmp_path, days, run_id="bad")
     for day in days:
         assert_day_matches_sandbox(tmp_path, sandbox, day)
-        assert local_destination(tmp_path).manifest("mp_master_event", day.isoformat()).run_id == "good"
+        assert committed(local_destination(tmp_path), "mp_master_event", day.isoformat()).run_id == "good"
     assert sandbox.stats()["export_requests"] == 2, "a bad record is not retried"
     assert staging_files(tmp_path) == []
 
@@ -121,7 +126,7 @@ def test_retries_give_up_after_max_attempts_and_leave_the_old_data(
     sandbox.add_faults([{"kind": "status", "code": 500, "times": 10}])
     with pytest.raises(RetriableError, match="failed 6 times"):
         run(sandbox, tmp_path, [day], run_id="bad")
-    assert local_destination(tmp_path).manifest("mp_master_event", day.isoformat()).run_id == "good"
+    assert committed(local_destination(tmp_path), "mp_master_event", day.isoformat()).run_id == "good"
     assert_day_matches_sandbox(tmp_path, sandbox, day)
 
 
@@ -148,7 +153,7 @@ def test_gzipped_json_lines_on_request(sandbox: SandboxServer, tmp_path: Path) -
 
     (day,) = recent_days(1, sandbox)
     run(sandbox, tmp_path, [day], file_format="jsonl.gz")
-    manifest = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    manifest = committed(local_destination(tmp_path), "mp_master_event", day.isoformat())
     assert manifest.format == "jsonl.gz" and manifest.files[0].key.endswith(".jsonl.gz")
     import gzip
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -22,6 +23,7 @@ from tasks.errors import (
     TruncatedStreamError,
 )
 from tasks.pipeline.exclude import event_rows_of
+from tasks.pipeline.export import DayResult
 from tasks.pipeline.resume import is_complete
 from tests.conftest import local_destination, read_day
 from tests.kit.hostile import DAY, ROWS, SECRET, assert_one_sentence, run
@@ -34,6 +36,7 @@ from tests.kit.hostile_server import (
     gzip_bomb,
     in_pieces,
 )
+from tests.kit.lake import committed
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def server() -> Iterator[HostileServer]:
     srv.stop()
 
 
-def run_lines(server: HostileServer, root: Path, run_id: str, rows: int, **settings: object):
+def run_lines(server: HostileServer, root: Path, run_id: str, rows: int, **settings: Any) -> list[DayResult]:
     server.serve(b"\n".join(good_lines(DAY, rows)) + b"\n")
     return run(server, root, run_id, **settings)
 
@@ -217,7 +220,7 @@ def test_repeated_small_losses_are_measured_against_the_most_the_day_held(
     assert first.rows == 1000
     (second,) = run_lines(server, tmp_path, "r1", sizes[1])  # 901 of 1000: within the tolerance
     assert second.rows == sizes[1]
-    manifest = local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat())
+    manifest = committed(local_destination(tmp_path), "mp_master_event", DAY.isoformat())
     assert (manifest.rows, manifest.held_most) == (sizes[1], 1000)
     before = snapshot(tmp_path)
     for number, rows in enumerate(sizes[2:], start=2):
@@ -227,7 +230,7 @@ def test_repeated_small_losses_are_measured_against_the_most_the_day_held(
     # Mixpanel's count, naming every event, confirms the smaller day: the memory restarts from it
     server.counts = counts_of(DAY, sizes[-1])
     (confirmed,) = run_lines(server, tmp_path, "confirmed", sizes[-1])
-    manifest = local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat())
+    manifest = committed(local_destination(tmp_path), "mp_master_event", DAY.isoformat())
     assert (confirmed.rows, manifest.held_most) == (sizes[-1], sizes[-1])
 
 
@@ -239,11 +242,11 @@ def test_allow_shrink_resets_the_memory_and_a_purge_lowers_it_by_what_it_removed
     commit_good_day(server, tmp_path)
     run_lines(server, tmp_path, "allowed", 20, allow_shrink=True)
     destination = local_destination(tmp_path)
-    assert destination.manifest("mp_master_event", DAY.isoformat()).held_most == 20
+    assert committed(destination, "mp_master_event", DAY.isoformat()).held_most == 20
     run_lines(server, tmp_path, "grown", 30)
-    assert destination.manifest("mp_master_event", DAY.isoformat()).held_most == 30
+    assert committed(destination, "mp_master_event", DAY.isoformat()).held_most == 30
     removed, _ = purge_day(destination, DAY.isoformat(), {"user-0"}, "purge")
-    after = destination.manifest("mp_master_event", DAY.isoformat())
+    after = committed(destination, "mp_master_event", DAY.isoformat())
     assert removed > 0 and (after.rows, after.held_most) == (30 - removed, 30 - removed)
 
 
@@ -289,8 +292,8 @@ def test_a_refused_day_does_not_stop_the_other_days_of_its_request(
     with pytest.raises(ShrinkRefusedError, match=f"{DAY} was not replaced"):
         run(server, tmp_path, "second", days=[DAY, other])
     destination = local_destination(tmp_path)
-    assert destination.manifest("mp_master_event", DAY.isoformat()).run_id == "good"
-    assert destination.manifest("mp_master_event", other.isoformat()).rows == 12
+    assert committed(destination, "mp_master_event", DAY.isoformat()).run_id == "good"
+    assert committed(destination, "mp_master_event", other.isoformat()).rows == 12
 
 
 def test_a_filtered_run_over_a_full_day_is_refused_and_a_forced_one_records_its_filter(
@@ -307,7 +310,7 @@ def test_a_filtered_run_over_a_full_day_is_refused_and_a_forced_one_records_its_
     assert snapshot(tmp_path) == before
     (result,) = run(server, tmp_path, "forced", events=("Sign Up",), force=True)
     assert result.rows == ROWS // 2
-    manifest = local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat())
+    manifest = committed(local_destination(tmp_path), "mp_master_event", DAY.isoformat())
     assert manifest.event_names == ("Sign Up",)
     # the backfill sees a filtered day as incomplete, and an unfiltered run may replace it
     from zoneinfo import ZoneInfo
@@ -316,7 +319,7 @@ def test_a_filtered_run_over_a_full_day_is_refused_and_a_forced_one_records_its_
     server.serve(b"\n".join(good_lines(DAY, ROWS)) + b"\n")
     (full,) = run(server, tmp_path, "full-again")
     assert full.rows == ROWS
-    assert local_destination(tmp_path).manifest("mp_master_event", DAY.isoformat()).event_names is None
+    assert committed(local_destination(tmp_path), "mp_master_event", DAY.isoformat()).event_names is None
 
 
 def test_an_empty_event_name_filter_is_a_filter(server: HostileServer, tmp_path: Path) -> None:
@@ -418,5 +421,5 @@ def test_every_shrinking_day_of_a_request_is_checked_with_one_count_request(
     assert server.requests_to("/api/query/events") == 1
     assert f"{DAY} was not replaced" in str(info.value) and str(other) not in str(info.value)
     assert_one_sentence(str(info.value))
-    assert local_destination(tmp_path).manifest("mp_master_event", other.isoformat()).rows == 0
+    assert committed(local_destination(tmp_path), "mp_master_event", other.isoformat()).rows == 0
     assert snapshot(tmp_path) != before

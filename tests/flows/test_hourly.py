@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from tests.kit.expected import epoch_ms
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def assert_day_is_what_mixpanel_had_processed(root: Path, server: SandboxServer, day, cut: int) -> None:
+def assert_day_is_what_mixpanel_had_processed(root: Path, server: SandboxServer, day: date, cut: int) -> None:
     want = server.expected(day, day, processed_until_ms=cut)[day.isoformat()]
     manifest = local_destination(root).manifest("mp_master_event", day.isoformat())
     assert manifest is not None

@@ -13,10 +13,10 @@ from blocks.destinations.local import LocalDestination
 from flows.events import events
 from flows.identity import identity
 from sandbox import SandboxServer, day_lines
-from tasks.lake.tables import read_table
 from tasks.schema import MAPPINGS_TABLE
 from tests.conftest import credentials_for, local_destination, recent_days, start_sandbox
 from tests.kit.expected import expected_simplified
+from tests.kit.lake import committed, whole_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 # written out here, not imported from the code under test
@@ -29,12 +29,12 @@ def test_identity_mappings_follow_the_committed_days(sandbox: SandboxServer, tmp
     creds = credentials_for(sandbox, identity_mode="simplified")
     events(creds, target, from_date=days[0], to_date=days[-1])
     for day in days:
-        manifest = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+        manifest = committed(local_destination(tmp_path), "mp_master_event", day.isoformat())
         assert manifest.identity_edges, f"{day} has no edge file"
         assert all(f.key.startswith("1/_state/identity_edges/") for f in manifest.identity_edges)
 
     summary = identity(creds, target)
-    mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
+    mappings = whole_table(local_destination(tmp_path), MAPPINGS_TABLE)
     got = dict(
         zip(mappings["distinct_id"].to_list(), mappings["resolved_distinct_id"].to_list(), strict=True)
     )
@@ -47,9 +47,9 @@ def test_rerunning_a_day_replaces_its_edges(sandbox: SandboxServer, tmp_path: Pa
     target = LocalDestination(path=str(tmp_path))
     creds = credentials_for(sandbox)
     events(creds, target, from_date=day, to_date=day)
-    first = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    first = committed(local_destination(tmp_path), "mp_master_event", day.isoformat())
     events(creds, target, from_date=day, to_date=day)
-    second = local_destination(tmp_path).manifest("mp_master_event", day.isoformat())
+    second = committed(local_destination(tmp_path), "mp_master_event", day.isoformat())
     assert {f.key for f in first.identity_edges}.isdisjoint(f.key for f in second.identity_edges)
     edge_dir = tmp_path / "1" / "_state" / "identity_edges" / day.strftime("%Y/%m/%d")
     assert sorted(p.name for p in edge_dir.iterdir()) == sorted(
@@ -67,7 +67,7 @@ def test_original_id_merge_projects_map_anonymous_ids_to_the_identified_user(tmp
         creds = credentials_for(server, identity_mode="original")
         events(creds, target, from_date=days[0], to_date=days[-1])
         summary = identity(creds, target)
-        mappings = read_table(local_destination(tmp_path), MAPPINGS_TABLE)
+        mappings = whole_table(local_destination(tmp_path), MAPPINGS_TABLE)
         assert mappings.height > 0
         identified = set()
         linked: set[str] = set()  # anon ids an accepted merge event names

@@ -53,11 +53,9 @@ def fingerprint_of_rows_from(rows: list[tuple[str, str]]) -> str:
     return fingerprint_of_rows(pl.DataFrame(rows, schema=["event_name", "properties"], orient="row"))
 
 
-def run(
-    sandbox: SandboxServer, kit: Three, **params: object
-) -> tuple[list[dict[str, object]], dict[str, int]]:
+def run(sandbox: SandboxServer, kit: Three) -> tuple[list[dict[str, object]], dict[str, int]]:
     before = sandbox.stats()
-    rows = reconcile(credentials_for(sandbox), kit.blocks, lookback_days=DAYS, settle_hours=0, **params)
+    rows = reconcile(credentials_for(sandbox), kit.blocks, lookback_days=DAYS, settle_hours=0)
     after = sandbox.stats()
     used = {key: after[key] - before[key] for key in ("export_requests", "counts_requests")}
     return rows, used

@@ -27,6 +27,7 @@ from blocks.destinations.local import LocalDestination
 from flows import limits
 from flows.events import events
 from flows.runtime import OneSentencePerRun
+from sandbox import SandboxServer
 from tasks.errors import BadCredentialsError
 from tasks.mixpanel.ratelimit import RateBudget, Window, state_dir
 from tests.conftest import credentials_for, recent_days
@@ -34,14 +35,15 @@ from tests.conftest import credentials_for, recent_days
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def run_logs(flow_run_id: UUID) -> list[str]:
+def run_logs(flow_run_id: UUID | None) -> list[str]:
+    assert flow_run_id is not None, "a flow run's state names its run"
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return [log.message for log in logs]
 
 
-def test_a_wrong_secret_is_one_sentence_without_traceback(sandbox, tmp_path: Path) -> None:
+def test_a_wrong_secret_is_one_sentence_without_traceback(sandbox: SandboxServer, tmp_path: Path) -> None:
     days = recent_days(4, sandbox)
     state = events(
         credentials=credentials_for(sandbox, service_account_secret="not-the-secret-5f2a"),
@@ -112,7 +114,7 @@ def spend_hourly_budget(monkeypatch: pytest.MonkeyPatch, project_id: int, second
 
 
 def test_a_wait_for_the_hourly_budget_is_logged_and_shown_in_the_progress(
-    sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spend_hourly_budget(monkeypatch, sandbox.cfg.project_id, seconds_left=3)
     state = events(
@@ -180,7 +182,7 @@ def secret_forms(username: str, secret: str) -> dict[str, bytes]:
 
 @pytest.mark.sandbox(secret=RIGHT_SECRET)
 def test_no_secret_reaches_the_prefect_database_logs_artifacts_or_destination(
-    sandbox, tmp_path: Path
+    sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     """Full runs with the right and a wrong secret, from a saved block: neither secret, in any spelling,
     is in the server's database, a log line, an artifact or a file of the destination."""

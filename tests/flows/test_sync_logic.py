@@ -52,6 +52,7 @@ def test_duplicates_count_once_and_rows_without_insert_id_each_count() -> None:
 
 def test_keys_spilled_to_disk_count_the_same(tmp_path: Path) -> None:
     """Beyond spill_rows the keys go to scratch files by hash: duplicates across spills still count once."""
+    rows: list[tuple[str, str | None, str | None, str | None, str]]
     rows = [(f"E{i % 7}", f"u{i % 50}", f"id{i % 300}", None, "{}") for i in range(1000)]
     rows += [("E0", "u1", None, None, "{}")] * 3
     frame = events(rows)

@@ -10,7 +10,7 @@ import polars as pl
 from tasks.lake.commit import Lake, Stage
 from tasks.lake.files import RollingFiles
 from tasks.lake.manifest import Manifest
-from tasks.lake.tables import read_parquet
+from tasks.lake.tables import read_parquet, read_table
 
 TABLE = "mp_master_event"
 DAY = "2026-05-01"
@@ -60,3 +60,17 @@ def read(lake: Lake) -> pl.DataFrame:
     manifest = lake.manifest(TABLE, DAY)
     assert manifest is not None
     return read_parquet(lake, [f.key for f in manifest.files])
+
+
+def committed(lake: Lake, table: str, partition: str) -> Manifest:
+    """The partition's manifest, which the test has just committed (a missing one fails the test here)."""
+    manifest = lake.manifest(table, partition)
+    assert manifest is not None, f"{table} {partition} has no committed manifest"
+    return manifest
+
+
+def whole_table(lake: Lake, table: str) -> pl.DataFrame:
+    """A whole (unpartitioned) table the test has just committed (a missing one fails the test here)."""
+    frame = read_table(lake, table)
+    assert frame is not None, f"{table} has no committed manifest"
+    return frame

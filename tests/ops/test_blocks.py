@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from prefect.blocks.core import Block
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
+from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 
 from blocks.destinations.catalog import BLOCK_TYPES
 from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.mixpanel import MixpanelCredentials, MixpanelTuning
+from flows.runtime import synchronous
 from tasks.errors import FatalError, MissingDestinationError
 from tasks.mixpanel.settings import Tuning
 
@@ -90,7 +91,7 @@ def test_a_credentials_block_saved_with_flat_tuning_fields_still_loads(prefect_s
                 block_type_id=block_type.id,
             )
         )
-    loaded = MixpanelCredentials.load("saved-flat")
+    loaded: MixpanelCredentials = synchronous(MixpanelCredentials.load("saved-flat"))
     assert (loaded.project_id, loaded.residency) == (7, "EU")
     assert loaded.tuning == MixpanelTuning(
         max_attempts=3, read_timeout_seconds=42.0, export_requests_per_hour=30, max_line_bytes=2 << 20
@@ -197,7 +198,8 @@ def test_block_type_slugs_stay_what_saved_block_documents_reference() -> None:
     """Prefect derives each slug from the block type's name; saved blocks and deployments name them."""
     from blocks.gdpr import MixpanelGdprRegistry
 
-    slugs = {cls.__name__: cls.get_block_type_slug() for cls in (*BLOCK_TYPES, MixpanelGdprRegistry)}
+    types: tuple[type[Block], ...] = (*BLOCK_TYPES, MixpanelGdprRegistry)
+    slugs = {cls.__name__: cls.get_block_type_slug() for cls in types}
     assert slugs == {
         "MixpanelCredentials": "mixpanel-credentials",
         "MixpanelGdprCredentials": "mixpanel-gdpr-credentials",

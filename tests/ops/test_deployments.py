@@ -20,6 +20,7 @@ from blocks.destinations.duckdb import DuckDBWarehouse
 from blocks.destinations.local import LocalDestination
 from blocks.gdpr import MixpanelGdprCredentials
 from blocks.mixpanel import MixpanelCredentials
+from flows.runtime import synchronous
 from tests.conftest import assert_day_matches_sandbox, local_destination, recent_days
 from tests.kit.cluster import Cluster
 
@@ -50,8 +51,8 @@ def expected_parameters(cluster: Cluster) -> dict[str, dict[str, object]]:
             key: {"$ref": {"block_document_id": str(client.read_block_document_by_name(name, slug).id)}}
             for key, (slug, name) in BLOCKS.items()
         }
-    plain = {"credentials": ref["credentials"], "destination": ref["local"]}
-    sync = {"credentials": ref["credentials"], "destinations": [ref["local"]]}
+    plain: dict[str, object] = {"credentials": ref["credentials"], "destination": ref["local"]}
+    sync: dict[str, object] = {"credentials": ref["credentials"], "destinations": [ref["local"]]}
     return {
         "reconcile-nightly": sync,
         "upkeep-daily": sync,
@@ -75,7 +76,7 @@ def run_deployment(cluster: Cluster, name: str, **params: object) -> tuple[int, 
 
     values = {k: v.isoformat() if isinstance(v, date) else v for k, v in params.items()}
     with temporary_settings({PREFECT_API_URL: cluster.api_url}):
-        run = start_run(name, parameters=values, timeout=900, poll_interval=1)
+        run = synchronous(start_run(name, parameters=values, timeout=900, poll_interval=1))
     assert run.state is not None and run.state.is_final(), f"{name}: not ended in 900 s ({run.state})"
     if not run.state.is_completed():  # shown with the failing assertion: the run's one sentence
         print(f"{name} run {run.id} ended {run.state.name}: {run.state.message}")

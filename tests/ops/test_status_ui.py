@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -59,7 +60,7 @@ def ui_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_status_chart_and_the_days_states_show_in_the_ui(
     ui_api: str,
-    browser,
+    browser: Browser,
     sandbox: SandboxServer,
     tmp_path: Path,
 ) -> None:

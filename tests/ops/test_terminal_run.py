@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from flows.params import Day, OptionalDay, optional_dates_without_default
 from flows.run import RefusedError, one_sentence, parse_params
+from flows.runtime import synchronous
 from tests.conftest import assert_day_matches_sandbox, recent_days
 from tests.kit.cluster import Cluster
 from tests.kit.docs_text import marked_block
@@ -47,9 +48,10 @@ def backfill_schema() -> dict:
 def test_a_malformed_date_is_one_sentence_with_the_expected_form() -> None:
     with pytest.raises(RefusedError, match=r"^from_date must be a day written YYYY-MM-DD, e\.g\. 2026-11-01"):
         parse_params(["from_date=2026/11/01"], backfill_schema(), "mixpanel-backfill/backfill")
-    for day_type in (Day, OptionalDay):  # the flow's own check, for a run started from Python
+    adapters: list[TypeAdapter[date | None]] = [TypeAdapter(Day), TypeAdapter(OptionalDay)]
+    for adapter in adapters:  # the flow's own check, for a run started from Python
         with pytest.raises(ValidationError, match="must be a day written YYYY-MM-DD"):
-            TypeAdapter(day_type).validate_python("2026/11/01")
+            adapter.validate_python("2026/11/01")
     assert TypeAdapter(OptionalDay).validate_python(None) is None
 
 
@@ -138,7 +140,7 @@ def test_runs_with_their_optional_dates_empty_are_accepted(cluster: Cluster) -> 
             ("mixpanel-events/events-daily", {"from_date": None, "to_date": None}),
             ("mixpanel-events/events-daily", {}),
         ):
-            run = run_deployment(name, parameters=params, timeout=600, poll_interval=1)
+            run = synchronous(run_deployment(name, parameters=params, timeout=600, poll_interval=1))
             assert run.state is not None and run.state.is_completed(), (name, params, run.state)
     assert_day_matches_sandbox(cluster.data, cluster.sandbox, yesterday)
 

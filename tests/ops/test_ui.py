@@ -10,22 +10,24 @@ front page opens by default.
 from __future__ import annotations
 
 import time
+from datetime import date
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, Page, Response, expect
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterName,
 )
+from prefect.client.schemas.objects import FlowRun
 
 from tests.conftest import assert_day_matches_sandbox, recent_days
 from tests.kit.browser import ARTIFACTS
 from tests.kit.cluster import Cluster
 
 
-def pick_date(page, value: str) -> None:
+def pick_date(page: Page, value: str) -> None:
     """The first empty date field: a popover with a YYYY-MM-DD text box beside its calendar."""
     page.get_by_text("Pick a date").first.click()
     page.get_by_label("Date (yyyy-MM-dd)").fill(value)
@@ -33,7 +35,7 @@ def pick_date(page, value: str) -> None:
     page.keyboard.press("Escape")
 
 
-def open_custom_run(cluster: Cluster, page, deployment: str) -> None:
+def open_custom_run(cluster: Cluster, page: Page, deployment: str) -> None:
     """As a user does: the UI's front page (Prefect's V2 UI), Deployments, the deployment, Run, Custom run."""
     page.goto(cluster.ui_url, wait_until="networkidle")
     page.get_by_role("link", name="Deployments").first.click()
@@ -44,7 +46,9 @@ def open_custom_run(cluster: Cluster, page, deployment: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
-def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(cluster: Cluster, browser) -> None:
+def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(
+    cluster: Cluster, browser: Browser
+) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     open_custom_run(cluster, page, "backfill")
@@ -68,7 +72,7 @@ def test_the_run_forms_show_the_deployments_blocks_and_date_pickers(cluster: Clu
     assert "block_document_id" not in page.content().split("Parameters", 1)[1]  # no raw JSON editor
 
 
-def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) -> None:
+def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser: Browser) -> None:
     """As the README says: pick from_date, leave to_date empty (yesterday), Submit."""
     days = recent_days(1, cluster.sandbox)  # yesterday: from_date, and to_date by default
     run_name = f"ui-backfill-{int(time.time())}"
@@ -100,7 +104,7 @@ def test_a_custom_run_from_the_ui_backfills_the_days(cluster: Cluster, browser) 
     assert (ARTIFACTS / "ui-backfill-run.png").stat().st_size > 10_000
 
 
-def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
+def start_custom_run(cluster: Cluster, page: Page, run_name: str, days: list[date]) -> None:
     open_custom_run(cluster, page, "backfill")
     page.locator("input[name=name]").fill(run_name)  # to find the run afterwards
     pick_date(page, days[0].isoformat())  # to_date left empty
@@ -116,11 +120,11 @@ def start_custom_run(cluster: Cluster, page, run_name: str, days) -> None:
     assert find_runs(cluster, run_name), f"no run was created; the server answered {answers}"
 
 
-def is_create_run(response) -> bool:
+def is_create_run(response: Response) -> bool:
     return response.request.method == "POST" and response.url.endswith("/create_flow_run")
 
 
-def find_runs(cluster: Cluster, name: str) -> list:
+def find_runs(cluster: Cluster, name: str) -> list[FlowRun]:
     with cluster.client() as client:
         return client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
@@ -128,7 +132,7 @@ def find_runs(cluster: Cluster, name: str) -> list:
         )
 
 
-def wait_for_run(cluster: Cluster, name: str, timeout: float):
+def wait_for_run(cluster: Cluster, name: str, timeout: float) -> FlowRun:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = find_runs(cluster, name)

@@ -40,7 +40,9 @@ def manifest(rows: int, event_names: tuple[str, ...] | None = None) -> Manifest:
         (("B",), ("A",), False),
     ],
 )
-def test_which_filter_covers_which(new, old, allowed: bool) -> None:
+def test_which_filter_covers_which(
+    new: tuple[str, ...] | None, old: tuple[str, ...] | None, allowed: bool
+) -> None:
     assert covers(filter_of(new), filter_of(old)) is allowed
 
 

@@ -15,13 +15,13 @@ from tasks.schema import MAPPINGS_FRAME_SCHEMA
 
 EVENTS_SCHEMA = pl.Schema(
     {
-        "device_id": pl.String,
-        "distinct_id": pl.String,
-        "event_name": pl.String,
-        "insert_id": pl.String,
-        "properties": pl.String,
+        "device_id": pl.String(),
+        "distinct_id": pl.String(),
+        "event_name": pl.String(),
+        "insert_id": pl.String(),
+        "properties": pl.String(),
         "time": pl.Datetime("us", "UTC"),
-        "user_id": pl.String,
+        "user_id": pl.String(),
     }
 )
 

@@ -23,6 +23,7 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
+LIFTED = {"time", "distinct_id", "$insert_id", "$device_id", "$user_id", "mp_processing_time_ms"}
 RECORDS = st.lists(
     st.tuples(
         st.text(min_size=0, max_size=10),  # event name
@@ -34,7 +35,6 @@ RECORDS = st.lists(
     min_size=1,
     max_size=25,
 )
-LIFTED = {"time", "distinct_id", "$insert_id", "$device_id", "$user_id", "mp_processing_time_ms"}
 
 
 def export_body(records: list) -> tuple[bytes, list[int]]:

@@ -148,7 +148,7 @@ def commit_day(lake: Lake, day: date, rows: int = 10, **extra: object) -> Manife
     """A committed day: one real file named by a real manifest written where the commit puts it."""
     key = f"{lake.data_prefix(EVENTS_TABLE, day.isoformat())}part-x-s1-00000.parquet"
     lake.storage.put_bytes(key, b"not read unless verified")
-    m = manifest(day, rows, files=(ManifestFile(key, rows, 24),), sequence=1, **extra)
+    m = manifest(day, rows, EXPORTED, files=(ManifestFile(key, rows, 24),), sequence=1, **extra)
     lake.storage.put_bytes(lake.manifest_key(EVENTS_TABLE, day.isoformat()), m.encode())
     return m
 
