@@ -53,6 +53,8 @@ def write_note(lake: Lake, day: str, **changes: object) -> DayNote:
 
 def note_refusals(lake: Lake, refusals: Mapping[str, str], at: str | None = None) -> None:
     """Record the guard's refusal of each day (``{day: sentence}``), at ``at`` (default: now)."""
-    when = at or datetime.now(tz=UTC).isoformat(timespec="seconds")
+    # to the microsecond, as a manifest's exported_at: a refusal within the second of the day's export
+    # is still later than it (tasks.sync.status compares the two)
+    when = at or datetime.now(tz=UTC).isoformat()
     for day, why in refusals.items():
         write_note(lake, day, refusal=why, refused_at=when)

@@ -391,10 +391,12 @@ def test_a_run_goes_on_through_a_restart_of_its_postgresql_server(clone: Path) -
             text = "\n".join(logs)
             assert any(m.startswith("The Prefect server was unreachable for ") for m in logs), text
             assert "Traceback" not in text and "This run crashed" not in text, text
-            marked = [s for s in client.read_flow_run_states(UUID(run_id)) if s.type.value == "CRASHED"]
-            revived = [m for m in logs if m.startswith("The server marked this run Crashed")]
-            assert marked and len(revived) == len(marked), (marked, text)
-            print(f"marked Crashed {len(marked)} time(s) after the restart, each time revived")
+            # the test's Crashed and the automation's may both land before one revival
+            history = [s.type.value for s in client.read_flow_run_states(UUID(run_id))]
+            last_crash = max(i for i, kind in enumerate(history) if kind == "CRASHED")
+            assert "RUNNING" in history[last_crash:] and history[-1] == "COMPLETED", history
+            assert any(m.startswith("The server marked this run Crashed") for m in logs), text
+            print(f"states after the restart: {history[history.index('CRASHED') :]}")
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
             assert tasks and {t.state.type.value for t in tasks if t.state} == {"COMPLETED"}, [
                 (t.name, t.state) for t in tasks
