@@ -264,6 +264,7 @@ def measure(
         "days_per_request": max(span, 1),
         "identity_mode": args.identity_mode,
         "workdir": str(workdir),
+        "cache_dir": str(args.out / "cache"),  # for BENCH_PREPARSED
     }
     report = run_one(job, env, log, scratch, python)
     shutil.rmtree(workdir, ignore_errors=True)
