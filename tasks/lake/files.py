@@ -1,7 +1,9 @@
 """Frames to files of bounded size: Parquet (zstd) by default, gzipped JSON lines on request.
 
 A partition's rows go to a rolling sequence of files; one frame is one row group, so memory holds
-at most one frame whatever the size of the day.
+at most one frame whatever the size of the day. ``write`` is ``rows_of`` (the frame converted, which
+holds the GIL) then ``write_rows`` (which releases it while it encodes): a pipelined export calls
+them in two threads.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
     return [field.name for field in schema if (field.metadata or {}).get(b"format") != b"json"]
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Rows ready for a file (``RollingFiles.rows_of``): ``count`` of them, as the file's format takes them."""
+
+    count: int
+    data: pa.Table | bytes
+
+
 class RollingFiles:
     """Writes one partition's frames into ``part-NNNNN`` files in ``directory``."""
 
@@ -100,16 +110,31 @@ class RollingFiles:
         self._rows = 0
 
     def write(self, frame: pl.DataFrame) -> None:
-        if frame.height == 0:
+        self.write_rows(self.rows_of(frame))
+
+    def rows_of(self, frame: pl.DataFrame) -> Rows:
+        """A frame in the form the file takes it (an Arrow table, or JSON-lines bytes): the conversion
+        holds the GIL, so a pipelined export makes it in its producing thread and leaves the writing
+        thread only the write, which releases it."""
+        if self.fmt != FileFormat.PARQUET:
+            return Rows(frame.height, _jsonl_bytes(frame) if frame.height else b"")
+        return Rows(frame.height, self._arrow(frame))
+
+    def write_rows(self, rows: Rows) -> None:
+        if rows.count == 0:
             return
         if self._writer is None:
-            self._open(frame)
+            self._open(rows.data)
         if isinstance(self._writer, pq.ParquetWriter):
-            self._writer.write_table(self._arrow(frame), row_group_size=max(frame.height, 1))
+            assert isinstance(rows.data, pa.Table)
+            schema = self.schema
+            assert schema is not None  # set by _open
+            table = rows.data if rows.data.schema == schema else rows.data.cast(schema)
+            self._writer.write_table(table, row_group_size=rows.count)
         else:
-            assert self._writer is not None
-            self._writer.write(_jsonl_bytes(frame))
-        self._rows += frame.height
+            assert self._writer is not None and isinstance(rows.data, bytes)
+            self._writer.write(rows.data)
+        self._rows += rows.count
         if self._rows >= self.max_file_rows or self._size() >= self.max_file_bytes:
             self._close_current()
 
@@ -129,16 +154,19 @@ class RollingFiles:
     def _arrow(self, frame: pl.DataFrame) -> pa.Table:
         if self.schema is EVENTS_SCHEMA:
             return frame.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA)
+        # read once: a file without a schema takes the first table's, set by the writing thread
+        schema = self.schema
         table = frame.to_arrow()
-        return table.cast(self.schema) if self.schema is not None else table
+        return table.cast(schema) if schema is not None else table
 
-    def _open(self, frame: pl.DataFrame) -> None:
+    def _open(self, data: pa.Table | bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._path = self.directory / f"{PART}{len(self.files):05d}.{self.fmt.value}"
         self._rows = 0
         if self.fmt == FileFormat.PARQUET:
             if self.schema is None:
-                self.schema = self._arrow(frame.head(0)).schema
+                assert isinstance(data, pa.Table)
+                self.schema = data.schema
             # unique values (properties, insert_id) gain nothing from dictionary pages, only cost
             dictionary = DICTIONARY_COLUMNS if self.schema is EVENTS_SCHEMA else True
             self._writer = pq.ParquetWriter(

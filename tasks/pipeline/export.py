@@ -145,6 +145,7 @@ class _Attempt:
     # the file writes (and seals) the last block asked for, in order: the writing thread does them, so
     # the files (and the stage's uploads they start) are only ever touched by that one thread
     writes: list[Callable[[], None]]
+    edges: PartitionBuffer  # the days' merge edges: a few rows a block, written in batches
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
     accepted: int = 0  # records decoded, wherever they belong
@@ -233,11 +234,14 @@ def _stream(
 ) -> _Attempt:
     partitions = {day_ordinal(d): _day_files(stage, d.isoformat(), settings, scratch) for d in days}
     writes: list[Callable[[], None]] = []
-    buffer = PartitionBuffer(
-        {k: d.files for k, d in partitions.items()},
-        write=lambda files, frame: writes.append(partial(files.write, frame)),
-    )
-    state = _Attempt(stage, partitions, buffer, writes)
+
+    def ask_write(files: RollingFiles, frame: pl.DataFrame) -> None:
+        # converted here, in the splitting thread: the writing thread only writes (tasks.lake.files)
+        writes.append(partial(files.write_rows, files.rows_of(frame)))
+
+    buffer = PartitionBuffer({k: d.files for k, d in partitions.items()}, write=ask_write)
+    edges = PartitionBuffer({k: d.edges for k, d in partitions.items()}, EDGE_BUFFER_BYTES, write=ask_write)
+    state = _Attempt(stage, partitions, buffer, writes, edges)
     state.label = str(days[0]) if len(days) == 1 else f"{days[0]}..{days[-1]}"
     parser = StreamParser(settings.block_bytes, settings.max_line_bytes)
     try:
@@ -269,6 +273,9 @@ HANDOFF_BYTES = 1 << 20
 READ_AHEAD = 8
 PARSE_AHEAD = 1
 WRITE_AHEAD = 1  # a write holds a row group's frames (up to tasks.lake.files.ROW_GROUP_BYTES)
+# the merge edges held before they are written: a few rows a block, so written in batches (each write
+# is a wait for the GIL in the writing thread), and memory does not grow with the day
+EDGE_BUFFER_BYTES = 1 << 20
 
 
 def _batches(chunks: Iterator[bytes], size: int = HANDOFF_BYTES) -> Iterator[list[bytes]]:
@@ -300,6 +307,7 @@ def _split(
             "max_rejected_lines allows, and the previous data is unchanged."
         )
     state.buffer.flush_all()
+    state.edges.flush_all()
     yield from _drain(state.writes)
 
 
@@ -348,6 +356,7 @@ def _seal_idle(state: _Attempt) -> None:
     for ordinal, day in state.days.items():
         if day.open and state.blocks - day.last_block > IDLE_BLOCKS:
             state.buffer.flush(ordinal)
+            state.edges.flush(ordinal)
             state.writes += [day.files.seal, day.edges.seal]  # after the day's last writes
             day.counter.spill()
             day.open = False
@@ -380,8 +389,9 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
             day.max_ptime = max(day.max_ptime or 0, ptime)
         state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))
         if settings.identity_mode is not None:
-            # a few rows per block at most: written as they come, so memory does not grow with the day
-            state.writes.append(partial(day.edges.write, edges_from_events(part, settings.identity_mode)))
+            edges = edges_from_events(part, settings.identity_mode)
+            if edges.height:
+                state.edges.add(int(ordinal), edges)
 
 
 def _hash_sum(part: pl.DataFrame) -> int:

@@ -12,16 +12,20 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from blocks.mixpanel import MixpanelCredentials
 from tasks.errors import MalformedRecordsError, RetriableError, TruncatedStreamError
+from tasks.lake.files import RollingFiles, Rows
 from tasks.lake.manifest import fingerprint_hex
 from tasks.mixpanel.client import MixpanelClient
+from tasks.mixpanel.settings import ApiSettings
 from tasks.pipeline.export import ExportSettings, export_days
 from tasks.pipeline.parse import row_hash
 from tests.conftest import local_destination, staging_files
-from tests.kit.hostile_server import HostileServer, counts_of, epoch, good_lines
+from tests.kit.hostile_server import HostileServer, counts_of, epoch, event_line, good_lines
 
 DAY = date(2024, 1, 2)
 ROWS = 40_000  # some 6 MB of body: many parse blocks of BLOCK below, so every stage is busy
@@ -36,8 +40,8 @@ def server() -> Iterator[HostileServer]:
     srv.stop()
 
 
-def run(server: HostileServer, root: Path, run_id: str) -> None:
-    settings = MixpanelCredentials(
+def _api_settings(server: HostileServer) -> ApiSettings:
+    return MixpanelCredentials(
         project_id=1,
         service_account_username="sa",
         service_account_secret="pw",
@@ -46,7 +50,10 @@ def run(server: HostileServer, root: Path, run_id: str) -> None:
         max_attempts=2,
         export_requests_per_second=100,
     ).api_settings()
-    with MixpanelClient(settings) as client:
+
+
+def run(server: HostileServer, root: Path, run_id: str) -> None:
+    with MixpanelClient(_api_settings(server)) as client:
         export_days(client, local_destination(root), [DAY], ExportSettings(run_id=run_id, block_bytes=BLOCK))
 
 
@@ -156,3 +163,44 @@ def test_the_pipelined_export_commits_what_one_thread_would(server: HostileServe
 
 def _props(line: bytes) -> bytes:
     return line[line.index(b',"properties":') + 14 : -1]
+
+
+def test_frames_are_made_ready_for_files_in_the_splitting_thread_and_edges_written_in_batches(
+    server: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the writing thread is the export's long pole when it converts frames itself (each conversion
+    # waits for the GIL the parser holds): it only writes, and the day's few merge edges per block go
+    # to it in batches, not one write per block
+    pairs = 5
+    lines = [
+        event_line(
+            "Page View",
+            {
+                "time": epoch(DAY, i),
+                "distinct_id": f"user-{i % pairs}",
+                "$insert_id": f"ins-{i}",
+                "$device_id": f"dev-{i % pairs}",
+                "$user_id": f"user-{i % pairs}",
+            },
+        )
+        for i in range(ROWS)
+    ]
+    server.serve(b"\n".join(lines) + b"\n")
+    converted_in: set[str] = set()
+    rows_of = RollingFiles.rows_of
+
+    def recording(self: RollingFiles, frame: pl.DataFrame) -> Rows:
+        converted_in.add(threading.current_thread().name)
+        return rows_of(self, frame)
+
+    monkeypatch.setattr(RollingFiles, "rows_of", recording)
+    settings = ExportSettings(run_id="edges", block_bytes=BLOCK, identity_mode="simplified")
+    with MixpanelClient(_api_settings(server)) as client:
+        export_days(client, local_destination(tmp_path), [DAY], settings)
+    assert converted_in == {"mp-export-split"}
+    (edges,) = (tmp_path / "1" / "_state" / "identity_edges").rglob("*.parquet")
+    assert pq.ParquetFile(edges).metadata.num_row_groups == 1  # some 100 blocks brought edges
+    table = pq.read_table(edges)
+    assert sorted(set(zip(table["a"].to_pylist(), table["b"].to_pylist(), strict=True))) == sorted(
+        (f"$device:dev-{i}", f"user-{i}") for i in range(pairs)
+    )
