@@ -46,18 +46,28 @@ class DedupCounter:
         if frame.height == 0:
             return
         has_id = pl.col("insert_id").is_not_null()
-        for name, count in frame.filter(~has_id)["event_name"].value_counts().iter_rows():
-            self._plain[name] += count
-        keyed = frame.filter(has_id)
-        if keyed.height == 0:
-            return
-        keys = keyed.select(
-            pl.struct(KEY_COLUMNS).hash().alias("key"), pl.col("event_name").hash().alias("code")
+        rows = frame.lazy()
+        keyed = rows.filter(has_id)
+        # one call into polars for the three: each call releases the GIL and waits to take it back
+        plain, keys, names = pl.collect_all(
+            [
+                rows.filter(~has_id).group_by("event_name").len(),
+                keyed.select(
+                    pl.struct(KEY_COLUMNS).hash().alias("key"), pl.col("event_name").hash().alias("code")
+                ),
+                # a few dozen per block at most
+                keyed.select(pl.col("event_name").unique()).select(
+                    "event_name", pl.col("event_name").hash().alias("code")
+                ),
+            ]
         )
-        names = keyed["event_name"].unique()  # a few dozen per block at most
-        self._codes.update(zip(names.hash().to_list(), names.to_list(), strict=True))
+        for name, count in plain.iter_rows():
+            self._plain[name] += count
+        if keys.height == 0:
+            return
+        self._codes.update(zip(names["code"].to_list(), names["event_name"].to_list(), strict=True))
         self._pending.append(keys)
-        self._pending_rows += keyed.height
+        self._pending_rows += keys.height
         if self._pending_rows >= self._spill_rows and self._scratch is not None:
             self._spill()
 

@@ -383,8 +383,8 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
             day.excluded += part.height - kept.height
             part = kept
         day.rows += part.height
-        day.hash_sum += _hash_sum(part)
-        ptime = cast("int | None", part["_ptime"].max())  # of an Int64 column: an int, or None
+        hash_sum, ptime = _sums(part)
+        day.hash_sum += hash_sum
         if ptime is not None:
             day.max_ptime = max(day.max_ptime or 0, ptime)
         state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))
@@ -394,13 +394,15 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
                 state.edges.add(int(ordinal), edges)
 
 
-def _hash_sum(part: pl.DataFrame) -> int:
-    """The exact sum of the rows' hashes, in polars (off the GIL): halves of 32 bits summed as u64
-    cannot overflow below 2**32 rows."""
-    low, high = part.select(
-        (pl.col("_hash") % (1 << 32)).sum().alias("low"), (pl.col("_hash") // (1 << 32)).sum().alias("high")
+def _sums(part: pl.DataFrame) -> tuple[int, int | None]:
+    """The exact sum of the rows' hashes and the latest processing time, in one polars call (each
+    call waits to take the GIL back): halves of 32 bits summed as u64 cannot overflow below 2**32 rows."""
+    low, high, ptime = part.select(
+        (pl.col("_hash") % (1 << 32)).sum().alias("low"),
+        (pl.col("_hash") // (1 << 32)).sum().alias("high"),
+        pl.col("_ptime").max().alias("ptime"),
     ).row(0)
-    return int(low) + (int(high) << 32)
+    return int(low) + (int(high) << 32), cast("int | None", ptime)
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:

@@ -133,13 +133,15 @@ def is_uuid4(anon_id: str | None) -> bool:
 def edges_from_events(frame: pl.DataFrame, mode: IdentityMode) -> pl.DataFrame:
     """The merge edges one day's events imply (see the module docstring for a/b per kind)."""
     simplified = mode == "simplified"
-    edges = _device_user_edges(frame) if simplified else _explicit_edges(frame, MODE_EVENTS[mode])
-    return edges.filter((pl.col("a") != "") & (pl.col("b") != "") & (pl.col("a") != pl.col("b"))).select(
-        EDGE_SCHEMA.names()
+    edges = _device_user_edges(frame) if simplified else _explicit_edges(frame, MODE_EVENTS[mode]).lazy()
+    return (
+        edges.filter((pl.col("a") != "") & (pl.col("b") != "") & (pl.col("a") != pl.col("b")))
+        .select(EDGE_SCHEMA.names())
+        .collect()
     )
 
 
-def _device_user_edges(frame: pl.DataFrame) -> pl.DataFrame:
+def _device_user_edges(frame: pl.DataFrame) -> pl.LazyFrame:
     # Simplified ID Merge: any event with both ids links the device to the user. Logged-in traffic
     # repeats the pair on every event, so keep one edge per pair: the earliest (then insert_id).
     return (
@@ -155,7 +157,6 @@ def _device_user_edges(frame: pl.DataFrame) -> pl.DataFrame:
         )
         .sort(["time", "insert_id"], nulls_last=True)
         .unique(subset=["kind", "a", "b"], keep="first", maintain_order=True)
-        .collect()
     )
 
 
