@@ -71,6 +71,22 @@ def credentials(job: dict[str, Any]) -> Any:
     )
 
 
+def block_bytes_knob() -> None:
+    """``BENCH_BLOCK_BYTES``: the parse block size of every export, in both modes (set before the flow
+    modules import ``export_days``)."""
+    if not os.environ.get("BENCH_BLOCK_BYTES"):
+        return
+    import tasks.pipeline.export
+
+    block = int(os.environ["BENCH_BLOCK_BYTES"])
+    original = tasks.pipeline.export.export_days
+
+    def with_block(client: Any, lake: Any, days: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(client, lake, days, dataclasses.replace(settings, block_bytes=block), *args, **kwargs)
+
+    tasks.pipeline.export.export_days = with_block  # type: ignore[assignment]
+
+
 def run_flow(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, Any]:
     from datetime import date
 
@@ -131,8 +147,6 @@ def run_pipeline(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, 
     settings = ExportSettings(run_id="bench", identity_mode=identity if identity != "none" else None)
     # experiment knobs for the breakdown (bench/README.md): parse block size, frames buffered per request,
     # the dedup counter switched off
-    if os.environ.get("BENCH_BLOCK_BYTES"):
-        settings = dataclasses.replace(settings, block_bytes=int(os.environ["BENCH_BLOCK_BYTES"]))
     if os.environ.get("BENCH_BUFFER_BYTES"):
         import tasks.lake.files
 
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, type=Path)
     args = parser.parse_args(argv)
     job = json.loads(args.job)
+    block_bytes_knob()
     if os.environ.get("BENCH_SWITCH_SECONDS"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_SECONDS"]))
     out = Path(job["workdir"])
