@@ -153,7 +153,9 @@ class RollingFiles:
 
     def _arrow(self, frame: pl.DataFrame) -> pa.Table:
         if self.schema is EVENTS_SCHEMA:
-            return frame.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA)
+            # polars' own string views cost no copy here; the writing thread casts them to the file's
+            # strings, releasing the GIL (the oldest Arrow form would be copied now, holding it)
+            return frame.select(EVENT_COLUMNS).to_arrow(compat_level=pl.CompatLevel.newest())
         # read once: a file without a schema takes the first table's, set by the writing thread
         schema = self.schema
         table = frame.to_arrow()

@@ -43,24 +43,28 @@ class DedupCounter:
         self._spilled = False
 
     def add(self, frame: pl.DataFrame) -> None:
-        if frame.height == 0:
-            return
+        if frame.height:
+            self.take(*pl.collect_all(self.queries(frame.lazy())))
+
+    @staticmethod
+    def queries(rows: pl.LazyFrame) -> list[pl.LazyFrame]:
+        """What ``take`` needs of some rows, as queries: a caller collects them together with its own
+        (each call into polars releases the GIL and waits to take it back)."""
         has_id = pl.col("insert_id").is_not_null()
-        rows = frame.lazy()
         keyed = rows.filter(has_id)
-        # one call into polars for the three: each call releases the GIL and waits to take it back
-        plain, keys, names = pl.collect_all(
-            [
-                rows.filter(~has_id).group_by("event_name").len(),
-                keyed.select(
-                    pl.struct(KEY_COLUMNS).hash().alias("key"), pl.col("event_name").hash().alias("code")
-                ),
-                # a few dozen per block at most
-                keyed.select(pl.col("event_name").unique()).select(
-                    "event_name", pl.col("event_name").hash().alias("code")
-                ),
-            ]
-        )
+        return [
+            rows.filter(~has_id).group_by("event_name").len(),
+            keyed.select(
+                pl.struct(KEY_COLUMNS).hash().alias("key"), pl.col("event_name").hash().alias("code")
+            ),
+            # a few dozen per block at most
+            keyed.select(pl.col("event_name").unique()).select(
+                "event_name", pl.col("event_name").hash().alias("code")
+            ),
+        ]
+
+    def take(self, plain: pl.DataFrame, keys: pl.DataFrame, names: pl.DataFrame) -> None:
+        """Count the rows ``queries`` described, from their results."""
         for name, count in plain.iter_rows():
             self._plain[name] += count
         if keys.height == 0:

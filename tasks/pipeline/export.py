@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import msgspec
 import polars as pl
@@ -50,7 +49,7 @@ from tasks.pipeline.guard import (
     recorded_counts,
     shrinks,
 )
-from tasks.pipeline.identity import IdentityMode, edges_from_events
+from tasks.pipeline.identity import IdentityMode, edges_query
 from tasks.pipeline.parse import BLOCK_BYTES, MAX_LINE_BYTES, ParsedBlock, Reject, StreamParser
 from tasks.pipeline.partition import day_of, day_ordinal, with_time_columns
 from tasks.pipeline.stages import Stages
@@ -371,38 +370,59 @@ def _take(state: _Attempt, block: ParsedBlock, settings: ExportSettings) -> None
         return
     state.accepted += block.frame.height
     frame = with_time_columns(block.frame, settings.calendar.local_zone)
-    for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
-        day = state.days.get(int(ordinal))
+    for ordinal, part in _by_day(frame):
+        day = state.days.get(ordinal)
         if day is None:
-            _reject(state, _outside(part, int(ordinal)), settings)
+            _reject(state, _outside(part, ordinal), settings)
             continue
         day.last_block, day.open = state.blocks, True
-        day.counter.add(part)  # Mixpanel still counts the rows of registered ids
-        if settings.excluded_ids:
-            kept = part.filter(~event_rows_of(settings.excluded_ids))
-            day.excluded += part.height - kept.height
-            part = kept
-        day.rows += part.height
-        hash_sum, ptime = _sums(part)
-        day.hash_sum += hash_sum
-        if ptime is not None:
-            day.max_ptime = max(day.max_ptime or 0, ptime)
-        state.buffer.add(int(ordinal), part.select(EVENT_COLUMNS))
-        if settings.identity_mode is not None:
-            edges = edges_from_events(part, settings.identity_mode)
-            if edges.height:
-                state.edges.add(int(ordinal), edges)
+        _take_day(state, day, ordinal, part, settings)
 
 
-def _sums(part: pl.DataFrame) -> tuple[int, int | None]:
-    """The exact sum of the rows' hashes and the latest processing time, in one polars call (each
-    call waits to take the GIL back): halves of 32 bits summed as u64 cannot overflow below 2**32 rows."""
-    low, high, ptime = part.select(
+def _by_day(frame: pl.DataFrame) -> Iterator[tuple[int, pl.DataFrame]]:
+    # a block seldom spans two days: it is then taken whole, without a copy by partition_by
+    days = frame["_day"]
+    if days.min() == days.max():
+        yield int(days[0]), frame
+        return
+    for (ordinal,), part in frame.partition_by("_day", as_dict=True, maintain_order=False).items():
+        yield int(ordinal), part
+
+
+def _take_day(state: _Attempt, day: _Day, ordinal: int, part: pl.DataFrame, settings: ExportSettings) -> None:
+    """One day's rows of a block counted, summed and buffered with their merge edges: one call into
+    polars for all of it (each call releases the GIL and waits to take it back behind the parser)."""
+    kept = part
+    if settings.excluded_ids:
+        kept = part.filter(~event_rows_of(settings.excluded_ids))  # Mixpanel still counts their rows
+    queries = [
+        *DedupCounter.queries(part.lazy()),
+        _sums_query(kept),
+        kept.lazy().select(EVENT_COLUMNS),
+    ]
+    if settings.identity_mode is not None:
+        queries.append(edges_query(kept, settings.identity_mode))
+    plain, keys, names, sums, rows, *edges = pl.collect_all(queries)
+    day.counter.take(plain, keys, names)
+    day.excluded += part.height - kept.height
+    day.rows += kept.height
+    low, high, ptime = sums.row(0)
+    day.hash_sum += int(low) + (int(high) << 32)
+    if ptime is not None:
+        day.max_ptime = max(day.max_ptime or 0, ptime)
+    state.buffer.add(ordinal, rows)
+    if edges and edges[0].height:
+        state.edges.add(ordinal, edges[0])
+
+
+def _sums_query(rows: pl.DataFrame) -> pl.LazyFrame:
+    """The exact sum of the rows' hashes (``low + high << 32``: halves of 32 bits summed as u64 cannot
+    overflow below 2**32 rows) and the latest processing time."""
+    return rows.lazy().select(
         (pl.col("_hash") % (1 << 32)).sum().alias("low"),
         (pl.col("_hash") // (1 << 32)).sum().alias("high"),
         pl.col("_ptime").max().alias("ptime"),
-    ).row(0)
-    return int(low) + (int(high) << 32), cast("int | None", ptime)
+    )
 
 
 def _outside(part: pl.DataFrame, ordinal: int) -> list[Reject]:

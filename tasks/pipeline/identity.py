@@ -132,12 +132,15 @@ def is_uuid4(anon_id: str | None) -> bool:
 
 def edges_from_events(frame: pl.DataFrame, mode: IdentityMode) -> pl.DataFrame:
     """The merge edges one day's events imply (see the module docstring for a/b per kind)."""
+    return edges_query(frame, mode).collect()
+
+
+def edges_query(frame: pl.DataFrame, mode: IdentityMode) -> pl.LazyFrame:
+    """``edges_from_events`` as a query, for a caller that collects it with others."""
     simplified = mode == "simplified"
     edges = _device_user_edges(frame) if simplified else _explicit_edges(frame, MODE_EVENTS[mode]).lazy()
-    return (
-        edges.filter((pl.col("a") != "") & (pl.col("b") != "") & (pl.col("a") != pl.col("b")))
-        .select(EDGE_SCHEMA.names())
-        .collect()
+    return edges.filter((pl.col("a") != "") & (pl.col("b") != "") & (pl.col("a") != pl.col("b"))).select(
+        EDGE_SCHEMA.names()
     )
 
 
