@@ -153,9 +153,11 @@ class RollingFiles:
 
     def _arrow(self, frame: pl.DataFrame) -> pa.Table:
         if self.schema is EVENTS_SCHEMA:
-            # polars' own string views cost no copy here; the writing thread casts them to the file's
-            # strings, releasing the GIL (the oldest Arrow form would be copied now, holding it)
-            return frame.select(EVENT_COLUMNS).to_arrow(compat_level=pl.CompatLevel.newest())
+            # polars' own string views cost no copy; pyarrow's cast to the file's strings releases the GIL
+            # (polars' conversion to the oldest Arrow form holds it, and costs twice as much). The
+            # copy is made here, not in the writing thread: the views would keep whole parse blocks alive.
+            views = frame.select(EVENT_COLUMNS).to_arrow(compat_level=pl.CompatLevel.newest())
+            return views.cast(EVENTS_SCHEMA)
         # read once: a file without a schema takes the first table's, set by the writing thread
         schema = self.schema
         table = frame.to_arrow()
