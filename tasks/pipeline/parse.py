@@ -127,7 +127,7 @@ def _row_hashes(names: list[str], raws: list[Buffer]) -> list[int]:
     # the event name enters as the seed: one call per row and no copy of the properties
     seeds = {name: xxhash.xxh3_64_intdigest(name.encode()) for name in set(names)}
     digest = xxhash.xxh3_64_intdigest
-    return [digest(r, seed=seeds[n]) for n, r in zip(names, raws, strict=True)]
+    return [digest(r, seeds[n]) for n, r in zip(names, raws, strict=True)]  # a keyword costs a third more
 
 
 def _text(value: Any) -> str | None:
@@ -144,12 +144,15 @@ def _string_series(name: str, values: list[Any]) -> pl.Series:
         return pl.Series(name, [_text(v) for v in values], dtype=pl.String)
 
 
-def _properties_array(raws: list[Buffer]) -> pa.Array[Any]:
+def _properties_series(raws: list[Buffer]) -> pl.Series:
     offsets = array("q", accumulate(map(len, raws), initial=0))
     data = b"".join(raws)
-    arr = pa.LargeStringArray.from_buffers(len(raws), pa.py_buffer(offsets), pa.py_buffer(data))
-    arr.validate(full=True)  # raises on invalid UTF-8: msgspec does not check skipped strings
-    return arr
+    binary = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    # polars' cast checks the UTF-8 that msgspec did not (it skips the strings it keeps raw) and raises
+    # on invalid bytes: at a third of the cost of pyarrow's check and conversion of a string array
+    return pl.Series("properties", pl.from_arrow(binary)).cast(pl.String)
 
 
 def build_frame(
@@ -178,7 +181,7 @@ def build_frame(
             _string_series("distinct_id", cols["distinct_id"]),
             pl.Series("event_name", names, dtype=pl.String),
             _string_series("insert_id", cols["insert_id"]),
-            pl.Series("properties", pl.from_arrow(_properties_array(raws))),
+            _properties_series(raws),
             _string_series("user_id", cols["user_id"]),
             pl.Series("_epoch", cols["time"], dtype=pl.Int64),
             pl.Series("_ptime", cols["ptime"], dtype=pl.Int64),
@@ -382,7 +385,7 @@ class StreamParser:
     def _block(self, data: bytes, end: int, final: bool) -> Iterator[ParsedBlock]:
         """Decode ``data[:end]``, which holds whole lines only."""
         first = self._next_line
-        count = data.count(b"\n", 0, end)
+        count = _newlines(data, end)
         self._next_line += count
         self.lines += count
         if not end:
@@ -474,6 +477,31 @@ class StreamParser:
             return decode_record(first + second)
         except RecordError:
             return None
+
+
+# a line per this many bytes or fewer: a loop of ``find`` counts them faster than ``bytes.count``
+LONG_LINE_BYTES = 1024
+SAMPLE_BYTES = 1 << 16
+
+
+def _newlines(data: bytes, end: int) -> int:
+    """``data.count(b"\\n", 0, end)`` at about half the cost on Mixpanel's lines of ~1 KB, where the GIL
+    is held: ``find`` skips a line with memchr, where ``count`` compares every byte. Shorter lines
+    (judged on the first 64 KiB, and again as they are counted: a hostile run of blank lines) are left to
+    ``count``, which is faster below ~600 bytes a line."""
+    sample = min(end, SAMPLE_BYTES)
+    most = end // LONG_LINE_BYTES
+    if data.count(b"\n", 0, sample) > sample // LONG_LINE_BYTES:
+        return data.count(b"\n", 0, end)
+    count = 0
+    find = data.find
+    at = find(b"\n", 0, end)
+    while at >= 0:
+        count += 1
+        if count > most:
+            return count + data.count(b"\n", at + 1, end)
+        at = find(b"\n", at + 1, end)
+    return count
 
 
 def _first_wins(frame: pl.DataFrame) -> pl.DataFrame:
