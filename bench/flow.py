@@ -104,11 +104,13 @@ class PrefectServer:
         self._proc = None
 
 
-def expected_rows(sandbox: SandboxProcess, first: date, last: date) -> int:
+def expected_days(sandbox: SandboxProcess, first: date, last: date) -> dict[str, dict[str, Any]]:
+    """The sandbox's rows and fingerprint of each day it serves from ``first`` to ``last``."""
     query = urllib.parse.urlencode({"from_date": first, "to_date": last})
     request = urllib.request.Request(f"{sandbox.url}/_sandbox/expected?{query}", headers=_auth_header())
     with urllib.request.urlopen(request, timeout=120) as response:
-        return sum(int(day["rows"]) for day in json.load(response).values())
+        served = json.load(response)
+    return {day: {"rows": int(v["rows"]), "fingerprint": str(v["fingerprint"])} for day, v in served.items()}
 
 
 def environment(extras: str, out: Path, log: Path) -> str:
@@ -271,9 +273,14 @@ def measure(
     if report["exit_code"] != 0 or "error" in report:
         print(f"{mode} {span} day(s) failed: {report.get('error')}; see {log}", file=sys.stderr)
         return None
-    want = expected_rows(sandbox, FIRST_DAY, last) if span else 0
-    if report["rows"] != want:
-        print(f"{mode}: {report['rows']} rows, the sandbox served {want}", file=sys.stderr)
+    served = expected_days(sandbox, FIRST_DAY, last) if span else {}
+    want = sum(day["rows"] for day in served.values())
+    if report["rows"] != want or report.get("days", {}) != served:
+        print(
+            f"{mode}: {report['rows']} rows, the sandbox served {want}; committed per day "
+            f"{report.get('days')}, served {served}",
+            file=sys.stderr,
+        )
         return None
     drained = drain(sandbox, FIRST_DAY, last, log) if span else {}
     return (

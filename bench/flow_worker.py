@@ -71,6 +71,20 @@ def credentials(job: dict[str, Any]) -> Any:
     )
 
 
+def committed_days(out: Path, job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each requested day's rows and fingerprint as committed in the local folder (its manifest)."""
+    from datetime import date, timedelta
+
+    from blocks.destinations.local import LocalDestination
+    from tasks.schema import EVENTS_TABLE
+
+    lake = LocalDestination(path=str(out)).connect(1)
+    first, last = date.fromisoformat(job["from_date"]), date.fromisoformat(job["to_date"])
+    days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    manifests = {day: lake.manifest(EVENTS_TABLE, day) for day in days}
+    return {day: {"rows": m.rows, "fingerprint": m.fingerprint} for day, m in manifests.items() if m}
+
+
 def block_bytes_knob() -> None:
     """``BENCH_BLOCK_BYTES``: the parse block size of every export, in both modes (set before the flow
     modules import ``export_days``)."""
@@ -111,6 +125,7 @@ def run_flow(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, Any]
         return_state=True,
     )
     rows = sum(int(r["rows"]) for r in state.result())
+    committed = committed_days(out, job)
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(
@@ -125,6 +140,7 @@ def run_flow(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, Any]
     )
     return marks | {
         "rows": rows,
+        "days": committed,
         "task_seconds": task_seconds,
         "task_cpu_seconds": task_cpu,
         "tasks": len(exports),
@@ -202,6 +218,7 @@ def run_pipeline(job: dict[str, Any], out: Path, sampler: Sampler) -> dict[str, 
         results = export_days(client, lake, days, settings)
     return marks | {
         "rows": sum(r.rows for r in results),
+        "days": committed_days(out, job),
         "task_seconds": time.perf_counter() - started,
         "task_cpu_seconds": time.process_time() - cpu,
     }
