@@ -37,7 +37,7 @@ from tasks.lake.daynotes import note_refusals
 from tasks.lake.files import FileFormat, PartitionBuffer, RollingFiles
 from tasks.lake.manifest import Manifest, fingerprint_hex
 from tasks.mixpanel.calendar import ProjectCalendar
-from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, mixpanel_counts
+from tasks.mixpanel.client import ExportRequest, MixpanelClient, RetryStats, byte_batches, mixpanel_counts
 from tasks.pipeline.counts import DedupCounter
 from tasks.pipeline.exclude import event_rows_of
 from tasks.pipeline.guard import (
@@ -248,7 +248,9 @@ def _stream(
         # day and counted, and here the Parquet files written (tasks.pipeline.stages); closing the
         # stages stops and joins them
         with client.export(request) as body, Stages() as stages:
-            read = stages.ahead(_batches(body), "read", READ_AHEAD, interrupt=body.interrupt)
+            read = stages.ahead(
+                byte_batches(body, HANDOFF_BYTES), "read", READ_AHEAD, interrupt=body.interrupt
+            )
             blocks = stages.ahead(_parsed(read, parser), "parse", PARSE_AHEAD)
             for write in stages.ahead(_split(state, blocks, settings), "split", WRITE_AHEAD):
                 write()
@@ -275,19 +277,6 @@ WRITE_AHEAD = 1  # a write holds a row group's frames (up to tasks.lake.files.RO
 # the merge edges held before they are written: a few rows a block, so written in batches (each write
 # is a wait for the GIL in the writing thread), and memory does not grow with the day
 EDGE_BUFFER_BYTES = 1 << 20
-
-
-def _batches(chunks: Iterator[bytes], size: int = HANDOFF_BYTES) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    held = 0
-    for chunk in chunks:
-        batch.append(chunk)
-        held += len(chunk)
-        if held >= size:
-            yield batch
-            batch, held = [], 0
-    if batch:
-        yield batch
 
 
 def _split(

@@ -98,7 +98,7 @@ def test_a_failure_in_the_reading_stage_is_its_own_sentence(server: HostileServe
     cause = info.value.__cause__
     assert isinstance(cause, TruncatedStreamError), repr(info.value)
     assert "ended inside a gzip member" in str(info.value)
-    assert {"produce", "_batches"} <= frames(cause), "raised in the reading thread"
+    assert {"produce", "byte_batches"} <= frames(cause), "raised in the reading thread"
     assert committed(tmp_path) == before and staging_files(tmp_path) == []
     assert stage_threads() == []
 
