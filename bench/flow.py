@@ -34,7 +34,7 @@ from bench.harness import ROOT, SandboxProcess, _auth_header, pinned, run_child
 
 FIRST_DAY = date(2024, 3, 1)  # fixed past days: the sandbox's cache files are generated once
 MIB = 1024  # KiB per MiB
-MAX_FLOW_RSS_MIB = 500
+MAX_FLOW_RSS_MIB = 500e6 / 2**20  # issue 26: under 500 MB (476.8 MiB)
 
 
 def free_port() -> int:
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = max((r["peak_rss_mib"] for r in rows if r["mode"] == "flow"), default=0)
     if worst >= MAX_FLOW_RSS_MIB:
         print(
-            f"\nthe flow process peaked at {worst:.0f} MiB, over the {MAX_FLOW_RSS_MIB} MiB target: see "
+            f"\nthe flow process peaked at {worst:.0f} MiB, over the 500 MB ({MAX_FLOW_RSS_MIB:.1f} MiB) target: see "
             "bench/README.md, 'Where the flow process's memory goes' (exit code 2)",
             file=sys.stderr,
         )
