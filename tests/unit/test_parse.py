@@ -86,6 +86,17 @@ def test_a_malformed_line_is_set_aside_with_its_line_number(block_bytes: int) ->
     assert "invalid JSON" in rejects[0].error
 
 
+@pytest.mark.parametrize("filler", [b"", b"x" * 3000], ids=["short-lines", "long-lines-first"])
+def test_line_numbers_hold_after_runs_of_blank_lines(filler: bytes) -> None:
+    """Blocks of long lines, of blank lines, and of long lines then blank ones count their newlines
+    differently (tasks.pipeline.parse._newlines): the reject after them keeps its number."""
+    good = line("ok", b'{"time":1,"pad":"' + filler + b'"}')
+    lines = [good] * 40 + [b""] * 5000 + [good] * 100 + [b'{"event": "broken", "properties": {', good]
+    rows, rejects = parse(b"\n".join(lines) + b"\n", block_bytes=128 << 10, piece=8192)
+    assert len(rows) == 141
+    assert [r.line for r in rejects] == [5141]
+
+
 def test_records_without_time_or_with_bad_utf8_are_rejected() -> None:
     body = line("a", b'{"distinct_id":"x"}') + b"\n" + line("b", b'{"time":1,"s":"\xff"}') + b"\n"
     rows, rejects = parse(body)
